@@ -1,0 +1,64 @@
+"""One source of truth for the pipeline's tunables.
+
+Model configs (``parameters`` in config.pbtxt), the CLI and the in-process pipeline all
+build a :class:`PipelineConfig`; no other module repeats these numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+# Fixed by the published networks (MODELS.md); not tunable.
+REGRESSOR_SIZE = 120  # crop side of the 3DMM regressor
+NUM_PARAMS = 62  # 12 pose + 40 shape + 10 expression
+NUM_SHAPE = 40
+NUM_EXP = 10
+NUM_LANDMARKS = 68
+NUM_VERTICES = 38365  # no-neck BFM mesh
+NUM_TRIANGLES = 76073
+DETECTOR_MEAN_BGR = (104.0, 117.0, 123.0)
+DETECTOR_STEPS = (32, 64, 128)
+DETECTOR_MIN_SIZES = ((32, 64, 128), (256,), (512,))
+DETECTOR_VARIANCES = (0.1, 0.2)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Tunables of the ensemble; defaults reproduce the original 3DDFA_V2 pipeline."""
+
+    max_faces: int = 8  # K: static number of face slots per frame
+    canvas_height: int = 720  # detector input canvas (frames are rescaled into it)
+    canvas_width: int = 1280
+    rescale_max_height: int = 720  # the original's rescale rule (MODELS.md 1)
+    rescale_max_width: int = 1080
+    max_image_height: int = 4096  # larger frames are refused with an error
+    max_image_width: int = 4096
+    min_image_size: int = 16  # smaller frames are refused (no face fits)
+    pre_nms_threshold: float = 0.05
+    pre_nms_top_k: int = 5000
+    nms_iou_threshold: float = 0.3
+    post_nms_top_k: int = 750
+    score_threshold: float = 0.5
+    render_alpha: float = 0.6
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any]) -> PipelineConfig:
+        """Build from Triton ``parameters`` ({name: {"string_value": ...}}) or plain values.
+
+        Unknown names are ignored so each model's config lists only what it uses.
+        """
+        values = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in parameters:
+                continue
+            raw = parameters[field.name]
+            if isinstance(raw, Mapping):
+                raw = raw["string_value"]
+            values[field.name] = type(field.default)(raw)
+        return cls(**values)
+
+    def to_parameters(self) -> dict[str, str]:
+        """The config as Triton ``parameters`` string values."""
+        return {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
