@@ -18,10 +18,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_PARAMS, NUM_SHAPE, NUM_VERTICES, PipelineConfig
 from tddfa.priors import prior_boxes
-from tddfa_tools.model_config import check_ensemble, load_repository, model_config_pb2, save_config
+from tddfa_tools.model_config import check_ensemble, load_repository, save_config
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,15 @@ from tddfa.steps import (
     RoiCropStep,
 )
 
-ENSEMBLE_OUTPUTS = ("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS", "VERTICES")
+ENSEMBLE_OUTPUTS = (
+    "RENDERED",
+    "FACE_COUNT",
+    "FACE_BOXES",
+    "LANDMARKS",
+    "POSE",
+    "PARAMS",
+    "VERTICES",
+)
 
 
 class Pipeline:
@@ -37,15 +45,18 @@ class Pipeline:
         fields = {f.name for f in dataclasses.fields(PipelineConfig)}
         self.config = PipelineConfig(**{k: v for k, v in build.items() if k in fields})
         self.preprocess = PreprocessStep(self.config)
-        self.detector = NetworkStep(make_runner(repository / "face_detector" / "1", device),
-                                    ["DETECTOR_INPUT"])
+        self.detector = NetworkStep(
+            make_runner(repository / "face_detector" / "1", device), ["DETECTOR_INPUT"]
+        )
         self.roi_crop = RoiCropStep(self.config)
-        self.regressor = NetworkStep(make_runner(repository / "face_regressor" / "1", device),
-                                     ["CROPS"])
+        self.regressor = NetworkStep(
+            make_runner(repository / "face_regressor" / "1", device), ["CROPS"]
+        )
         bfm = load_bfm(repository / "landmark_to_vertex" / "1" / "bfm.npz")
         self.landmark_to_vertex = LandmarkToVertexStep(self.config, bfm)
-        self.bfm_decoder = NetworkStep(make_runner(repository / "bfm_decoder" / "1", device),
-                                       ["ALPHA_SHP", "ALPHA_EXP"])
+        self.bfm_decoder = NetworkStep(
+            make_runner(repository / "bfm_decoder" / "1", device), ["ALPHA_SHP", "ALPHA_EXP"]
+        )
         self.renderer = None
         if render:
             from tddfa.renderer import MeshRenderer

@@ -91,7 +91,9 @@ class RoiCropStep:
         for image, loc, conf, scale in zip(
             inputs["IMAGE"], inputs["LOC"], inputs["CONF"], inputs["SCALE"], strict=True
         ):
-            face_boxes, count = detection.select_faces(loc, conf, priors, float(scale[0]), self.config)
+            face_boxes, count = detection.select_faces(
+                loc, conf, priors, float(scale[0]), self.config
+            )
             face_rois = roi.roi_from_box(face_boxes[:, :4])
             face_rois[count:] = 0
             face_crops = roi.crop_and_resize(image, face_rois)
@@ -146,7 +148,9 @@ class LandmarkToVertexStep:
         result = {}
         for name, array in outputs.items():
             array = xp.where(mask.reshape((-1,) + (1,) * (array.ndim - 1)), array, 0)
-            result[name] = array.astype(xp.float32, copy=False).reshape((batch, k) + array.shape[1:])
+            result[name] = array.astype(xp.float32, copy=False).reshape(
+                (batch, k) + array.shape[1:]
+            )
         return result
 
 

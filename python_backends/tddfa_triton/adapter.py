@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-
 from tddfa.batching import run_batched
 from tddfa.config import PipelineConfig
 
@@ -66,7 +65,8 @@ class StepModel:
             config=PipelineConfig.from_parameters(parameters),
         )
         self.output_dtypes = {
-            o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in model_config["output"]
+            o["name"]: pb_utils.triton_string_to_numpy(o["data_type"])
+            for o in model_config["output"]
         }
         self.step = self.build_step(self.context)
         describe = getattr(self.step, "describe", None)
@@ -96,8 +96,11 @@ class StepModel:
         responses = []
         for result in results:
             if isinstance(result, Exception):
-                code = (pb_utils.TritonError.INVALID_ARG if isinstance(result, ValueError)
-                        else pb_utils.TritonError.INTERNAL)
+                code = (
+                    pb_utils.TritonError.INVALID_ARG
+                    if isinstance(result, ValueError)
+                    else pb_utils.TritonError.INTERNAL
+                )
                 error = pb_utils.TritonError(f"{self.context.model_name}: {result}", code)
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
