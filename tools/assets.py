@@ -239,6 +239,7 @@ def _download(name: str, asset: Asset, dest: Path) -> None:
                 f"{name}: download from {asset.url} has sha256 {digest.hexdigest()}, expected "
                 f"{asset.sha256}; the upstream file changed or the transfer was corrupted"
             )
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
