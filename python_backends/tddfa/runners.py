@@ -1,0 +1,409 @@
+"""Network runners for the ``python`` Triton flavour and the in-process pipeline.
+
+Every runner has ``input_names``, ``output_names`` and ``run({name: array}) -> {name: array}``.
+:func:`make_runner` picks the fastest one a model folder and the machine allow:
+
+  TensorRT (``model.plan`` present, ``import tensorrt`` works, CUDA device)
+  > PyTorch CUDA (weights beside the ONNX file, torch with CUDA)
+  > onnxruntime (``model.onnx``; CPU, or CUDA when onnxruntime-gpu is installed).
+
+Array types: :class:`OnnxRuntimeRunner` takes and returns numpy. The GPU runners accept
+numpy, torch or any DLPack-capable CUDA array (CuPy, Triton's ``to_dlpack``) and return the
+same kind as their first input (numpy in -> numpy out, CuPy in -> CuPy out, zero-copy through
+DLPack), so the numpy/CuPy steps around them need no change. torch and tensorrt are imported
+only when a GPU runner is built.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LOG = logging.getLogger(__name__)
+
+MODEL_ONNX = "model.onnx"
+MODEL_PLAN = "model.plan"
+# Weight files that let make_runner rebuild the PyTorch module of a model folder.
+FACEBOXES_WEIGHTS = "FaceBoxesProd.pth"
+REGRESSOR_WEIGHTS = ("mb1_120x120.pth", "mb05_120x120.pth")
+BFM_NPZ = "bfm.npz"
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """ "cpu" -> ("cpu", 0); "cuda" / "cuda:N" / "gpu:N" -> ("cuda", N). ValueError otherwise."""
+    kind, _, index = device.strip().lower().partition(":")
+    if kind == "cpu" and not index:
+        return "cpu", 0
+    if kind in ("cuda", "gpu") and (not index or index.isdigit()):
+        return "cuda", int(index or 0)
+    raise ValueError(f"device must be 'cpu' or 'cuda:N', got {device!r}")
+
+
+def _check_inputs(names: Sequence[str], inputs: Mapping[str, Any]) -> None:
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise ValueError(f"missing inputs {missing}; this network takes {list(names)}")
+
+
+# ---------------------------------------------------------------------------- onnxruntime
+
+
+class OnnxRuntimeRunner:
+    """An onnxruntime session: numpy in, numpy out.
+
+    ``device`` "cpu" or "cuda:N" (needs onnxruntime-gpu); ``threads`` caps intra-op threads
+    (None: onnxruntime's default, all cores).
+    """
+
+    def __init__(
+        self, onnx_path: str | os.PathLike, device: str = "cpu", threads: int | None = None
+    ):
+        import onnxruntime as ort
+
+        kind, index = parse_device(device)
+        available = ort.get_available_providers()
+        if kind == "cuda":
+            if "CUDAExecutionProvider" not in available:
+                raise RuntimeError(
+                    f"onnxruntime has no CUDAExecutionProvider (available: {available}); "
+                    "install onnxruntime-gpu or run on device 'cpu'"
+                )
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.path = Path(onnx_path)
+        self.device = device
+        self.session = ort.InferenceSession(os.fspath(onnx_path), options, providers=providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """{input name: array} -> {output name: float32 numpy array}."""
+        _check_inputs(self.input_names, inputs)
+        feed = {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self.input_names}
+        outputs = self.session.run(self.output_names, feed)
+        return dict(zip(self.output_names, outputs, strict=True))
+
+
+# ---------------------------------------------------------------------------- torch helpers
+
+
+def _to_torch(x: Any, device):
+    """numpy / torch / DLPack-capable array -> torch tensor on ``device`` (zero-copy if there)."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=True)
+    if hasattr(x, "__dlpack__"):
+        return torch.from_dlpack(x).to(device)
+    return torch.as_tensor(np.asarray(x), device=device)
+
+
+def _like(tensor, template: Any) -> Any:
+    """Return ``tensor`` as the kind of array ``template`` is (numpy, torch or via DLPack)."""
+    import torch
+
+    if isinstance(template, torch.Tensor):
+        return tensor
+    if isinstance(template, np.ndarray):
+        return tensor.cpu().numpy()
+    module = type(template).__module__.split(".")[0]
+    if module == "cupy":
+        import cupy
+
+        return cupy.from_dlpack(tensor)
+    return tensor
+
+
+# ---------------------------------------------------------------------------- PyTorch CUDA
+
+
+class TorchCudaRunner:
+    """Runs the PyTorch module an ONNX graph was exported from, on CUDA.
+
+    ``module`` takes the inputs positionally in ``input_names`` order and returns a tensor or
+    a tuple in ``output_names`` order. ``fp16`` runs the weights and inputs in half precision
+    (outputs are returned as float32); keep it False for the BFM decoder (its values exceed
+    the float16 range). ``cuda_graphs`` captures one CUDA graph per input shape seen (up to
+    ``max_graphs``) and replays it; other shapes run eagerly.
+    """
+
+    def __init__(
+        self,
+        module,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        device: str = "cuda:0",
+        fp16: bool = True,
+        cuda_graphs: bool = False,
+        max_graphs: int = 4,
+    ):
+        import torch
+
+        kind, index = parse_device(device)
+        if kind != "cuda" or not torch.cuda.is_available():
+            raise RuntimeError(f"TorchCudaRunner needs a CUDA device, got {device!r}")
+        self.device = torch.device("cuda", index)
+        self.dtype = torch.float16 if fp16 else torch.float32
+        self.module = module.eval().to(self.device, self.dtype)
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.cuda_graphs = cuda_graphs
+        self.max_graphs = max_graphs
+        self._graphs: dict[tuple, tuple] = {}
+
+    def _forward(self, tensors):
+        out = self.module(*tensors)
+        return out if isinstance(out, tuple | list) else (out,)
+
+    def _capture(self, tensors):
+        import torch
+
+        static_in = [t.clone() for t in tensors]
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up (cuDNN autotuning, lazy init) outside the graph
+                self._forward(static_in)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._forward(static_in)
+        return graph, static_in, static_out
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """{input name: array} -> {output name: float32 array of the first input's kind}."""
+        import torch
+
+        _check_inputs(self.input_names, inputs)
+        template = inputs[self.input_names[0]]
+        tensors = [_to_torch(inputs[n], self.device).to(self.dtype) for n in self.input_names]
+        with torch.inference_mode():
+            key = tuple(tuple(t.shape) for t in tensors)
+            if self.cuda_graphs and (key in self._graphs or len(self._graphs) < self.max_graphs):
+                if key not in self._graphs:
+                    self._graphs[key] = self._capture(tensors)
+                graph, static_in, static_out = self._graphs[key]
+                for dst, src in zip(static_in, tensors, strict=True):
+                    dst.copy_(src)
+                graph.replay()
+                outputs = [o.clone() for o in static_out]
+            else:
+                outputs = self._forward(tensors)
+        return {
+            name: _like(out.float(), template)
+            for name, out in zip(self.output_names, outputs, strict=True)
+        }
+
+
+# ---------------------------------------------------------------------------- TensorRT
+
+
+class TensorRTRunner:
+    """Deserialises a TensorRT ``.plan`` and runs it on torch CUDA tensors (TensorRT >= 10 API).
+
+    Input shapes are set per call (dynamic shapes within the engine's optimisation profile).
+    Runs on the current torch CUDA stream of ``device``, so no extra synchronisation is
+    needed before further torch/DLPack work; numpy outputs are copied back synchronously.
+    """
+
+    def __init__(self, plan_path: str | os.PathLike, device: str = "cuda:0"):
+        import tensorrt as trt
+        import torch
+
+        kind, index = parse_device(device)
+        if kind != "cuda":
+            raise RuntimeError(f"TensorRT needs a CUDA device, got {device!r}")
+        self.device = torch.device("cuda", index)
+        self.path = Path(plan_path)
+        self._trt = trt
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        with torch.cuda.device(self.device):
+            self.runtime = trt.Runtime(self._logger)
+            self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+            if self.engine is None:
+                raise RuntimeError(
+                    f"{self.path}: TensorRT could not deserialise the engine; it was built by "
+                    "another TensorRT version or for another GPU: rebuild it with "
+                    "`tddfa build --flavour tensorrt` on this machine"
+                )
+            self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.input_names = [n for n in names if is_input[n]]
+        self.output_names = [n for n in names if not is_input[n]]
+        self._dtypes = {n: self._torch_dtype(self.engine.get_tensor_dtype(n)) for n in names}
+
+    def _torch_dtype(self, trt_dtype):
+        import torch
+
+        trt = self._trt
+        table = {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.int32: torch.int32,
+            trt.int8: torch.int8,
+            trt.bool: torch.bool,
+        }
+        if trt_dtype not in table:
+            raise RuntimeError(f"{self.path}: unsupported TensorRT I/O dtype {trt_dtype}")
+        return table[trt_dtype]
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """{input name: array} -> {output name: array of the first input's kind}."""
+        import torch
+
+        _check_inputs(self.input_names, inputs)
+        template = inputs[self.input_names[0]]
+        keep = []  # tensors must outlive the asynchronous execution
+        for name in self.input_names:
+            t = _to_torch(inputs[name], self.device).to(self._dtypes[name]).contiguous()
+            keep.append(t)
+            if not self.context.set_input_shape(name, tuple(t.shape)):
+                raise ValueError(
+                    f"{name} shape {tuple(t.shape)} is outside the engine's optimisation "
+                    f"profile ({self.path}); rebuild the engine with a wider profile"
+                )
+            self.context.set_tensor_address(name, t.data_ptr())
+        outputs = {}
+        for name in self.output_names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            out = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
+            outputs[name] = out
+            self.context.set_tensor_address(name, out.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"{self.path}: TensorRT execution failed (see the server log)")
+        return {
+            n: _like(o.float() if o.is_floating_point() else o, template)
+            for n, o in outputs.items()
+        }
+
+
+# ---------------------------------------------------------------------------- selection
+
+
+def tensorrt_available() -> bool:
+    """True when the TensorRT Python runtime can be imported."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # a broken install (missing libnvinfer) must not stop the server
+        LOG.debug("tensorrt present but not importable: %s", exc)
+        return False
+    return True
+
+
+def _torch_cuda_available() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _onnxruntime_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def torch_module_for(model_dir: Path) -> tuple[Any, bool] | None:
+    """(PyTorch graph module, fp16 allowed) rebuilt from the weights in ``model_dir``, or None.
+
+    face_detector: FaceBoxesProd.pth; face_regressor: mb1/mb05_120x120.pth; bfm_decoder:
+    bfm.npz (float32 only).
+    """
+    if (model_dir / FACEBOXES_WEIGHTS).is_file():
+        from tddfa.networks.faceboxes import FaceDetectorGraph, load_faceboxes
+
+        return FaceDetectorGraph(load_faceboxes(model_dir / FACEBOXES_WEIGHTS)), True
+    for name in REGRESSOR_WEIGHTS:
+        if (model_dir / name).is_file():
+            from tddfa.networks.mobilenet_v1 import FaceRegressorGraph, load_mobilenet
+
+            return FaceRegressorGraph(load_mobilenet(model_dir / name)), True
+    if (model_dir / BFM_NPZ).is_file():
+        from tddfa.bfm import load_bfm
+        from tddfa.networks.bfm_decoder import BFMDecoder
+
+        bfm = load_bfm(model_dir / BFM_NPZ)
+        return BFMDecoder(bfm.u, bfm.w_shp, bfm.w_exp), False
+    return None
+
+
+def onnx_io_names(onnx_path: Path) -> tuple[list[str], list[str]]:
+    """(input names, output names) of an ONNX graph (initialisers excluded)."""
+    import onnx
+
+    graph = onnx.load(os.fspath(onnx_path), load_external_data=False).graph
+    initialisers = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initialisers], [
+        o.name for o in graph.output
+    ]
+
+
+def make_runner(
+    model_dir: str | os.PathLike,
+    device: str = "cpu",
+    *,
+    threads: int | None = None,
+    cuda_graphs: bool = False,
+    fp16: bool = True,
+    torch_factory: Callable[[], Any] | None = None,
+):
+    """The fastest runner for the model in ``model_dir`` (a Triton version folder) on ``device``.
+
+    TensorRT (``model.plan`` + tensorrt importable + CUDA) > PyTorch CUDA (weights in the folder,
+    see :func:`torch_module_for`, or ``torch_factory``) > onnxruntime (``model.onnx``).
+    Logs which one was chosen. Raises FileNotFoundError when the folder has nothing runnable.
+    """
+    model_dir = Path(model_dir)
+    kind, _ = parse_device(device)
+    plan, onnx_path = model_dir / MODEL_PLAN, model_dir / MODEL_ONNX
+    if kind == "cuda":
+        if plan.is_file() and tensorrt_available():
+            LOG.info("%s: TensorRT runner on %s", model_dir, device)
+            return TensorRTRunner(plan, device)
+        if _torch_cuda_available() and onnx_path.is_file():
+            built = (torch_factory(), fp16) if torch_factory else torch_module_for(model_dir)
+            if built is not None:
+                module, half_ok = built
+                inputs, outputs = onnx_io_names(onnx_path)
+                LOG.info(
+                    "%s: PyTorch CUDA runner on %s (%s)",
+                    model_dir,
+                    device,
+                    "fp16" if fp16 and half_ok else "fp32",
+                )
+                return TorchCudaRunner(
+                    module, inputs, outputs, device, fp16=fp16 and half_ok, cuda_graphs=cuda_graphs
+                )
+    if not onnx_path.is_file():
+        raise FileNotFoundError(
+            f"{model_dir} has no {MODEL_ONNX}"
+            + (f" (and {MODEL_PLAN} needs tensorrt and a CUDA device)" if plan.is_file() else "")
+            + "; build the model repository with `tddfa build`"
+        )
+    if kind == "cuda" and not _onnxruntime_has_cuda():
+        LOG.warning(
+            "%s: no TensorRT, PyTorch CUDA or onnxruntime-gpu for %s; running on the CPU",
+            model_dir,
+            device,
+        )
+        device = "cpu"
+    LOG.info("%s: onnxruntime runner on %s", model_dir, device)
+    return OnnxRuntimeRunner(onnx_path, device, threads)
