@@ -36,7 +36,7 @@ BFM_NPZ = "bfm.npz"
 
 
 def parse_device(device: str) -> tuple[str, int]:
-    """ "cpu" -> ("cpu", 0); "cuda" / "cuda:N" / "gpu:N" -> ("cuda", N). ValueError otherwise."""
+    """Parse a device: "cpu" -> ("cpu", 0); "cuda" | "cuda:N" | "gpu:N" -> ("cuda", N)."""
     kind, _, index = device.strip().lower().partition(":")
     if kind == "cpu" and not index:
         return "cpu", 0
