@@ -1,0 +1,171 @@
+"""The Basel Face Model (no-neck mesh) as used by 3DDFA_V2, stored as one ``.npz``.
+
+Layout (MODELS.md 4): the mean ``u`` and the bases ``w_shp`` / ``w_exp`` have one row per
+vertex coordinate, xyz interleaved (row ``3 * v + axis``), N = 38,365 vertices.
+The file is written by ``tddfa_tools.bfm_builder`` and holds no pickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_PARAMS, NUM_SHAPE, NUM_VERTICES
+
+_ARRAY_FIELDS = (
+    "u",
+    "w_shp",
+    "w_exp",
+    "tri",
+    "u_lm",
+    "w_shp_lm",
+    "w_exp_lm",
+    "landmark_vertex_ids",
+    "param_mean",
+    "param_std",
+)
+_FORMAT_VERSION = 1
+_REBUILD_HINT = "rebuild it with `tddfa build` (tddfa_tools.bfm_builder.build_bfm)"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BFM:
+    """Mean shape, bases and landmark rows of the no-neck BFM.
+
+    Attributes:
+        u: (3N,) float32 mean shape (shape mean + expression mean), xyz interleaved.
+        w_shp: (3N, 40) float32 shape basis.
+        w_exp: (3N, 10) float32 expression basis.
+        tri: (3, T) int32 triangles (T = 76,073), vertex ids in [0, N).
+        u_lm: (204,) float32 rows of ``u`` at the 68 landmarks, xyz interleaved.
+        w_shp_lm: (204, 40) float32 rows of ``w_shp`` at the landmarks (always exact).
+        w_exp_lm: (204, 10) float32 rows of ``w_exp`` at the landmarks (always exact).
+        landmark_vertex_ids: (68,) int64 landmark vertex ids in the no-neck numbering.
+        param_mean: (62,) float32 de-normalisation mean of the regressor output.
+        param_std: (62,) float32 de-normalisation std of the regressor output.
+        exact: True for the upstream dense bases, False for the approximate model.
+        metadata: JSON-serialisable facts (source, heldout_rel_error, landmark_rel_error, ...).
+    """
+
+    u: np.ndarray
+    w_shp: np.ndarray
+    w_exp: np.ndarray
+    tri: np.ndarray
+    u_lm: np.ndarray
+    w_shp_lm: np.ndarray
+    w_exp_lm: np.ndarray
+    landmark_vertex_ids: np.ndarray
+    param_mean: np.ndarray
+    param_std: np.ndarray
+    exact: bool
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def num_vertices(self) -> int:
+        return self.u.shape[0] // 3
+
+    @property
+    def landmark_rows(self) -> np.ndarray:
+        """(204,) int64 rows of ``u`` / ``w_*`` of the 68 landmarks, xyz interleaved."""
+        return (3 * self.landmark_vertex_ids[:, None] + np.arange(3)).reshape(-1)
+
+    def description(self) -> str:
+        """One line for logs and model configs: exact or approximate, and its errors."""
+        if self.exact:
+            return f"exact BFM ({self.metadata.get('source', 'upstream')})"
+        return (
+            "APPROXIMATE dense BFM (shape basis spread from PAF grid samples, held-out "
+            f"error {100 * float(self.metadata.get('heldout_rel_error', float('nan'))):.1f} %; "
+            "expression basis interpolated from the 68 landmarks): "
+            "supply bfm_noneck_v3.pkl for the exact model"
+        )
+
+
+def _validate(bfm: BFM) -> None:
+    n3 = bfm.u.shape[0] if bfm.u.ndim == 1 else -1
+    rows = 3 * NUM_LANDMARKS
+    expected = {
+        "u": (n3,),
+        "w_shp": (n3, NUM_SHAPE),
+        "w_exp": (n3, NUM_EXP),
+        "u_lm": (rows,),
+        "w_shp_lm": (rows, NUM_SHAPE),
+        "w_exp_lm": (rows, NUM_EXP),
+        "landmark_vertex_ids": (NUM_LANDMARKS,),
+        "param_mean": (NUM_PARAMS,),
+        "param_std": (NUM_PARAMS,),
+    }
+    if n3 != 3 * NUM_VERTICES:
+        raise ValueError(
+            f"BFM u must have shape ({3 * NUM_VERTICES},) (no-neck mesh, xyz interleaved), "
+            f"got {bfm.u.shape}; {_REBUILD_HINT}"
+        )
+    for name, shape in expected.items():
+        got = getattr(bfm, name).shape
+        if got != shape:
+            raise ValueError(
+                f"BFM field {name} must have shape {shape}, got {got}; {_REBUILD_HINT}"
+            )
+    if bfm.tri.ndim != 2 or bfm.tri.shape[0] != 3:
+        raise ValueError(f"BFM tri must have shape (3, T), got {bfm.tri.shape}; {_REBUILD_HINT}")
+    if bfm.tri.min() < 0 or bfm.tri.max() >= NUM_VERTICES:
+        raise ValueError(f"BFM tri holds vertex ids outside [0, {NUM_VERTICES}); {_REBUILD_HINT}")
+    ids = bfm.landmark_vertex_ids
+    if ids.min() < 0 or ids.max() >= NUM_VERTICES:
+        raise ValueError(f"BFM landmark ids outside [0, {NUM_VERTICES}); {_REBUILD_HINT}")
+
+
+def save_bfm(bfm: BFM, path: str | os.PathLike) -> Path:
+    """Write ``bfm`` to ``path`` (.npz) atomically: a temporary file, then a rename.
+
+    The metadata dict is stored as a JSON string, so ``np.load(allow_pickle=False)`` works.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {name: np.ascontiguousarray(getattr(bfm, name)) for name in _ARRAY_FIELDS}
+    arrays["exact"] = np.array(bool(bfm.exact))
+    arrays["metadata_json"] = np.array(json.dumps(bfm.metadata, sort_keys=True))
+    arrays["format_version"] = np.array(_FORMAT_VERSION, dtype=np.int32)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_bfm(npz_path: str | os.PathLike) -> BFM:
+    """Load a BFM written by :func:`save_bfm` (no pickles are read)."""
+    npz_path = Path(npz_path)
+    if not npz_path.is_file():
+        raise FileNotFoundError(f"BFM file {npz_path} does not exist; {_REBUILD_HINT}")
+    with np.load(npz_path, allow_pickle=False) as data:
+        missing = [k for k in (*_ARRAY_FIELDS, "exact", "metadata_json") if k not in data.files]
+        if missing:
+            raise ValueError(f"BFM file {npz_path} lacks {missing}; {_REBUILD_HINT}")
+        version = int(data["format_version"]) if "format_version" in data.files else 0
+        if version != _FORMAT_VERSION:
+            raise ValueError(
+                f"BFM file {npz_path} has format version {version}, expected "
+                f"{_FORMAT_VERSION}; {_REBUILD_HINT}"
+            )
+        fields = {name: data[name] for name in _ARRAY_FIELDS}
+        exact = bool(data["exact"])
+        metadata = json.loads(str(data["metadata_json"]))
+    for name in ("u", "w_shp", "w_exp", "u_lm", "w_shp_lm", "w_exp_lm", "param_mean", "param_std"):
+        fields[name] = fields[name].astype(np.float32, copy=False)
+    fields["tri"] = fields["tri"].astype(np.int32, copy=False)
+    fields["landmark_vertex_ids"] = fields["landmark_vertex_ids"].astype(np.int64, copy=False)
+    return BFM(**fields, exact=exact, metadata=metadata)
