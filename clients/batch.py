@@ -1,0 +1,402 @@
+"""``tddfa batch INPUTS... --out DIR``: many images and videos, resumable.
+
+* Inputs: files, folders (searched recursively for images and videos) and globs.
+* ``--jobs N`` files in flight; ``--url`` repeatable: files are spread over the servers,
+  a server that stops answering is taken out of rotation and tried again later.
+* ``DIR/manifest.jsonl`` (JSON Lines, append-only, the last record of an input wins):
+  input, output, status (done | failed | skipped), error, frames, seconds. A rerun skips
+  inputs whose output is recorded done and still exists, and retries the rest.
+* Transient errors (server down, connection refused) are retried with exponential
+  backoff; bad inputs (empty, truncated, not a video, 16-bit PNG, unreadable...) are
+  recorded with a one-line reason and the batch carries on.
+* Outputs are written under temporary names and renamed when complete; an existing
+  output not made by this manifest is never replaced unless ``--overwrite``.
+* Exit status 1 when any input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import glob
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from tddfa_clients.image import IMAGE_SUFFIXES, ImageError, process_image, read_image
+from tddfa_clients.triton_client import (
+    ClientError,
+    FrameClient,
+    InferenceError,
+    ServerUnavailable,
+    normalize_url,
+)
+from tddfa_clients.video import VIDEO_SUFFIXES, process_video
+from tddfa_clients.video_io import VideoError, is_temporary, probe
+from tqdm import tqdm
+
+LOG = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"
+DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+
+
+# -- inputs ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    source: Path  # absolute
+    output: Path  # absolute, inside the output folder
+
+    @property
+    def is_image(self) -> bool:
+        return self.source.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _is_media(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and not is_temporary(path)
+
+
+def discover(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
+    """(source, name relative to the output folder) for every input, in a stable order.
+
+    A folder contributes its images and videos (recursively, relative names kept); a glob
+    its matches; an explicit file is taken whatever it is (a bad one is reported later).
+    """
+    found: dict[Path, Path] = {}
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            for item in sorted(path.rglob("*")):
+                if item.is_file() and _is_media(item):
+                    found.setdefault(item.resolve(), item.relative_to(path))
+        elif glob.has_magic(text):
+            for match in sorted(glob.glob(text, recursive=True)):
+                item = Path(match)
+                if item.is_file() and _is_media(item):
+                    found.setdefault(item.resolve(), Path(item.name))
+        else:  # a file, or a path that does not exist / cannot be read (reported per file)
+            found.setdefault(path.absolute(), Path(path.name))
+    return list(found.items())
+
+
+def plan_jobs(inputs: Iterable[str], out_dir: Path) -> list[Job]:
+    """Jobs with unique output paths: images keep their format, videos become .mp4."""
+    jobs, taken = [], set()
+    for source, relative in discover(inputs):
+        suffix = relative.suffix.lower()
+        if suffix not in (".png", ".jpg", ".jpeg"):  # writable image formats keep theirs
+            suffix = ".png" if suffix in IMAGE_SUFFIXES else ".mp4"
+        output = (out_dir / relative).with_suffix(suffix).absolute()
+        stem, n = output.stem, 1
+        while output in taken:
+            output = output.with_name(f"{stem}_{n}{suffix}")
+            n += 1
+        taken.add(output)
+        jobs.append(Job(source, output))
+    return jobs
+
+
+# -- manifest -------------------------------------------------------------------------
+
+
+class Manifest:
+    """Append-only JSON Lines record of the batch; the last record per input wins."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self.records: dict[str, dict] = {}
+        if path.exists():
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    self.records[record["input"]] = record
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    # a line cut short by a crash: ignore it, the input is redone
+                    LOG.warning("%s:%d: ignoring a damaged record", path, number)
+
+    def is_done(self, job: Job) -> bool:
+        record = self.records.get(str(job.source))
+        return bool(
+            record
+            and record.get("status") == DONE
+            and record.get("output") == str(job.output)
+            and job.output.exists()
+        )
+
+    def add(
+        self, job: Job, status: str, error: str | None = None, frames: int = 0, seconds: float = 0.0
+    ) -> dict:
+        record = {
+            "input": str(job.source),
+            "output": str(job.output),
+            "status": status,
+            "error": error,
+            "frames": frames,
+            "seconds": round(seconds, 3),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        line = json.dumps(record) + "\n"
+        with self._lock:
+            # one write per record: a crash loses at most this line, never earlier ones
+            with open(self.path, "a") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.records[record["input"]] = record
+        return record
+
+
+# -- servers --------------------------------------------------------------------------
+
+
+class ServerPool:
+    """Round-robin over server URLs; a dead one is skipped until ``retry_after`` passes."""
+
+    def __init__(self, urls: list[str], retry_after: float = 15.0, clock=time.monotonic):
+        if not urls:
+            raise ValueError("at least one server URL is needed")
+        self.urls = list(dict.fromkeys(urls))
+        self.retry_after = retry_after
+        self._clock = clock
+        self._dead_until: dict[str, float] = {}
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> str:
+        """The next live server, or the one that comes back soonest when all are dead."""
+        with self._lock:
+            now = self._clock()
+            for _ in range(len(self.urls)):
+                url = self.urls[self._next % len(self.urls)]
+                self._next += 1
+                if self._dead_until.get(url, 0.0) <= now:
+                    return url
+            return min(self.urls, key=lambda u: self._dead_until.get(u, 0.0))
+
+    def mark_dead(self, url: str) -> None:
+        with self._lock:
+            if url not in self._dead_until or self._dead_until[url] <= self._clock():
+                LOG.warning(
+                    "server %s is not answering; out of rotation for %.0f s", url, self.retry_after
+                )
+            self._dead_until[url] = self._clock() + self.retry_after
+
+    def mark_alive(self, url: str) -> None:
+        with self._lock:
+            if self._dead_until.pop(url, None) is not None:
+                LOG.info("server %s is back in rotation", url)
+
+
+# -- one input ------------------------------------------------------------------------
+
+
+class BadInput(Exception):
+    """The input itself is the problem; retrying cannot help."""
+
+
+def check_input(job: Job) -> None:
+    """Reject unreadable, empty and undecodable inputs before using a server."""
+    try:
+        size = job.source.stat().st_size
+        with open(job.source, "rb"):
+            pass
+    except OSError as exc:
+        raise BadInput(f"cannot read: {exc.strerror or exc}") from exc
+    if not job.source.is_file():
+        raise BadInput("not a regular file")
+    if size == 0:
+        raise BadInput("empty file (0 bytes)")
+    try:
+        if job.is_image:
+            read_image(job.source)
+        else:
+            probe(job.source)
+    except (ImageError, VideoError) as exc:
+        raise BadInput(str(exc).replace(f"{job.source}: ", "")) from exc
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())[:500]
+
+
+@dataclasses.dataclass
+class Settings:
+    protocol: str = "grpc"
+    in_flight: int = 4
+    retries: int = 5
+    backoff: float = 0.5
+    backoff_max: float = 10.0
+    progress: bool = False
+
+
+def run_job(job: Job, servers: ServerPool, settings: Settings) -> tuple[int, float]:
+    """Process one input; returns (frames, seconds). Raises BadInput or ClientError."""
+    check_input(job)
+    job.output.parent.mkdir(parents=True, exist_ok=True)
+    attempt = 0
+    while True:
+        url = servers.acquire()
+        start = time.perf_counter()
+        try:
+            outputs = ("RENDERED", "FACE_COUNT")
+            with FrameClient(
+                url, settings.protocol, outputs=outputs, in_flight=settings.in_flight
+            ) as client:
+                if job.is_image:
+                    process_image(client, job.source, job.output, None)
+                    frames = 1
+                else:
+                    stats = process_video(
+                        client,
+                        job.source,
+                        job.output,
+                        progress=settings.progress,
+                        description=job.source.name,
+                    )
+                    frames = stats.frames
+            servers.mark_alive(url)
+            return frames, time.perf_counter() - start
+        except (ImageError, VideoError) as exc:
+            raise BadInput(str(exc)) from exc
+        except InferenceError as exc:  # the server refused this input: not transient
+            raise BadInput(f"server rejected it: {exc}") from exc
+        except (ServerUnavailable, ConnectionError) as exc:
+            servers.mark_dead(url)
+            attempt += 1
+            if attempt > settings.retries:
+                raise ServerUnavailable(f"gave up after {attempt} attempts: {exc}") from exc
+            delay = min(settings.backoff * 2 ** (attempt - 1), settings.backoff_max)
+            LOG.debug("%s: %s; retry %d in %.1f s", job.source.name, exc, attempt, delay)
+            time.sleep(delay)
+
+
+# -- the batch ------------------------------------------------------------------------
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Delete temporary outputs left by a killed run; returns how many."""
+    count = 0
+    for item in out_dir.rglob(".*.part*"):
+        if item.is_file() and is_temporary(item):
+            item.unlink(missing_ok=True)
+            count += 1
+    return count
+
+
+def run_batch(
+    inputs: list[str],
+    out_dir: Path,
+    urls: list[str],
+    jobs: int = 2,
+    overwrite: bool = False,
+    settings: Settings | None = None,
+) -> dict[str, int]:
+    """Process everything; returns counts {done, skipped, failed, already_done, frames}."""
+    settings = settings or Settings()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(out_dir)
+    if stale:
+        LOG.info("removed %d temporary file(s) left by an interrupted run", stale)
+    manifest = Manifest(out_dir / MANIFEST)
+    servers = ServerPool([normalize_url(u, settings.protocol) for u in urls])
+    counts = {"done": 0, "already_done": 0, "skipped": 0, "failed": 0, "frames": 0}
+    todo = []
+    for job in plan_jobs(inputs, out_dir):
+        if manifest.is_done(job):
+            counts["already_done"] += 1
+        elif job.output.exists() and not overwrite:
+            manifest.add(
+                job,
+                SKIPPED,
+                "output exists and was not made by this batch; pass --overwrite to replace it",
+            )
+            counts["skipped"] += 1
+        else:
+            todo.append(job)
+    bar = tqdm(total=len(todo), unit="file", desc="batch", disable=not todo)
+    with bar, concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = {pool.submit(run_job, job, servers, settings): job for job in todo}
+        for future in concurrent.futures.as_completed(futures):
+            job = futures[future]
+            try:
+                frames, seconds = future.result()
+            except (BadInput, ClientError, OSError) as exc:
+                manifest.add(job, FAILED, one_line(exc))
+                counts["failed"] += 1
+                LOG.debug("%s failed: %s", job.source, exc)
+            else:
+                manifest.add(job, DONE, None, frames, seconds)
+                counts["done"] += 1
+                counts["frames"] += frames
+            bar.set_postfix(done=counts["done"], failed=counts["failed"])
+            bar.update(1)
+    return counts
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "batch",
+        help="render many images and videos (resumable)",
+        description="Render images and videos (files, folders, globs) into DIR with several "
+        "files in flight over one or more servers. DIR/manifest.jsonl records every "
+        "input; rerunning the same command skips finished work and retries failures.",
+    )
+    parser.add_argument("inputs", nargs="+", help="files, folders or globs (quote globs)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--url",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="server; repeat for several (default: localhost)",
+    )
+    parser.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
+    parser.add_argument("--jobs", type=int, default=2, metavar="N", help="files in flight")
+    parser.add_argument(
+        "--in-flight", type=int, default=4, metavar="N", help="frames in flight per video"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=5, help="retries per file when no server answers (default 5)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs that exist but are not recorded done",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings(
+        protocol=args.protocol,
+        in_flight=args.in_flight,
+        retries=args.retries,
+        progress=args.jobs == 1,
+    )
+    counts = run_batch(
+        args.inputs, args.out, args.url or ["localhost"], args.jobs, args.overwrite, settings
+    )
+    LOG.info(
+        "batch: %d done (%d frames), %d already done, %d skipped, %d failed; manifest %s",
+        counts["done"],
+        counts["frames"],
+        counts["already_done"],
+        counts["skipped"],
+        counts["failed"],
+        args.out / MANIFEST,
+    )
+    if counts["failed"]:
+        manifest = Manifest(args.out / MANIFEST)
+        for record in manifest.records.values():
+            if record["status"] == FAILED:
+                LOG.error("failed: %s: %s", record["input"], record["error"])
+    return 1 if counts["failed"] else 0
