@@ -343,11 +343,14 @@ _PICKLE_ALLOWED = frozenset(
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),  # protocol 5 arrays
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("builtins", "set"),
         ("builtins", "frozenset"),
         ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # bytes in protocol 2 pickles (str -> bytes, nothing else)
     }
 )
 
