@@ -1,0 +1,46 @@
+"""Fixtures that serve a model repository with a real tritonserver.
+
+- ``model_repository``: the repository to serve; defaults to the toy repository. Override it
+  (same name, in a test module or a sub-folder's conftest) to serve another one.
+- ``triton_server``: the running server for the ``model_repository`` in scope; the session
+  keeps one server per repository, so modules that share a repository share its server.
+- ``triton_servers``: the session's :class:`ServerPool`, for tests that need a server of an
+  explicit repository (``triton_servers.get(path)``).
+At the end of the session every server is stopped and no ``/dev/shm`` region created by this
+process may remain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# tests/ is importable because pytest puts the folder of the rootdir conftest
+# (tests/conftest.py, not inside a package) on sys.path ("prepend" import mode).
+from server import RunningServer, ServerPool
+
+TOY_REPOSITORY = Path(__file__).resolve().parent / "toy_repository"
+
+
+@pytest.fixture(scope="session")
+def triton_servers() -> Iterator[ServerPool]:
+    pool = ServerPool()
+    yield pool
+    leaked = pool.close()
+    assert not leaked, (
+        f"/dev/shm regions leaked by the servers or clients of this session: {leaked}"
+    )
+
+
+@pytest.fixture(scope="session")
+def model_repository() -> Path:
+    """The repository ``triton_server`` serves: the toy repository unless overridden."""
+    return TOY_REPOSITORY
+
+
+@pytest.fixture(scope="module")
+def triton_server(triton_servers: ServerPool, model_repository: Path) -> RunningServer:
+    """A ready server (HTTP and gRPC) for ``model_repository``: http_url, grpc_url, metrics_url."""
+    return triton_servers.get(model_repository)

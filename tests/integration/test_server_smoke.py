@@ -1,0 +1,157 @@
+"""The serving machinery (tools/serve.py, tests/server.py) against the toy repository:
+echo -> double ensemble on a real embedded tritonserver, errors, liveness, metrics."""
+
+from __future__ import annotations
+
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from server import OWNED_SHM_PREFIX, SHM_DIR, ServerPool
+from tddfa_tools import serve
+from tritonclient.utils import InferenceServerException
+
+TOY_REPOSITORY = Path(__file__).resolve().parent / "toy_repository"
+CLIENTS = {"http": httpclient, "grpc": grpcclient}
+
+
+@pytest.fixture(scope="module")
+def model_repository() -> Path:
+    """This module always serves the toy repository, whatever the default is."""
+    return TOY_REPOSITORY
+
+
+def infer(server, protocol: str, data: np.ndarray, model: str = "echo_double") -> np.ndarray:
+    """One request of ``data`` (B, N) float32; returns OUTPUT (B, N)."""
+    module = CLIENTS[protocol]
+    url = server.http_url if protocol == "http" else server.grpc_url
+    with module.InferenceServerClient(url) as client:
+        tensor = module.InferInput("INPUT", list(data.shape), "FP32")
+        tensor.set_data_from_numpy(data)
+        return client.infer(model, [tensor]).as_numpy("OUTPUT")
+
+
+def server_ready(server, protocol: str) -> bool:
+    module = CLIENTS[protocol]
+    url = server.http_url if protocol == "http" else server.grpc_url
+    with module.InferenceServerClient(url) as client:
+        return client.is_server_live() and client.is_server_ready()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_ensemble_runs_both_steps(triton_server, protocol):
+    data = np.array([[1.0, 2.5, 3.0], [0.0, 4.0, 8.0]], np.float32)
+    np.testing.assert_array_equal(infer(triton_server, protocol, data), 2 * data)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_error_reaches_client_and_server_keeps_serving(triton_server, protocol):
+    with pytest.raises(
+        InferenceServerException, match="INPUT must be non-negative, got minimum -1"
+    ):
+        infer(triton_server, protocol, np.array([[1.0, -1.0]], np.float32))
+    assert server_ready(triton_server, protocol)
+    good = np.array([[5.0, 6.0]], np.float32)
+    np.testing.assert_array_equal(infer(triton_server, protocol, good), 2 * good)
+
+
+def test_bad_request_does_not_fail_its_batch_mates(triton_server):
+    """Concurrent requests are batched into one execute(); only the bad ones fail."""
+
+    def one(i: int):
+        data = np.full((1, 4), -1.0 if i % 3 == 0 else float(i), np.float32)
+        try:
+            return infer(triton_server, "grpc", data, model="double")
+        except InferenceServerException as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, range(16)))
+    for i, result in enumerate(results):
+        if i % 3 == 0:
+            assert isinstance(result, InferenceServerException), f"request {i} should fail"
+            assert "non-negative" in str(result)
+        else:
+            assert not isinstance(result, Exception), f"request {i} failed: {result}"
+            np.testing.assert_array_equal(result, np.full((1, 4), 2.0 * i, np.float32))
+
+
+def test_metrics_endpoint_counts_requests(triton_server):
+    infer(triton_server, "http", np.ones((1, 2), np.float32))
+    with urllib.request.urlopen(triton_server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    assert response.status == 200
+    assert 'nv_inference_request_success{model="echo_double"' in text
+
+
+def test_free_port_is_bindable():
+    import socket
+
+    port = serve.free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_missing_wheel_names_the_fix(monkeypatch):
+    monkeypatch.setattr(serve.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(
+        serve.TritonServerError, match="nvidia-pytriton is not installed: run tools/setup.sh"
+    ):
+        serve.tritonserver_dist()
+
+
+def test_missing_stub_names_the_python_version(tmp_path):
+    dist = tmp_path / "tritonserver"
+    (dist / "python_backend_stubs" / "3.8").mkdir(parents=True)
+    with pytest.raises(
+        serve.TritonServerError, match=rf"no Python backend stub for Python {serve.python_tag()}"
+    ):
+        serve.prepare_backends(dist, cache_root=tmp_path / "cache")
+
+
+def test_backends_are_copied_once_with_the_stub(tmp_path):
+    dist = tmp_path / "tritonserver"
+    (dist / "backends" / "python").mkdir(parents=True)
+    (dist / "backends" / "python" / "libtriton_python.so").write_bytes(b"lib")
+    stub_dir = dist / "python_backend_stubs" / serve.python_tag()
+    stub_dir.mkdir(parents=True)
+    (stub_dir / "triton_python_backend_stub").write_bytes(b"stub")
+    first = serve.prepare_backends(dist, cache_root=tmp_path / "cache")
+    assert (first / "python" / "triton_python_backend_stub").read_bytes() == b"stub"
+    assert (first / "python" / "libtriton_python.so").is_file()
+    assert serve.prepare_backends(dist, cache_root=tmp_path / "cache") == first
+    assert [p.name for p in first.parent.iterdir()] == ["backends"], "staging dirs left behind"
+
+
+def test_start_failure_reports_the_model_error(tmp_path):
+    """A model that fails to load stops start-up with Triton's message, not a timeout."""
+    model = tmp_path / "repo" / "broken"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(
+        (TOY_REPOSITORY / "double" / "config.pbtxt").read_text().replace('"double"', '"broken"')
+    )
+    (model / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        raise RuntimeError('toy model refuses to load')\n"
+    )
+    server = serve.TritonServer(model.parent, startup_timeout=60)
+    with pytest.raises(serve.TritonServerError, match="toy model refuses to load"):
+        server.start()
+    assert not server.is_alive()
+
+
+def test_leak_check_finds_owned_regions():
+    if not SHM_DIR.is_dir():
+        pytest.skip("no /dev/shm on this host")
+    pool = ServerPool()
+    region = SHM_DIR / f"{OWNED_SHM_PREFIX}leak_check_test"
+    region.write_bytes(b"")
+    try:
+        assert pool.close() == [region.name]
+    finally:
+        region.unlink()
