@@ -74,8 +74,8 @@ def discover(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
         path = Path(text).expanduser()
         if path.is_dir():
             for item in sorted(path.rglob("*")):
-                if item.is_file() and _is_media(item):
-                    found.setdefault(item.resolve(), item.relative_to(path))
+                if (item.is_file() or item.is_symlink()) and _is_media(item):
+                    found.setdefault(item.absolute(), item.relative_to(path))
         elif glob.has_magic(text):
             for match in sorted(glob.glob(text, recursive=True)):
                 item = Path(match)

@@ -41,7 +41,7 @@ def read_image(path: str | Path) -> np.ndarray:
                 raise ImageError(f"{path}: not an image (no picture stream)")
             frame = next(container.decode(video=0), None)
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
         raise ImageError(f"{path}: cannot decode as an image ({reason})") from exc
     if frame is None:
         raise ImageError(f"{path}: the file holds no decodable picture")

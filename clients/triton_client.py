@@ -377,7 +377,7 @@ class FrameClient:
                 ) from exc
             LOG.warning("shared memory disabled (%s); sending frames over the network", exc)
             return False
-        tag = f"tddfa_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        tag = f"tddfa_client_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self._slots = [
             _SharedMemorySlot(self._protocol, f"{tag}_{i}") for i in range(self.in_flight)
         ]

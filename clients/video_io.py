@@ -129,6 +129,9 @@ def is_temporary(path: str | Path) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
+    """One line describing ``exc`` without repeating the file name."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 

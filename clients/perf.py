@@ -1,0 +1,258 @@
+"""``tddfa perf``: perf_analyzer on the ensemble with real frames, concurrency sweep, CSV.
+
+perf_analyzer's random data is not a valid image, so this writes frames decoded from a
+sample video as ``--input-data`` JSON (raw uint8 bytes, base64, with their shape) and
+runs perf_analyzer from the tritonclient wheel over HTTP and/or gRPC.
+
+The binary needs Debian's ``libb64-0d`` (``apt-get install -y libb64-0d``) and a CUDA 12
+runtime library (the ``nvidia-cuda-runtime-cu12`` wheel; its lib folder is put on
+LD_LIBRARY_PATH here, no GPU needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import ctypes.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tddfa_clients.triton_client import normalize_url
+from tddfa_clients.video_io import open_decoder
+
+LOG = logging.getLogger(__name__)
+
+MODEL = "tddfa"
+SAMPLE_VIDEO = "video/emma720.mp4"
+
+
+class PerfError(RuntimeError):
+    """perf_analyzer cannot run here (missing binary or library)."""
+
+
+def find_perf_analyzer() -> Path:
+    """perf_analyzer from the tritonclient wheel (installed beside the interpreter)."""
+    candidates = [Path(sys.executable).parent / "perf_analyzer"]
+    try:
+        import tritonclient
+
+        candidates.append(Path(tritonclient.__file__).parent / "bin" / "perf_analyzer")
+    except ImportError:
+        pass
+    found = shutil.which("perf_analyzer")
+    if found:
+        candidates.append(Path(found))
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise PerfError(
+        "perf_analyzer not found; install the manylinux wheel: pip install 'tritonclient[all]==2.51.0'"
+    )
+
+
+def cuda_runtime_lib_dir() -> Path | None:
+    """The lib folder of the nvidia-cuda-runtime-cu12 wheel, if installed."""
+    try:
+        import nvidia.cuda_runtime as runtime
+    except ImportError:
+        return None
+    for base in runtime.__path__:
+        lib = Path(base) / "lib"
+        if any(lib.glob("libcudart.so.12*")):
+            return lib
+    return None
+
+
+def perf_environment() -> dict[str, str]:
+    """os.environ plus the library path perf_analyzer needs; raises PerfError if missing."""
+    if ctypes.util.find_library("b64") is None:
+        raise PerfError("perf_analyzer needs libb64: apt-get install -y libb64-0d")
+    env = dict(os.environ)
+    lib = cuda_runtime_lib_dir()
+    if lib is None and ctypes.util.find_library("cudart") is None:
+        raise PerfError("perf_analyzer needs libcudart.so.12: pip install nvidia-cuda-runtime-cu12")
+    if lib is not None:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(lib), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+    return env
+
+
+def write_input_data(video: Path, frames: int, path: Path, stride: int = 1) -> tuple[int, ...]:
+    """Write ``frames`` frames of ``video`` as perf_analyzer JSON; returns the frame shape.
+
+    Format: {"data": [{"IMAGE": {"content": {"b64": <raw uint8 bytes>}, "shape": [H, W, 3]}}]}
+    (shape without the batch dimension; perf_analyzer adds it with -b).
+    """
+    entries, shape = [], None
+    with open_decoder(video, "cpu") as decoder:
+        for frame in decoder:
+            if frame.index % stride:
+                continue
+            image = frame.host_image()
+            shape = tuple(image.shape)
+            content = base64.b64encode(image.tobytes()).decode("ascii")
+            entries.append({"IMAGE": {"content": {"b64": content}, "shape": list(shape)}})
+            if len(entries) >= frames:
+                break
+    if not entries:
+        raise PerfError(f"{video}: no frames decoded")
+    path.write_text(json.dumps({"data": entries}))
+    return shape
+
+
+def perf_command(
+    binary: Path,
+    url: str,
+    protocol: str,
+    concurrency: str,
+    input_data: Path,
+    csv_path: Path,
+    frame_shape: tuple[int, ...],
+    shared_memory: str = "none",
+    measurement_ms: int = 8000,
+    model: str = MODEL,
+) -> list[str]:
+    """The perf_analyzer command line (interval and trials sized for a CPU server)."""
+    command = [
+        str(binary),
+        "-m", model,
+        "-u", normalize_url(url, protocol),
+        "-i", protocol,
+        "--input-data", str(input_data),
+        "--concurrency-range", concurrency,
+        "--measurement-mode", "time_windows",
+        "--measurement-interval", str(measurement_ms),
+        "--max-trials", "5",
+        "--stability-percentage", "25",
+        "-f", str(csv_path),
+        "--shared-memory", shared_memory,
+    ]  # fmt: skip
+    if shared_memory != "none":
+        # the largest output is RENDERED, the same size as the frame
+        size = 1
+        for dim in frame_shape:
+            size *= dim
+        command += ["--output-shared-memory-size", str(max(size, 1 << 20))]
+    return command
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def summary_table(rows: list[dict[str, str]], protocol: str) -> str:
+    """Concurrency, throughput, latency percentiles (ms) as a fixed-width table."""
+    lines = [f"{'protocol':8} {'conc':>4} {'infer/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"]
+    for row in rows:
+
+        def ms(key: str, row: dict = row) -> str:
+            value = row.get(key)
+            return f"{float(value) / 1000:8.1f}" if value not in (None, "") else f"{'-':>8}"
+
+        lines.append(
+            f"{protocol:8} {row.get('Concurrency', '?'):>4} "
+            f"{float(row.get('Inferences/Second', 0)):9.2f} "
+            f"{ms('p50 latency')} {ms('p90 latency')} {ms('p99 latency')}"
+        )
+    return "\n".join(lines)
+
+
+def run_perf(args: argparse.Namespace) -> list[tuple[str, list[dict[str, str]]]]:
+    binary = find_perf_analyzer()
+    env = perf_environment()
+    protocols = ["http", "grpc"] if args.protocol == "both" else [args.protocol]
+    if args.protocol == "both" and not args.grpc_url:
+        args.grpc_url = (
+            args.url.split("://", 1)[-1].rsplit(":", 1)[0] if ":" in args.url else args.url
+        )
+    results = []
+    with tempfile.TemporaryDirectory(prefix="tddfa-perf-") as tmp:
+        data = Path(tmp) / "input_data.json"
+        shape = write_input_data(args.video, args.frames, data)
+        LOG.info("input data: %d frames of %s, shape %s", args.frames, args.video.name, shape)
+        for protocol in protocols:
+            url = args.grpc_url if protocol == "grpc" and args.grpc_url else args.url
+            csv_path = _csv_path(args.csv, protocol, len(protocols) > 1) or Path(tmp) / "out.csv"
+            command = perf_command(
+                binary, url, protocol, args.concurrency, data, csv_path, shape,
+                args.shared_memory, args.measurement_interval, args.model,
+            )  # fmt: skip
+            LOG.info("running: %s", " ".join(command))
+            completed = subprocess.run(command, env=env, capture_output=True, text=True)
+            if completed.returncode != 0:
+                tail = (completed.stdout + completed.stderr).strip().splitlines()[-15:]
+                raise PerfError(f"perf_analyzer ({protocol}) failed:\n" + "\n".join(tail))
+            LOG.debug("%s", completed.stdout)
+            results.append((protocol, read_csv(csv_path)))
+    return results
+
+
+def _csv_path(base: Path | None, protocol: str, several: bool) -> Path | None:
+    if base is None:
+        return None
+    return base.with_name(f"{base.stem}-{protocol}{base.suffix}") if several else base
+
+
+def _default_video() -> Path | None:
+    root = os.environ.get("TDDFA_ASSET_DIR")
+    return Path(root) / SAMPLE_VIDEO if root else None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "perf",
+        help="perf_analyzer on the ensemble with real frames",
+        description="Write real frames from a video as perf_analyzer input data and run a "
+        "concurrency sweep against the tddfa ensemble; prints a summary and writes CSV.",
+    )
+    parser.add_argument(
+        "--url", default="localhost", help="server HOST[:PORT] (the protocol's default port)"
+    )
+    parser.add_argument(
+        "--grpc-url",
+        metavar="HOST[:PORT]",
+        help="gRPC endpoint for --protocol both (default: --url's host, port 8001)",
+    )
+    parser.add_argument("--protocol", choices=("http", "grpc", "both"), default="grpc")
+    parser.add_argument("--model", default=MODEL, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--concurrency", default="1:4:1", metavar="START:END:STEP", help="default 1:4:1"
+    )
+    parser.add_argument("--frames", type=int, default=16, help="distinct frames (default 16)")
+    parser.add_argument(
+        "--video", type=Path, default=_default_video(),
+        help=f"source of the frames (default: $TDDFA_ASSET_DIR/{SAMPLE_VIDEO})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shared-memory", choices=("none", "system", "cuda"), default="none",
+        help="how perf_analyzer passes tensors (system/cuda: server on this host)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--measurement-interval", type=int, default=8000, metavar="MS",
+        help="perf_analyzer window in ms (default 8000, sized for a CPU server)",
+    )  # fmt: skip
+    parser.add_argument("--csv", type=Path, help="write perf_analyzer's CSV here")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.video is None:
+        LOG.error("no video: pass --video or set TDDFA_ASSET_DIR")
+        return 2
+    try:
+        results = run_perf(args)
+    except (PerfError, OSError) as exc:
+        LOG.error("%s", exc)
+        return 1
+    for protocol, rows in results:
+        sys.stdout.write(summary_table(rows, protocol) + "\n")
+    return 0
