@@ -77,6 +77,15 @@ def check_parity(
     return errors
 
 
+def _infer_static_dims(path: Path) -> None:
+    """Resolve output dims the tracer left symbolic (e.g. LOC's last dim, 4) in place."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(os.fspath(path)), data_prop=True)
+    onnx.checker.check_model(model)
+    onnx.save(model, os.fspath(path))
+
+
 def _export(
     module,
     example: np.ndarray,
@@ -109,6 +118,7 @@ def _export(
                 dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
             )
+        _infer_static_dims(tmp)
         errors = check_parity(module, tmp, input_names[0], example)
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; servers may run as another user
         os.replace(tmp, out_path)
