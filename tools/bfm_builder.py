@@ -29,6 +29,7 @@ from scipy.spatial import cKDTree
 from tddfa.bfm import BFM, save_bfm
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_SHAPE, NUM_VERTICES
 from tddfa_tools.assets import load_pickle
+from tddfa_tools.tensorrt_builder import REQUIRES_FP32_KEY
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ APPROXIMATE_ASSETS = (
     W_EXP_LANDMARKS,
     PAF_GRID,
 )
+#: Keys of tddfa_tools.assets.ASSETS the builder reads (the exact model is optional).
+BFM_ASSET_NAMES = tuple(Path(rel).name for rel in (*APPROXIMATE_ASSETS, EXACT_BFM))
 
 GRID_MAX_DISTANCE = 1500.0  # micrometres: PAF grid points farther from the mesh are dropped
 SMOOTHNESS_LAMBDA = 1e3  # weight of the data term against the Laplacian
@@ -334,6 +337,8 @@ def export_bfm_decoder(bfm: BFM, out_path: os.PathLike | str) -> Path:
         model = onnx.load(tmp)
         onnx.checker.check_model(model)
         model.doc_string = bfm.description()
+        fp32_only = model.metadata_props.add()  # micrometres and 1e6 coefficients overflow fp16
+        fp32_only.key, fp32_only.value = REQUIRES_FP32_KEY, "true"
         onnx.save(model, tmp)
         error = check_bfm_decoder(bfm, tmp)
         if error > DECODER_MAX_REL_ERROR:

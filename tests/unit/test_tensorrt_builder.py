@@ -1,0 +1,247 @@
+"""TensorRT engine builder: profiles and trtexec line always; real engines where TensorRT imports."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tddfa.config import NUM_EXP, NUM_SHAPE, REGRESSOR_SIZE, PipelineConfig
+from tddfa_tools import tensorrt_builder
+from tddfa_tools.tensorrt_builder import (
+    _check_profiles,
+    build_engine,
+    default_profiles,
+    gpu_tag,
+    trtexec_command,
+)
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT builder not installed")
+
+
+@pytest.mark.parametrize(
+    "cfg", [PipelineConfig(), PipelineConfig(max_faces=3, canvas_height=480, canvas_width=640)]
+)
+@pytest.mark.parametrize("max_batch", [1, 8])
+def test_default_profiles_follow_config(cfg: PipelineConfig, max_batch: int) -> None:
+    k, h, w = cfg.max_faces, cfg.canvas_height, cfg.canvas_width
+    profiles = default_profiles(cfg, max_batch)
+    assert set(profiles) == {"face_detector", "face_regressor", "bfm_decoder"}
+    lo, opt, hi = profiles["face_detector"]["DETECTOR_INPUT"]
+    assert hi == (max_batch, 3, h, w) and opt == (1, 3, h, w)
+    assert lo == (1, 3, h // 2, w // 2)
+    crop = (3, REGRESSOR_SIZE, REGRESSOR_SIZE)
+    assert profiles["face_regressor"]["CROPS"] == (
+        (1, 1, *crop),
+        (1, k, *crop),
+        (max_batch, k, *crop),
+    )
+    assert profiles["bfm_decoder"]["ALPHA_SHP"][2] == (max_batch, k, NUM_SHAPE)
+    assert profiles["bfm_decoder"]["ALPHA_EXP"][0] == (1, 1, NUM_EXP)
+    for model in profiles.values():
+        for lo, opt, hi in model.values():
+            assert all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True))
+
+
+def test_default_profiles_reject_bad_batch() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        default_profiles(PipelineConfig(), 0)
+
+
+def test_trtexec_command_matches_profiles() -> None:
+    cfg = PipelineConfig()
+    profile = default_profiles(cfg, 8)["bfm_decoder"]
+    line = trtexec_command("m.onnx", "m.plan", profiles=profile, timing_cache=Path("t.cache"))
+    args = shlex.split(line)
+    assert args[0] == "trtexec" and "--onnx=m.onnx" in args and "--saveEngine=m.plan" in args
+    k = cfg.max_faces
+    assert f"--minShapes=ALPHA_SHP:1x1x{NUM_SHAPE},ALPHA_EXP:1x1x{NUM_EXP}" in args
+    assert f"--optShapes=ALPHA_SHP:1x{k}x{NUM_SHAPE},ALPHA_EXP:1x{k}x{NUM_EXP}" in args
+    assert f"--maxShapes=ALPHA_SHP:8x{k}x{NUM_SHAPE},ALPHA_EXP:8x{k}x{NUM_EXP}" in args
+    assert "--fp16" in args and "--timingCacheFile=t.cache" in args
+    assert "--fp16" not in shlex.split(
+        trtexec_command("m.onnx", "m.plan", profiles=profile, fp16=False)
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "tag"),
+    [
+        ("NVIDIA H100 80GB HBM3", "H100"),
+        ("NVIDIA A100-SXM4-40GB", "A100"),
+        ("NVIDIA GeForce RTX 4090", "RTX4090"),
+        ("Tesla T4", "T4"),
+        ("", "gpu"),
+    ],
+)
+def test_gpu_tag(name: str, tag: str) -> None:
+    assert gpu_tag(name) == tag
+
+
+@dataclasses.dataclass
+class _FakeInput:
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclasses.dataclass
+class _FakeNetwork:
+    inputs: list[_FakeInput]
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.inputs)
+
+    def get_input(self, i: int) -> _FakeInput:
+        return self.inputs[i]
+
+
+def test_profile_check_names_each_problem() -> None:
+    network = _FakeNetwork([_FakeInput("CROPS", (-1, -1, 3, 120, 120))])
+    good = default_profiles(PipelineConfig(), 4)["face_regressor"]
+    _check_profiles(network, good)
+    bad = {
+        "CROPS": ((2, 1, 3, 64, 64), (1, 8, 3, 64, 64), (4, 8, 3, 64, 64)),
+        "X": ((1,), (1,), (1,)),
+    }
+    with pytest.raises(ValueError) as error:
+        _check_profiles(network, bad)
+    message = str(error.value)
+    assert "CROPS axis 3 is fixed at 120" in message and "X, not an input" in message
+    assert "CROPS axis 0: need 1 <= min <= opt <= max" in message
+
+
+def test_missing_tensorrt_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as when not installed
+    with pytest.raises(ImportError, match="TensorRT builder not installed"):
+        build_engine(tmp_path / "m.onnx", tmp_path, profiles={})
+
+
+# ---- real engines (only where TensorRT and a CUDA GPU are available) ----
+
+TINY = PipelineConfig(max_faces=2, canvas_height=128, canvas_width=192)
+TINY_BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(
+    onnx_models: dict[str, Path], asset_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    from tddfa_tools.assets import resolve_assets
+    from tddfa_tools.bfm_builder import BFM_ASSET_NAMES, build_bfm, export_bfm_decoder
+
+    out = tmp_path_factory.mktemp("trt_onnx")
+    bfm = build_bfm(
+        resolve_assets(BFM_ASSET_NAMES, asset_dir=asset_dir, download=False), out / "bfm.npz"
+    )
+    return {**onnx_models, "bfm_decoder": export_bfm_decoder(bfm, out / "bfm_decoder.onnx")}
+
+
+@pytest.fixture(scope="module")
+def engines(
+    tiny_onnx: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT engines need a CUDA GPU")
+    out = tmp_path_factory.mktemp("engines")
+    profiles = default_profiles(TINY, TINY_BATCH)
+    return {
+        name: build_engine(
+            path, out, profiles=profiles[name], fp16=False, timing_cache=out / "timing.cache"
+        )
+        for name, path in tiny_onnx.items()
+    }
+
+
+def _run_engine(engine_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import tensorrt as trt
+    import torch
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+    context = engine.create_execution_context()
+    buffers = {}
+    for name, array in inputs.items():
+        buffers[name] = torch.from_numpy(array).cuda().contiguous()
+        context.set_input_shape(name, array.shape)
+        context.set_tensor_address(name, buffers[name].data_ptr())
+    outputs = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
+            outputs[name] = torch.empty(
+                tuple(context.get_tensor_shape(name)), dtype=torch.float32, device="cuda"
+            )
+            context.set_tensor_address(name, outputs[name].data_ptr())
+    stream = torch.cuda.Stream()
+    assert context.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    return {name: t.cpu().numpy() for name, t in outputs.items()}
+
+
+def _inputs(model: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    if model == "bfm_decoder":
+        return {
+            n: (rng.standard_normal(s) * (1e5 if n == "ALPHA_SHP" else 1.0)).astype(np.float32)
+            for n, s in shapes.items()
+        }
+    return {n: rng.uniform(0, 255, s).astype(np.float32) for n, s in shapes.items()}
+
+
+@needs_tensorrt
+@pytest.mark.gpu
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["min", "opt", "max"])
+@pytest.mark.parametrize("model", ["face_detector", "face_regressor", "bfm_decoder"])
+def test_engine_matches_onnxruntime(
+    engines: dict[str, Path], tiny_onnx: dict[str, Path], model: str, which: int
+) -> None:
+    import onnxruntime as ort
+
+    shapes = {
+        name: shape[which] for name, shape in default_profiles(TINY, TINY_BATCH)[model].items()
+    }
+    inputs = _inputs(model, shapes)
+    session = ort.InferenceSession(str(tiny_onnx[model]), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    expected = dict(zip(names, session.run(names, inputs), strict=True))
+    got = _run_engine(engines[model], inputs)
+    for name, ref in expected.items():
+        assert got[name].shape == ref.shape
+        err = np.linalg.norm(got[name] - ref) / np.linalg.norm(ref)
+        assert err < 2e-3, f"{model} {name}: relative error {err:.2e}"  # TF32 tactics allowed
+
+
+@needs_tensorrt
+@pytest.mark.gpu
+def test_engine_files_are_described(engines: dict[str, Path]) -> None:
+    import tensorrt as trt
+
+    for name, path in engines.items():
+        assert path.name.startswith(f"{name}.") and f".trt{trt.__version__}." in path.name
+        record = json.loads(path.with_suffix(".json").read_text())
+        assert record["tensorrt_version"] == trt.__version__ and record["precision"] == "fp32"
+        assert record["profiles"][0] == {
+            k: [list(s) for s in v] for k, v in default_profiles(TINY, TINY_BATCH)[name].items()
+        }
+    assert (path.parent / "timing.cache").stat().st_size > 0
+
+
+@needs_tensorrt
+@pytest.mark.gpu
+def test_decoder_is_never_built_in_fp16(
+    engines: dict[str, Path], tiny_onnx: dict[str, Path]
+) -> None:
+    assert tensorrt_builder.requires_fp32(tiny_onnx["bfm_decoder"])
+    profile = default_profiles(TINY, TINY_BATCH)["bfm_decoder"]
+    out = engines["bfm_decoder"].parent / "fp16"
+    path = build_engine(tiny_onnx["bfm_decoder"], out, profiles=profile, fp16=True)
+    assert path.name.endswith(".fp32.plan")
+    assert json.loads(path.with_suffix(".json").read_text())["precision"] == "fp32"
