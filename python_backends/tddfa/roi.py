@@ -1,0 +1,136 @@
+"""ROI boxes around faces and the 120x120 regressor crops (MODELS.md 3).
+
+All functions take K face slots at once and are numpy/CuPy agnostic. ROI boxes are
+computed in float32, which reproduces the reference ROI boxes bit for bit (their side
+is truncated to an integer, so the precision matters at the boundaries).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tddfa.config import REGRESSOR_SIZE
+from tddfa.resize import blend_rows_u8, fixed_point_weights, inverse_scale, linear_taps
+from tddfa.xp import get_xp
+
+# Shape of the original's crop around a detection box: the square's side is this many
+# times the box's mean side, and its centre moves down by this fraction of that side.
+ROI_SIZE_FACTOR = 1.58
+ROI_CENTER_SHIFT = 0.14
+
+
+def roi_from_box(boxes: Any) -> Any:
+    """Square crop boxes around detections.
+
+    Args:
+        boxes: (K, 4+) (x1, y1, x2, y2[, score]) in image pixels.
+
+    Returns:
+        (K, 4) float32 (sx, sy, ex, ey); the side is int(1.58 * mean box side) and the
+        centre is the box centre moved down by 0.14 * mean side. Zero boxes give a
+        zero-sized ROI at the origin.
+    """
+    xp = get_xp(boxes)
+    f32 = xp.float32
+    half = f32(2)
+    left, top, right, bottom = boxes[:, :4].astype(f32, copy=False).T
+    old_size = (right - left + bottom - top) / half
+    center_x = right - (right - left) / half
+    center_y = bottom - (bottom - top) / half + old_size * f32(ROI_CENTER_SHIFT)
+    side = xp.trunc(old_size * f32(ROI_SIZE_FACTOR))
+    start_x = center_x - side / half
+    start_y = center_y - side / half
+    return xp.stack([start_x, start_y, start_x + side, start_y + side], axis=1)
+
+
+def roi_from_landmarks(landmarks: Any) -> Any:
+    """Crop boxes from the previous frame's landmarks (tracking mode).
+
+    Args:
+        landmarks: (K, 2+, 68) image coordinates (rows x, y[, z]).
+
+    Returns:
+        (K, 4) float32 (sx, sy, ex, ey): the landmarks' bounding box made square
+        (side = its longer side) and then enlarged to a square whose side is that
+        square's diagonal, around the same centre.
+    """
+    xp = get_xp(landmarks)
+    f64 = xp.float64
+    points = landmarks[:, :2].astype(xp.float32, copy=False)
+    low = points.min(axis=2)  # (K, 2)
+    high = points.max(axis=2)
+    center = (low + high).astype(f64) / 2
+    radius = (high - low).max(axis=1).astype(f64) / 2  # (K,)
+    square_low = center - radius[:, None]
+    square_high = center + radius[:, None]
+    side = xp.sqrt(((square_high - square_low) ** 2).sum(axis=1))
+    center = (square_high + square_low) / 2
+    start = center - side[:, None] / 2
+    return xp.concatenate([start, start + side[:, None]], axis=1).astype(xp.float32)
+
+
+def crop_and_resize(
+    image: Any, rois: Any, size: int = REGRESSOR_SIZE, count: int | None = None
+) -> Any:
+    """Cut each ROI out of the frame (black outside it) and resize it to size x size.
+
+    Equivalent to the original's integer crop into a zero canvas of the ROI's size
+    followed by ``cv2.resize(..., (size, size), interpolation=cv2.INTER_LINEAR)`` on
+    uint8 (same fixed-point arithmetic), computed by gathering the frame directly at
+    the sampled positions: no per-face canvas is built.
+
+    Args:
+        image: (H, W, 3) uint8 RGB, numpy or cupy.
+        rois: (K, 4) (sx, sy, ex, ey) image pixels; rounded to the nearest integer.
+        size: output side (the regressor's 120).
+        count: number of filled slots; slots >= count (and empty ROIs) give zeros.
+
+    Returns:
+        (K, 3, size, size) float32 RGB, integer values 0..255.
+    """
+    xp = get_xp(image)
+    height, width = int(image.shape[0]), int(image.shape[1])
+    num = int(rois.shape[0])
+    corners = xp.rint(rois.astype(xp.float64)).astype(xp.int64)
+    start_x, start_y = corners[:, 0:1], corners[:, 1:2]
+    crop_w = corners[:, 2:3] - start_x  # (K, 1)
+    crop_h = corners[:, 3:4] - start_y
+    filled = (crop_w[:, 0] > 0) & (crop_h[:, 0] > 0)
+    if count is not None:
+        filled &= xp.arange(num) < count
+    crop_w = xp.maximum(crop_w, 1)
+    crop_h = xp.maximum(crop_h, 1)
+
+    def taps(start, length, limit, clamp_weight):
+        """Image indices (clipped), in-image masks and fixed-point weights, (K, size)."""
+        i0, i1, weight = linear_taps(
+            xp, size, length, inverse_scale(size, length), clamp_weight=clamp_weight
+        )
+        i0, i1 = i0 + start, i1 + start
+        w0, w1 = fixed_point_weights(xp, weight)
+        return (
+            (xp.clip(i0, 0, limit - 1), (i0 >= 0) & (i0 < limit)),
+            (xp.clip(i1, 0, limit - 1), (i1 >= 0) & (i1 < limit)),
+            w0,
+            w1,
+        )
+
+    left, right, a0, a1 = taps(start_x, crop_w, width, clamp_weight=True)
+    upper, lower, b0, b1 = taps(start_y, crop_h, height, clamp_weight=False)
+    a0, a1 = a0[:, None, :, None], a1[:, None, :, None]
+
+    def sample(row, col):
+        """(K, size, size, 3) int32 pixels at row x col, zero outside the image."""
+        (ys, in_y), (xs, in_x) = row, col
+        pixels = image[ys[:, :, None], xs[:, None, :]].astype(xp.int32)
+        inside = in_y[:, :, None] & in_x[:, None, :]
+        return pixels * inside[..., None]
+
+    def horizontal(row):
+        return sample(row, left) * a0 + sample(row, right) * a1
+
+    crops = blend_rows_u8(
+        xp, horizontal(upper), horizontal(lower), b0[:, :, None, None], b1[:, :, None, None]
+    )
+    crops = crops.astype(xp.float32) * filled.astype(xp.float32)[:, None, None, None]
+    return xp.ascontiguousarray(crops.transpose(0, 3, 1, 2))
