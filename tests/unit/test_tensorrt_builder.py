@@ -245,3 +245,177 @@ def test_decoder_is_never_built_in_fp16(
     path = build_engine(tiny_onnx["bfm_decoder"], out, profiles=profile, fp16=True)
     assert path.name.endswith(".fp32.plan")
     assert json.loads(path.with_suffix(".json").read_text())["precision"] == "fp32"
+
+
+# ---- build_engine's flow against a stand-in of the tensorrt module (runs everywhere) ----
+
+
+class _FakeTensorRT:
+    """The slice of the tensorrt API that build_engine uses; records what it was asked."""
+
+    __version__ = "10.0.0"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity: int) -> None:
+            self.severity = severity
+
+    class NetworkDefinitionCreationFlag:
+        EXPLICIT_BATCH = 0
+
+    class MemoryPoolType:
+        WORKSPACE = "workspace"
+
+    class BuilderFlag:
+        FP16 = "fp16"
+
+    def __init__(self, parse_errors: list[str] | None = None) -> None:
+        self.parse_errors = parse_errors or []
+        self.calls: dict[str, object] = {"flags": set(), "profiles": []}
+        fake = self
+
+        class Builder:
+            def __init__(self, logger: object) -> None:
+                pass
+
+            def create_network(self, flags: int) -> _FakeNetwork:
+                fake.calls["network_flags"] = flags
+                fake.network = _FakeNetwork([])
+                return fake.network
+
+            def create_builder_config(self) -> Config:
+                return Config()
+
+            def create_optimization_profile(self) -> dict[str, tuple]:
+                profile: dict[str, tuple] = {}
+                fake.calls["profiles"].append(profile)
+                return _Profile(profile)
+
+            def build_serialized_network(self, network: object, config: object) -> bytes:
+                return b"PLAN"
+
+        class _Profile:
+            def __init__(self, store: dict) -> None:
+                self.store = store
+
+            def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
+                self.store[name] = (lo, opt, hi)
+
+        class Cache:
+            def __init__(self, data: bytes) -> None:
+                fake.calls["cache_in"] = data
+
+            def serialize(self) -> bytes:
+                return b"CACHE"
+
+        class Config:
+            def set_memory_pool_limit(self, pool: str, size: int) -> None:
+                fake.calls["workspace"] = size
+
+            def set_flag(self, flag: str) -> None:
+                fake.calls["flags"].add(flag)
+
+            def add_optimization_profile(self, profile: object) -> None:
+                pass
+
+            def create_timing_cache(self, data: bytes) -> Cache:
+                return Cache(data)
+
+            def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> None:
+                self.cache = cache
+
+            def get_timing_cache(self) -> Cache:
+                return self.cache
+
+        class OnnxParser:
+            def __init__(self, network: _FakeNetwork, logger: object) -> None:
+                self.network = network
+                self.num_errors = len(fake.parse_errors)
+
+            def parse_from_file(self, path: str) -> bool:
+                import onnx
+
+                graph = onnx.load(path, load_external_data=False).graph
+                for value in graph.input:
+                    dims = tuple(d.dim_value or -1 for d in value.type.tensor_type.shape.dim)
+                    self.network.inputs.append(_FakeInput(value.name, dims))
+                return not fake.parse_errors
+
+            def get_error(self, i: int) -> str:
+                return fake.parse_errors[i]
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+@pytest.fixture()
+def tiny_decoder_onnx(tmp_path: Path) -> Path:
+    """A 2-vertex stand-in graph with the bfm_decoder's inputs and its fp32 flag."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [
+        helper.make_tensor_value_info(
+            "ALPHA_SHP", TensorProto.FLOAT, ["batch", "faces", NUM_SHAPE]
+        ),
+        helper.make_tensor_value_info("ALPHA_EXP", TensorProto.FLOAT, ["batch", "faces", NUM_EXP]),
+    ]
+    out = helper.make_tensor_value_info("MODEL_VERTICES", TensorProto.FLOAT, None)
+    node = helper.make_node("Concat", ["ALPHA_SHP", "ALPHA_EXP"], ["MODEL_VERTICES"], axis=-1)
+    model = helper.make_model(helper.make_graph([node], "g", inputs, [out]))
+    helper.set_model_props(model, {tensorrt_builder.REQUIRES_FP32_KEY: "true"})
+    path = tmp_path / "bfm_decoder.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_build_engine_flow(
+    monkeypatch: pytest.MonkeyPatch, tiny_decoder_onnx: Path, tmp_path: Path
+) -> None:
+    fake = _FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(tensorrt_builder, "gpu_name", lambda device=0: "NVIDIA H100 80GB HBM3")
+    cache = tmp_path / "cache" / "timing.cache"
+    profile = default_profiles(PipelineConfig(), 8)["bfm_decoder"]
+    path = build_engine(tiny_decoder_onnx, tmp_path / "out", profiles=profile, timing_cache=cache)
+    assert path.name == "bfm_decoder.H100.trt10.0.0.fp32.plan"  # fp16 refused for this graph
+    assert path.read_bytes() == b"PLAN" and cache.read_bytes() == b"CACHE"
+    assert fake.calls["flags"] == set() and fake.calls["network_flags"] == 0
+    assert fake.calls["profiles"] == [dict(profile)]
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["gpu"] == "NVIDIA H100 80GB HBM3" and record["precision"] == "fp32"
+    assert record["profiles"] == [{k: [list(s) for s in v] for k, v in profile.items()}]
+    build_engine(tiny_decoder_onnx, tmp_path / "out", profiles=profile, timing_cache=cache)
+    assert fake.calls["cache_in"] == b"CACHE"  # the saved cache is loaded on the next build
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "bfm_decoder.H100.trt10.0.0.fp32.json",
+        "bfm_decoder.H100.trt10.0.0.fp32.plan",
+    ]
+
+
+def test_build_engine_reports_parser_errors(
+    monkeypatch: pytest.MonkeyPatch, tiny_decoder_onnx: Path, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTensorRT(["node 3: unsupported op Foo"]))
+    profile = default_profiles(PipelineConfig(), 8)["bfm_decoder"]
+    with pytest.raises(RuntimeError, match="unsupported op Foo"):
+        build_engine(tiny_decoder_onnx, tmp_path, profiles=profile)
+    assert not list(tmp_path.glob("*.plan"))
+
+
+def test_build_engine_sets_fp16_when_allowed(
+    monkeypatch: pytest.MonkeyPatch, tiny_decoder_onnx: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    model = onnx.load(str(tiny_decoder_onnx))
+    del model.metadata_props[:]
+    plain = tmp_path / "face_regressor.onnx"
+    onnx.save(model, str(plain))
+    fake = _FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(tensorrt_builder, "gpu_name", lambda device=0: "Tesla T4")
+    profile = default_profiles(PipelineConfig(), 2)["bfm_decoder"]
+    path = build_engine(plain, tmp_path / "out", profiles=profile)
+    assert path.name == "face_regressor.T4.trt10.0.0.fp16.plan"
+    assert fake.calls["flags"] == {"fp16"} and fake.calls["workspace"] > 0
