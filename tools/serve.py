@@ -373,6 +373,7 @@ class TritonServer:
                 LOGGER.warning("tritonserver did not stop within %.0f s: killing it", timeout)
                 process.kill()
                 process.wait()
+            LOGGER.info("tritonserver stopped (exit status %s)", process.returncode)
         self._join_logs()
         return process.returncode
 
@@ -417,12 +418,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``tddfa serve``: serve until SIGINT/SIGTERM (exit 0) or until the server dies (exit 1)."""
     stop_requested = threading.Event()
+    stopping = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
+        if stop_requested.is_set() or stopping.is_set():
+            LOGGER.info("%s received: already shutting down", signal.Signals(signum).name)
+            return
         LOGGER.info("%s received: shutting down", signal.Signals(signum).name)
         stop_requested.set()
-        raise KeyboardInterrupt  # also interrupts the readiness wait
+        raise KeyboardInterrupt  # leaves the serve loop or the readiness wait
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = TritonServer(
@@ -435,25 +441,29 @@ def run(args: argparse.Namespace) -> int:
         startup_timeout=args.startup_timeout,
     )
     try:
-        server.start()
-        # 0.0.0.0 is not a client address: print what a client on this host should use.
-        LOGGER.info(
-            "serving %s: --url localhost:%d (http), localhost:%d (grpc); Ctrl-C stops",
-            server.model_repository,
-            server.http_port,
-            server.grpc_port,
-        )
-        while server.is_alive():
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    except TritonServerError as exc:
-        LOGGER.error("%s", exc)
-        return 1
+        try:
+            server.start()
+            # 0.0.0.0 is not a client address: say what a client on this host should use.
+            LOGGER.info(
+                "serving %s: --url localhost:%d --protocol http, or localhost:%d --protocol grpc;"
+                " Ctrl-C stops",
+                server.model_repository,
+                server.http_port,
+                server.grpc_port,
+            )
+            while server.is_alive():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        except TritonServerError as exc:
+            LOGGER.error("%s", exc)
+            return 1
+        finally:
+            stopping.set()  # further signals are logged, not raised, while the server stops
+            code = server.stop()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        code = server.stop()
     if stop_requested.is_set():
         return 0
     LOGGER.error("tritonserver exited unexpectedly with status %s", code)
