@@ -41,7 +41,7 @@ from OpenGL.raw.GL.VERSION import GL_1_0 as _raw_gl
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Lighting", "MeshRenderer", "vertex_normals", "GLContextError"]
+__all__ = ["GLContextError", "InteropError", "Lighting", "MeshRenderer", "vertex_normals"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,6 +372,10 @@ class _GLScene:
 
 
 # --------------------------------------------------------------------------- GPU only
+class InteropError(RuntimeError):
+    """A CUDA-OpenGL interop call failed (the renderer then falls back to host copies)."""
+
+
 class _CudaInterop:
     """GPU-only: CuPy arrays <-> GL objects through CUDA-OpenGL interop (cuda-python).
 
@@ -385,6 +389,7 @@ class _CudaInterop:
         import cupy
         from cuda.bindings import runtime
 
+        self.cupy = cupy
         self._cp = cupy
         self._rt = runtime
         self._ordinal = ordinal
@@ -393,11 +398,20 @@ class _CudaInterop:
         self._versions = (-1, -1)
         self._rgba_in = None  # (H, W, 4) uint8 staging of the frame
 
+    def device(self, image: Any) -> Any:
+        """Context manager making the renderer's CUDA device current; checks the image is on it."""
+        if image.device.id != self._ordinal:
+            raise ValueError(
+                f"the image is on cuda:{image.device.id} but this renderer draws on "
+                f"cuda:{self._ordinal}: copy it there or use a renderer per device"
+            )
+        return self._cp.cuda.Device(self._ordinal)
+
     def _check(self, result: tuple) -> Any:
         err, *values = result
         if err != self._rt.cudaError_t.cudaSuccess:
             _, name = self._rt.cudaGetErrorName(err)
-            raise RuntimeError(f"CUDA-OpenGL interop failed: {name.decode()}")
+            raise InteropError(f"CUDA-OpenGL interop failed: {name.decode()}")
         return values[0] if len(values) == 1 else values
 
     def _stream(self) -> Any:
@@ -407,6 +421,7 @@ class _CudaInterop:
         """(Re-)register the scene's textures/buffers after they were re-created."""
         rt = self._rt
         flags = rt.cudaGraphicsRegisterFlags
+        self._check(rt.cudaSetDevice(self._ordinal))  # cuda-python's runtime: same device
         if self._versions[0] != scene.targets_version:
             self._unregister(list(self._frame.values()))
             self._frame = {
@@ -604,34 +619,68 @@ class MeshRenderer:
         _validate(image, vertices, count, self._max_index)
         if count == 0:
             return image.copy()
-        on_gpu = get_xp(image) is not np
-        if on_gpu and self._interop is None:
-            raise ValueError(
-                f"a CuPy image needs device='cuda:N' with cuda-python installed; this renderer "
-                f"runs on {self.device!r}: pass a numpy image"
-            )
         xp = get_xp(image)
-        rows = vertices[:count] if on_gpu else to_numpy(vertices[:count])
-        positions = xp.ascontiguousarray(xp.asarray(rows), dtype=xp.float32)
+        if xp is np:
+            return self._render_host(image, to_numpy(vertices[:count]))
+        if self._context.cuda_ordinal is None:
+            raise ValueError(
+                f"a CuPy image needs a renderer on device='cuda:N', this one runs on "
+                f"{self.device!r}: pass a numpy image"
+            )
+        if self._interop is not None:
+            try:
+                return self._render_interop(image, vertices[:count])
+            except InteropError:
+                logger.exception("CUDA-OpenGL interop failed; frames now go through the host")
+                self._drop_interop()
+        host = self._render_host(xp.asnumpy(image), to_numpy(vertices[:count]))
+        return xp.asarray(host)
+
+    @property
+    def uses_interop(self) -> bool:
+        """True while CuPy frames take the CUDA-OpenGL interop path (no host copies)."""
+        return self._interop is not None
+
+    def _prepare(self, image_shape: tuple[int, ...], positions: Any) -> _GLScene:
+        scene = self._scene
+        scene.ensure_size(image_shape[0], image_shape[1])
+        scene.ensure_buffers(positions.nbytes, positions.shape[2])
+        return scene
+
+    def _render_host(self, image: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        positions = np.ascontiguousarray(rows, dtype=np.float32)
         normals = self._normals(positions)
         frames, depth = _face_frames(positions)
-        height, width = image.shape[:2]
-        n_vertices = positions.shape[2]
         with self._context.current():
-            scene = self._scene
-            scene.ensure_size(height, width)
-            scene.ensure_buffers(positions.nbytes, n_vertices)
-            if on_gpu:
-                self._interop.register(scene)
-                self._interop.upload_frame(image)
-                self._interop.upload_vertices(positions, normals)
-            else:
-                scene.upload_frame_host(np.ascontiguousarray(image))
-                scene.upload_vertices_host(positions, normals)
-            scene.draw(frames, depth, n_vertices)
-            if on_gpu:
-                return self._interop.read(height, width)
+            scene = self._prepare(image.shape, positions)
+            scene.upload_frame_host(np.ascontiguousarray(image))
+            scene.upload_vertices_host(positions, normals)
+            scene.draw(frames, depth, positions.shape[2])
             return scene.read_host()
+
+    def _render_interop(self, image: Any, rows: Any) -> Any:
+        """GPU-only: CuPy frame and vertices in, CuPy frame out, nothing through the host."""
+        interop = self._interop
+        with interop.device(image):
+            cp = interop.cupy
+            positions = cp.ascontiguousarray(cp.asarray(rows), dtype=cp.float32)
+            normals = self._normals(positions)
+            frames, depth = _face_frames(positions)  # (F, 4) + 2 floats to the host
+            with self._context.current():
+                scene = self._prepare(image.shape, positions)
+                interop.register(scene)
+                interop.upload_frame(image)
+                interop.upload_vertices(positions, normals)
+                scene.draw(frames, depth, positions.shape[2])
+                return interop.read(*image.shape[:2])
+
+    def _drop_interop(self) -> None:
+        interop, self._interop = self._interop, None
+        try:
+            with self._context.current():
+                interop.close()
+        except InteropError:
+            logger.warning("could not unregister the CUDA-OpenGL resources", exc_info=True)
 
     def close(self) -> None:
         """Release the GL objects, the interop registrations and the EGL context."""
