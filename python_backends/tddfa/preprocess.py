@@ -123,10 +123,10 @@ def to_detector_canvas(image: Any, cfg: PipelineConfig) -> tuple[Any, float]:
     scale = detector_scale(height, width, cfg)
     out_h, out_w = resized_size(height, width, scale)
     if (out_h, out_w) == (height, width):
-        resized = image.astype(xp.float32)
+        resized = image
     else:
-        resized = resize_bilinear_u8(image, out_h, out_w).astype(xp.float32)
+        resized = resize_bilinear_u8(image, out_h, out_w)
     canvas = xp.empty((3, cfg.canvas_height, cfg.canvas_width), dtype=xp.float32)
     canvas[...] = xp.asarray(DETECTOR_MEAN_RGB, dtype=xp.float32)[:, None, None]
-    canvas[:, :out_h, :out_w] = resized.transpose(2, 0, 1)
+    canvas[:, :out_h, :out_w] = resized.transpose(2, 0, 1)  # uint8 -> float32 on assignment
     return canvas, scale

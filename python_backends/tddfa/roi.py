@@ -91,46 +91,50 @@ def crop_and_resize(
     xp = get_xp(image)
     height, width = int(image.shape[0]), int(image.shape[1])
     num = int(rois.shape[0])
+    out = xp.zeros((num, 3, size, size), dtype=xp.float32)
+    if count is not None:
+        rois = rois[: max(0, min(int(count), num))]  # skip the empty slots' work
+    if rois.shape[0] == 0:
+        return out
     corners = xp.rint(rois.astype(xp.float64)).astype(xp.int64)
     start_x, start_y = corners[:, 0:1], corners[:, 1:2]
-    crop_w = corners[:, 2:3] - start_x  # (K, 1)
+    crop_w = corners[:, 2:3] - start_x  # (k, 1)
     crop_h = corners[:, 3:4] - start_y
-    filled = (crop_w[:, 0] > 0) & (crop_h[:, 0] > 0)
-    if count is not None:
-        filled &= xp.arange(num) < count
-    crop_w = xp.maximum(crop_w, 1)
-    crop_h = xp.maximum(crop_h, 1)
+    filled = ((crop_w > 0) & (crop_h > 0)).astype(xp.int32)  # (k, 1)
 
     def taps(start, length, limit, clamp_weight):
-        """Image indices (clipped), in-image masks and fixed-point weights, (K, size)."""
+        """Clipped image indices and fixed-point weights, (k, size) each.
+
+        A tap outside the image gets weight 0, which is the same as reading the
+        black canvas the original crops into.
+        """
+        length = xp.maximum(length, 1)
         i0, i1, weight = linear_taps(
             xp, size, length, inverse_scale(size, length), clamp_weight=clamp_weight
         )
         i0, i1 = i0 + start, i1 + start
         w0, w1 = fixed_point_weights(xp, weight)
-        return (
-            (xp.clip(i0, 0, limit - 1), (i0 >= 0) & (i0 < limit)),
-            (xp.clip(i1, 0, limit - 1), (i1 >= 0) & (i1 < limit)),
-            w0,
-            w1,
-        )
+        w0 = w0 * ((i0 >= 0) & (i0 < limit)) * filled
+        w1 = w1 * ((i1 >= 0) & (i1 < limit)) * filled
+        return xp.clip(i0, 0, limit - 1), xp.clip(i1, 0, limit - 1), w0, w1
 
-    left, right, a0, a1 = taps(start_x, crop_w, width, clamp_weight=True)
-    upper, lower, b0, b1 = taps(start_y, crop_h, height, clamp_weight=False)
+    x0, x1, a0, a1 = taps(start_x, crop_w, width, clamp_weight=True)
+    y0, y1, b0, b1 = taps(start_y, crop_h, height, clamp_weight=False)
+    pixels = image.reshape(height * width, 3)
     a0, a1 = a0[:, None, :, None], a1[:, None, :, None]
 
-    def sample(row, col):
-        """(K, size, size, 3) int32 pixels at row x col, zero outside the image."""
-        (ys, in_y), (xs, in_x) = row, col
-        pixels = image[ys[:, :, None], xs[:, None, :]].astype(xp.int32)
-        inside = in_y[:, :, None] & in_x[:, None, :]
-        return pixels * inside[..., None]
-
-    def horizontal(row):
-        return sample(row, left) * a0 + sample(row, right) * a1
+    def horizontal(rows):
+        """(k, size, size, 3) int32 horizontal sums of the sampled rows."""
+        offsets = rows[:, :, None] * width
+        left = xp.take(pixels, offsets + x0[:, None, :], axis=0).astype(xp.int32)
+        left *= a0
+        right = xp.take(pixels, offsets + x1[:, None, :], axis=0).astype(xp.int32)
+        right *= a1
+        left += right
+        return left
 
     crops = blend_rows_u8(
-        xp, horizontal(upper), horizontal(lower), b0[:, :, None, None], b1[:, :, None, None]
+        xp, horizontal(y0), horizontal(y1), b0[:, :, None, None], b1[:, :, None, None]
     )
-    crops = crops.astype(xp.float32) * filled.astype(xp.float32)[:, None, None, None]
-    return xp.ascontiguousarray(crops.transpose(0, 3, 1, 2))
+    out[: crops.shape[0]] = crops.transpose(0, 3, 1, 2)
+    return out
