@@ -57,6 +57,7 @@ class BuiltModels:
     triangles: Path
     regressor_name: str  # mb05 | mb1
     bfm_exact: bool
+    torch_weights: dict[str, Path]  # per network: what the PyTorch CUDA runner rebuilds it from
 
 
 def _sha256(path: Path) -> str:
@@ -80,14 +81,25 @@ def _cached(out: Path, sources: list[Path], build) -> Path:
     return out
 
 
+def _build_assets(asset_dir: Path | None) -> dict[str, Path]:
+    """The assets a build needs (test photos excluded). Optional upstream files (mb1, the
+    exact BFM) are used when present locally; `tddfa assets` downloads them."""
+    from tddfa_tools.assets import ASSETS, resolve_assets
+
+    needed = {name: a for name, a in ASSETS.items() if not name.endswith(".jpg")}
+    found = resolve_assets([n for n, a in needed.items() if not a.optional], asset_dir=asset_dir)
+    optional = [n for n, a in needed.items() if a.optional]
+    found.update(resolve_assets(optional, asset_dir=asset_dir, download=False))
+    return found
+
+
 def export_models(options: BuildOptions) -> BuiltModels:
     """Resolve the assets, then export (or reuse) the three networks and the BFM tables."""
     from tddfa.bfm import load_bfm
-    from tddfa_tools.assets import resolve_assets
     from tddfa_tools.bfm_builder import build_bfm, export_bfm_decoder
     from tddfa_tools.export_onnx import export_face_detector, export_face_regressor
 
-    assets = resolve_assets(asset_dir=options.asset_dir)
+    assets = _build_assets(options.asset_dir)
     regressor = options.regressor
     if regressor == "auto":
         regressor = "mb1" if assets.get("mb1_120x120.pth") else "mb05"
@@ -116,7 +128,20 @@ def export_models(options: BuildOptions) -> BuiltModels:
     np.save(triangles, np.ascontiguousarray(model.tri, dtype=np.int32))
     if not model.exact:
         log.warning("BFM: %s", model.description())
-    return BuiltModels(detector, regressor_onnx, decoder, bfm, triangles, regressor, model.exact)
+    return BuiltModels(
+        detector,
+        regressor_onnx,
+        decoder,
+        bfm,
+        triangles,
+        regressor,
+        model.exact,
+        torch_weights={
+            "face_detector": assets["FaceBoxesProd.pth"],
+            "face_regressor": weights,
+            "bfm_decoder": bfm,
+        },
+    )
 
 
 def tensor_dims(pipeline: PipelineConfig) -> dict[str, list[int]]:
@@ -174,7 +199,9 @@ def configure(configs: dict, options: BuildOptions, models: BuiltModels) -> None
         configs[name].parameters["bfm"].string_value = bfm_kind
 
 
-def _network_file(name: str, onnx: Path, version_dir: Path, options: BuildOptions) -> None:
+def _network_file(
+    name: str, onnx: Path, torch_weights: Path, version_dir: Path, options: BuildOptions
+) -> None:
     if options.flavour == "tensorrt":
         from tddfa_tools.tensorrt_builder import build_engine, default_profiles
 
@@ -189,6 +216,9 @@ def _network_file(name: str, onnx: Path, version_dir: Path, options: BuildOption
         shutil.copy2(engine, version_dir / "model.plan")
     else:
         shutil.copy2(onnx, version_dir / "model.onnx")
+    if options.flavour == "python" and options.device == "gpu":
+        # without TensorRT, the python runner rebuilds the network in PyTorch from these
+        shutil.copy2(torch_weights, version_dir / torch_weights.name)
     if options.flavour != "python":
         (version_dir / "model.py").unlink()
 
@@ -208,7 +238,7 @@ def build_repository(options: BuildOptions) -> Path:
         for name, onnx in zip(
             NETWORKS, (models.detector, models.regressor, models.bfm_decoder), strict=True
         ):
-            _network_file(name, onnx, repo / name / "1", options)
+            _network_file(name, onnx, models.torch_weights[name], repo / name / "1", options)
         shutil.copy2(models.bfm, repo / "landmark_to_vertex" / "1" / "bfm.npz")
         shutil.copy2(models.triangles, repo / "face_renderer" / "1" / "triangles.npy")
 
