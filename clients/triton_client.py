@@ -46,7 +46,15 @@ DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 PROTOCOLS = ("http", "grpc")
 SHARED_MEMORY = ("auto", "system", "none")
 _TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "502", "503", "504")
-_TRANSIENT_TEXT = ("failed to connect", "connection refused", "socket closed", "connect failed")
+_TRANSIENT_TEXT = (
+    "failed to connect",
+    "connection refused",
+    "socket closed",
+    "connect failed",
+    "has no available versions",  # the model is (re)loading or the server is stopping
+    "is not ready",
+    "server is stopping",
+)
 
 Key = TypeVar("Key")
 

@@ -130,8 +130,9 @@ def is_temporary(path: str | Path) -> bool:
 
 def _reason(exc: BaseException) -> str:
     """One line describing ``exc`` without repeating the file name."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+    strerror = getattr(exc, "strerror", None)  # OSError and av.FFmpegError
+    if strerror:
+        return str(strerror)
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
