@@ -173,9 +173,16 @@ def server_environment(dist: Path) -> dict[str, str]:
     env = os.environ.copy()
     libs = [_libpython_dir(), str(_wheel_libs(dist)), env.get("LD_LIBRARY_PATH")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
-    env["PATH"] = os.pathsep.join(
-        p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p
-    )
+    bindir = Path(sys.executable).parent
+    env["PATH"] = os.pathsep.join(p for p in (str(bindir), env.get("PATH")) if p)
+    found = shutil.which("python3", path=str(bindir))
+    if found is None or Path(found).resolve() != Path(sys.executable).resolve():
+        LOGGER.warning(
+            "%s/python3 is not this interpreter (%s): Python models may not see its packages; "
+            "run from a virtual environment (tools/setup.sh creates .venv)",
+            bindir,
+            sys.executable,
+        )
     return env
 
 
@@ -315,19 +322,20 @@ class TritonServer:
         return self
 
     def _forward_logs(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        for raw in iter(self._process.stdout.readline, b""):
+        process = self._process
+        if process is None or process.stdout is None:
+            return
+        for raw in iter(process.stdout.readline, b""):
             line = raw.decode("utf-8", errors="replace")
             self._log_tail.append(line)
             SERVER_LOGGER.log(self.log_level, "%s", line.rstrip())
-        self._process.stdout.close()
+        process.stdout.close()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         ready_url = f"http://{self.url}/v2/health/ready"
         while time.monotonic() < deadline:
-            assert self._process is not None
-            code = self._process.poll()
+            code = self.returncode()
             if code is not None:
                 self._join_logs()
                 raise TritonServerError(
