@@ -95,7 +95,13 @@ def check_ensemble(configs: dict[str, ModelConfig], ensemble: str = "tddfa") -> 
                     outputs[model_output].data_type,
                     list(outputs[model_output].dims),
                 )
+    consumed = {t for step in top.ensemble_scheduling.step for t in step.input_map.values()}
     for output in top.output:
+        if output.name in consumed:
+            problems.append(
+                f"{ensemble}: output {output.name!r} is also a step input; Triton 2.51 then prunes "
+                "its producer when a client requests it alone: give the step input its own tensor"
+            )
         if output.name not in tensors:
             problems.append(f"{ensemble}: output {output.name!r} is produced by no step")
         elif tensors[output.name][0] != output.data_type or not _dims_agree(

@@ -68,12 +68,14 @@ class RoiCropStep:
     """Detections -> K best face boxes, their ROI boxes and 120x120 crops.
 
     IMAGE (B,H,W,3) uint8, LOC (B,P,4), CONF (B,P,2), SCALE (B,1) ->
-    FACE_BOXES (B,K,5), FACE_COUNT (B,1) int32, ROI_BOXES (B,K,4), CROPS (B,K,3,120,120).
+    FACE_BOXES (B,K,5), FACE_COUNT (B,1) int32 (and NUM_FACES, the same, for later
+    steps), ROI_BOXES (B,K,4), CROPS (B,K,3,120,120).
     """
 
     def __init__(self, config: PipelineConfig):
         self.config = config
         self.priors = prior_boxes(config.canvas_height, config.canvas_width)
+        self._device_priors = {}  # one copy per array module (numpy / CuPy), made once
 
     def validate(self, inputs: Arrays) -> None:
         _require_rank(inputs, {"IMAGE": 4, "LOC": 3, "CONF": 3, "SCALE": 2})
@@ -86,7 +88,9 @@ class RoiCropStep:
 
     def run(self, inputs: Arrays) -> dict[str, Any]:
         xp = get_xp(inputs["IMAGE"])
-        priors = xp.asarray(self.priors)
+        priors = self._device_priors.get(xp)
+        if priors is None:
+            priors = self._device_priors[xp] = xp.asarray(self.priors)
         boxes, counts, rois, crops = [], [], [], []
         for image, loc, conf, scale in zip(
             inputs["IMAGE"], inputs["LOC"], inputs["CONF"], inputs["SCALE"], strict=True
@@ -96,15 +100,16 @@ class RoiCropStep:
             )
             face_rois = roi.roi_from_box(face_boxes[:, :4])
             face_rois[count:] = 0
-            face_crops = roi.crop_and_resize(image, face_rois)
-            face_crops[count:] = 0
+            face_crops = roi.crop_and_resize(image, face_rois, count=count)
             boxes.append(face_boxes)
             counts.append(count)
             rois.append(face_rois)
             crops.append(face_crops)
+        face_count = xp.asarray(counts, dtype=xp.int32).reshape(-1, 1)
         return {
             "FACE_BOXES": xp.stack(boxes).astype(xp.float32, copy=False),
-            "FACE_COUNT": xp.asarray(counts, dtype=xp.int32).reshape(-1, 1),
+            "FACE_COUNT": face_count,
+            "NUM_FACES": face_count,
             "ROI_BOXES": xp.stack(rois).astype(xp.float32, copy=False),
             "CROPS": xp.stack(crops).astype(xp.float32, copy=False),
         }
@@ -114,7 +119,7 @@ class LandmarkToVertexStep:
     """Regressor output -> 62 params, pose, 68 landmarks, BFM coefficients, and the
     per-face model->image transform (MODELS.md 4).
 
-    PARAMS_NORM (B,K,62), ROI_BOXES (B,K,4), FACE_COUNT (B,1) -> PARAMS (B,K,62),
+    PARAMS_NORM (B,K,62), ROI_BOXES (B,K,4), NUM_FACES (B,1) -> PARAMS (B,K,62),
     POSE (B,K,3) degrees, LANDMARKS (B,K,3,68), ALPHA_SHP (B,K,40), ALPHA_EXP (B,K,10),
     TRANSFORM (B,K,3,4). Empty face slots are zeros.
     """
@@ -124,7 +129,7 @@ class LandmarkToVertexStep:
         self.bfm = bfm
 
     def validate(self, inputs: Arrays) -> None:
-        _require_rank(inputs, {"PARAMS_NORM": 3, "ROI_BOXES": 3, "FACE_COUNT": 2})
+        _require_rank(inputs, {"PARAMS_NORM": 3, "ROI_BOXES": 3, "NUM_FACES": 2})
 
     def run(self, inputs: Arrays) -> dict[str, Any]:
         norm = inputs["PARAMS_NORM"]
@@ -136,7 +141,7 @@ class LandmarkToVertexStep:
             xp.asarray(self.bfm.param_std),
         )
         flat_rois = inputs["ROI_BOXES"].reshape(batch * k, 4)
-        mask = _face_mask(inputs["FACE_COUNT"], k).reshape(batch * k)
+        mask = _face_mask(inputs["NUM_FACES"], k).reshape(batch * k)
         outputs = {
             "PARAMS": flat_params,
             "POSE": params.pose_degrees(flat_params),
@@ -173,7 +178,7 @@ class NetworkStep:
 class RenderStep:
     """Draw every face's mesh over its frame.
 
-    IMAGE (B,H,W,3) uint8, MODEL_VERTICES (B,K,3,N), TRANSFORM (B,K,3,4), FACE_COUNT (B,1)
+    IMAGE (B,H,W,3) uint8, MODEL_VERTICES (B,K,3,N), TRANSFORM (B,K,3,4), NUM_FACES (B,1)
     -> RENDERED (B,H,W,3) uint8, VERTICES (B,K,3,N) image space (empty slots zero).
     """
 
@@ -181,14 +186,14 @@ class RenderStep:
         self.renderer = renderer
 
     def validate(self, inputs: Arrays) -> None:
-        _require_rank(inputs, {"IMAGE": 4, "MODEL_VERTICES": 4, "TRANSFORM": 4, "FACE_COUNT": 2})
+        _require_rank(inputs, {"IMAGE": 4, "MODEL_VERTICES": 4, "TRANSFORM": 4, "NUM_FACES": 2})
 
     def run(self, inputs: Arrays) -> dict[str, Any]:
         xp = get_xp(inputs["MODEL_VERTICES"])
         vertices = xp.zeros_like(inputs["MODEL_VERTICES"])
         rendered = []
         for b, frame in enumerate(inputs["IMAGE"]):
-            count = int(inputs["FACE_COUNT"][b, 0])
+            count = int(inputs["NUM_FACES"][b, 0])
             if count:
                 vertices[b, :count] = params.apply_transform(
                     inputs["TRANSFORM"][b, :count], inputs["MODEL_VERTICES"][b, :count]

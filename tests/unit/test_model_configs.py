@@ -87,14 +87,22 @@ def _broken(configs, mutate):
             "'NOPE' is not produced",
         ),
         (
-            lambda c: c["tddfa"].ensemble_scheduling.step[4].input_map.pop("FACE_COUNT"),
-            "required input 'FACE_COUNT' is not mapped",
+            lambda c: c["tddfa"].ensemble_scheduling.step[4].input_map.pop("NUM_FACES"),
+            "required input 'NUM_FACES' is not mapped",
         ),
         (lambda c: setattr(c["bfm_decoder"], "max_batch_size", 1), "max_batch_size 1 <"),
         (lambda c: c.pop("face_renderer"), "'face_renderer' is not in the repository"),
         (
             lambda c: c["tddfa"].ensemble_scheduling.step[6].output_map.pop("VERTICES"),
             "output 'VERTICES' is produced by no step",
+        ),
+        (
+            lambda c: (
+                c["tddfa"]
+                .ensemble_scheduling.step[4]
+                .input_map.__setitem__("NUM_FACES", "FACE_COUNT")
+            ),
+            "output 'FACE_COUNT' is also a step input",
         ),
     ],
     ids=[
@@ -105,6 +113,7 @@ def _broken(configs, mutate):
         "batch-size",
         "missing-model",
         "missing-output",
+        "output-also-consumed",
     ],
 )
 def test_broken_wiring_is_reported(configs, mutate, expected):
