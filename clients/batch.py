@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from tqdm import tqdm
+
 from tddfa_clients.image import IMAGE_SUFFIXES, ImageError, process_image, read_image
 from tddfa_clients.triton_client import (
     ClientError,
@@ -38,7 +40,6 @@ from tddfa_clients.triton_client import (
 )
 from tddfa_clients.video import VIDEO_SUFFIXES, process_video
 from tddfa_clients.video_io import VideoError, is_temporary, probe
-from tqdm import tqdm
 
 LOG = logging.getLogger(__name__)
 

@@ -9,23 +9,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+
 from tddfa_clients.triton_client import ClientError, FrameClient, FrameResult
 from tddfa_clients.video_io import atomic_output
 
 LOG = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-_ENCODERS = {
-    ".png": ("png", "rgb24"),
-    ".jpg": ("mjpeg", "yuvj444p"),
-    ".jpeg": ("mjpeg", "yuvj444p"),
-}
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+# 8-bit modes Pillow converts to RGB without losing information the pipeline uses.
+_EIGHT_BIT_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"}
 
 
 class ImageError(ValueError):
@@ -33,44 +31,44 @@ class ImageError(ValueError):
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB; raises ImageError naming the problem."""
+    """Decode an image file to (H, W, 3) uint8 RGB; raises ImageError naming the problem.
+
+    Pillow decodes JPEG with libjpeg exactly as OpenCV (and so the original 3DDFA_V2) does;
+    FFmpeg's JPEG decoder differs by up to 20 grey levels, which moves landmarks.
+    """
     path = Path(path)
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ImageError(f"{path}: not an image (no picture stream)")
-            frame = next(container.decode(video=0), None)
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        with Image.open(path) as image:
+            bits = _bits_per_channel(path, image)
+            if bits > 8:
+                raise ImageError(
+                    f"{path}: {bits}-bit image ({image.mode}); convert it to 8-bit RGB first"
+                )
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
         raise ImageError(f"{path}: cannot decode as an image ({reason})") from exc
-    if frame is None:
-        raise ImageError(f"{path}: the file holds no decodable picture")
-    bits = max(c.bits for c in frame.format.components)
-    if bits > 8:
-        raise ImageError(
-            f"{path}: {bits}-bit image ({frame.format.name}); convert it to 8-bit RGB first"
-        )
-    return frame.to_ndarray(format="rgb24")
+
+
+def _bits_per_channel(path: Path, image: Image.Image) -> int:
+    """Bits per channel of the stored picture. Pillow silently narrows 16-bit RGB PNGs to
+    8 bits, so for PNG read the bit depth from the IHDR chunk (byte 24 of the file)."""
+    if image.format == "PNG":
+        with open(path, "rb") as f:
+            header = f.read(25)
+        return header[24] if len(header) == 25 else 8
+    return 8 if image.mode in _EIGHT_BIT_MODES else 16
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
     """Encode (H, W, 3) uint8 RGB as PNG or JPEG (by suffix), atomically."""
     path = Path(path)
-    codec, pix_fmt = _ENCODERS.get(path.suffix.lower(), (None, None))
-    if codec is None:
-        raise ValueError(f"{path}: output must end in {sorted(_ENCODERS)}")
-    ctx = av.CodecContext.create(codec, "w")
-    ctx.width, ctx.height = image.shape[1], image.shape[0]
-    ctx.pix_fmt = pix_fmt
-    ctx.time_base = Fraction(1, 25)  # required by the encoder API, meaningless for one picture
-    if codec == "mjpeg":
-        ctx.qscale = 2  # high quality
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-    data = b"".join(
-        bytes(p) for p in [*ctx.encode(frame.reformat(format=pix_fmt)), *ctx.encode(None)]
-    )
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: output must end in {sorted(OUTPUT_FORMATS)}")
+    options = {"quality": 95} if fmt == "JPEG" else {}
     with atomic_output(path) as temp:
-        temp.write_bytes(data)
+        Image.fromarray(np.ascontiguousarray(image)).save(temp, format=fmt, **options)
 
 
 def faces_json(result: FrameResult) -> list[dict[str, Any]]:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+from tqdm import tqdm
+
 from tddfa_clients.image import ImageError, add_server_arguments, faces_json
 from tddfa_clients.triton_client import ClientError, FrameClient
 from tddfa_clients.video_io import (
@@ -30,7 +32,6 @@ from tddfa_clients.video_io import (
     open_encoder,
     probe,
 )
-from tqdm import tqdm
 
 LOG = logging.getLogger(__name__)
 

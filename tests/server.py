@@ -20,6 +20,7 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+
 from tddfa_tools.serve import TritonServer, TritonServerError
 
 LOGGER = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spl
 from scipy.spatial import cKDTree
+
 from tddfa.bfm import BFM, save_bfm
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_SHAPE, NUM_VERTICES
 from tddfa_tools.assets import load_pickle
@@ -310,6 +311,7 @@ def export_bfm_decoder(bfm: BFM, out_path: os.PathLike | str) -> Path:
     """
     import onnx
     import torch
+
     from tddfa.networks.bfm_decoder import BFMDecoder
 
     out_path = Path(out_path)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
 from tddfa.config import REGRESSOR_SIZE
 
 LOG = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+
 from tddfa_clients.batch import MANIFEST, Manifest, Settings, run_batch
 from tddfa_clients.triton_client import FrameClient, InferenceError, served_models
 from tddfa_clients.video import process_video

@@ -12,8 +12,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from server import OWNED_SHM_PREFIX, SHM_DIR, ServerPool
-from tddfa_tools import serve
 from tritonclient.utils import InferenceServerException
+
+from tddfa_tools import serve
 
 TOY_REPOSITORY = Path(__file__).resolve().parent / "toy_repository"
 CLIENTS = {"http": httpclient, "grpc": grpcclient}

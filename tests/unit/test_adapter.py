@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from google.protobuf import json_format
+
 from tddfa_tools.model_config import load_config
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tddfa_tools import assets
 from tddfa_tools.assets import Asset, AssetError, load_pickle, resolve_assets
 

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tritonclient.utils import InferenceServerException
+
 from tddfa_clients.batch import (
     DONE,
     FAILED,
@@ -25,7 +27,6 @@ from tddfa_clients.triton_client import (
     normalize_url,
     translate_error,
 )
-from tritonclient.utils import InferenceServerException
 
 
 @pytest.fixture()

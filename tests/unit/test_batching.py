@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from tddfa.batching import run_batched
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tddfa.bfm import BFM, load_bfm, save_bfm
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_SHAPE, NUM_TRIANGLES, NUM_VERTICES
 from tddfa_tools.bfm_builder import (
@@ -94,6 +95,7 @@ def test_heldout_error_within_bound(built: tuple[BFM, Path]) -> None:
 def test_shape_basis_matches_grid_samples(built: tuple[BFM, Path], asset_dir: Path) -> None:
     """Independent of the builder: the dense basis at the vertex nearest each grid point."""
     from scipy.spatial import cKDTree
+
     from tddfa_tools.assets import load_pickle
 
     bfm, _ = built
@@ -153,6 +155,7 @@ def test_exact_model_used_when_upstream_pickle_present(
 
 def test_torch_decoder_matches_numpy(built: tuple[BFM, Path]) -> None:
     import torch
+
     from tddfa.networks.bfm_decoder import BFMDecoder
 
     bfm, _ = built

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+
 from tddfa.config import DETECTOR_MIN_SIZES, DETECTOR_STEPS, PipelineConfig
 from tddfa.detection import decode_boxes, nms, select_faces
 from tddfa.priors import prior_boxes

@@ -5,6 +5,7 @@ import copy
 from pathlib import Path
 
 import pytest
+
 from tddfa.config import PipelineConfig
 from tddfa_tools.model_config import check_ensemble, load_config, load_repository
 from tddfa_tools.repository import tensor_dims

@@ -9,6 +9,7 @@ import types
 
 import numpy as np
 import pytest
+
 from tddfa.params import (
     apply_transform,
     denormalize,

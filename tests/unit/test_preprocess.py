@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from tddfa.config import DETECTOR_MEAN_BGR, PipelineConfig
 from tddfa.preprocess import detector_scale, resized_size, to_detector_canvas, validate_image
 from tddfa.resize import resize_bilinear, resize_bilinear_u8

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from tddfa.roi import crop_and_resize, roi_from_box, roi_from_landmarks
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is the crop oracle")

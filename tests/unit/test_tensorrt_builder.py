@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tddfa.config import NUM_EXP, NUM_SHAPE, REGRESSOR_SIZE, PipelineConfig
 from tddfa_tools import tensorrt_builder
 from tddfa_tools.tensorrt_builder import (

@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+
 from tddfa_clients.image import ImageError, read_image, write_image
 from tddfa_clients.video_io import (
     VideoError,

@@ -1,6 +1,7 @@
 """Triton adapter of the face_renderer step (logic: tddfa.renderer)."""
 
 import numpy as np
+
 from tddfa.renderer import MeshRenderer
 from tddfa.steps import RenderStep
 from tddfa_triton import StepModel

@@ -5,8 +5,9 @@ the project's virtual environment fails to load it (and the smoke test fails).
 """
 
 import numpy as np
-import tddfa.config
 import triton_python_backend_utils as pb_utils
+
+import tddfa.config
 
 
 class TritonPythonModel:
