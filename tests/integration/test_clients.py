@@ -8,9 +8,8 @@ which the tests skip with the reason when it is not available.
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
-import subprocess
 import textwrap
 import threading
 import time
@@ -259,27 +258,10 @@ def test_perf_analyzer_reports_throughput(standin_server, asset_dir, tmp_path) -
 # -- the real ensemble ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model_repository() -> Path:
-    """Serve the built repository (overrides conftest's toy repository for this module)."""
-    path = Path(__file__).resolve().parents[2] / "build" / "model_repository"
-    if not (path / "tddfa" / "config.pbtxt").is_file():
-        pytest.skip(f"{path} holds no tddfa ensemble: run `tddfa build` first")
-    return path
-
-
-@pytest.fixture(scope="module")
-def real_server(request: pytest.FixtureRequest):
-    try:
-        return request.getfixturevalue("triton_server")
-    except pytest.FixtureLookupError:
-        pytest.skip("fixture triton_server (tests/integration/conftest.py) is not defined")
-
-
 @pytest.mark.parametrize("name", ["two_faces_360p.mp4", "emma720.mp4"])
-def test_sample_videos_round_trip(real_server, asset_dir, tmp_path, name) -> None:
+def test_sample_videos_round_trip(ensemble_server, asset_dir, tmp_path, name) -> None:
     source = asset_dir / "video" / name
-    with FrameClient(real_server.grpc_url, "grpc", in_flight=4) as client:
+    with FrameClient(ensemble_server.grpc_url, "grpc", in_flight=4) as client:
         process_video(client, source, tmp_path / name, tmp_path / "out.jsonl", progress=False)
     info, out = probe(source), probe(tmp_path / name)
     assert out.frame_count == info.frame_count
@@ -291,8 +273,6 @@ def test_sample_videos_round_trip(real_server, asset_dir, tmp_path, name) -> Non
         frame_out = next(b.decode(video=0)).to_ndarray(format="rgb24").astype(int)
     assert abs(duration_in - duration_out) <= 1 / float(info.average_rate) + 1e-3
     first = (tmp_path / "out.jsonl").read_text().splitlines()[0]
-    import json
-
     faces = json.loads(first)["faces"]
     assert faces, "no face found in the first frame"
     for face in faces:  # the mesh is drawn inside each face box
@@ -303,4 +283,3 @@ def test_sample_videos_round_trip(real_server, asset_dir, tmp_path, name) -> Non
 
 def test_no_client_shm_left() -> None:
     assert not _client_regions(), "shared memory regions leaked by the clients"
-    assert os.path.isdir("/dev/shm") and subprocess.run(["true"]).returncode == 0
