@@ -4,8 +4,10 @@
 checks the tensor names and dtypes it relies on before sending anything. It sends frames
 over HTTP or gRPC, one at a time (:meth:`FrameClient.infer`) or as a stream with a bounded
 number of requests in flight, answered in order (:meth:`FrameClient.infer_stream`). When
-the server runs on the same host, frames and results travel through POSIX shared memory,
-one input/output region pair per in-flight slot, reused from frame to frame, following
+the server runs on the same host, frames and results travel through POSIX shared memory
+(``shared_memory="system"``) or CUDA shared memory (``shared_memory="cuda"``: frames given
+as CUDA arrays are copied device to device, never through the host), one input/output
+region pair per in-flight slot, reused from frame to frame, following
 create -> register -> use -> unregister -> destroy strictly.
 
 Errors: :class:`ServerUnavailable` (connection refused, server down: worth retrying),
@@ -44,7 +46,13 @@ EXPECTED_DTYPES = {
 DEFAULT_OUTPUTS = ("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS")
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 PROTOCOLS = ("http", "grpc")
-SHARED_MEMORY = ("auto", "system", "none")
+SHARED_MEMORY = ("auto", "system", "cuda", "none")
+CUDA_ALIGNMENT = 256  # bytes: output offsets in a CUDA region (cudaMalloc's alignment)
+CUDA_SHM_HINT = (
+    "CUDA shared memory needs tritonclient[cuda] with cuda-python 12.x (tritonclient 2.51 "
+    "imports cuda.cudart, which cuda-python 13 removed): pip install 'cuda-python>=12,<13' "
+    "'setuptools<81'"
+)
 _TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "502", "503", "504")
 _TRANSIENT_TEXT = (
     "failed to connect",
@@ -83,7 +91,8 @@ class ModelMismatch(ClientError):
 class FrameResult:
     """The ensemble's answer for one frame, rows beyond ``face_count`` trimmed.
 
-    rendered (H, W, 3) uint8 RGB (None when not requested); boxes (F, 5) float32
+    rendered (H, W, 3) uint8 RGB (None when not requested; a CuPy array when the client
+    was made with ``rendered_on_device``); boxes (F, 5) float32
     [x1, y1, x2, y2, score]; landmarks (F, 3, 68) float32 image coordinates; pose (F, 3)
     float32 yaw, pitch, roll degrees; params (F, 62) float32; vertices (F, 3, N) float32
     image space or None.
@@ -286,6 +295,108 @@ class _SharedMemorySlot:
             self._release(role)
 
 
+def _cuda_shm() -> Any:
+    """tritonclient.utils.cuda_shared_memory, or ClientError naming the fix."""
+    try:
+        import tritonclient.utils.cuda_shared_memory as cudashm
+    except (ImportError, RuntimeError) as exc:
+        raise ClientError(f"CUDA shared memory unavailable ({exc}). {CUDA_SHM_HINT}") from exc
+    return cudashm
+
+
+def _is_device_array(image: Any) -> bool:
+    """True for arrays that live on a CUDA device (DLPack device type 2: kDLCUDA)."""
+    if isinstance(image, np.ndarray) or not hasattr(image, "__dlpack_device__"):
+        return False
+    return int(image.__dlpack_device__()[0]) == 2
+
+
+class _CudaSharedMemorySlot:
+    """One CUDA input region and one CUDA output region on ``device_id``, registered with
+    the server and reused; the CUDA counterpart of :class:`_SharedMemorySlot`.
+
+    ``write`` fills the input region from a numpy array (one host-to-device copy) or a
+    CUDA array through DLPack (one device-to-device copy, no host memory); ``read``
+    copies one output out of the region, to the host or (``on_device``) into a new CuPy
+    array on the device.
+    """
+
+    def __init__(self, protocol: _Protocol, tag: str, device_id: int):
+        self._protocol = protocol
+        self._tag = tag
+        self.device_id = device_id
+        self.regions: dict[str, tuple[str, Any, int]] = {}  # role -> (name, handle, size)
+
+    def ensure(self, role: str, size: int) -> str:
+        """The region name for ``role`` holding at least ``size`` bytes."""
+        current = self.regions.get(role)
+        if current is not None and current[2] >= size:
+            return current[0]
+        if current is not None:
+            self._release(role)
+        cudashm = _cuda_shm()
+        name = f"{self._tag}_{role}"
+        handle = cudashm.create_shared_memory_region(name, size, self.device_id)
+        try:
+            self._protocol.client.register_cuda_shared_memory(
+                name, cudashm.get_raw_handle(handle), self.device_id, size
+            )
+        except BaseException:
+            cudashm.destroy_shared_memory_region(handle)
+            raise
+        self.regions[role] = (name, handle, size)
+        return name
+
+    def handle(self, role: str) -> Any:
+        return self.regions[role][1]
+
+    def write(self, image: Any) -> None:
+        """Copy a C-contiguous (H, W, 3) uint8 image (numpy or CUDA array) into "input"."""
+        cudashm = _cuda_shm()
+        if _is_device_array(image):
+            cudashm.set_shared_memory_region_from_dlpack(self.handle("input"), [image])
+        else:
+            cudashm.set_shared_memory_region(self.handle("input"), [image])
+
+    def read(
+        self, offset: int, dtype: np.dtype, shape: tuple[int, ...], on_device: bool = False
+    ) -> Any:
+        """Copy ``shape`` ``dtype`` values at byte ``offset`` of "output" out of the region.
+
+        Returns numpy (one device-to-host copy; CuPy when importable, else tritonclient's
+        whole-region read) or, with ``on_device``, a CuPy array (device-to-device copy).
+        """
+        cudashm = _cuda_shm()
+        handle = self.handle("output")
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        try:
+            import cupy
+        except ImportError:
+            if on_device:
+                raise ClientError("device outputs need CuPy: pip install cupy-cuda12x") from None
+            whole = cudashm.get_contents_as_numpy(handle, np.uint8, [self.regions["output"][2]])
+            return whole[offset : offset + nbytes].view(dtype).reshape(shape).copy()
+        size = self.regions["output"][2]
+        with cupy.cuda.Device(self.device_id):
+            region = cupy.from_dlpack(cudashm.as_shared_memory_tensor(handle, "UINT8", [size]))
+            view = region[offset : offset + nbytes].view(dtype).reshape(shape)
+            return view.copy() if on_device else cupy.asnumpy(view)
+
+    def _release(self, role: str) -> None:
+        name, handle, _ = self.regions.pop(role)
+        try:
+            self._protocol.client.unregister_cuda_shared_memory(name)
+        except Exception as exc:  # the server may be gone; still free our side
+            LOG.warning("could not unregister CUDA shared memory %s: %s", name, exc)
+        finally:
+            _cuda_shm().destroy_shared_memory_region(handle)
+
+    def close(self) -> None:
+        for role in list(self.regions):
+            self._release(role)
+
+
 class FrameClient:
     """Send frames to the ``tddfa`` ensemble and get :class:`FrameResult` back.
 
@@ -296,8 +407,13 @@ class FrameClient:
         outputs: the output tensors to ask for (FACE_COUNT is always added).
         in_flight: requests kept in flight by :meth:`infer_stream`.
         shared_memory: ``auto`` (system shared memory when the server is local and it
-            works), ``system`` (required) or ``none``.
+            works), ``system`` (required), ``cuda`` (CUDA shared memory on ``cuda_device``,
+            required; frames may then be CUDA arrays: CuPy, torch, any DLPack producer) or
+            ``none``.
         timeout: connection/network timeout in seconds (HTTP).
+        cuda_device: the GPU of the CUDA shared memory regions (``shared_memory="cuda"``).
+        rendered_on_device: with ``shared_memory="cuda"``, return RENDERED as a CuPy array
+            on ``cuda_device`` (copied device to device out of the region) instead of numpy.
     """
 
     def __init__(
@@ -309,9 +425,13 @@ class FrameClient:
         in_flight: int = 4,
         shared_memory: str = "auto",
         timeout: float = 600.0,
+        cuda_device: int = 0,
+        rendered_on_device: bool = False,
     ):
         if shared_memory not in SHARED_MEMORY:
             raise ValueError(f"shared_memory must be one of {SHARED_MEMORY}, got {shared_memory!r}")
+        if rendered_on_device and shared_memory != "cuda":
+            raise ValueError("rendered_on_device=True needs shared_memory='cuda'")
         if in_flight < 1:
             raise ValueError(f"in_flight must be >= 1, got {in_flight}")
         self.url = normalize_url(url, protocol)
@@ -322,7 +442,10 @@ class FrameClient:
             self._protocol = _Protocol(protocol, self.url, in_flight, timeout)
         except Exception as exc:
             raise translate_error(exc) from exc
-        self._slots: list[_SharedMemorySlot] = []
+        self._slots: list[_SharedMemorySlot | _CudaSharedMemorySlot] = []
+        self._cuda = shared_memory == "cuda"
+        self.cuda_device = cuda_device
+        self.rendered_on_device = rendered_on_device
         try:
             self._read_model()
             self._use_shm = self._decide_shared_memory(shared_memory)
@@ -373,6 +496,8 @@ class FrameClient:
     # -- shared memory ----------------------------------------------------------------
 
     def _decide_shared_memory(self, mode: str) -> bool:
+        if mode == "cuda":
+            return self._setup_cuda_shared_memory()
         if mode == "none" or (mode == "auto" and not is_local(self.url)):
             return False
         try:
@@ -398,36 +523,87 @@ class FrameClient:
                 return False
         return True
 
+    def _setup_cuda_shared_memory(self) -> bool:
+        if not is_local(self.url):
+            raise ClientError(
+                f"CUDA shared memory needs the server on this host, got {self.url}; use "
+                "shared_memory='none' for a remote server"
+            )
+        _cuda_shm()
+        tag = f"tddfa_client_cuda_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self._slots = [
+            _CudaSharedMemorySlot(self._protocol, f"{tag}_{i}", self.cuda_device)
+            for i in range(self.in_flight)
+        ]
+        try:  # fail now, with the server's reason, not on the first frame
+            self._slots[0].ensure("input", 4096)
+        except Exception as exc:
+            self.close_shared_memory()
+            error = translate_error(exc)
+            raise ClientError(
+                f"cannot use CUDA shared memory on device {self.cuda_device} with the server "
+                f"at {self.url}: {error}. The server must run on this host with a GPU."
+            ) from exc
+        return True
+
+    def close_shared_memory(self) -> None:
+        """Unregister and destroy every shared memory region (they are recreated on demand)."""
+        slots, self._slots = self._slots, []
+        for slot in slots:
+            slot.close()
+
     @property
     def uses_shared_memory(self) -> bool:
         return self._use_shm
 
+    @property
+    def shared_memory_kind(self) -> str:
+        """``cuda``, ``system`` or ``none``: how frames and results travel."""
+        if not self._use_shm:
+            return "none"
+        return "cuda" if self._cuda else "system"
+
     # -- inference --------------------------------------------------------------------
 
-    def _request(self, image: np.ndarray, slot: int) -> tuple[list, list, dict]:
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+    def _request(self, image: Any, slot: int) -> tuple[list, list, dict]:
+        dtype = str(image.dtype).rsplit(".", 1)[-1]  # numpy/CuPy "uint8", torch "torch.uint8"
+        if dtype != "uint8" or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(
                 f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {tuple(image.shape)}"
             )
         module = self._protocol.module
-        image = np.ascontiguousarray(image)
+        if _is_device_array(image):
+            if not (self._use_shm and self._cuda):
+                raise ValueError(
+                    "the image is a CUDA array: pass shared_memory='cuda' to send it from the "
+                    "GPU, or copy it to the host (numpy) first"
+                )
+        else:
+            image = np.ascontiguousarray(image)
+        shape = tuple(int(d) for d in image.shape)
+        nbytes = int(np.prod(shape))
         batch = (1,) if self.batched else ()
-        tensor = module.InferInput(INPUT, [*batch, *image.shape], "UINT8")
+        tensor = module.InferInput(INPUT, [*batch, *shape], "UINT8")
         outputs = [module.InferRequestedOutput(name) for name in self.outputs]
         placement: dict[str, int] = {}
         if not self._use_shm:
             tensor.set_data_from_numpy(image.reshape(*batch, *image.shape))
             return [tensor], outputs, placement
-        import tritonclient.utils.shared_memory as shm
-
         region = self._slots[slot]
-        in_name = region.ensure("input", image.nbytes)
-        shm.set_shared_memory_region(region.handle("input"), [image])
-        tensor.set_shared_memory(in_name, image.nbytes)
-        sizes = {n: self.specs[n].byte_size(image.shape) for n in self.outputs}
+        in_name = region.ensure("input", nbytes)
+        if isinstance(region, _CudaSharedMemorySlot):
+            region.write(image)
+        else:
+            import tritonclient.utils.shared_memory as shm
+
+            shm.set_shared_memory_region(region.handle("input"), [image])
+        tensor.set_shared_memory(in_name, nbytes)
+        sizes = {n: self.specs[n].byte_size(shape) for n in self.outputs}
         offset = 0
+        align = CUDA_ALIGNMENT if self._cuda else 1  # device views need aligned offsets
         for name, size in sizes.items():
             if size is not None:
+                offset = -(-offset // align) * align
                 placement[name] = offset
                 offset += size
         out_name = region.ensure("output", max(offset, 1))
@@ -439,8 +615,14 @@ class FrameClient:
 
     def _collect(self, result: Any, slot: int, placement: dict[str, int]) -> FrameResult:
         arrays = {}
+        region = self._slots[slot] if placement else None
         for name in self.outputs:
-            if name in placement:
+            if name in placement and isinstance(region, _CudaSharedMemorySlot):
+                dtype = triton_to_np_dtype(self.specs[name].datatype)
+                shape = self._protocol.output_shape(result, name)
+                on_device = self.rendered_on_device and name == "RENDERED"
+                array = region.read(placement[name], dtype, shape, on_device=on_device)
+            elif name in placement:
                 import tritonclient.utils.shared_memory as shm
 
                 dtype = triton_to_np_dtype(self.specs[name].datatype)
@@ -456,8 +638,9 @@ class FrameClient:
             arrays[name] = array[0] if self.batched else array
         return FrameResult.from_outputs(arrays)
 
-    def infer(self, image: np.ndarray) -> FrameResult:
-        """Send one (H, W, 3) uint8 RGB frame and wait for its result."""
+    def infer(self, image: Any) -> FrameResult:
+        """Send one (H, W, 3) uint8 RGB frame (numpy; a CUDA array with
+        ``shared_memory="cuda"``) and wait for its result."""
         for _, result in self.infer_stream([(None, image)], in_flight=1):
             return result
         raise AssertionError("unreachable")
@@ -504,10 +687,8 @@ class FrameClient:
 
     def close(self) -> None:
         """Unregister and destroy the shared memory regions, then close the connection."""
-        slots, self._slots = self._slots, []
         try:
-            for slot in slots:
-                slot.close()
+            self.close_shared_memory()
         finally:
             self._protocol.close()
 
