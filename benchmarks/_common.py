@@ -98,7 +98,10 @@ def load_average() -> str:
 
 def command_line() -> str:
     """The exact command that ran this script."""
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    executable = os.path.relpath(sys.executable)  # .venv/bin/python from the repository root
+    if executable.startswith(".."):
+        executable = sys.executable
+    return " ".join(shlex.quote(a) for a in [executable, *sys.argv])
 
 
 def append_results(title: str, table: str, notes: Sequence[str] = (), path: Path = RESULTS) -> None:
