@@ -166,6 +166,9 @@ class NetworkStep:
         self.runner = runner
         self.input_names = tuple(input_names)
 
+    def describe(self) -> str:
+        return type(self.runner).__name__
+
     def validate(self, inputs: Arrays) -> None:
         missing = set(self.input_names) - set(inputs)
         if missing:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
 from tddfa.batching import run_batched
 from tddfa.config import PipelineConfig
 
@@ -70,9 +71,12 @@ class StepModel:
         }
         self.step = self.build_step(self.context)
         describe = getattr(self.step, "describe", None)
+        details = [describe()] if describe else []
+        if "bfm" in parameters:  # every model that uses the BFM says which one, once
+            details.append(f"BFM {parameters['bfm']}")
         pb_utils.Logger.log_info(
             f"{self.context.model_name} loaded on {device}"
-            + (f": {describe()}" if describe else "")
+            + (f": {'; '.join(details)}" if details else "")
         )
 
     def _read(self, request) -> dict[str, Any] | Exception:
