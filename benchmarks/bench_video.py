@@ -59,7 +59,9 @@ def copy_worker(
         else:
             frames = 0
             with open_decoder(source, settings["decoder"]) as decoder:
-                for _ in client.infer_stream(host_frames(decoder)):
+                cuda = settings["shared_memory"] == "cuda"
+                stream = device_frames(decoder) if cuda else host_frames(decoder)
+                for _ in client.infer_stream(stream):
                     frames += 1
                 names = (decoder.name, "none")
         results.put((index, frames, start, time.perf_counter(), *names, ""))
@@ -67,6 +69,20 @@ def copy_worker(
         results.put((index, 0, 0.0, 0.0, "", "", f"{type(exc).__name__}: {exc}"))
     finally:
         client.close()
+
+
+def device_frames(decoder):
+    """((index, pts), frame) with NVDEC frames kept on the GPU (CuPy view through DLPack),
+    so CUDA shared memory receives them device to device; CPU-decoded frames stay numpy."""
+    import numpy as np
+
+    for frame in decoder:
+        image = frame.image
+        if not isinstance(image, np.ndarray):
+            import cupy
+
+            image = cupy.from_dlpack(image)
+        yield (frame.index, frame.pts), image
 
 
 def run_copies(copies: int, settings: dict) -> dict:
@@ -119,8 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--in-flight", type=int, default=4, help="requests in flight per copy")
     parser.add_argument(
-        "--shared-memory", choices=("auto", "system", "none"), default="auto",
-        help="client transport (default auto: system shared memory on localhost)",
+        "--shared-memory", choices=("auto", "system", "cuda", "none"), default="auto",
+        help="client transport (default auto: system shared memory on localhost; cuda: CUDA "
+        "shared memory, NVDEC frames sent from the GPU with --no-encode)",
     )  # fmt: skip
     parser.add_argument("--decoder", choices=("auto", "nvdec", "cpu"), default="auto")
     parser.add_argument(
