@@ -8,6 +8,7 @@ script's own folder.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import logging
@@ -209,6 +210,19 @@ def server_for(repository: Path, url: str | None, protocol: str = "grpc") -> Ite
     LOG.info("starting tritonserver on %s", repository)
     with TritonServer(repository, log_level=logging.DEBUG) as server:
         yield server.grpc_url if protocol == "grpc" else server.url
+
+
+def base_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark shares: repository, video, results file, verbosity."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        epilog="Results are printed and appended to benchmarks/RESULTS.md.",
+    )
+    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--video", type=Path, default=default_video())
+    parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
 
 
 def setup_logging(verbose: bool) -> None:

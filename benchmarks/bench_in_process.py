@@ -149,13 +149,8 @@ def best_triton_throughput(paths: list[Path]) -> tuple[float, str] | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Results are printed and appended to benchmarks/RESULTS.md.",
-    )
-    parser.add_argument("--repository", type=Path, default=_common.DEFAULT_REPOSITORY)
+    parser = _common.base_parser(__doc__)
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
-    parser.add_argument("--video", type=Path, default=_common.default_video())
     parser.add_argument("--frames", type=int, default=32, help="distinct frames (default 32)")
     parser.add_argument("--batch", type=int, default=1, help="frames per call (default 1)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
@@ -179,8 +174,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="perf_analyzer CSVs of benchmark (a) to compute Triton's overhead",
     )
-    parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
-    parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
 

@@ -77,13 +77,8 @@ def ms(row: dict[str, str], key: str) -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Results are printed and appended to benchmarks/RESULTS.md.",
-    )
-    parser.add_argument("--repository", type=Path, default=_common.DEFAULT_REPOSITORY)
+    parser = _common.base_parser(__doc__)
     parser.add_argument("--url", help="gRPC HOST:PORT of a running server (default: start one)")
-    parser.add_argument("--video", type=Path, default=_common.default_video())
     parser.add_argument("--frames", type=int, default=16, help="distinct frames (default 16)")
     parser.add_argument(
         "--shared-memory", choices=("none", "system", "cuda"), default="none",
@@ -98,8 +93,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="perf_analyzer time window (default 8000 on CPU, 5000 with a GPU)",
     )  # fmt: skip
     parser.add_argument("--csv-dir", type=Path, help="keep perf_analyzer's CSV files here")
-    parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
-    parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
 

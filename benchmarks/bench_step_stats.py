@@ -14,7 +14,6 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
 import _common
 
@@ -93,18 +92,11 @@ def table_rows(delta: dict[str, dict]) -> list[list]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Results are printed and appended to benchmarks/RESULTS.md.",
-    )
-    parser.add_argument("--repository", type=Path, default=_common.DEFAULT_REPOSITORY)
+    parser = _common.base_parser(__doc__)
     parser.add_argument("--url", help="gRPC HOST:PORT of a running server (default: start one)")
-    parser.add_argument("--video", type=Path, default=_common.default_video())
     parser.add_argument("--frames", type=int, default=16, help="distinct frames (default 16)")
     parser.add_argument("--requests", type=int, default=200, help="frames sent (default 200)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
-    parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
-    parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
 

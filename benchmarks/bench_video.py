@@ -118,14 +118,9 @@ def run_copies(copies: int, settings: dict) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Results are printed and appended to benchmarks/RESULTS.md.",
-    )
-    parser.add_argument("--repository", type=Path, default=_common.DEFAULT_REPOSITORY)
+    parser = _common.base_parser(__doc__)
     parser.add_argument("--url", help="HOST:PORT of a running server (default: start one)")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    parser.add_argument("--video", type=Path, default=_common.default_video())
     parser.add_argument(
         "--clip-frames", type=int, default=0, metavar="N",
         help="use a clip of the first N frames (re-encoded, cached in build/bench); 0: whole video",
@@ -143,8 +138,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-encode", action="store_true", help="drop the rendered frames instead of encoding"
     )
-    parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
-    parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
 
