@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_PARAMS, NUM_SHAPE, NUM_VERTICES, PipelineConfig
 from tddfa.priors import prior_boxes
 from tddfa_tools.model_config import check_ensemble, load_repository, save_config
@@ -28,6 +29,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "model_repository"
 NETWORKS = ("face_detector", "face_regressor", "bfm_decoder")
 FLAVOURS = ("python", "onnxruntime", "tensorrt")
+TEMPLATE_MODELS = (
+    "preprocess",
+    "face_detector",
+    "roi_crop",
+    "face_regressor",
+    "landmark_to_vertex",
+    "bfm_decoder",
+    "face_renderer",
+)
 # Bump when an export changes, so cached ONNX files are rebuilt.
 EXPORT_VERSION = 1
 
@@ -42,8 +52,9 @@ class BuildOptions:
     models_dir: Path = REPO_ROOT / "build" / "models"
     asset_dir: Path | None = None
     regressor: str = "auto"  # auto | mb05 | mb1
-    fp16: bool = True  # TensorRT precision
+    fp16: bool = True  # network precision on GPU (TensorRT engines, PyTorch CUDA runner)
     instances: int = 1  # instances of each step (GPU builds may want more)
+    instance_counts: tuple[tuple[str, int], ...] = ()  # per-model overrides of `instances`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +196,7 @@ def configure(configs: dict, options: BuildOptions, models: BuiltModels) -> None
                 config.parameters[key].string_value = pipeline_values[key]
         for group in config.instance_group:
             group.kind = group.KIND_GPU if gpu else group.KIND_CPU
-            group.count = options.instances
+            group.count = dict(options.instance_counts).get(name, options.instances)
         if name in NETWORKS and options.flavour != "python":
             config.ClearField("backend")
             config.platform = (
@@ -193,6 +204,8 @@ def configure(configs: dict, options: BuildOptions, models: BuiltModels) -> None
             )
         elif gpu:  # python steps take and give device tensors (DLPack), never host copies
             config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
+            if name in NETWORKS:  # PyTorch CUDA runner precision
+                config.parameters["precision"].string_value = "fp16" if options.fp16 else "fp32"
     bfm_kind = "exact" if models.bfm_exact else "approximate"
     configs["landmark_to_vertex"].parameters["regressor"].string_value = models.regressor_name
     for name in ("landmark_to_vertex", "bfm_decoder"):
@@ -255,6 +268,7 @@ def build_repository(options: BuildOptions) -> Path:
                     "flavour": options.flavour,
                     "device": options.device,
                     "max_batch_size": options.max_batch_size,
+                    "fp16": options.fp16,
                     "regressor": models.regressor_name,
                     "bfm": "exact" if models.bfm_exact else "approximate",
                     **dataclasses.asdict(options.pipeline),
@@ -272,6 +286,19 @@ def build_repository(options: BuildOptions) -> Path:
         "model repository written to %s (%s flavour, %s)", out, options.flavour, options.device
     )
     return out
+
+
+def _instance_counts(items: list[str]) -> tuple[tuple[str, int], ...]:
+    counts = []
+    for item in items:
+        name, _, count = item.partition("=")
+        if name not in TEMPLATE_MODELS or not count.isdigit() or int(count) < 1:
+            raise ValueError(
+                f"--instance-count must be MODEL=N with N >= 1 and MODEL one of "
+                f"{', '.join(TEMPLATE_MODELS)}; got {item!r}"
+            )
+        counts.append((name, int(count)))
+    return tuple(counts)
 
 
 def _canvas(text: str) -> tuple[int, int]:
@@ -308,13 +335,23 @@ def register(subparsers) -> None:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--instances", type=int, default=1, help="instances per step")
     parser.add_argument(
+        "--instance-count",
+        action="append",
+        default=[],
+        metavar="MODEL=N",
+        help="instances of one step, overriding --instances (repeatable), "
+        "e.g. --instance-count face_renderer=4",
+    )
+    parser.add_argument(
         "--regressor",
         choices=("auto", "mb05", "mb1"),
         default="auto",
         help="auto: mb1 if its weights are present, else mb05",
     )
     parser.add_argument(
-        "--fp32", action="store_true", help="TensorRT engines in fp32 (default fp16)"
+        "--fp32",
+        action="store_true",
+        help="GPU networks in fp32: TensorRT engines and the PyTorch CUDA runner (default fp16)",
     )
     parser.add_argument(
         "--assets", type=Path, default=None, help="asset folder (else TDDFA_ASSET_DIR)"
@@ -342,6 +379,7 @@ def _run(args) -> int:
         regressor=args.regressor,
         fp16=not args.fp32,
         instances=args.instances,
+        instance_counts=_instance_counts(args.instance_count),
     )
     build_repository(options)
     return 0

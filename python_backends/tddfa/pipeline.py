@@ -44,19 +44,19 @@ class Pipeline:
         build = json.loads((repository / "BUILD.json").read_text())
         fields = {f.name for f in dataclasses.fields(PipelineConfig)}
         self.config = PipelineConfig(**{k: v for k, v in build.items() if k in fields})
+        # as the served GPU steps run them: CUDA graphs, the build's precision
+        options = {"cuda_graphs": device != "cpu", "fp16": build.get("fp16", True)}
+
+        def runner(model: str):
+            return make_runner(repository / model / "1", device, **options)
+
         self.preprocess = PreprocessStep(self.config)
-        self.detector = NetworkStep(
-            make_runner(repository / "face_detector" / "1", device), ["DETECTOR_INPUT"]
-        )
+        self.detector = NetworkStep(runner("face_detector"), ["DETECTOR_INPUT"])
         self.roi_crop = RoiCropStep(self.config)
-        self.regressor = NetworkStep(
-            make_runner(repository / "face_regressor" / "1", device), ["CROPS"]
-        )
+        self.regressor = NetworkStep(runner("face_regressor"), ["CROPS"])
         bfm = load_bfm(repository / "landmark_to_vertex" / "1" / "bfm.npz")
         self.landmark_to_vertex = LandmarkToVertexStep(self.config, bfm)
-        self.bfm_decoder = NetworkStep(
-            make_runner(repository / "bfm_decoder" / "1", device), ["ALPHA_SHP", "ALPHA_EXP"]
-        )
+        self.bfm_decoder = NetworkStep(runner("bfm_decoder"), ["ALPHA_SHP", "ALPHA_EXP"])
         self.renderer = None
         if render:
             from tddfa.renderer import MeshRenderer

@@ -16,6 +16,7 @@ only when a GPU runner is built.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -167,7 +168,7 @@ class TorchCudaRunner:
         device: str = "cuda:0",
         fp16: bool = True,
         cuda_graphs: bool = False,
-        max_graphs: int = 4,
+        max_graphs: int = 8,
     ):
         import torch
 
@@ -222,12 +223,13 @@ class TorchCudaRunner:
                 for dst, src in zip(static_in, tensors, strict=True):
                     dst.copy_(src)
                 graph.replay()
-                outputs = [o.clone() for o in static_out]
+                # the static outputs are overwritten by the next replay: copy them out
+                # (the float16 -> float32 cast is that copy)
+                outputs = [o.float() if o.dtype != torch.float32 else o.clone() for o in static_out]
             else:
-                outputs = self._forward(tensors)
+                outputs = [o.float() for o in self._forward(tensors)]
         return {
-            name: _like(out.float(), template)
-            for name, out in zip(self.output_names, outputs, strict=True)
+            name: _like(out, template) for name, out in zip(self.output_names, outputs, strict=True)
         }
 
 
@@ -344,27 +346,40 @@ def _onnxruntime_has_cuda() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def torch_module_for(model_dir: Path) -> tuple[Any, bool] | None:
-    """(PyTorch graph module, fp16 allowed) rebuilt from the weights in ``model_dir``, or None.
+@dataclasses.dataclass(frozen=True)
+class TorchGraph:
+    """A network rebuilt in PyTorch with the I/O names of its ONNX graph (INTERFACES.md)."""
+
+    module: Any
+    half_ok: bool  # float16 keeps the accuracy (False: the BFM decoder exceeds its range)
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+
+def torch_module_for(model_dir: Path) -> TorchGraph | None:
+    """The PyTorch graph module rebuilt from the weights in ``model_dir``, or None.
 
     face_detector: FaceBoxesProd.pth; face_regressor: mb1/mb05_120x120.pth; bfm_decoder:
-    bfm.npz (float32 only).
+    bfm.npz (float32 only). No ONNX file is needed: the names are fixed at export.
     """
     if (model_dir / FACEBOXES_WEIGHTS).is_file():
         from tddfa.networks.faceboxes import FaceDetectorGraph, load_faceboxes
 
-        return FaceDetectorGraph(load_faceboxes(model_dir / FACEBOXES_WEIGHTS)), True
+        module = FaceDetectorGraph(load_faceboxes(model_dir / FACEBOXES_WEIGHTS))
+        return TorchGraph(module, True, ("DETECTOR_INPUT",), ("LOC", "CONF"))
     for name in REGRESSOR_WEIGHTS:
         if (model_dir / name).is_file():
             from tddfa.networks.mobilenet_v1 import FaceRegressorGraph, load_mobilenet
 
-            return FaceRegressorGraph(load_mobilenet(model_dir / name)), True
+            module = FaceRegressorGraph(load_mobilenet(model_dir / name))
+            return TorchGraph(module, True, ("CROPS",), ("PARAMS_NORM",))
     if (model_dir / BFM_NPZ).is_file():
         from tddfa.bfm import load_bfm
         from tddfa.networks.bfm_decoder import BFMDecoder
 
         bfm = load_bfm(model_dir / BFM_NPZ)
-        return BFMDecoder(bfm.u, bfm.w_shp, bfm.w_exp), False
+        module = BFMDecoder(bfm.u, bfm.w_shp, bfm.w_exp)
+        return TorchGraph(module, False, ("ALPHA_SHP", "ALPHA_EXP"), ("MODEL_VERTICES",))
     return None
 
 
@@ -386,6 +401,7 @@ def make_runner(
     threads: int | None = None,
     cuda_graphs: bool = False,
     fp16: bool = True,
+    max_graphs: int = 8,
     torch_factory: Callable[[], Any] | None = None,
 ):
     """The fastest runner for the model in ``model_dir`` (a Triton version folder) on ``device``.
@@ -401,19 +417,30 @@ def make_runner(
         if plan.is_file() and tensorrt_available():
             LOG.info("%s: TensorRT runner on %s", model_dir, device)
             return TensorRTRunner(plan, device)
-        if _torch_cuda_available() and onnx_path.is_file():
-            built = (torch_factory(), fp16) if torch_factory else torch_module_for(model_dir)
-            if built is not None:
-                module, half_ok = built
+        if _torch_cuda_available():
+            graph = torch_module_for(model_dir)
+            if torch_factory is not None:
+                if not onnx_path.is_file():
+                    raise FileNotFoundError(f"{onnx_path} is needed for the graph's I/O names")
                 inputs, outputs = onnx_io_names(onnx_path)
+                graph = TorchGraph(torch_factory(), True, tuple(inputs), tuple(outputs))
+            if graph is not None:
+                half = fp16 and graph.half_ok
                 LOG.info(
-                    "%s: PyTorch CUDA runner on %s (%s)",
+                    "%s: PyTorch CUDA runner on %s (%s%s)",
                     model_dir,
                     device,
-                    "fp16" if fp16 and half_ok else "fp32",
+                    "fp16" if half else "fp32",
+                    ", CUDA graphs" if cuda_graphs else "",
                 )
                 return TorchCudaRunner(
-                    module, inputs, outputs, device, fp16=fp16 and half_ok, cuda_graphs=cuda_graphs
+                    graph.module,
+                    graph.input_names,
+                    graph.output_names,
+                    device,
+                    fp16=half,
+                    cuda_graphs=cuda_graphs,
+                    max_graphs=max_graphs,
                 )
     if not onnx_path.is_file():
         raise FileNotFoundError(

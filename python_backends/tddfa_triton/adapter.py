@@ -13,6 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 from tddfa.batching import run_batched
 from tddfa.config import PipelineConfig
+from tddfa.xp import get_xp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,19 +28,70 @@ class LoadContext:
     config: PipelineConfig
 
 
-def _to_array(tensor) -> Any:
-    if tensor.is_cpu():
-        return tensor.as_numpy()
-    import cupy  # GPU instances only: tensors stay on the device (DLPack)
+# pybind11 < 2.12 inside the Python-backend stub (Triton <= 24.10) misreads numpy 2 dtypes:
+# as_numpy() and Tensor(name, ndarray) return garbage there, DLPack does not.
+_NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
+_DLPACK_CPU = 1  # DLPack's kDLCPU
 
-    return cupy.from_dlpack(tensor.to_dlpack())
+
+class _DLPackView:
+    """A Triton tensor for ``from_dlpack`` of numpy 2 / CuPy: their protocol calls pass
+    keywords (``max_version``, ``stream``) that the stub's ``__dlpack__`` does not take."""
+
+    def __init__(self, tensor, device: tuple[int, int]):
+        self._tensor, self._device = tensor, device
+
+    def __dlpack__(self, **_):
+        return self._tensor.to_dlpack()  # Triton's data is complete: no stream to order
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._device
+
+
+def _host_array(tensor) -> np.ndarray:
+    """A CPU tensor as numpy, zero-copy."""
+    if _NUMPY_2:
+        return np.from_dlpack(_DLPackView(tensor, (_DLPACK_CPU, 0)))
+    return tensor.as_numpy()
+
+
+def _device_array(tensor):
+    """A GPU tensor as CuPy, zero-copy, on the device that holds it."""
+    import cupy
+
+    kind, index = tensor.__dlpack_device__()  # (kDLCUDA, device id)
+    return cupy.from_dlpack(_DLPackView(tensor, (int(kind), int(index))))
+
+
+def _to_array(tensor, device: int | None = None) -> Any:
+    """A Triton tensor as an array: numpy on CPU instances; CuPy on GPU instance ``device``.
+
+    GPU tensors stay where they are (DLPack, zero-copy); a host tensor reaching a GPU
+    instance (a client that sent the frame without CUDA shared memory) is copied to the
+    instance's device once, here, so every step after it sees device memory only.
+    """
+    if device is None:
+        if tensor.is_cpu():
+            return _host_array(tensor)
+        import cupy
+
+        return cupy.asnumpy(_device_array(tensor))
+    import cupy  # GPU instances only
+
+    with cupy.cuda.Device(device):
+        if tensor.is_cpu():
+            return cupy.asarray(_host_array(tensor))
+        array = _device_array(tensor)
+        return array if array.device.id == device else cupy.asarray(array)
 
 
 def _to_tensor(name: str, array, dtype) -> Any:
-    array = array.astype(dtype, copy=False)
-    if isinstance(array, np.ndarray):
+    xp = get_xp(array)
+    array = xp.ascontiguousarray(array.astype(dtype, copy=False))
+    if xp is np and not _NUMPY_2:
         return pb_utils.Tensor(name, array)
-    return pb_utils.Tensor.from_dlpack(name, array)  # a CuPy array: stays on the device
+    # a CuPy array stays on the device; numpy 2 arrays also go through DLPack (see _NUMPY_2)
+    return pb_utils.Tensor.from_dlpack(name, array)
 
 
 class StepModel:
@@ -56,7 +108,12 @@ class StepModel:
         }
         self.inputs = [(i["name"], bool(i.get("optional", False))) for i in model_config["input"]]
         kind = args.get("model_instance_kind", "CPU")
-        device = "cpu" if kind == "CPU" else f"cuda:{args.get('model_instance_device_id', '0')}"
+        self.device_id = None if kind == "CPU" else int(args.get("model_instance_device_id", 0))
+        device = "cpu" if self.device_id is None else f"cuda:{self.device_id}"
+        if self.device_id is not None:
+            import cupy  # every CuPy allocation of this instance lands on its device
+
+            cupy.cuda.Device(self.device_id).use()
         self.context = LoadContext(
             model_name=args["model_name"],
             model_dir=Path(args["model_repository"]) / args["model_version"],
@@ -87,7 +144,7 @@ class StepModel:
                 if optional:
                     continue
                 return ValueError(f"input {name} is missing")
-            inputs[name] = _to_array(tensor)
+            inputs[name] = _to_array(tensor, self.device_id)
         return inputs
 
     def execute(self, requests):

@@ -7,4 +7,10 @@ from tddfa_triton import StepModel
 
 class TritonPythonModel(StepModel):
     def build_step(self, context):
-        return NetworkStep(make_runner(context.model_dir, context.device), context.input_names)
+        runner = make_runner(
+            context.model_dir,
+            context.device,
+            cuda_graphs=context.device != "cpu",  # one graph per batch size, replayed
+            fp16=context.parameters.get("precision", "fp16") == "fp16",
+        )
+        return NetworkStep(runner, context.input_names)

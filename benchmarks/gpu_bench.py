@@ -1,0 +1,461 @@
+"""GPU benchmarks (a)-(d) of issue 5 in one command, for a machine with CUDA but no PyAV.
+
+(a) perf_analyzer on the ensemble, gRPC + CUDA shared memory, real 720p frames, a
+    concurrency sweep; (b) the same steps in-process (tddfa.pipeline on CuPy frames, no
+    Triton); (c) N parallel copies of the sample video: decode (OpenCV/FFmpeg on the CPU)
+    -> CuPy -> CUDA shared memory -> server -> rendered frame left in CUDA shared memory
+    (no encoder: the H100 has no NVENC); (d) per-step times from Triton's statistics
+    (v2/models/stats) around one perf_analyzer run.
+
+Frames are decoded with OpenCV (the device image has it; PyAV is not there). The CUDA
+shared memory regions are cudaMalloc'd with CuPy (tritonclient 2.51's helper needs
+cuda-python 12). Writes ``<out>/gpu_results.md`` (a RESULTS.md section) and CSV/JSON files.
+
+  python3 benchmarks/gpu_bench.py --repository build/gpu_repository --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import json
+import logging
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+LOG = logging.getLogger("benchmarks.gpu")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STEPS = ("preprocess", "face_detector", "roi_crop", "face_regressor", "landmark_to_vertex",
+         "bfm_decoder", "face_renderer")  # fmt: skip
+OUTPUT_REGION = 4 << 20  # largest output: VERTICES 8 x 3 x 38365 float32 = 3.7 MB
+
+
+# --------------------------------------------------------------------------- frames
+def read_frames(video: Path, count: int) -> list[np.ndarray]:
+    """The first ``count`` frames as (H, W, 3) uint8 RGB (OpenCV's FFmpeg decoder)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    while len(frames) < count:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        frames.append(np.ascontiguousarray(bgr[:, :, ::-1]))
+    capture.release()
+    if not frames:
+        raise SystemExit(f"{video}: no frames decoded (OpenCV without FFmpeg?)")
+    return frames
+
+
+# --------------------------------------------------------------------------- CUDA shm
+class CudaRegion:
+    """cudaMalloc'd device memory registered with the server as CUDA shared memory."""
+
+    def __init__(self, client, nbytes: int, device: int = 0):
+        import cupy
+
+        self.cupy, self.client = cupy, client
+        self.name = f"tddfa_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        with cupy.cuda.Device(device):
+            self.memory = cupy.cuda.Memory(nbytes)
+            handle = cupy.cuda.runtime.ipcGetMemHandle(self.memory.ptr)
+        client.register_cuda_shared_memory(self.name, base64.b64encode(handle), device, nbytes)
+
+    def view(self, shape, dtype):
+        return self.cupy.ndarray(shape, dtype, self.cupy.cuda.MemoryPointer(self.memory, 0))
+
+    def close(self) -> None:
+        self.client.unregister_cuda_shared_memory(self.name)
+
+
+# --------------------------------------------------------------------------- (a) + (d)
+def perf_env(site: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if site is not None:  # libb64.so.0d and libcudart.so.12 links next to the wheel's libs
+        libs = str(site / "nvidia_pytriton.libs")
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libs, env.get("LD_LIBRARY_PATH")) if p)
+    return env
+
+
+def write_input_data(frames: list[np.ndarray], path: Path) -> None:
+    entries = [
+        {
+            "IMAGE": {
+                "content": {"b64": base64.b64encode(f.tobytes()).decode()},
+                "shape": list(f.shape),
+            }
+        }
+        for f in frames
+    ]
+    path.write_text(json.dumps({"data": entries}))
+
+
+def perf_analyzer(binary: Path, env, url: str, data: Path, concurrency: int, csv_path: Path,
+                  interval_ms: int, shared_memory: str) -> dict[str, str]:  # fmt: skip
+    command = [
+        str(binary), "-m", "tddfa", "-u", url, "-i", "grpc", "--input-data", str(data),
+        "--concurrency-range", f"{concurrency}:{concurrency}",
+        "--measurement-mode", "time_windows", "--measurement-interval", str(interval_ms),
+        "--max-trials", "6", "--stability-percentage", "15", "-f", str(csv_path),
+        "--shared-memory", shared_memory,
+    ]  # fmt: skip
+    if shared_memory != "none":
+        command += ["--output-shared-memory-size", str(OUTPUT_REGION)]
+    LOG.info("%s", " ".join(command))
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"perf_analyzer failed (c={concurrency}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
+    with open(csv_path, newline="") as handle:
+        return list(csv.DictReader(handle))[-1]
+
+
+def read_stats(url: str) -> dict[str, dict]:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(as_json=True)
+    models = {}
+    for entry in stats.get("model_stats", []):
+        inference = entry.get("inference_stats", {})
+        record = {
+            "requests": int(inference.get("success", {}).get("count", 0)),
+            "executions": int(entry.get("execution_count", 0)),
+            "inferences": int(entry.get("inference_count", 0)),
+        }
+        for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
+            record[phase] = int(inference.get(phase, {}).get("ns", 0))
+        models[entry["name"]] = record
+    return models
+
+
+def stats_table(before: dict, after: dict, seconds: float) -> tuple[list[str], list[list]]:
+    header = ["model", "req/s", "avg batch", "queue ms/req", "in ms/exec", "infer ms/exec",
+              "out ms/exec", "busy % (all inst.)"]  # fmt: skip
+    rows = []
+    for name in (*STEPS, "tddfa"):
+        a, b = after.get(name), before.get(name, {})
+        if a is None:
+            continue
+        d = {k: v - b.get(k, 0) for k, v in a.items()}
+        if not d["requests"]:
+            continue
+        execs = max(d["executions"], 1)
+        busy = (d["compute_input"] + d["compute_infer"] + d["compute_output"]) / 1e9 / seconds
+        rows.append([
+            name, d["requests"] / seconds, d["inferences"] / execs,
+            d["queue"] / 1e6 / d["requests"], d["compute_input"] / 1e6 / execs,
+            d["compute_infer"] / 1e6 / execs, d["compute_output"] / 1e6 / execs, 100 * busy,
+        ])  # fmt: skip
+    return header, rows
+
+
+# --------------------------------------------------------------------------- (b)
+def in_process(repository: Path, frames: list[np.ndarray], seconds: float) -> dict:
+    import cupy
+
+    from tddfa.pipeline import Pipeline
+
+    device_frames = [cupy.asarray(f) for f in frames]
+    pipeline = Pipeline(repository, device="cuda:0")
+    sync = cupy.cuda.Device().synchronize
+    names = ("preprocess", "detector", "roi_crop", "regressor", "landmark_to_vertex",
+             "bfm_decoder", "renderer")  # fmt: skip
+
+    def steps(images, times=None):
+        t = {"IMAGE": images}
+        for name in names:
+            start = time.perf_counter()
+            t.update(getattr(pipeline, name).run(t))
+            if times is not None:
+                sync()
+                times[name].append(time.perf_counter() - start)
+        return t
+
+    result = {}
+    for batch in (1, 8):
+        batches = [cupy.stack([device_frames[(i + j) % len(frames)] for j in range(batch)])
+                   for i in range(len(frames))]  # fmt: skip
+        for b in batches[:3]:
+            steps(b)  # warm-up: CUDA graphs, cuDNN, GL targets
+        times = {name: [] for name in names}
+        for b in batches * 3:
+            steps(b, times)
+        result[f"step_ms_b{batch}"] = {n: 1e3 * statistics.median(v) for n, v in times.items()}
+        sync()
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            steps(batches[count % len(batches)])
+            count += 1
+        sync()
+        result[f"fps_b{batch}"] = count * batch / (time.perf_counter() - start)
+
+    # several threads, each with its own pipeline (GL context, CUDA graphs), batch 8
+    threads = 4
+    pipelines = [pipeline] + [Pipeline(repository, device="cuda:0") for _ in range(threads - 1)]
+    batch8 = [
+        cupy.stack([device_frames[(i + j) % len(frames)] for j in range(8)]) for i in range(4)
+    ]
+    done = [0] * threads
+    stop = threading.Event()
+
+    def work(index):
+        p = pipelines[index]
+        for b in batch8[:2]:
+            p(b)
+        while not stop.is_set():
+            p(batch8[done[index] % len(batch8)])
+            done[index] += 1
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    time.sleep(2.0)  # warm-up of the extra pipelines
+    first, start = sum(done), time.perf_counter()
+    time.sleep(seconds)
+    result[f"fps_b8_t{threads}"] = (sum(done) - first) * 8 / (time.perf_counter() - start)
+    stop.set()
+    for w in workers:
+        w.join()
+    for p in pipelines:
+        p.close()
+    return result
+
+
+# --------------------------------------------------------------------------- (c)
+def video_copy(index: int, url: str, video: str, in_flight: int, barrier, results) -> None:
+    """One copy, in its own process; puts (index, frames, start, end, errors, 1-face frames)."""
+    try:
+        _video_copy(index, url, video, in_flight, barrier, results)
+    except Exception as exc:  # noqa: BLE001 - reported in the table, the others go on
+        barrier.abort()
+        results.put((index, 0, 0.0, 1e-9, [f"{type(exc).__name__}: {exc}"], 0))
+
+
+def _video_copy(index: int, url: str, video: str, in_flight: int, barrier, results) -> None:
+    """Decode -> device -> CUDA shm -> ensemble (RENDERED stays in CUDA shm)."""
+    import cupy
+    import cv2
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    capture = cv2.VideoCapture(video)
+    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    nbytes = height * width * 3
+    slots = [(CudaRegion(client, nbytes), CudaRegion(client, nbytes)) for _ in range(in_flight)]
+    free = list(range(in_flight))
+    cond = threading.Condition()
+    errors, faces = [], []
+
+    def done(slot, result, error):
+        with cond:
+            if error is not None:
+                errors.append(str(error))
+            else:
+                faces.append(int(result.as_numpy("FACE_COUNT")[0, 0]))
+            free.append(slot)
+            cond.notify()
+
+    frames = 0
+    barrier.wait(timeout=300)
+    start = time.perf_counter()
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        with cond:
+            while not free:
+                cond.wait()
+            slot = free.pop()
+        source, target = slots[slot]
+        source.view((height, width, 3), cupy.uint8)[...] = cupy.asarray(bgr)[:, :, ::-1]
+        cupy.cuda.get_current_stream().synchronize()
+        tensor = grpcclient.InferInput("IMAGE", [1, height, width, 3], "UINT8")
+        tensor.set_shared_memory(source.name, nbytes)
+        rendered = grpcclient.InferRequestedOutput("RENDERED")
+        rendered.set_shared_memory(target.name, nbytes)
+        outputs = [rendered, grpcclient.InferRequestedOutput("FACE_COUNT")]
+        client.async_infer("tddfa", [tensor], lambda r, e, s=slot: done(s, r, e), outputs=outputs)
+        frames += 1
+    with cond:
+        while len(free) < in_flight:
+            cond.wait()
+    end = time.perf_counter()
+    for pair in slots:
+        for region in pair:
+            region.close()
+    client.close()
+    results.put((index, frames, start, end, errors[:3], sum(1 for f in faces if f == 1)))
+
+
+def video_copies(url: str, video: Path, copies: int, in_flight: int) -> dict:
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(copies), ctx.Queue()
+    procs = [ctx.Process(target=video_copy, args=(i, url, str(video), in_flight, barrier, results))
+             for i in range(copies)]  # fmt: skip
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    frames = sum(g[1] for g in got)
+    ok = [g for g in got if g[1]] or got
+    wall = max(g[3] for g in ok) - min(g[2] for g in ok)
+    errors = [e for g in got for e in g[4]]
+    return {"copies": copies, "frames": frames, "wall_s": wall, "fps": frames / wall,
+            "per_copy_fps": statistics.median(g[1] / (g[3] - g[2]) for g in ok),
+            "one_face_frames": sum(g[5] for g in got), "errors": errors[:3]}  # fmt: skip
+
+
+def decode_only_fps(video: Path) -> float:
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    count, start = 0, time.perf_counter()
+    while capture.read()[0]:
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- report
+def table(header, rows) -> str:
+    cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in r] for r in rows]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)
+    ]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=REPO_ROOT / "build" / "gpu_repository")
+    parser.add_argument("--video", type=Path,
+                        default=Path(os.environ.get("TDDFA_ASSET_DIR", REPO_ROOT.parent / "shared" / "assets")) / "video" / "emma720.mp4")  # fmt: skip
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--parts", default="b,a,d,c", help="which of a,b,c,d to run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    parser.add_argument("--stats-concurrency", type=int, default=32)
+    parser.add_argument("--copies", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--in-flight", type=int, default=4, help="frames in flight per video copy")
+    parser.add_argument("--interval-ms", type=int, default=3000)
+    parser.add_argument("--seconds", type=float, default=4.0, help="(b) timing per case")
+    parser.add_argument("--frames", type=int, default=8, help="distinct frames for (a), (b)")
+    parser.add_argument(
+        "--perf-analyzer", type=Path, default=Path("/tmp/tddfa/site/bin/perf_analyzer")
+    )
+    parser.add_argument("--site", type=Path, default=Path("/tmp/tddfa/site"))
+    parser.add_argument("--pool-mb", type=int, default=4096)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("tritonserver").setLevel(logging.WARNING)
+    args.out.mkdir(parents=True, exist_ok=True)
+    parts = set(args.parts.split(","))
+    frames = read_frames(args.video, args.frames)
+    report = {"machine": subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                                         "--format=csv,noheader"], capture_output=True, text=True).stdout.strip(),
+              "cpus": os.cpu_count(), "frame": list(frames[0].shape)}  # fmt: skip
+    md = []
+
+    if "b" in parts:
+        LOG.info("(b) in-process")
+        report["b"] = res = in_process(args.repository, frames, args.seconds)
+        rows = [[n, res["step_ms_b1"][n], res["step_ms_b8"][n], res["step_ms_b8"][n] / 8]
+                for n in res["step_ms_b1"]]  # fmt: skip
+        rows.append(
+            ["sum", sum(r[1] for r in rows), sum(r[2] for r in rows), sum(r[3] for r in rows)]
+        )
+        md += ["**(b) in-process pipeline (tddfa.pipeline, CuPy frames, no Triton)**", "", "```",
+               table(["step", "ms b=1", "ms b=8", "ms/frame b=8"], rows),
+               f"frames/s: batch 1 = {res['fps_b1']:.1f}, batch 8 = {res['fps_b8']:.1f}, "
+               f"4 threads x batch 8 = {res['fps_b8_t4']:.1f}", "```", ""]  # fmt: skip
+        (args.out / "gpu_results.md").write_text("\n".join(md))
+
+    server_parts = parts & {"a", "c", "d"}
+    if server_parts:
+        from tddfa_tools.serve import TritonServer, cuda_memory_pool_args
+
+        with TritonServer(args.repository, startup_timeout=600,
+                          extra_args=cuda_memory_pool_args(args.pool_mb)) as server:  # fmt: skip
+            url = server.grpc_url
+            env = perf_env(args.site)
+            data = args.out / "input_data.json"
+            write_input_data(frames, data)
+            if "a" in parts:
+                rows = []
+                for c in args.concurrency:
+                    row = perf_analyzer(args.perf_analyzer, env, url, data, c,
+                                        args.out / f"perf_c{c}.csv", args.interval_ms, "cuda")  # fmt: skip
+                    ms = lambda k, row=row: float(row.get(k) or "nan") / 1e3  # noqa: E731
+                    rows.append([c, float(row["Inferences/Second"]), ms("p50 latency"),
+                                 ms("p90 latency"), ms("p99 latency"), ms("Server Queue"),
+                                 ms("Server Compute Infer")])  # fmt: skip
+                    LOG.info("c=%d: %.1f infer/s p50 %.2f ms", c, rows[-1][1], rows[-1][2])
+                report["a"] = rows
+                best = max(rows, key=lambda r: r[1])
+                md += ["**(a) perf_analyzer, gRPC, CUDA shared memory in and out**", "",
+                       f"{len(frames)} distinct {frames[0].shape[1]}x{frames[0].shape[0]} frames of "
+                       f"{args.video.name} (one face), batch 1 per request, time windows of "
+                       f"{args.interval_ms} ms; server columns are perf_analyzer's per-request "
+                       "sums over the ensemble's steps", "", "```",
+                       table(["conc", "infer/s", "p50 ms", "p90 ms", "p99 ms", "queue ms",
+                              "compute ms"], rows),
+                       f"best: {best[1]:.1f} infer/s at concurrency {best[0]}; "
+                       f"p50 at concurrency 1: {rows[0][2]:.2f} ms", "```", ""]  # fmt: skip
+                (args.out / "gpu_results.md").write_text("\n".join(md))
+            if "d" in parts:
+                c = args.stats_concurrency
+                before, t0 = read_stats(url), time.perf_counter()
+                row = perf_analyzer(args.perf_analyzer, env, url, data, c,
+                                    args.out / f"perf_stats_c{c}.csv", args.interval_ms, "cuda")  # fmt: skip
+                seconds = time.perf_counter() - t0
+                after = read_stats(url)
+                header, rows = stats_table(before, after, seconds)
+                report["d"] = {"concurrency": c, "rows": rows}
+                md += [f"**(d) per-step statistics (v2/models/stats) during perf_analyzer at "
+                       f"concurrency {c} ({float(row['Inferences/Second']):.1f} infer/s)**", "",
+                       "busy % = compute time of all instances / wall time (200 % = two "
+                       "instances always busy)", "", "```", table(header, rows), "```", ""]  # fmt: skip
+                (args.out / "gpu_results.md").write_text("\n".join(md))
+            if "c" in parts:
+                decode = decode_only_fps(args.video)
+                rows = []
+                for copies in args.copies:
+                    res = video_copies(url, args.video, copies, args.in_flight)
+                    LOG.info("video x%d: %s", copies, res)
+                    rows.append([copies, res["frames"], res["wall_s"], res["fps"],
+                                 res["per_copy_fps"], res["one_face_frames"],
+                                 "; ".join(res["errors"]) or "-"])  # fmt: skip
+                report["c"] = {"decode_only_fps": decode, "rows": rows}
+                md += ["**(c) end-to-end video: N parallel copies of emma720.mp4 (300 frames each)**", "",
+                       "decode: OpenCV/FFmpeg on the CPU (no PyNvVideoCodec on the machine) -> "
+                       "CuPy -> CUDA shared memory -> ensemble -> RENDERED left in CUDA shared "
+                       f"memory, no encode (no NVENC on the H100); {args.in_flight} frames in "
+                       f"flight per copy; one process per copy; decode alone: {decode:.0f} frames/s "
+                       "for one stream", "", "```",
+                       table(["copies", "frames", "wall s", "frames/s", "per copy", "1-face frames",
+                              "errors"], rows), "```", ""]  # fmt: skip
+                (args.out / "gpu_results.md").write_text("\n".join(md))
+    (args.out / "gpu_results.json").write_text(json.dumps(report, indent=1, default=str))
+    sys.stdout.write("\n".join(md) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
