@@ -51,6 +51,7 @@ python3 -m pip download -q --no-deps "${PY312[@]}" -d "$STAGE/whl" \
     tritonclient==2.51.0 python-rapidjson==1.25 PyOpenGL==3.1.10
 for wheel in "$STAGE"/whl/*.whl; do unzip -qo "$wheel" -d "$STAGE/py"; done
 mv "$STAGE"/py/tritonclient-2.51.0.data/data/bin/perf_analyzer "$STAGE/py/bin/"
+mv "$STAGE"/py/tritonclient-2.51.0.data/purelib/tritonclient "$STAGE/py/"
 rm -rf "$STAGE"/py/tritonclient-2.51.0.data "$STAGE"/py/tritonclient/http/aio
 find "$STAGE/py" -name __pycache__ -prune -exec rm -rf {} +
 chmod +x "$STAGE/py/bin/perf_analyzer"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import logging
 import os
 import re
@@ -87,41 +88,84 @@ def _cpu_display() -> object:
     return EGL.eglGetDisplay(EGL.EGL_DEFAULT_DISPLAY)
 
 
-def _egl_devices() -> list[object]:
-    count = EGL.EGLint()
-    if not EGL.eglQueryDevicesEXT(0, None, ctypes.pointer(count)):
-        raise GLContextError("eglQueryDevicesEXT failed")
-    devices = (EGL.EGLDeviceEXT * count.value)()
-    if not EGL.eglQueryDevicesEXT(count.value, devices, ctypes.pointer(count)):
-        raise GLContextError("eglQueryDevicesEXT failed")
-    return list(devices[: count.value])
+class _DeviceQueries:
+    """EGL_EXT_device_enumeration/_query through eglGetProcAddress and plain ctypes.
+
+    PyOpenGL's wrappers of these extension functions check the extension against the
+    current display's extension string, which fails before any display is initialised.
+    """
+
+    def __init__(self) -> None:
+        egl = ctypes.CDLL(ctypes.util.find_library("EGL") or "libEGL.so.1")
+        egl.eglGetProcAddress.restype = ctypes.c_void_p
+        egl.eglGetProcAddress.argtypes = [ctypes.c_char_p]
+
+        def function(name: str, restype, *argtypes):
+            address = egl.eglGetProcAddress(name.encode())
+            if not address:
+                raise GLContextError(f"EGL has no {name}: install the NVIDIA driver's EGL library")
+            return ctypes.CFUNCTYPE(restype, *argtypes)(address)
+
+        pointer = ctypes.POINTER
+        self.devices = function(
+            "eglQueryDevicesEXT",
+            ctypes.c_uint,
+            ctypes.c_int32,
+            pointer(ctypes.c_void_p),
+            pointer(ctypes.c_int32),
+        )
+        self.string = function(
+            "eglQueryDeviceStringEXT", ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int32
+        )
+        self.attrib = function(
+            "eglQueryDeviceAttribEXT",
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_int32,
+            pointer(ctypes.c_ssize_t),  # EGLAttrib = intptr_t
+        )
 
 
-def _cuda_ordinal(egl_device: object) -> int | None:
-    exts = EGL.eglQueryDeviceStringEXT(egl_device, EGL.EGL_EXTENSIONS) or b""
+def _egl_devices(queries: _DeviceQueries) -> list[int]:
+    """EGLDeviceEXT handles (as integers) of every EGL device."""
+    count = ctypes.c_int32()
+    if not queries.devices(0, None, ctypes.byref(count)):
+        raise GLContextError("eglQueryDevicesEXT failed")
+    devices = (ctypes.c_void_p * count.value)()
+    if not queries.devices(count.value, devices, ctypes.byref(count)):
+        raise GLContextError("eglQueryDevicesEXT failed")
+    return [d for d in devices[: count.value] if d]
+
+
+def _cuda_ordinal(queries: _DeviceQueries, egl_device: int) -> int | None:
+    exts = queries.string(egl_device, EGL.EGL_EXTENSIONS) or b""
     if b"EGL_NV_device_cuda" not in exts:
         return None
-    value = EGL.EGLAttrib()
-    if not EGL.eglQueryDeviceAttribEXT(egl_device, EGL_CUDA_DEVICE_NV, ctypes.pointer(value)):
+    value = ctypes.c_ssize_t()
+    if not queries.attrib(egl_device, EGL_CUDA_DEVICE_NV, ctypes.byref(value)):
         return None
     return int(value.value)
 
 
 def _cuda_display(ordinal: int) -> object:
     """The EGL display of the NVIDIA EGL device whose CUDA ordinal is ``ordinal``."""
+    extensions = _client_extensions().split()
+    if "EGL_EXT_device_base" in extensions:  # NVIDIA: base = enumeration + query
+        extensions += ["EGL_EXT_device_enumeration", "EGL_EXT_device_query"]
     needed = ("EGL_EXT_device_enumeration", "EGL_EXT_platform_device")
-    missing = [ext for ext in needed if ext not in _client_extensions()]
+    missing = [ext for ext in needed if ext not in extensions]
     if missing:
         raise GLContextError(
             f"EGL lacks {', '.join(missing)}: install the NVIDIA driver's EGL library "
             "(libnvidia-egl, with the glvnd vendor file 10_nvidia.json) to render on cuda devices"
         )
+    queries = _DeviceQueries()
     seen = []
-    for egl_device in _egl_devices():
-        cuda = _cuda_ordinal(egl_device)
+    for egl_device in _egl_devices(queries):
+        cuda = _cuda_ordinal(queries, egl_device)
         seen.append(cuda)
         if cuda == ordinal:
-            return _get_platform_display(EGL_PLATFORM_DEVICE_EXT, egl_device)
+            return _get_platform_display(EGL_PLATFORM_DEVICE_EXT, ctypes.c_void_p(egl_device))
     raise GLContextError(
         f"no EGL device matches CUDA device {ordinal} (CUDA ordinals of the EGL devices: {seen}); "
         "check CUDA_VISIBLE_DEVICES and that the NVIDIA EGL vendor library is installed"

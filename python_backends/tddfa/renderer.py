@@ -129,6 +129,21 @@ class VertexNormals:
     def __init__(self, triangles: np.ndarray) -> None:
         self._triangles = np.ascontiguousarray(triangles, dtype=np.int64)
         self._cache: dict[tuple[str, int], tuple[Any, Any]] = {}  # (xp, N) -> (tri, index)
+        self._device_triangles: dict[int, Any] = {}  # CUDA device -> (3, T) int32 CuPy
+        self._fused_failed = False
+
+    def _fused(self, vertices: Any) -> Any:
+        from tddfa import gpu_kernels
+
+        device = vertices.device.id
+        triangles = self._device_triangles.get(device)
+        if triangles is None:
+            import cupy
+
+            with cupy.cuda.Device(device):
+                triangles = cupy.asarray(self._triangles, dtype=cupy.int32)
+            self._device_triangles[device] = triangles
+        return gpu_kernels.vertex_normals(vertices, triangles)
 
     def _index(self, xp: Any, faces: int, n_vertices: int) -> tuple[Any, Any]:
         key = (xp.__name__, n_vertices)
@@ -145,6 +160,12 @@ class VertexNormals:
     def __call__(self, vertices: Any) -> Any:
         """(F, 3, N) float32 vertices -> (F, 3, N) float32 unnormalised vertex normals."""
         xp = get_xp(vertices)
+        if xp is not np and not self._fused_failed:
+            try:
+                return self._fused(vertices)
+            except Exception as exc:  # noqa: BLE001 - a kernel that fails to compile
+                logger.warning("fused normals kernel unavailable (%r): generic CuPy path", exc)
+                self._fused_failed = True
         faces, _, n = vertices.shape
         tri, index = self._index(xp, faces, n)
         corners = xp.take(vertices, tri, axis=2)  # (F, 3 axes, 3 corners, T)
@@ -454,30 +475,44 @@ class _CudaInterop:
         for resource in resources:
             self._check(self._rt.cudaGraphicsUnregisterResource(resource))
 
-    def upload_frame(self, image: Any) -> None:
+    def release(self, targets: bool, buffers: bool) -> None:
+        """Unregister GL objects about to be re-specified (GL refuses to re-specify a
+        texture or buffer registered with CUDA: GL_INVALID_OPERATION)."""
+        if targets and self._frame:
+            self._unregister(list(self._frame.values()))
+            self._frame = {}
+            self._versions = (-1, self._versions[1])
+        if buffers and self._buffers:
+            self._unregister(self._buffers)
+            self._buffers = []
+            self._versions = (self._versions[0], -1)
+
+    def _map(self, resources: list[Any], stream: Any) -> None:
+        self._check(self._rt.cudaGraphicsMapResources(len(resources), resources, stream))
+
+    def _unmap(self, resources: list[Any], stream: Any) -> None:
+        self._check(self._rt.cudaGraphicsUnmapResources(len(resources), resources, stream))
+
+    def upload(self, image: Any, positions: Any, normals: Any) -> None:
+        """Frame into the background texture, vertices and normals into the GL buffers,
+        under one map/unmap of the three resources."""
         cp, rt = self._cp, self._rt
         height, width, _ = image.shape
         if self._rgba_in is None or self._rgba_in.shape[:2] != (height, width):
             self._rgba_in = cp.full((height, width, 4), 255, dtype=cp.uint8)
         self._rgba_in[..., :3] = image
-        resource, stream = self._frame["background"], self._stream()
-        self._check(rt.cudaGraphicsMapResources(1, resource, stream))
+        resources = [self._frame["background"], *self._buffers]
+        stream = self._stream()
+        self._map(resources, stream)
         try:
-            array = self._check(rt.cudaGraphicsSubResourceGetMappedArray(resource, 0, 0))
+            array = self._check(rt.cudaGraphicsSubResourceGetMappedArray(resources[0], 0, 0))
             self._check(
                 rt.cudaMemcpy2DToArrayAsync(
                     array, 0, 0, self._rgba_in.data.ptr, width * 4, width * 4, height,
                     rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream,
                 )
             )  # fmt: skip
-        finally:
-            self._check(rt.cudaGraphicsUnmapResources(1, resource, stream))
-
-    def upload_vertices(self, positions: Any, normals: Any) -> None:
-        rt, stream = self._rt, self._stream()
-        for resource, data in zip(self._buffers, (positions, normals), strict=True):
-            self._check(rt.cudaGraphicsMapResources(1, resource, stream))
-            try:
+            for resource, data in zip(resources[1:], (positions, normals), strict=True):
                 pointer, _size = self._check(rt.cudaGraphicsResourceGetMappedPointer(resource))
                 self._check(
                     rt.cudaMemcpyAsync(
@@ -485,8 +520,8 @@ class _CudaInterop:
                         rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream,
                     )
                 )  # fmt: skip
-            finally:
-                self._check(rt.cudaGraphicsUnmapResources(1, resource, stream))
+        finally:
+            self._unmap(resources, stream)
 
     def read(self, height: int, width: int) -> Any:
         cp, rt = self._cp, self._rt
@@ -643,6 +678,11 @@ class MeshRenderer:
 
     def _prepare(self, image_shape: tuple[int, ...], positions: Any) -> _GLScene:
         scene = self._scene
+        if self._interop is not None:
+            self._interop.release(
+                targets=scene.size != (image_shape[0], image_shape[1]),
+                buffers=positions.nbytes > scene.buffer_bytes,
+            )
         scene.ensure_size(image_shape[0], image_shape[1])
         scene.ensure_buffers(positions.nbytes, positions.shape[2])
         return scene
@@ -669,8 +709,7 @@ class MeshRenderer:
             with self._context.current():
                 scene = self._prepare(image.shape, positions)
                 interop.register(scene)
-                interop.upload_frame(image)
-                interop.upload_vertices(positions, normals)
+                interop.upload(image, positions, normals)
                 scene.draw(frames, depth, positions.shape[2])
                 return interop.read(*image.shape[:2])
 

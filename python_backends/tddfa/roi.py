@@ -69,6 +69,39 @@ def roi_from_landmarks(landmarks: Any) -> Any:
     return xp.concatenate([start, start + side[:, None]], axis=1).astype(xp.float32)
 
 
+def crop_taps(rois: Any, height: int, width: int, size: int = REGRESSOR_SIZE) -> tuple:
+    """Sampling taps of :func:`crop_and_resize` for ``rois`` (k, 4) in a height x width frame.
+
+    Returns:
+        ``(x0, x1, a0, a1, y0, y1, b0, b1)``, each (k, size): clipped column/row indices
+        of the two neighbours and their int32 fixed-point weights. A tap outside the
+        image, or any tap of an empty ROI, has weight 0: the same as reading the black
+        canvas the original crops into.
+    """
+    xp = get_xp(rois)
+    corners = xp.rint(rois.astype(xp.float64)).astype(xp.int64)
+    start_x, start_y = corners[:, 0:1], corners[:, 1:2]
+    crop_w = corners[:, 2:3] - start_x  # (k, 1)
+    crop_h = corners[:, 3:4] - start_y
+    filled = ((crop_w > 0) & (crop_h > 0)).astype(xp.int32)  # (k, 1)
+
+    def taps(start, length, limit, clamp_weight):
+        length = xp.maximum(length, 1)
+        i0, i1, weight = linear_taps(
+            xp, size, length, inverse_scale(size, length), clamp_weight=clamp_weight
+        )
+        i0, i1 = i0 + start, i1 + start
+        w0, w1 = fixed_point_weights(xp, weight)
+        w0 = w0 * ((i0 >= 0) & (i0 < limit)) * filled
+        w1 = w1 * ((i1 >= 0) & (i1 < limit)) * filled
+        return xp.clip(i0, 0, limit - 1), xp.clip(i1, 0, limit - 1), w0, w1
+
+    return (
+        *taps(start_x, crop_w, width, clamp_weight=True),
+        *taps(start_y, crop_h, height, clamp_weight=False),
+    )
+
+
 def crop_and_resize(
     image: Any, rois: Any, size: int = REGRESSOR_SIZE, count: int | None = None
 ) -> Any:
@@ -96,30 +129,7 @@ def crop_and_resize(
         rois = rois[: max(0, min(int(count), num))]  # skip the empty slots' work
     if rois.shape[0] == 0:
         return out
-    corners = xp.rint(rois.astype(xp.float64)).astype(xp.int64)
-    start_x, start_y = corners[:, 0:1], corners[:, 1:2]
-    crop_w = corners[:, 2:3] - start_x  # (k, 1)
-    crop_h = corners[:, 3:4] - start_y
-    filled = ((crop_w > 0) & (crop_h > 0)).astype(xp.int32)  # (k, 1)
-
-    def taps(start, length, limit, clamp_weight):
-        """Clipped image indices and fixed-point weights, (k, size) each.
-
-        A tap outside the image gets weight 0, which is the same as reading the
-        black canvas the original crops into.
-        """
-        length = xp.maximum(length, 1)
-        i0, i1, weight = linear_taps(
-            xp, size, length, inverse_scale(size, length), clamp_weight=clamp_weight
-        )
-        i0, i1 = i0 + start, i1 + start
-        w0, w1 = fixed_point_weights(xp, weight)
-        w0 = w0 * ((i0 >= 0) & (i0 < limit)) * filled
-        w1 = w1 * ((i1 >= 0) & (i1 < limit)) * filled
-        return xp.clip(i0, 0, limit - 1), xp.clip(i1, 0, limit - 1), w0, w1
-
-    x0, x1, a0, a1 = taps(start_x, crop_w, width, clamp_weight=True)
-    y0, y1, b0, b1 = taps(start_y, crop_h, height, clamp_weight=False)
+    x0, x1, a0, a1, y0, y1, b0, b1 = crop_taps(rois, height, width, size)
     pixels = image.reshape(height * width, 3)
     a0, a1 = a0[:, None, :, None], a1[:, None, :, None]
 

@@ -203,7 +203,9 @@ class TorchCudaRunner:
                 self._forward(static_in)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: other threads of the process (CuPy steps, other runners) may
+        # synchronise while this one captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             static_out = self._forward(static_in)
         return graph, static_in, static_out
 

@@ -82,8 +82,8 @@ def fp32_variant(repository: Path, out: Path) -> Path:
             target.mkdir(parents=True, exist_ok=True)
         elif source.name == "config.pbtxt" and source.parent.name in NETWORKS:
             text = source.read_text()
-            if 'string_value: "fp16"' not in text:
-                raise AssertionError(f"{source} has no fp16 precision parameter to switch")
+            if 'key: "precision"' not in text:
+                raise AssertionError(f"{source} has no precision parameter to switch")
             target.write_text(text.replace('string_value: "fp16"', 'string_value: "fp32"'))
         elif "__pycache__" not in source.parts:
             target.symlink_to(source.resolve())

@@ -78,14 +78,17 @@ def test_zero_faces_returns_the_frame(gpu_server):
 
 
 def test_more_faces_than_k_keeps_the_k_best(gpu_server, test_images, cpu_expected):
+    """12 identical tiles: K = 8 of them, with the CPU path's scores and box sizes (which
+    of the tied tiles survive may differ with the arithmetic, so positions are not
+    compared)."""
     got = infer(gpu_server, mosaic(test_images["JianzhuGuo.jpg"]), ("FACE_COUNT", "FACE_BOXES"))
+    want = cpu_expected["mosaic:FACE_BOXES"]
     k = got["FACE_BOXES"].shape[0]
     assert int(got["FACE_COUNT"][0]) == int(cpu_expected["mosaic:FACE_COUNT"][0]) == k
+    np.testing.assert_allclose(np.sort(got["FACE_BOXES"][:, 4]), np.sort(want[:, 4]), atol=2e-3)
+    sizes = got["FACE_BOXES"][:, 2:4] - got["FACE_BOXES"][:, :2]
     np.testing.assert_allclose(
-        got["FACE_BOXES"][:, 4], cpu_expected["mosaic:FACE_BOXES"][:, 4], atol=2e-3
-    )
-    np.testing.assert_allclose(
-        got["FACE_BOXES"][:, :4], cpu_expected["mosaic:FACE_BOXES"][:, :4], atol=2.0
+        sizes, np.broadcast_to(np.median(want[:, 2:4] - want[:, :2], 0), sizes.shape), atol=2.0
     )
 
 

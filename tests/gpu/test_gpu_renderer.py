@@ -42,7 +42,10 @@ def test_interop_equals_host_path_on_the_same_gpu(renderer, test_images, cpu_exp
     host = renderer.render(image, vertices, len(vertices))  # numpy: glReadPixels path
     device = renderer.render(cupy.asarray(image), cupy.asarray(vertices), len(vertices))
     assert renderer.uses_interop
-    np.testing.assert_array_equal(cupy.asnumpy(device), host)
+    # same GL, same shaders; the normals are summed in another order (atomics): at most
+    # one grey level apart
+    diff = np.abs(cupy.asnumpy(device).astype(int) - host.astype(int))
+    assert diff.max() <= 1, f"interop and host paths differ by up to {diff.max()}"
 
 
 def test_zero_faces_copies_the_frame(renderer, test_images):

@@ -1,0 +1,233 @@
+"""Fused CUDA kernels (CuPy) for the two pixel steps of the GPU flavour.
+
+The numpy/CuPy code in :mod:`tddfa.preprocess` and :mod:`tddfa.roi` launches some forty
+small kernels per frame (index tables, gathers, fixed-point passes); on a GPU that is
+launch- and Python-bound (~3 ms per 720p frame for the canvas, ~4 ms for the crops).
+Here each is one kernel for a whole batch of frames, reading the uint8 frames once:
+
+- :func:`detector_canvas`: B frames (H, W, 3) -> (B, 3, Hc, Wc) float32 canvases;
+- :func:`face_crops`: B frames and (B, K, 4) host ROI boxes -> (B, K, 3, 120, 120) crops;
+- :func:`vertex_normals`: the renderer's per-vertex normals, one scatter kernel.
+
+The arithmetic is OpenCV's fixed-point INTER_LINEAR of :mod:`tddfa.resize` (11-bit
+weights, the vertical pass dropping 4 + 16 bits, +2 >> 2), so the results equal the
+numpy path bit for bit. The sampling taps (which source pixels, which weights) come from
+the same functions as the numpy path, computed on the host in numpy (they depend only on
+the frame size and, for crops, on the K boxes) and uploaded once per call or size.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from tddfa.config import REGRESSOR_SIZE, PipelineConfig
+from tddfa.preprocess import DETECTOR_MEAN_RGB, detector_scale, resized_size
+from tddfa.resize import fixed_point_weights, inverse_scale, linear_taps
+from tddfa.roi import crop_taps
+
+_BLEND = r"""
+__device__ __forceinline__ float blend(const unsigned char* top, const unsigned char* bottom,
+                                       int xa, int xb, int a0, int a1, int b0, int b1) {
+    int t = top[xa] * a0 + top[xb] * a1;       // horizontal pass, 11-bit weights
+    int u = bottom[xa] * a0 + bottom[xb] * a1;
+    t = ((t >> 4) * b0) >> 16;                  // vertical pass as OpenCV's SIMD kernel
+    u = ((u >> 4) * b1) >> 16;
+    return (float)((t + u + 2) >> 2);
+}
+"""
+
+_CANVAS = (
+    _BLEND
+    + r"""
+extern "C" __global__ void detector_canvas(
+        const unsigned char* frames, int height, int width,
+        const int* taps_x, const int* taps_y, int out_h, int out_w,
+        int canvas_h, int canvas_w, float m0, float m1, float m2,
+        float* out, long long total) {
+    // taps_x: (4, out_w) x0, x1, a0, a1; taps_y: (4, out_h) y0, y1, b0, b1
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    int x = (int)(i % canvas_w);
+    long long r = i / canvas_w;
+    int y = (int)(r % canvas_h);
+    r /= canvas_h;
+    int c = (int)(r % 3);
+    long long b = r / 3;
+    if (y >= out_h || x >= out_w) {
+        out[i] = c == 0 ? m0 : (c == 1 ? m1 : m2);
+        return;
+    }
+    const unsigned char* frame = frames + b * (long long)height * width * 3;
+    const unsigned char* top = frame + (long long)taps_y[y] * width * 3;
+    const unsigned char* bottom = frame + (long long)taps_y[out_h + y] * width * 3;
+    out[i] = blend(top, bottom, taps_x[x] * 3 + c, taps_x[out_w + x] * 3 + c,
+                   taps_x[2 * out_w + x], taps_x[3 * out_w + x],
+                   taps_y[2 * out_h + y], taps_y[3 * out_h + y]);
+}
+"""
+)
+
+_CROPS = (
+    _BLEND
+    + r"""
+extern "C" __global__ void face_crops(
+        const unsigned char* frames, int height, int width, int faces, int size,
+        const int* taps, float* out, long long total) {
+    // taps: (8, B * K, size) x0, x1, a0, a1, y0, y1, b0, b1
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    int x = (int)(i % size);
+    long long r = i / size;
+    int y = (int)(r % size);
+    r /= size;
+    int c = (int)(r % 3);
+    long long slot = r / 3;               // b * K + k
+    long long b = slot / faces;
+    long long plane = total / 3 / size;   // B * K * size: one tap table
+    const int* tx = taps + slot * size + x;
+    const int* ty = taps + 4 * plane + slot * size + y;
+    const unsigned char* frame = frames + b * (long long)height * width * 3;
+    const unsigned char* top = frame + (long long)ty[0] * width * 3;
+    const unsigned char* bottom = frame + (long long)ty[plane] * width * 3;
+    out[i] = blend(top, bottom, tx[0] * 3 + c, tx[plane] * 3 + c, tx[2 * plane], tx[3 * plane],
+                   ty[2 * plane], ty[3 * plane]);
+}
+"""
+)
+
+_NORMALS = r"""
+extern "C" __global__ void vertex_normals(
+        const float* vertices, const int* triangles, int n, int t, float* out,
+        long long total) {
+    // vertices, out: (F, 3, N) planes; triangles: (3, T); one thread per (face, triangle)
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    long long f = i / t;
+    int j = (int)(i % t);
+    int a = triangles[j], b = triangles[t + j], c = triangles[2 * t + j];
+    const float* x = vertices + f * 3 * n;
+    const float* y = x + n;
+    const float* z = y + n;
+    float e1x = x[b] - x[a], e1y = y[b] - y[a], e1z = z[b] - z[a];
+    float e2x = x[c] - x[a], e2y = y[c] - y[a], e2z = z[c] - z[a];
+    float cx = e1y * e2z - e1z * e2y;
+    float cy = e1z * e2x - e1x * e2z;
+    float cz = e1x * e2y - e1y * e2x;
+    float* o = out + f * 3 * n;
+    int corners[3] = {a, b, c};
+    for (int k = 0; k < 3; ++k) {
+        atomicAdd(o + corners[k], cx);
+        atomicAdd(o + n + corners[k], cy);
+        atomicAdd(o + 2 * n + corners[k], cz);
+    }
+}
+"""
+
+THREADS = 256
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels() -> tuple[Any, Any, Any]:
+    import cupy
+
+    return (
+        cupy.RawKernel(_CANVAS, "detector_canvas"),
+        cupy.RawKernel(_CROPS, "face_crops"),
+        cupy.RawKernel(_NORMALS, "vertex_normals"),
+    )
+
+
+def canvas_taps(height: int, width: int, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Host taps of ``resize_bilinear_u8`` from height x width to out_h x out_w.
+
+    Returns:
+        ``(taps_x, taps_y)``: int32 (4, out_w) rows x0, x1, a0, a1 and (4, out_h) rows
+        y0, y1, b0, b1 (pixel indices and 11-bit weights).
+    """
+    x0, x1, wx = linear_taps(np, out_w, width, inverse_scale(out_w, width))
+    y0, y1, wy = linear_taps(np, out_h, height, inverse_scale(out_h, height), clamp_weight=False)
+    taps_x = np.stack([x0, x1, *fixed_point_weights(np, wx)]).astype(np.int32)
+    taps_y = np.stack([y0, y1, *fixed_point_weights(np, wy)]).astype(np.int32)
+    return taps_x, taps_y
+
+
+@functools.lru_cache(maxsize=16)
+def _device_canvas_taps(device: int, height: int, width: int, out_h: int, out_w: int):
+    import cupy
+
+    with cupy.cuda.Device(device):
+        return tuple(cupy.asarray(t) for t in canvas_taps(height, width, out_h, out_w))
+
+
+def _launch(kernel, total: int, args: tuple) -> None:
+    blocks = (total + THREADS - 1) // THREADS
+    kernel((blocks,), (THREADS,), (*args, np.int64(total)))
+
+
+def detector_canvas(frames: Any, cfg: PipelineConfig) -> tuple[Any, float]:
+    """(B, H, W, 3) uint8 CuPy frames -> ((B, 3, Hc, Wc) float32 canvases, scale).
+
+    Equal to :func:`tddfa.preprocess.to_detector_canvas` on every frame.
+    """
+    import cupy
+
+    frames = cupy.ascontiguousarray(frames)
+    batch, height, width, _ = frames.shape
+    scale = detector_scale(height, width, cfg)
+    out_h, out_w = resized_size(height, width, scale)
+    taps_x, taps_y = _device_canvas_taps(frames.device.id, height, width, out_h, out_w)
+    out = cupy.empty((batch, 3, cfg.canvas_height, cfg.canvas_width), dtype=cupy.float32)
+    mean = [np.float32(m) for m in DETECTOR_MEAN_RGB]
+    _launch(
+        _kernels()[0],
+        out.size,
+        (frames, np.int32(height), np.int32(width), taps_x, taps_y, np.int32(out_h),
+         np.int32(out_w), np.int32(cfg.canvas_height), np.int32(cfg.canvas_width), *mean, out),
+    )  # fmt: skip
+    return out, scale
+
+
+def crop_tap_table(rois: np.ndarray, height: int, width: int, size: int) -> np.ndarray:
+    """(B, K, 4) host ROI boxes -> (8, B * K, size) int32 taps for :func:`face_crops`.
+
+    Empty slots must be all-zero boxes (their weights come out 0: black crops).
+    """
+    flat = np.asarray(rois, dtype=np.float32).reshape(-1, 4)
+    return np.stack([t.astype(np.int32) for t in crop_taps(flat, height, width, size)])
+
+
+def face_crops(frames: Any, rois: np.ndarray, size: int = REGRESSOR_SIZE) -> Any:
+    """(B, H, W, 3) uint8 CuPy frames, (B, K, 4) host ROI boxes -> (B, K, 3, size, size)
+    float32 CuPy crops, equal to :func:`tddfa.roi.crop_and_resize` per frame (zero rows for
+    all-zero boxes)."""
+    import cupy
+
+    frames = cupy.ascontiguousarray(frames)
+    batch, height, width, _ = frames.shape
+    faces = rois.shape[1]
+    taps = cupy.asarray(crop_tap_table(rois, height, width, size))
+    out = cupy.empty((batch, faces, 3, size, size), dtype=cupy.float32)
+    _launch(
+        _kernels()[1],
+        out.size,
+        (frames, np.int32(height), np.int32(width), np.int32(faces), np.int32(size), taps, out),
+    )
+    return out
+
+
+def vertex_normals(vertices: Any, triangles: Any) -> Any:
+    """(F, 3, N) float32 CuPy vertices, (3, T) int32 CuPy triangles -> (F, 3, N) float32
+    area-weighted vertex normals (the sum of the adjacent faces' edge cross products, as
+    :class:`tddfa.renderer.VertexNormals`; summed with atomics, so the last bits of a
+    normal may vary between runs)."""
+    import cupy
+
+    vertices = cupy.ascontiguousarray(vertices, dtype=cupy.float32)
+    faces, _, n = vertices.shape
+    t = triangles.shape[1]
+    out = cupy.zeros_like(vertices)
+    _launch(_kernels()[2], faces * t, (vertices, triangles, np.int32(n), np.int32(t), out))
+    return out
