@@ -488,10 +488,13 @@ class _CudaInterop:
             self._versions = (self._versions[0], -1)
 
     def _map(self, resources: list[Any], stream: Any) -> None:
-        self._check(self._rt.cudaGraphicsMapResources(len(resources), resources, stream))
+        # cuda-python takes one resource per call (no list): map them one after another
+        for resource in resources:
+            self._check(self._rt.cudaGraphicsMapResources(1, resource, stream))
 
     def _unmap(self, resources: list[Any], stream: Any) -> None:
-        self._check(self._rt.cudaGraphicsUnmapResources(len(resources), resources, stream))
+        for resource in resources:
+            self._check(self._rt.cudaGraphicsUnmapResources(1, resource, stream))
 
     def upload(self, image: Any, positions: Any, normals: Any) -> None:
         """Frame into the background texture, vertices and normals into the GL buffers,
@@ -665,7 +668,7 @@ class MeshRenderer:
         if self._interop is not None:
             try:
                 return self._render_interop(image, vertices[:count])
-            except InteropError:
+            except (InteropError, TypeError):  # TypeError: a cuda-python binding mismatch
                 logger.exception("CUDA-OpenGL interop failed; frames now go through the host")
                 self._drop_interop()
         host = self._render_host(xp.asnumpy(image), to_numpy(vertices[:count]))
