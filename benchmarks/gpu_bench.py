@@ -32,7 +32,10 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")  # as tools/serve.py gives the server (before numpy)
+
+import numpy as np  # noqa: E402
 
 LOG = logging.getLogger("benchmarks.gpu")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -313,7 +316,14 @@ def video_copies(url: str, video: Path, copies: int, in_flight: int) -> dict:
              for i in range(copies)]  # fmt: skip
     for p in procs:
         p.start()
-    got = [results.get(timeout=600) for _ in procs]
+    got = []
+    try:
+        for _ in procs:
+            got.append(results.get(timeout=180))
+    except Exception:  # noqa: BLE001 - queue.Empty: a copy hangs; stop them all
+        for p in procs:
+            p.terminate()
+        raise RuntimeError(f"{copies} copies: only {len(got)} finished within 180 s") from None
     for p in procs:
         p.join()
     frames = sum(g[1] for g in got)
@@ -456,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                     decode = decode_only_fps(args.video)
                     rows = []
                     for copies in args.copies:
+                        LOG.info("(c) %d copies", copies)
                         res = video_copies(url, args.video, copies, args.in_flight)
                         LOG.info("video x%d: %s", copies, res)
                         rows.append([copies, res["frames"], res["wall_s"], res["fps"],

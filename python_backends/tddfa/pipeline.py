@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tddfa.bfm import load_bfm
-from tddfa.config import PipelineConfig
+from tddfa.config import NUM_EXP, NUM_SHAPE, REGRESSOR_SIZE, PipelineConfig
 from tddfa.steps import (
     LandmarkToVertexStep,
     NetworkStep,
@@ -44,11 +45,14 @@ class Pipeline:
         build = json.loads((repository / "BUILD.json").read_text())
         fields = {f.name for f in dataclasses.fields(PipelineConfig)}
         self.config = PipelineConfig(**{k: v for k, v in build.items() if k in fields})
-        # as the served GPU steps run them: CUDA graphs, the build's precision
-        options = {"cuda_graphs": device != "cpu", "fp16": build.get("fp16", True)}
 
         def runner(model: str):
-            return make_runner(repository / model / "1", device, **options)
+            # as the served GPU steps run them: CUDA graphs, each network's precision
+            config = (repository / model / "config.pbtxt").read_text()
+            fp32 = re.search(r'key: "precision"\s*value\s*\{\s*string_value: "fp32"', config)
+            return make_runner(
+                repository / model / "1", device, cuda_graphs=device != "cpu", fp16=fp32 is None
+            )
 
         self.preprocess = PreprocessStep(self.config)
         self.detector = NetworkStep(runner("face_detector"), ["DETECTOR_INPUT"])
@@ -57,6 +61,19 @@ class Pipeline:
         bfm = load_bfm(repository / "landmark_to_vertex" / "1" / "bfm.npz")
         self.landmark_to_vertex = LandmarkToVertexStep(self.config, bfm)
         self.bfm_decoder = NetworkStep(runner("bfm_decoder"), ["ALPHA_SHP", "ALPHA_EXP"])
+        if device != "cpu":  # CUDA graphs of every batch size now, not under traffic
+            k = self.config.max_faces
+            dims = {
+                "DETECTOR_INPUT": (3, self.config.canvas_height, self.config.canvas_width),
+                "CROPS": (k, 3, REGRESSOR_SIZE, REGRESSOR_SIZE),
+                "ALPHA_SHP": (k, NUM_SHAPE),
+                "ALPHA_EXP": (k, NUM_EXP),
+            }
+            batch_sizes = range(1, int(build.get("max_batch_size", 1)) + 1)
+            for step in (self.detector, self.regressor, self.bfm_decoder):
+                warmup = getattr(step.runner, "warmup", None)
+                if warmup is not None:
+                    warmup(dims, batch_sizes)
         self.renderer = None
         if render:
             from tddfa.renderer import MeshRenderer

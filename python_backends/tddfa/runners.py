@@ -209,6 +209,20 @@ class TorchCudaRunner:
             static_out = self._forward(static_in)
         return graph, static_in, static_out
 
+    def warmup(self, dims: Mapping[str, Sequence[int]], batch_sizes: Sequence[int]) -> None:
+        """Run every batch size once on zeros (``dims``: per input, without the batch axis),
+        so cuDNN's choices and the CUDA graphs are made at load time, not under traffic."""
+        import torch
+
+        for batch in batch_sizes:
+            self.run(
+                {
+                    name: torch.zeros((batch, *dims[name]), device=self.device)
+                    for name in self.input_names
+                }
+            )
+        torch.cuda.synchronize(self.device)
+
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """{input name: array} -> {output name: float32 array of the first input's kind}."""
         import torch

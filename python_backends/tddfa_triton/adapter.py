@@ -26,6 +26,8 @@ class LoadContext:
     input_names: tuple[str, ...]
     parameters: dict[str, str]
     config: PipelineConfig
+    input_dims: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # no batch
+    max_batch_size: int = 0
 
 
 # pybind11 < 2.12 inside the Python-backend stub (Triton <= 24.10) misreads numpy 2 dtypes:
@@ -121,6 +123,10 @@ class StepModel:
             input_names=tuple(name for name, _ in self.inputs),
             parameters=parameters,
             config=PipelineConfig.from_parameters(parameters),
+            input_dims={
+                i["name"]: tuple(int(d) for d in i.get("dims", ())) for i in model_config["input"]
+            },
+            max_batch_size=int(model_config.get("max_batch_size", 0)),
         )
         self.output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"])
