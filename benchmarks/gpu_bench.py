@@ -150,6 +150,8 @@ def read_stats(url: str) -> dict[str, dict]:
 
 
 def stats_table(before: dict, after: dict, seconds: float) -> tuple[list[str], list[list]]:
+    """Per model over the interval. Triton adds a batched execution's phase times to each
+    request of the batch, so a phase's time per execution is its sum / requests."""
     header = ["model", "req/s", "avg batch", "queue ms/req", "in ms/exec", "infer ms/exec",
               "out ms/exec", "busy % (all inst.)"]  # fmt: skip
     rows = []
@@ -161,11 +163,15 @@ def stats_table(before: dict, after: dict, seconds: float) -> tuple[list[str], l
         if not d["requests"]:
             continue
         execs = max(d["executions"], 1)
-        busy = (d["compute_input"] + d["compute_infer"] + d["compute_output"]) / 1e9 / seconds
+        phase = {
+            k: d[k] / 1e6 / d["requests"]
+            for k in ("compute_input", "compute_infer", "compute_output")
+        }
+        busy = sum(phase.values()) * execs / 1e3 / seconds
         rows.append([
             name, d["requests"] / seconds, d["inferences"] / execs,
-            d["queue"] / 1e6 / d["requests"], d["compute_input"] / 1e6 / execs,
-            d["compute_infer"] / 1e6 / execs, d["compute_output"] / 1e6 / execs, 100 * busy,
+            d["queue"] / 1e6 / d["requests"], phase["compute_input"], phase["compute_infer"],
+            phase["compute_output"], 100 * busy,
         ])  # fmt: skip
     return header, rows
 
@@ -269,13 +275,17 @@ def _video_copy(index: int, url: str, video: str, in_flight: int, barrier, resul
     errors, faces = [], []
 
     def done(slot, result, error):
-        with cond:
-            if error is not None:
-                errors.append(str(error))
-            else:
-                faces.append(int(result.as_numpy("FACE_COUNT")[0, 0]))
-            free.append(slot)
-            cond.notify()
+        with cond:  # always free the slot: an exception here would hang the copy
+            try:
+                if error is not None:
+                    errors.append(str(error))
+                else:
+                    faces.append(int(result.as_numpy("FACE_COUNT").reshape(-1)[0]))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                free.append(slot)
+                cond.notify()
 
     frames = 0
     barrier.wait(timeout=300)

@@ -221,7 +221,8 @@ class LandmarkToVertexStep:
         if _on_gpu(xp):
             # (B, K, 62) numbers: some hundred tiny kernels on the GPU (~5 ms, launch-bound)
             # against ~0.3 ms of numpy; only these small tensors cross, never pixels
-            host = self.run({name: to_numpy(array) for name, array in inputs.items()})
+            names = ("PARAMS_NORM", "ROI_BOXES", "NUM_FACES")
+            host = self.run({name: to_numpy(inputs[name]) for name in names})
             return {name: xp.asarray(array) for name, array in host.items()}
         norm = inputs["PARAMS_NORM"]
         batch, k = norm.shape[:2]
