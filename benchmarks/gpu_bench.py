@@ -307,7 +307,9 @@ def _video_copy(index: int, url: str, video: str, in_flight: int, barrier, resul
         rendered = grpcclient.InferRequestedOutput("RENDERED")
         rendered.set_shared_memory(target.name, nbytes)
         outputs = [rendered, grpcclient.InferRequestedOutput("FACE_COUNT")]
-        client.async_infer("tddfa", [tensor], lambda r, e, s=slot: done(s, r, e), outputs=outputs)
+        client.async_infer(
+            "tddfa", [tensor], lambda result, error, s=slot: done(s, result, error), outputs=outputs
+        )
         frames += 1
     with cond:
         cond.wait_for(lambda: len(free) == in_flight, timeout=30)
@@ -395,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--site", type=Path, default=Path("/tmp/tddfa/site"))
     parser.add_argument("--pool-mb", type=int, default=4096)
+    parser.add_argument(
+        "--mps", action="store_true", help="serve under CUDA MPS (tddfa serve --cuda-mps)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -429,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         from tddfa_tools.serve import TritonServer, cuda_memory_pool_args
 
         with TritonServer(args.repository, startup_timeout=600,
-                          extra_args=cuda_memory_pool_args(args.pool_mb)) as server:  # fmt: skip
+                          extra_args=cuda_memory_pool_args(args.pool_mb), cuda_mps=args.mps) as server:  # fmt: skip
             url = server.grpc_url
             env = perf_env(args.site)
             data = args.out / "input_data.json"

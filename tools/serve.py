@@ -196,6 +196,73 @@ def server_environment(dist: Path) -> dict[str, str]:
     return env
 
 
+class CudaMps:
+    """A private CUDA MPS control daemon for one server's processes.
+
+    Every Python-backend instance is a process with its own CUDA context; without MPS the
+    GPU time-slices between those contexts, and a frame that passes seven steps waits for
+    seven context switches (measured on one H100: ~120 frames/s with 8 or 16 instances,
+    ~480 with MPS). The daemon gets its own pipe/log folders, so only processes started
+    with :meth:`environment` (the server and its stubs) use it; ``stop`` quits it.
+    """
+
+    BINARY = "nvidia-cuda-mps-control"
+
+    def __init__(self) -> None:
+        found = shutil.which(self.BINARY) or shutil.which(
+            self.BINARY, path="/usr/local/nvidia/bin:/usr/bin"
+        )
+        if found is None:
+            raise TritonServerError(
+                f"--cuda-mps needs {self.BINARY} (NVIDIA driver utilities) on PATH"
+            )
+        self.binary = found
+        self.directory: Path | None = None
+
+    def environment(self) -> dict[str, str]:
+        if self.directory is None:
+            return {}
+        return {
+            "CUDA_MPS_PIPE_DIRECTORY": str(self.directory / "pipe"),
+            "CUDA_MPS_LOG_DIRECTORY": str(self.directory / "log"),
+        }
+
+    def start(self) -> dict[str, str]:
+        """Start the daemon; returns the variables its clients need."""
+        self.directory = Path(tempfile.mkdtemp(prefix="tddfa-mps-"))
+        for name in ("pipe", "log"):
+            (self.directory / name).mkdir()
+        env = {**os.environ, **self.environment()}
+        # no pipes: the daemon it forks would hold them open and run() would never return
+        done = subprocess.run(
+            [self.binary, "-d"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
+        if done.returncode != 0:
+            log = self.directory / "log"
+            self.directory = None
+            raise TritonServerError(
+                f"{self.BINARY} -d failed with status {done.returncode}: see {log}"
+            )
+        LOGGER.info("CUDA MPS daemon started (%s)", self.directory)
+        return self.environment()
+
+    def stop(self) -> None:
+        if self.directory is None:
+            return
+        env = {**os.environ, **self.environment()}
+        try:
+            subprocess.run([self.binary], input="quit\n", env=env, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            LOGGER.warning("could not quit the CUDA MPS daemon: %s", exc)
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory = None
+
+
 class TritonServer:
     """A ``tritonserver`` child process serving one model repository.
 
@@ -226,8 +293,11 @@ class TritonServer:
         shm_prefix: str | None = None,
         extra_args: list[str] | tuple[str, ...] = (),
         log_level: int = logging.INFO,
+        cuda_mps: bool = False,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
+        self.cuda_mps = cuda_mps
+        self._mps: CudaMps | None = None
         self.host = host
         self.http_port = http_port or free_port(host)
         self.grpc_port = grpc_port or free_port(host)
@@ -304,11 +374,15 @@ class TritonServer:
         dist = tritonserver_dist()
         backends = prepare_backends(dist)
         cmd = self.command(backends, dist)
+        env = server_environment(dist)
+        if self.cuda_mps:
+            self._mps = CudaMps()
+            env.update(self._mps.start())
         LOGGER.info("starting %s", " ".join(cmd))
         # Own session: a terminal Ctrl-C reaches only us, and stop() decides how the server ends.
         self._process = subprocess.Popen(
             cmd,
-            env=server_environment(dist),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -381,6 +455,7 @@ class TritonServer:
         timeout = self.exit_timeout + 20.0 if timeout is None else timeout
         process = self._process
         if process is None:
+            self._stop_mps()
             return None
         if process.poll() is None:
             LOGGER.info("stopping tritonserver (pid %d)", process.pid)
@@ -393,7 +468,13 @@ class TritonServer:
                 process.wait()
             LOGGER.info("tritonserver stopped (exit status %s)", process.returncode)
         self._join_logs()
+        self._stop_mps()
         return process.returncode
+
+    def _stop_mps(self) -> None:
+        if self._mps is not None:
+            self._mps.stop()
+            self._mps = None
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -467,6 +548,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Triton's CUDA memory pool per GPU (default: Triton's 64 MB); GPU builds pass "
         "device tensors between steps through it: give it about 40 MB per frame in flight",
     )
+    parser.add_argument(
+        "--cuda-mps",
+        action="store_true",
+        help="run the GPU model instances under a private CUDA MPS daemon (no GPU "
+        "time-slicing between the instances' processes; ~4x the frames/s of a GPU build)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -493,6 +580,7 @@ def run(args: argparse.Namespace) -> int:
         log_verbose=args.log_verbose,
         startup_timeout=args.startup_timeout,
         extra_args=cuda_memory_pool_args(args.cuda_memory_pool_mb),
+        cuda_mps=args.cuda_mps,
     )
     try:
         try:
