@@ -103,6 +103,7 @@ def _serve(repository: Path) -> Iterator[str]:
         startup_timeout=600,
         exit_timeout=5,
         extra_args=cuda_memory_pool_args(POOL_MB),
+        cuda_mps=os.environ.get("TDDFA_TEST_CUDA_MPS") == "1",  # the suite under MPS too
     )
     with server:
         yield server.grpc_url
