@@ -202,7 +202,7 @@ class CudaMps:
     Every Python-backend instance is a process with its own CUDA context; without MPS the
     GPU time-slices between those contexts, and a frame that passes seven steps waits for
     seven context switches (measured on one H100: ~120 frames/s with 8 or 16 instances,
-    ~480 with MPS). The daemon gets its own pipe/log folders, so only processes started
+    480-570 with MPS). The daemon gets its own pipe/log folders, so only processes started
     with :meth:`environment` (the server and its stubs) use it; ``stop`` quits it.
     """
 
