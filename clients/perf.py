@@ -119,6 +119,8 @@ def perf_command(
     shared_memory: str = "none",
     measurement_ms: int = 8000,
     model: str = MODEL,
+    stability_percentage: int = 25,
+    max_trials: int = 5,
 ) -> list[str]:
     """The perf_analyzer command line (interval and trials sized for a CPU server)."""
     command = [
@@ -130,8 +132,8 @@ def perf_command(
         "--concurrency-range", concurrency,
         "--measurement-mode", "time_windows",
         "--measurement-interval", str(measurement_ms),
-        "--max-trials", "5",
-        "--stability-percentage", "25",
+        "--max-trials", str(max_trials),
+        "--stability-percentage", str(stability_percentage),
         "-f", str(csv_path),
         "--shared-memory", shared_memory,
     ]  # fmt: skip
@@ -185,6 +187,7 @@ def run_perf(args: argparse.Namespace) -> list[tuple[str, list[dict[str, str]]]]
             command = perf_command(
                 binary, url, protocol, args.concurrency, data, csv_path, shape,
                 args.shared_memory, args.measurement_interval, args.model,
+                args.stability_percentage, args.max_trials,
             )  # fmt: skip
             LOG.info("running: %s", " ".join(command))
             completed = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -240,6 +243,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--measurement-interval", type=int, default=8000, metavar="MS",
         help="perf_analyzer window in ms (default 8000, sized for a CPU server)",
     )  # fmt: skip
+    parser.add_argument(
+        "--stability-percentage", type=int, default=25, metavar="PCT",
+        help="windows count as stable within this spread (default 25; raise it on a busy host)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-trials", type=int, default=5, help="windows tried per concurrency (default 5)"
+    )
     parser.add_argument("--csv", type=Path, help="write perf_analyzer's CSV here")
     parser.set_defaults(func=run)
 

@@ -244,6 +244,9 @@ def test_perf_analyzer_reports_throughput(standin_server, asset_dir, tmp_path) -
         "--grpc-url", standin_server.grpc_url, "--concurrency", "1:2:1", "--frames", "4",
         "--video", str(asset_dir / "video" / "two_faces_360p.mp4"),
         "--measurement-interval", "1000", "--csv", str(tmp_path / "perf.csv"),
+        # CI's 2 shared cores make windows noisy: this checks that a throughput is
+        # reported, not that the host is quiet
+        "--stability-percentage", "100", "--max-trials", "10",
     ])  # fmt: skip
     assert code == 0
     for protocol in ("http", "grpc"):
