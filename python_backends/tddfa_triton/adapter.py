@@ -181,3 +181,23 @@ class StepModel:
         close = getattr(self.step, "close", None)
         if close:
             close()
+
+
+class NetworkModel(StepModel):
+    """The python flavour of the three networks: the fastest runner present
+    (tddfa.runners.make_runner) over the files in the version folder."""
+
+    def build_step(self, context: LoadContext):
+        from tddfa.runners import make_runner
+        from tddfa.steps import NetworkStep
+
+        runner = make_runner(
+            context.model_dir,
+            context.device,
+            cuda_graphs=context.device != "cpu",  # one graph per batch size, replayed
+            fp16=context.parameters.get("precision", "fp16") == "fp16",
+        )
+        warmup = getattr(runner, "warmup", None)
+        if warmup is not None and context.max_batch_size:  # GPU: graphs made before traffic
+            warmup(context.input_dims, range(1, context.max_batch_size + 1))
+        return NetworkStep(runner, context.input_names)
