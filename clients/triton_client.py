@@ -249,13 +249,25 @@ class _HttpFuture(concurrent.futures.Future):
         return self._handle.get_result(timeout=timeout)
 
 
-class _SharedMemorySlot:
-    """One input region and one output region, registered with the server, reused."""
+class _RegionSlot:
+    """One input region and one output region, registered with the server and reused;
+    created on first use, grown when a frame needs more, released strictly
+    (unregister, then destroy) by :meth:`close`. Subclasses say how regions are made."""
 
     def __init__(self, protocol: _Protocol, tag: str):
         self._protocol = protocol
         self._tag = tag
         self.regions: dict[str, tuple[str, Any, int]] = {}  # role -> (name, handle, size)
+
+    def _create(self, name: str, size: int) -> Any:
+        """Create and register region ``name``; return its handle (destroyed on failure)."""
+        raise NotImplementedError
+
+    def _unregister(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _destroy(self, handle: Any) -> None:
+        raise NotImplementedError
 
     def ensure(self, role: str, size: int) -> str:
         """The region name for ``role`` holding at least ``size`` bytes."""
@@ -264,35 +276,48 @@ class _SharedMemorySlot:
             return current[0]
         if current is not None:
             self._release(role)
-        import tritonclient.utils.shared_memory as shm
-
         name = f"{self._tag}_{role}"
-        handle = shm.create_shared_memory_region(name, "/" + name, size)
-        try:
-            self._protocol.client.register_system_shared_memory(name, "/" + name, size)
-        except BaseException:
-            shm.destroy_shared_memory_region(handle)
-            raise
-        self.regions[role] = (name, handle, size)
+        self.regions[role] = (name, self._create(name, size), size)
         return name
 
     def handle(self, role: str) -> Any:
         return self.regions[role][1]
 
     def _release(self, role: str) -> None:
-        import tritonclient.utils.shared_memory as shm
-
         name, handle, _ = self.regions.pop(role)
         try:
-            self._protocol.client.unregister_system_shared_memory(name)
+            self._unregister(name)
         except Exception as exc:  # the server may be gone; still free our side
             LOG.warning("could not unregister shared memory %s: %s", name, exc)
         finally:
-            shm.destroy_shared_memory_region(handle)
+            self._destroy(handle)
 
     def close(self) -> None:
         for role in list(self.regions):
             self._release(role)
+
+
+class _SharedMemorySlot(_RegionSlot):
+    """System (POSIX) shared memory regions."""
+
+    def _create(self, name: str, size: int) -> Any:
+        import tritonclient.utils.shared_memory as shm
+
+        handle = shm.create_shared_memory_region(name, "/" + name, size)
+        try:
+            self._protocol.client.register_system_shared_memory(name, "/" + name, size)
+        except BaseException:
+            shm.destroy_shared_memory_region(handle)
+            raise
+        return handle
+
+    def _unregister(self, name: str) -> None:
+        self._protocol.client.unregister_system_shared_memory(name)
+
+    def _destroy(self, handle: Any) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        shm.destroy_shared_memory_region(handle)
 
 
 def _cuda_shm() -> Any:
@@ -311,7 +336,7 @@ def _is_device_array(image: Any) -> bool:
     return int(image.__dlpack_device__()[0]) == 2
 
 
-class _CudaSharedMemorySlot:
+class _CudaSharedMemorySlot(_RegionSlot):
     """One CUDA input region and one CUDA output region on ``device_id``, registered with
     the server and reused; the CUDA counterpart of :class:`_SharedMemorySlot`.
 
@@ -322,20 +347,11 @@ class _CudaSharedMemorySlot:
     """
 
     def __init__(self, protocol: _Protocol, tag: str, device_id: int):
-        self._protocol = protocol
-        self._tag = tag
+        super().__init__(protocol, tag)
         self.device_id = device_id
-        self.regions: dict[str, tuple[str, Any, int]] = {}  # role -> (name, handle, size)
 
-    def ensure(self, role: str, size: int) -> str:
-        """The region name for ``role`` holding at least ``size`` bytes."""
-        current = self.regions.get(role)
-        if current is not None and current[2] >= size:
-            return current[0]
-        if current is not None:
-            self._release(role)
+    def _create(self, name: str, size: int) -> Any:
         cudashm = _cuda_shm()
-        name = f"{self._tag}_{role}"
         handle = cudashm.create_shared_memory_region(name, size, self.device_id)
         try:
             self._protocol.client.register_cuda_shared_memory(
@@ -344,11 +360,13 @@ class _CudaSharedMemorySlot:
         except BaseException:
             cudashm.destroy_shared_memory_region(handle)
             raise
-        self.regions[role] = (name, handle, size)
-        return name
+        return handle
 
-    def handle(self, role: str) -> Any:
-        return self.regions[role][1]
+    def _unregister(self, name: str) -> None:
+        self._protocol.client.unregister_cuda_shared_memory(name)
+
+    def _destroy(self, handle: Any) -> None:
+        _cuda_shm().destroy_shared_memory_region(handle)
 
     def write(self, image: Any) -> None:
         """Copy a C-contiguous (H, W, 3) uint8 image (numpy or CUDA array) into "input"."""
@@ -382,19 +400,6 @@ class _CudaSharedMemorySlot:
             region = cupy.from_dlpack(cudashm.as_shared_memory_tensor(handle, "UINT8", [size]))
             view = region[offset : offset + nbytes].view(dtype).reshape(shape)
             return view.copy() if on_device else cupy.asnumpy(view)
-
-    def _release(self, role: str) -> None:
-        name, handle, _ = self.regions.pop(role)
-        try:
-            self._protocol.client.unregister_cuda_shared_memory(name)
-        except Exception as exc:  # the server may be gone; still free our side
-            LOG.warning("could not unregister CUDA shared memory %s: %s", name, exc)
-        finally:
-            _cuda_shm().destroy_shared_memory_region(handle)
-
-    def close(self) -> None:
-        for role in list(self.regions):
-            self._release(role)
 
 
 class FrameClient:
