@@ -120,6 +120,17 @@ def _common_assets(asset_paths: Mapping[str, os.PathLike | str]) -> tuple[np.nda
     return np.ascontiguousarray(tri, dtype=np.int32), mean, std
 
 
+def _assemble(u, w_shp, w_exp, tri, ids, mean, std, *, exact: bool, metadata: dict) -> BFM:
+    """The BFM record, with the landmark rows taken from the dense bases."""
+    rows = _landmark_rows(ids)
+    return BFM(
+        u=u, w_shp=w_shp, w_exp=w_exp, tri=tri,
+        u_lm=u[rows], w_shp_lm=w_shp[rows], w_exp_lm=w_exp[rows],
+        landmark_vertex_ids=ids, param_mean=mean, param_std=std,
+        exact=exact, metadata=metadata,
+    )  # fmt: skip
+
+
 def _landmark_rows(vertex_ids: np.ndarray) -> np.ndarray:
     """(68,) vertex ids -> (204,) xyz-interleaved row ids."""
     return (3 * vertex_ids[:, None] + np.arange(3)).reshape(-1)
@@ -138,18 +149,14 @@ def _build_exact(asset_paths: Mapping[str, os.PathLike | str], exact_path: Path)
         )
     tri, mean, std = _common_assets(asset_paths)
     ids = keypoints[::3] // 3
-    rows = _landmark_rows(ids)
-    return BFM(
-        u=u,
-        w_shp=np.ascontiguousarray(w_shp),
-        w_exp=np.ascontiguousarray(w_exp),
-        tri=tri,
-        u_lm=u[rows],
-        w_shp_lm=w_shp[rows],
-        w_exp_lm=w_exp[rows],
-        landmark_vertex_ids=ids,
-        param_mean=mean,
-        param_std=std,
+    return _assemble(
+        u,
+        np.ascontiguousarray(w_shp),
+        np.ascontiguousarray(w_exp),
+        tri,
+        ids,
+        mean,
+        std,
         exact=True,
         metadata={"source": exact_path.name, "heldout_rel_error": 0.0, "landmark_rel_error": 0.0},
     )
@@ -276,17 +283,14 @@ def _build_approximate(asset_paths: Mapping[str, os.PathLike | str]) -> BFM:
             f"(max {MAX_HELDOUT_REL_ERROR}), landmark error {landmark_error:.2e} "
             f"(max {MAX_LANDMARK_REL_ERROR}); check the 3ddfa_v1 assets' checksums"
         )
-    return BFM(
-        u=u,
-        w_shp=w_shp,
-        w_exp=w_exp,
-        tri=tri,
-        u_lm=u[rows],
-        w_shp_lm=w_shp[rows],
-        w_exp_lm=w_exp[rows],
-        landmark_vertex_ids=ids,
-        param_mean=mean,
-        param_std=std,
+    return _assemble(
+        u,
+        w_shp,
+        w_exp,
+        tri,
+        ids,
+        mean,
+        std,
         exact=False,
         metadata={
             "source": "approximate: 3ddfa_v1 u_shp/u_exp/w_*_base/Model_PAF + indices + tri",

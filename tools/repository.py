@@ -29,14 +29,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "model_repository"
 NETWORKS = ("face_detector", "face_regressor", "bfm_decoder")
 FLAVOURS = ("python", "onnxruntime", "tensorrt")
-TEMPLATE_MODELS = (
-    "preprocess",
-    "face_detector",
-    "roi_crop",
-    "face_regressor",
-    "landmark_to_vertex",
-    "bfm_decoder",
-    "face_renderer",
+# The steps a user may size with --instance-count: every model of the template but the ensemble.
+TEMPLATE_MODELS = tuple(
+    sorted(p.parent.name for p in TEMPLATE.glob("*/config.pbtxt") if p.parent.name != "tddfa")
 )
 # Bump when an export changes, so cached ONNX files are rebuilt.
 EXPORT_VERSION = 1
