@@ -1,0 +1,64 @@
+"""The served contract in one place: ensemble names, their outputs, request parameters.
+
+Model configs, the wiring check, the in-process pipeline, the clients and the tests read
+these names from here; nothing else spells the list out. Shapes are per frame (no batch
+axis); ``K`` stands for the configured number of face slots (``max_faces``) and ``N`` for
+the dense mesh's vertex count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tddfa.config import NUM_LANDMARKS, NUM_PARAMS, NUM_VERTICES
+
+# One frame per request, no state: every frame is detected anew.
+STATELESS_ENSEMBLE = "tddfa"
+# A Triton sequence (sequence_id / sequence_start / sequence_end): faces are tracked from
+# frame to frame, the detector runs only when needed, and results are smoothed.
+SEQUENCE_ENSEMBLE = "tddfa_track"
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int | str, ...]  # per frame; "K" = max faces, -1 = the frame's own size
+    doc: str
+
+
+ENSEMBLE_OUTPUTS: tuple[Output, ...] = (
+    Output("RENDERED", "uint8", (-1, -1, 3), "the frame with every face drawn (H, W, 3) RGB"),
+    Output("FACE_COUNT", "int32", (1,), "faces found; rows past it are zeros"),
+    Output("FACE_BOXES", "float32", ("K", 5), "x1, y1, x2, y2, score in image pixels"),
+    Output("LANDMARKS", "float32", ("K", 3, NUM_LANDMARKS), "68 landmarks, image x, y, z"),
+    Output("POSE", "float32", ("K", 3), "yaw, pitch, roll in degrees"),
+    Output("PARAMS", "float32", ("K", NUM_PARAMS), "the 62 de-normalised 3DMM parameters"),
+    Output("VERTICES", "float32", ("K", 3, NUM_VERTICES), "dense mesh in image space"),
+)
+# Only the sequence ensemble has it: one id per face slot, stable across the sequence's
+# frames (0 for an empty slot; ids start at 1).
+TRACK_IDS = Output("TRACK_IDS", "int32", ("K",), "track id of each face slot, 0 = empty")
+SEQUENCE_OUTPUTS: tuple[Output, ...] = (*ENSEMBLE_OUTPUTS, TRACK_IDS)
+
+OUTPUT_NAMES: tuple[str, ...] = tuple(o.name for o in ENSEMBLE_OUTPUTS)
+SEQUENCE_OUTPUT_NAMES: tuple[str, ...] = tuple(o.name for o in SEQUENCE_OUTPUTS)
+# What the video and image clients ask for by default (VERTICES is 3.7 MB a frame at K=8).
+DEFAULT_OUTPUTS: tuple[str, ...] = tuple(n for n in OUTPUT_NAMES if n != "VERTICES")
+
+IMAGE_INPUT = "IMAGE"
+
+# Request parameter (Triton's per-request "parameters") choosing how faces are drawn.
+RENDER_MODE_PARAMETER = "render_mode"
+DEFAULT_RENDER_MODE = "shaded"
+
+
+def outputs_for(ensemble: str) -> tuple[Output, ...]:
+    """The outputs of ``ensemble`` (STATELESS_ENSEMBLE or SEQUENCE_ENSEMBLE)."""
+    if ensemble == STATELESS_ENSEMBLE:
+        return ENSEMBLE_OUTPUTS
+    if ensemble == SEQUENCE_ENSEMBLE:
+        return SEQUENCE_OUTPUTS
+    raise ValueError(
+        f"unknown ensemble {ensemble!r}: use {STATELESS_ENSEMBLE!r} or {SEQUENCE_ENSEMBLE!r}"
+    )
