@@ -225,7 +225,8 @@ class SequenceModel(StepModel):
 
     def initialize(self, args: dict[str, str]) -> None:
         super().initialize(args)
-        family = pb_utils.MetricFamily(
+        # the family must outlive its metrics: keep it on the model
+        self._family = family = pb_utils.MetricFamily(
             name="tddfa_open_sequences",
             description="Sequences with tracking state in this model instance",
             kind=pb_utils.MetricFamily.GAUGE,
