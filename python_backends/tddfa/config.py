@@ -45,7 +45,7 @@ class PipelineConfig:
     # Sequences (tddfa_track): the detector runs on the first frame, every N frames (0 =
     # only when a track is lost) and when a track is lost; a tracked crop smaller than
     # this area (px^2, the original's rule) is lost; IoU that matches a detection to a track.
-    track_detect_every: int = 30
+    track_detect_every: int = 10
     track_min_roi_area: float = 2020.0
     track_iou_threshold: float = 0.3
     # One Euro smoothing of tracked faces (tddfa.smoothing): cutoff at rest (Hz), its rise

@@ -87,6 +87,8 @@ class TrackerStep:
     """
 
     OUTPUTS = ("FACE_BOXES", "FACE_COUNT", "NUM_FACES", "TRACK_IDS", "DETECTED", *ALIGNED)
+    # per sequence, read on its START frame: "smoothing": true | false
+    request_parameters = ("smoothing",)
 
     def __init__(self, tracker: Tracker, store: SequenceStore):
         self.tracker = tracker
@@ -115,7 +117,11 @@ class TrackerStep:
                 "sequence_end), or send it to tddfa for one frame without tracking"
             )
 
-    def run(self, inputs: Arrays) -> dict[str, Any]:
+    def validate_parameters(self, parameters: Mapping[str, Any]) -> None:
+        if "smoothing" in parameters:
+            _flag("smoothing", parameters["smoothing"])
+
+    def run(self, inputs: Arrays, parameters: list[dict] | None = None) -> dict[str, Any]:
         images = inputs["IMAGE"]
         flags = {
             name: to_numpy(inputs[name]).reshape(-1) if name in inputs else None
@@ -130,6 +136,9 @@ class TrackerStep:
         # it not, later frames of a sequence run after the earlier ones, in order.
         for part in _unique_runs(rows, ids):
             states = [self.store.get(ids[b], bool(flags["START"][b])) for b in part]
+            for b, state in zip(part, states, strict=True):
+                if state.frames == 0 and parameters and "smoothing" in parameters[b]:
+                    state.smoothing = _flag("smoothing", parameters[b]["smoothing"])
             frames = images if len(part) == batch else images[_index(images, part)]
             result = self.tracker.step(frames, states)
             result["NUM_FACES"] = result["FACE_COUNT"]
@@ -150,6 +159,14 @@ class TrackerStep:
         out = {n: np.zeros((batch,) + a.shape[1:], a.dtype) for n, a in empty.items()}
         out["NUM_FACES"] = out["FACE_COUNT"]
         return out
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"request parameter {name} must be true or false, got {value!r}")
 
 
 def _sequence_key(value: Any) -> Any:

@@ -61,6 +61,7 @@ class SequenceState:
     next_track_id: int = 1
     frames: int = 0  # frames processed
     frames_since_detection: int = 0
+    smoothing: bool | None = None  # the sequence's choice; None: the model's default
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -113,14 +114,10 @@ class Tracker:
         self.detector = detector
         self.aligner = aligner
         self.bfm = aligner.bfm
-        self.smoothing = (
-            OneEuroConfig(
-                min_cutoff=config.smoothing_min_cutoff,
-                beta=config.smoothing_beta,
-                frame_rate=config.smoothing_frame_rate,
-            )
-            if config.smoothing
-            else None
+        self.filter_config = OneEuroConfig(
+            min_cutoff=config.smoothing_min_cutoff,
+            beta=config.smoothing_beta,
+            frame_rate=config.smoothing_frame_rate,
         )
 
     # ------------------------------------------------------------------ the batch
@@ -283,8 +280,10 @@ class Tracker:
         }
         for b, (state, frame_faces) in enumerate(zip(states, faces, strict=True)):
             frame_faces = sorted(frame_faces or [], key=lambda f: f["TRACK"].track_id)[:k]
+            smooth = self.config.smoothing if state.smoothing is None else state.smoothing
+            smoothing = self.filter_config if smooth else None
             for j, face in enumerate(frame_faces):
-                smoothed = self._smooth(face)
+                smoothed = self._smooth(face, smoothing)
                 for name, value in smoothed.items():
                     out[name][b, j] = value
                 out["FACE_BOXES"][b, j] = face["FACE_BOX"]
@@ -297,13 +296,13 @@ class Tracker:
             state.frames_since_detection = 1 if detect[b] else state.frames_since_detection + 1
         return out
 
-    def _smooth(self, face: dict) -> dict[str, np.ndarray]:
+    def _smooth(self, face: dict, smoothing: OneEuroConfig | None) -> dict[str, np.ndarray]:
         """The face's outputs from its (smoothed) transform and coefficients."""
         track: Track = face["TRACK"]
         transform, alpha_shp, alpha_exp = face["TRANSFORM"], face["ALPHA_SHP"], face["ALPHA_EXP"]
-        if self.smoothing is not None:
+        if smoothing is not None:
             if track.filter is None:
-                track.filter = OneEuroFilter(self.smoothing)
+                track.filter = OneEuroFilter(smoothing)
             displacement = 0.0
             if track.smoothed_landmarks is not None:
                 step = face["LANDMARKS"][:2] - track.smoothed_landmarks[:2]

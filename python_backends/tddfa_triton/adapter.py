@@ -115,6 +115,12 @@ def _to_tensor(name: str, array, dtype) -> Any:
     return pb_utils.Tensor.from_dlpack(name, array)
 
 
+def _parameters(request) -> dict[str, Any]:
+    """A request's parameters ({} when it has none); the ensemble forwards the client's."""
+    raw = request.parameters()
+    return json.loads(raw) if raw else {}
+
+
 class StepModel:
     """Subclass and implement :meth:`build_step`; the rest is shared by every model."""
 
@@ -180,7 +186,9 @@ class StepModel:
 
     def execute(self, requests):
         try:
-            results = run_batched(self.step, [self._read(r) for r in requests])
+            results = run_batched(
+                self.step, [self._read(r) for r in requests], [_parameters(r) for r in requests]
+            )
         except Exception as exc:  # an internal failure: answer every request, keep serving
             pb_utils.Logger.log_error(f"{self.context.model_name}: {exc!r}")
             results = [RuntimeError(f"{self.context.model_name} failed: {exc}")] * len(requests)
