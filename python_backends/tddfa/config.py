@@ -52,7 +52,7 @@ class PipelineConfig:
     # with speed (1/(px/s)), and the frame rate the filter assumes.
     smoothing: bool = True
     smoothing_min_cutoff: float = 1.0
-    smoothing_beta: float = 0.02
+    smoothing_beta: float = 0.15
     smoothing_frame_rate: float = 30.0
 
     @classmethod

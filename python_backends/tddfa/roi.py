@@ -148,18 +148,3 @@ def crop_and_resize(
     )
     out[: crops.shape[0]] = crops.transpose(0, 3, 1, 2)
     return out
-
-
-def box_from_roi(rois: Any) -> Any:
-    """The detection box whose :func:`roi_from_box` is ``rois`` (before the side's
-    truncation): (K, 4) ROI boxes -> (K, 4) float32 (x1, y1, x2, y2), square.
-
-    Tracked frames have no detection; the sequence model reports this box for them.
-    """
-    xp = get_xp(rois)
-    rois = rois.astype(xp.float32, copy=False)
-    side = (rois[:, 2] - rois[:, 0]) / ROI_SIZE_FACTOR
-    center_x = (rois[:, 0] + rois[:, 2]) / 2
-    center_y = (rois[:, 1] + rois[:, 3]) / 2 - side * ROI_CENTER_SHIFT
-    half = side / 2
-    return xp.stack([center_x - half, center_y - half, center_x + half, center_y + half], axis=1)

@@ -28,7 +28,7 @@ class OneEuroConfig:
     estimate; frame_rate (frames/s): the time step between frames."""
 
     min_cutoff: float = 1.0
-    beta: float = 0.02
+    beta: float = 0.15
     d_cutoff: float = 1.0
     frame_rate: float = 30.0
 

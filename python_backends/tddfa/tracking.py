@@ -1,18 +1,26 @@
 """Face tracking across the frames of a sequence (the ``tddfa_track`` ensemble).
 
-As the original 3DDFA_V2 video demos do, a tracked frame does not run the detector: each
-face is cropped around the previous frame's landmarks (MODELS.md 3, "tracking mode"). The
-detector runs on a sequence's first frame, every ``track_detect_every`` frames (to find
-faces that entered) and whenever a track is lost; a lost frame is redone by detection, so
-no frame reports a face the tracker lost. Detections are matched to the existing tracks by
-IoU, so a face keeps its track id; new faces get new ids, unmatched tracks end. Detection
-frames are refined as the original's demo does (a second regression from the landmark ROI),
-which keeps detected and tracked frames consistent.
+As in the original 3DDFA_V2 video demos, a tracked frame does not run the detector: each
+face is cropped around the previous frame's landmarks. Where the original squares the
+landmarks' bounding box (MODELS.md 3, "tracking mode"), this tracker carries the face's
+detection box along with its landmarks: at detection it records where the box sits
+relative to the landmarks' bounding box, and on tracked frames it puts the box back at the
+same place relative to the previous frame's landmarks and crops with the detection rule
+(MODELS.md 3). A face that does not move is therefore cropped exactly as its detection was,
+so tracked results equal per-frame ones on still segments and cannot drift; a moving face's
+box follows its landmarks.
+
+The detector runs on a sequence's first frame, every ``track_detect_every`` frames (to find
+faces that entered, and to end tracks of faces that left) and whenever a track is lost; a
+lost frame is redone by detection, so no frame reports a face the tracker lost. Detections
+are matched to the existing tracks by IoU, so a face keeps its track id; new faces get new
+ids, unmatched tracks end.
 
 Each track carries a One Euro filter (tddfa.smoothing) over its model->image transform and
 shape/expression coefficients; every output (landmarks, pose, params, mesh) derives from
-the smoothed state, so they agree with each other. The next crop uses the unsmoothed
-landmarks, so smoothing never makes the tracker lag.
+the smoothed state, so they agree with each other. The next crop is placed from the
+smoothed landmarks too: a jittering crop makes the regressor jitter, so smoothing the crop
+removes noise at its source (measured on a clip with known motion: benchmarks/RESULTS.md).
 
 State is plain host memory per sequence (a few kilobytes); :class:`SequenceStore` keeps it
 by sequence id and frees it on END or after an idle timeout.
@@ -49,8 +57,33 @@ class Track:
     track_id: int
     landmarks: np.ndarray  # (3, 68) unsmoothed landmarks of the last frame: the next crop
     score: float  # detection score when last detected
-    filter: OneEuroFilter | None
+    box_in_landmarks: np.ndarray  # (4,) the detection box relative to the landmarks' box
+    filter: OneEuroFilter | None = None
     smoothed_landmarks: np.ndarray | None = None  # (3, 68), for the filter's speed
+
+
+def box_relative_to(box: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """(4+,) detection box, (3, 68) landmarks -> (4,) the box's centre offset and size in
+    units of the landmarks' bounding box (x and y separately)."""
+    lx1, ly1, lx2, ly2 = landmark_box(landmarks[None])[0].astype(np.float64)
+    size = np.maximum([lx2 - lx1, ly2 - ly1], 1e-6)
+    centre = np.array([lx1 + lx2, ly1 + ly2]) / 2
+    b = np.asarray(box[:4], np.float64)
+    return np.concatenate(
+        [
+            (np.array([b[0] + b[2], b[1] + b[3]]) / 2 - centre) / size,
+            np.array([b[2] - b[0], b[3] - b[1]]) / size,
+        ]
+    )
+
+
+def box_from_landmarks(relative: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`box_relative_to` for new landmarks: (4,) float32 x1, y1, x2, y2."""
+    lx1, ly1, lx2, ly2 = landmark_box(landmarks[None])[0].astype(np.float64)
+    size = np.array([lx2 - lx1, ly2 - ly1])
+    centre = np.array([lx1 + lx2, ly1 + ly2]) / 2 + relative[:2] * size
+    half = relative[2:] * size / 2
+    return np.concatenate([centre - half, centre + half]).astype(np.float32)
 
 
 @dataclasses.dataclass
@@ -176,11 +209,14 @@ class Tracker:
         Returns per frame a list of faces, or None if any of its tracks was lost."""
         k = self.config.max_faces
         rois = np.zeros((len(rows), k, 4), np.float32)
+        boxes = np.zeros((len(rows), k, 4), np.float32)
         counts = np.zeros(len(rows), np.int32)
         for i, b in enumerate(rows):
             tracks = states[b].tracks
             counts[i] = len(tracks)
-            rois[i, : len(tracks)] = roi.roi_from_landmarks(np.stack([t.landmarks for t in tracks]))
+            for j, track in enumerate(tracks):
+                boxes[i, j] = box_from_landmarks(track.box_in_landmarks, track.landmarks)
+            rois[i, : len(tracks)] = roi.roi_from_box(boxes[i, : len(tracks)])
         aligned = self._align(self._select(images, rows), rois, counts)
         height, width = images.shape[1:3]
         result = []
@@ -193,7 +229,7 @@ class Tracker:
                     break
                 side = float(rois[i, j, 2] - rois[i, j, 0])
                 face["ROI"] = rois[i, j]
-                face["FACE_BOX"] = np.append(roi.box_from_roi(rois[i, j][None])[0], track.score)
+                face["FACE_BOX"] = np.append(boxes[i, j], track.score)
                 face["TRACK"] = track
                 face["SIDE"] = side
                 frame_faces.append(face)
@@ -217,15 +253,10 @@ class Tracker:
         return 0 <= cx < width and 0 <= cy < height
 
     def _detect(self, images: Any, states: Sequence[SequenceState], rows: list[int]) -> list:
-        """Detect, regress, refine from the landmark ROI, and match to the tracks."""
+        """Detect and regress as the stateless ensemble does, and match to the tracks."""
         frames = self._select(images, rows)
         boxes, counts = (to_numpy(a) for a in self.detector(frames))
-        k = self.config.max_faces
-        first = self._align(frames, self._box_rois(boxes, counts), counts)
-        rois = np.zeros((len(rows), k, 4), np.float32)
-        for i, n in enumerate(counts):
-            if n:
-                rois[i, :n] = roi.roi_from_landmarks(first["LANDMARKS"][i, :n])
+        rois = self._box_rois(boxes, counts)
         refined = self._align(frames, rois, counts)
         result = []
         for i, b in enumerate(rows):
@@ -245,12 +276,13 @@ class Tracker:
             )
             matched = match_detections(previous, boxes[i, :n], self.config.track_iou_threshold)
             for j, face in enumerate(detected):
+                face["DETECTION_BOX"] = boxes[i, j]  # placed against the crop landmarks later
                 if j in matched:
                     face["TRACK"] = state.tracks[matched[j]]
                     face["TRACK"].score = float(boxes[i, j, 4])
                 else:
                     face["TRACK"] = Track(
-                        state.next_track_id, face["LANDMARKS"], float(boxes[i, j, 4]), None
+                        state.next_track_id, face["LANDMARKS"], float(boxes[i, j, 4]), np.zeros(4)
                     )
                     state.next_track_id += 1
             result.append(detected)
@@ -290,8 +322,12 @@ class Tracker:
                 out["TRACK_IDS"][b, j] = face["TRACK"].track_id
             out["FACE_COUNT"][b, 0] = len(frame_faces)
             state.tracks = [face["TRACK"] for face in frame_faces]
-            for face in frame_faces:
-                face["TRACK"].landmarks = face["LANDMARKS"]
+            for face in frame_faces:  # the next crop: smoothed landmarks when smoothing
+                track = face["TRACK"]
+                smoothed = smoothing is not None and track.smoothed_landmarks is not None
+                track.landmarks = track.smoothed_landmarks if smoothed else face["LANDMARKS"]
+                if "DETECTION_BOX" in face:
+                    track.box_in_landmarks = box_relative_to(face["DETECTION_BOX"], track.landmarks)
             state.frames += 1
             state.frames_since_detection = 1 if detect[b] else state.frames_since_detection + 1
         return out
@@ -306,7 +342,7 @@ class Tracker:
             displacement = 0.0
             if track.smoothed_landmarks is not None:
                 step = face["LANDMARKS"][:2] - track.smoothed_landmarks[:2]
-                displacement = float(np.linalg.norm(step, axis=0).mean())
+                displacement = float(np.linalg.norm(step.mean(axis=1)))
             state = track.filter(
                 np.concatenate([transform.ravel(), alpha_shp, alpha_exp]), displacement
             ).astype(np.float32)
