@@ -68,6 +68,14 @@ def pipeline(built_repository: Path):
 
 
 @pytest.fixture(scope="session")
+def landmark_pipeline(built_repository: Path):
+    """The in-process ensembles without the renderer (faster where no pixels are checked)."""
+    from tddfa.pipeline import Pipeline
+
+    return Pipeline(built_repository, render=False)
+
+
+@pytest.fixture(scope="session")
 def test_images(asset_dir: Path) -> dict:
     """The three test photos as RGB uint8 arrays, by file name (decoded with Pillow's
     libjpeg, as the reference's OpenCV did; FFmpeg's JPEG decoder differs by up to 20 levels)."""

@@ -47,7 +47,9 @@ def make_clip(
         shift = amplitude * np.array([np.sin(phase), 0.5 * np.sin(2 * phase)])
         scale = scale0 * (1 + 0.03 * np.sin(phase))
         angle = np.radians(2.0 * np.sin(phase))
-        rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        rotation = scale * np.array(
+            [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+        )
         offset = centre_frame + shift - rotation @ centre_photo
         affines[t] = np.concatenate([rotation, offset[:, None]], axis=1)
         out[t] = cv2.warpAffine(

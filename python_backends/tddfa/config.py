@@ -48,6 +48,8 @@ class PipelineConfig:
     track_detect_every: int = 10
     track_min_roi_area: float = 2020.0
     track_iou_threshold: float = 0.3
+    # A tracked crop whose best FaceBoxes score falls below this holds no face any more.
+    track_min_face_score: float = 0.5
     # One Euro smoothing of tracked faces (tddfa.smoothing): cutoff at rest (Hz), its rise
     # with speed (1/(px/s)), and the frame rate the filter assumes.
     smoothing: bool = True

@@ -92,8 +92,16 @@ class Pipeline:
         t.update(self.aligner.run(t))
         return self._finish(t, OUTPUT_NAMES)
 
-    def track(self, image, sequence_id: int, start: bool = False, end: bool = False):
-        """One frame (H,W,3) of sequence ``sequence_id`` -> ``tddfa_track``'s outputs (1, ...)."""
+    def track(
+        self,
+        image,
+        sequence_id: int,
+        start: bool = False,
+        end: bool = False,
+        smoothing: bool | None = None,
+    ):
+        """One frame (H,W,3) of sequence ``sequence_id`` -> ``tddfa_track``'s outputs (1, ...).
+        ``smoothing``: the sequence's choice on its START frame (None: the model default)."""
         images = image[None] if image.ndim == 3 else image
         t = {
             "IMAGE": images,
@@ -103,7 +111,8 @@ class Pipeline:
             "CORRID": np.asarray([[sequence_id]], np.uint64),
         }
         self.tracker.validate(t)
-        t.update(self.tracker.run(t))
+        parameters = [{} if smoothing is None else {"smoothing": smoothing}]
+        t.update(self.tracker.run(t, parameters=parameters))
         return self._finish(t, SEQUENCE_OUTPUT_NAMES)
 
     def close(self) -> None:

@@ -48,6 +48,8 @@ STATE_SIZE = 12 + NUM_SHAPE + NUM_EXP  # transform (3x4) + coefficients
 # that slid off the face yields a collapsed fit) and at most this much (a runaway crop).
 MIN_LANDMARK_SPREAD = 0.25
 MAX_LANDMARK_SPREAD = 1.0
+# ... and at least this fraction of the landmarks' bounding box must be inside the frame.
+MIN_VISIBLE_FRACTION = 0.5
 # What a tracker step returns per frame (besides the aligner's outputs).
 TRACK_OUTPUTS = ("FACE_BOXES", "FACE_COUNT", "TRACK_IDS", "DETECTED")
 
@@ -217,19 +219,35 @@ class Tracker:
             for j, track in enumerate(tracks):
                 boxes[i, j] = box_from_landmarks(track.box_in_landmarks, track.landmarks)
             rois[i, : len(tracks)] = roi.roi_from_box(boxes[i, : len(tracks)])
-        aligned = self._align(self._select(images, rows), rois, counts)
+        frames = self._select(images, rows)
+        xp = get_xp(frames)
+        device_counts = xp.asarray(counts)
+        crops = self.aligner.crops(frames, xp.asarray(rois), device_counts)
+        aligned = self.aligner.parameters(
+            self.aligner.regress(crops, device_counts), xp.asarray(rois), device_counts
+        )
+        aligned = {name: to_numpy(array) for name, array in aligned.items()}
+        mask = np.arange(k)[None, :] < counts[:, None]
+        scores = np.zeros((len(rows), k), np.float32)
+        if xp is np:  # filled slots only on the CPU; all K (static shapes) on the GPU
+            scores[mask] = self.detector.face_scores(crops[mask])
+        else:
+            scores = to_numpy(self.detector.face_scores(crops.reshape((-1,) + crops.shape[2:])))
+            scores = scores.reshape(len(rows), k)
         height, width = images.shape[1:3]
         result = []
         for i, b in enumerate(rows):
             frame_faces = []
             for j, track in enumerate(states[b].tracks):
                 face = {name: array[i, j] for name, array in aligned.items()}
-                if not self._plausible(rois[i, j], face["LANDMARKS"], height, width):
+                if scores[i, j] < self.config.track_min_face_score or not self._plausible(
+                    rois[i, j], face["LANDMARKS"], height, width
+                ):
                     frame_faces = None
                     break
                 side = float(rois[i, j, 2] - rois[i, j, 0])
                 face["ROI"] = rois[i, j]
-                face["FACE_BOX"] = np.append(boxes[i, j], track.score)
+                face["FACE_BOX"] = np.append(boxes[i, j], scores[i, j])
                 face["TRACK"] = track
                 face["SIDE"] = side
                 frame_faces.append(face)
@@ -240,17 +258,20 @@ class Tracker:
         self, roi_box: np.ndarray, landmarks: np.ndarray, height: int, width: int
     ) -> bool:
         """Whether a tracked face is still a face: its crop is large enough (the original's
-        2020 px^2 rule), the new landmarks span a sane part of the crop, and their centre
-        is still inside the frame."""
+        2020 px^2 rule), the new landmarks span a sane part of the crop, and at least half
+        of their bounding box is inside the frame (a face sliding out is dropped, not
+        followed into the border)."""
         side = float(roi_box[2] - roi_box[0])
         if side * side < self.config.track_min_roi_area:
             return False
-        box = landmark_box(landmarks[None])[0]
-        spread = max(box[2] - box[0], box[3] - box[1]) / side
+        x1, y1, x2, y2 = landmark_box(landmarks[None])[0]
+        spread = max(x2 - x1, y2 - y1) / side
         if not MIN_LANDMARK_SPREAD <= spread <= MAX_LANDMARK_SPREAD:
             return False
-        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-        return 0 <= cx < width and 0 <= cy < height
+        inside_w = max(0.0, min(x2, width) - max(x1, 0.0))
+        inside_h = max(0.0, min(y2, height) - max(y1, 0.0))
+        area = max((x2 - x1) * (y2 - y1), 1e-6)
+        return inside_w * inside_h / area >= MIN_VISIBLE_FRACTION
 
     def _detect(self, images: Any, states: Sequence[SequenceState], rows: list[int]) -> list:
         """Detect and regress as the stateless ensemble does, and match to the tracks."""
