@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import os
+import secrets
 import socket
 import uuid
 from collections import deque
@@ -105,6 +107,7 @@ class FrameResult:
     pose: np.ndarray
     params: np.ndarray
     vertices: np.ndarray | None = None
+    track_ids: np.ndarray | None = None  # (F,) int32 from the sequence ensemble
 
     @classmethod
     def from_outputs(cls, outputs: dict[str, np.ndarray]) -> FrameResult:
@@ -117,6 +120,7 @@ class FrameResult:
             return np.ascontiguousarray(outputs[name][:count])
 
         vertices = outputs.get("VERTICES")
+        track_ids = outputs.get("TRACK_IDS")
         return cls(
             rendered=outputs.get("RENDERED"),
             face_count=count,
@@ -125,6 +129,7 @@ class FrameResult:
             pose=rows("POSE", (3,)),
             params=rows("PARAMS", (62,)),
             vertices=None if vertices is None else np.ascontiguousarray(vertices[:count]),
+            track_ids=None if track_ids is None else np.asarray(track_ids[:count], np.int32),
         )
 
 
@@ -200,6 +205,8 @@ class _Protocol:
 
             self.client = module.InferenceServerClient(url)
         self.module = module
+        self._stream: dict[str, concurrent.futures.Future] | None = None  # gRPC sequences
+        self._request_ids = itertools.count(1)
 
     def model_config(self, model: str) -> dict:
         if self.name == "http":
@@ -215,9 +222,17 @@ class _Protocol:
         output = result.get_output(name)
         return _dims(output["shape"] if self.name == "http" else output.shape)
 
-    def submit(self, model: str, inputs: list, outputs: list) -> concurrent.futures.Future:
-        """Start one async request; the future resolves to the InferResult."""
+    def submit(
+        self, model: str, inputs: list, outputs: list, sequence: SequenceFrame | None = None
+    ) -> concurrent.futures.Future:
+        """Start one async request; the future resolves to the InferResult.
+
+        Frames of a sequence go over one gRPC stream, which keeps them in order; over HTTP
+        the caller keeps one frame of a sequence in flight."""
         future: concurrent.futures.Future = concurrent.futures.Future()
+        if self.name == "grpc" and sequence is not None:
+            return self._submit_stream(model, inputs, outputs, sequence)
+        extra = {} if sequence is None else sequence.request_arguments()
         if self.name == "grpc":
 
             def done(result: Any, error: Any) -> None:
@@ -226,16 +241,69 @@ class _Protocol:
                 else:
                     future.set_result(result)
 
-            self.client.async_infer(model, inputs, done, outputs=outputs)
+            self.client.async_infer(model, inputs, done, outputs=outputs, **extra)
             return future
-        handle = self.client.async_infer(model, inputs, outputs=outputs)
+        handle = self.client.async_infer(model, inputs, outputs=outputs, **extra)
         import gevent
 
         gevent.sleep(0)  # let the request greenlet send now, not when we first wait
         return _HttpFuture(handle)
 
+    def _submit_stream(
+        self, model: str, inputs: list, outputs: list, sequence: SequenceFrame
+    ) -> concurrent.futures.Future:
+        if self._stream is None:
+            self._stream = {}
+            self.client.start_stream(callback=self._stream_done)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        request_id = str(next(self._request_ids))
+        self._stream[request_id] = future
+        self.client.async_stream_infer(
+            model, inputs, outputs=outputs, request_id=request_id, **sequence.request_arguments()
+        )
+        return future
+
+    def _stream_done(self, result: Any, error: Any) -> None:
+        if error is None:
+            future = self._stream.pop(result.get_response().id, None)
+            if future is not None:
+                future.set_result(result)
+            return
+        # a stream error does not say which request failed: fail every pending one
+        pending, self._stream = list(self._stream.values()), {}
+        for future in pending:
+            future.set_exception(error)
+
     def close(self) -> None:
+        if self._stream is not None:
+            self.client.stop_stream()
+            self._stream = None
         self.client.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceFrame:
+    """One frame's place in a Triton sequence (the ``tddfa_track`` ensemble)."""
+
+    sequence_id: int
+    start: bool = False
+    end: bool = False
+    parameters: dict | None = None  # request parameters, e.g. {"smoothing": False}
+
+    def request_arguments(self) -> dict[str, Any]:
+        arguments = {
+            "sequence_id": self.sequence_id,
+            "sequence_start": self.start,
+            "sequence_end": self.end,
+        }
+        if self.parameters:
+            arguments["parameters"] = self.parameters
+        return arguments
+
+
+def new_sequence_id() -> int:
+    """A random non-zero 63-bit sequence id (Triton's CORRID is uint64)."""
+    return secrets.randbits(63) or 1
 
 
 class _HttpFuture(concurrent.futures.Future):
@@ -495,7 +563,7 @@ class FrameClient:
         self.specs = specs
 
     def served_models(self) -> dict[str, str]:
-        """{"regressor": mb05|mb1, "bfm": exact|approximate} from landmark_to_vertex's config."""
+        """{"regressor": mb05|mb1, "bfm": exact|approximate} from face_aligner's config."""
         return served_models_from(self._protocol)
 
     # -- shared memory ----------------------------------------------------------------
@@ -651,21 +719,34 @@ class FrameClient:
         raise AssertionError("unreachable")
 
     def infer_stream(
-        self, items: Iterable[tuple[Key, np.ndarray]], in_flight: int | None = None
+        self,
+        items: Iterable[tuple[Key, np.ndarray]],
+        in_flight: int | None = None,
+        sequence_id: int | None = None,
+        sequence_parameters: dict | None = None,
     ) -> Iterator[tuple[Key, FrameResult]]:
         """Send (key, image) pairs with up to ``in_flight`` requests pending; yield
-        (key, FrameResult) in input order. The first failed request raises."""
+        (key, FrameResult) in input order. The first failed request raises.
+
+        With ``sequence_id`` the frames form one Triton sequence (first frame START, last
+        frame END; ``sequence_parameters`` go with every frame): send them to the sequence
+        ensemble. gRPC keeps them in order on one stream; HTTP sends one at a time."""
         limit = min(in_flight or self.in_flight, self.in_flight)
+        if sequence_id is not None and self._protocol.name == "http":
+            limit = 1  # separate HTTP connections could reorder a sequence's frames
         pending: deque[tuple[Key, int, dict, concurrent.futures.Future]] = deque()
         sent = 0
         try:
-            for key, image in items:
+            for (key, image), last in _with_last(items):
                 if len(pending) >= limit:
                     yield self._finish(*pending.popleft())
                 slot = sent % limit
                 inputs, outputs, placement = self._request(image, slot)
+                sequence = None
+                if sequence_id is not None:
+                    sequence = SequenceFrame(sequence_id, sent == 0, last, sequence_parameters)
                 try:
-                    future = self._protocol.submit(self.model, inputs, outputs)
+                    future = self._protocol.submit(self.model, inputs, outputs, sequence)
                 except Exception as exc:
                     raise translate_error(exc) from exc
                 pending.append((key, slot, placement, future))
@@ -704,7 +785,20 @@ class FrameClient:
         self.close()
 
 
-def served_models_from(protocol: _Protocol, model: str = "landmark_to_vertex") -> dict[str, str]:
+def _with_last(items: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
+    """(item, is_last) for each item: one item of look-ahead."""
+    iterator = iter(items)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for following in iterator:
+        yield current, False
+        current = following
+    yield current, True
+
+
+def served_models_from(protocol: _Protocol, model: str = "face_aligner") -> dict[str, str]:
     """Read the ``regressor`` and ``bfm`` parameters of ``model``'s config ("unknown" if unset)."""
     try:
         config = protocol.model_config(model)
