@@ -1,0 +1,171 @@
+"""Frames spread over every replica behind a name, answered in order.
+
+:class:`ReplicaFrameClient` has :class:`~tddfa_clients.triton_client.FrameClient`'s interface
+(``infer``, ``infer_stream``, ``served_models``, ``close``, context manager) over an
+:class:`~tddfa_clients.endpoints.Endpoints` pool: each frame goes to the next live address
+(one FrameClient per address, made on first use), results come back in input order, and a
+frame whose replica fails as unavailable (connection refused or reset, request timeout,
+server stopping) is sent again to another one while that replica is taken out of rotation.
+Only when no replica answers does it raise :class:`ServerUnavailable`.
+
+For the stateless ``tddfa`` ensemble only: the frames of a Triton sequence (``tddfa_track``)
+must all reach the server that holds the sequence's state.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from tddfa_clients.endpoints import Endpoints
+from tddfa_clients.triton_client import FrameClient, FrameResult, Key, ServerUnavailable
+
+LOG = logging.getLogger(__name__)
+
+Pending = tuple[int, dict, concurrent.futures.Future]
+
+
+class ReplicaFrameClient:
+    """Send frames to every replica behind ``endpoints``.
+
+    Args:
+        endpoints: the addresses (shared with other clients when given one instance, so a
+            replica one of them found dead is skipped by all).
+        protocol: ``http`` or ``grpc``.
+        in_flight: requests kept in flight by :meth:`infer_stream`, over all replicas.
+        **options: FrameClient arguments for each replica (model, outputs, shared_memory,
+            timeout...).
+    """
+
+    def __init__(
+        self, endpoints: Endpoints, protocol: str = "grpc", in_flight: int = 4, **options: Any
+    ):
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be >= 1, got {in_flight}")
+        self.endpoints = endpoints
+        self.protocol = protocol
+        self.in_flight = in_flight
+        self._options = options
+        self._clients: dict[str, FrameClient] = {}
+        self._free_slots: dict[str, list[int]] = {}  # per replica: shared-memory slots free
+
+    def _client(self, address: str) -> FrameClient:
+        client = self._clients.get(address)
+        if client is None:
+            # room for every request in flight plus the one sent again after a failure
+            slots = self.in_flight + 1
+            client = FrameClient(address, self.protocol, in_flight=slots, **self._options)
+            self._clients[address] = client
+            self._free_slots[address] = list(range(slots))
+        return client
+
+    def _collect_once(self, address: str, client: FrameClient, pending: Pending) -> FrameResult:
+        try:
+            return client.collect(pending)
+        finally:  # answered or failed: the slot's request is over
+            self._free_slots[address].append(pending[0])
+
+    def _attempts(self) -> int:
+        return len(self.endpoints.addresses()) + 1
+
+    def _submit(self, image: Any) -> tuple[str, FrameClient, Pending]:
+        """Start ``image`` on the next live replica; ServerUnavailable when none takes it."""
+        error: ServerUnavailable | None = None
+        for _ in range(self._attempts()):
+            address = self.endpoints.acquire()
+            try:
+                client = self._client(address)
+                slot = self._free_slots[address].pop()
+                try:
+                    pending = client.submit(image, slot)
+                except BaseException:
+                    self._free_slots[address].append(slot)
+                    raise
+            except ServerUnavailable as exc:
+                self.endpoints.mark_dead(address)
+                error = exc
+                continue
+            return address, client, pending
+        raise ServerUnavailable(f"no server of {self.endpoints} answered: {error}")
+
+    def _collect(self, image: Any, address: str, client: FrameClient, pending: Pending):
+        """The result of ``pending``; on an unavailable replica, ``image`` again elsewhere."""
+        for _ in range(self._attempts()):
+            try:
+                result = self._collect_once(address, client, pending)
+            except ServerUnavailable as exc:
+                self.endpoints.mark_dead(address)
+                LOG.debug("frame failed on %s (%s); sending it to another server", address, exc)
+                address, client, pending = self._submit(image)
+                continue
+            self.endpoints.mark_alive(address)
+            return result
+        raise ServerUnavailable(f"no server of {self.endpoints} finished the frame")
+
+    def infer(self, image: Any) -> FrameResult:
+        """One frame, sent to the next live replica."""
+        return self._collect(image, *self._submit(image))
+
+    def infer_stream(
+        self, items: Iterable[tuple[Key, Any]], in_flight: int | None = None
+    ) -> Iterator[tuple[Key, FrameResult]]:
+        """Send (key, image) pairs over all replicas with up to ``in_flight`` requests
+        pending; yield (key, FrameResult) in input order."""
+        limit = min(in_flight or self.in_flight, self.in_flight)
+        pending: deque[tuple[Key, Any, str, FrameClient, Pending]] = deque()
+        try:
+            for key, image in items:
+                if len(pending) >= limit:
+                    key_done, image_done, *started = pending.popleft()
+                    yield key_done, self._collect(image_done, *started)
+                pending.append((key, image, *self._submit(image)))
+            while pending:
+                key_done, image_done, *started = pending.popleft()
+                yield key_done, self._collect(image_done, *started)
+        finally:
+            for _key, _image, address, client, started in pending:  # error or early exit
+                try:
+                    self._collect_once(address, client, started)
+                except Exception:  # noqa: BLE001  (already failing; only draining here)
+                    LOG.debug("dropping the result of an abandoned request", exc_info=True)
+
+    def served_models(self) -> dict[str, str]:
+        """What the next live replica serves (replicas of one Deployment serve the same)."""
+        return self._client(self.endpoints.acquire()).served_models()
+
+    @property
+    def replicas(self) -> list[str]:
+        """The addresses this client has talked to."""
+        return list(self._clients)
+
+    def close(self) -> None:
+        """Close every replica's client (shared memory regions released first)."""
+        clients, self._clients = self._clients, {}
+        for address, client in clients.items():
+            try:
+                client.close()
+            except Exception as exc:  # noqa: BLE001  (a dead replica: still close the others)
+                LOG.warning("closing the client of %s: %s", address, exc)
+
+    def __enter__(self) -> ReplicaFrameClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_frame_client(
+    url: str, protocol: str = "grpc", in_flight: int = 4, **options: Any
+) -> FrameClient | ReplicaFrameClient:
+    """A client for ``url``: a FrameClient for a literal address or this host (shared memory
+    stays possible), else a ReplicaFrameClient over every address the name resolves to."""
+    from tddfa_clients.endpoints import is_fixed, split_url
+    from tddfa_clients.triton_client import normalize_url
+
+    address = normalize_url(url, protocol)
+    if is_fixed(split_url(address)[0]):
+        return FrameClient(address, protocol, in_flight=in_flight, **options)
+    return ReplicaFrameClient(Endpoints([address]), protocol, in_flight=in_flight, **options)
