@@ -6,8 +6,9 @@ Used by ``soak.py``; unit-tested in tests/unit/test_soak.py.
   instance, children of the server), labelled by model, with their resident memory (psutil
   when installed, else ``/proc/<pid>/status``).
 - :class:`Sample`: one row of the soak CSV (counters, throughput, RSS per process group).
-- :func:`analyse`: after warm-up, how much each group's RSS grew (last vs first sample,
-  and the least-squares slope in MB/h), throughput and errors, and the verdict.
+- :func:`analyse`: after warm-up, how much each group's RSS grew (median of the last samples
+  vs the first ones, and the least-squares slope in MB/h over runs of 10 min or more),
+  throughput and errors, and the verdict.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 SERVER = "tritonserver"
 STUB_BINARY = "triton_python_backend_stub"
 RSS_LIMIT_PERCENT = 5.0  # issue 12: RSS growth after warm-up must stay under this
+SLOPE_MIN_SECONDS = 600.0  # a slope in MB/h over a shorter window is mostly noise
 
 
 # -- processes ----------------------------------------------------------------------------
@@ -167,10 +170,10 @@ def write_csv(path: Path, samples: Sequence[Sample]) -> None:
 @dataclasses.dataclass(frozen=True)
 class Growth:
     group: str
-    start_mb: float  # first sample after warm-up
-    end_mb: float  # last sample
+    start_mb: float  # median of the first samples after warm-up
+    end_mb: float  # median of the last samples
     percent: float
-    slope_mb_per_h: float  # least squares over the samples after warm-up
+    slope_mb_per_h: float | None  # least squares after warm-up; None below SLOPE_MIN_SECONDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,10 +223,14 @@ def slope_per_hour(times_s: Sequence[float], values: Sequence[float]) -> float:
 
 
 def _growth(group: str, warm: Sequence[Sample], values: Iterable[float]) -> Growth:
+    """Start and end are medians of the first and last fifth of the samples (at most 5 each):
+    one sample's RSS moves by tens of MB as buffers come and go."""
     series = list(values)
-    start, end = series[0], series[-1]
+    k = max(1, min(5, len(series) // 5))
+    start, end = statistics.median(series[:k]), statistics.median(series[-k:])
     percent = (end - start) / start * 100.0 if start > 0 else 0.0
-    slope = slope_per_hour([s.elapsed_s for s in warm], series)
+    times = [s.elapsed_s for s in warm]
+    slope = slope_per_hour(times, series) if times[-1] - times[0] >= SLOPE_MIN_SECONDS else None
     return Growth(group, start, end, percent, slope)
 
 
@@ -260,7 +267,13 @@ def growth_table(analysis: Analysis) -> tuple[list[str], list[list[object]]]:
     """Header and rows for RESULTS.md: one row per process group."""
     header = ["process", "RSS MB after warm-up", "RSS MB at end", "growth %", "slope MB/h"]
     rows = [
-        [g.group, g.start_mb, g.end_mb, f"{g.percent:+.2f}", f"{g.slope_mb_per_h:+.1f}"]
+        [
+            g.group,
+            g.start_mb,
+            g.end_mb,
+            f"{g.percent:+.2f}",
+            "n/a" if g.slope_mb_per_h is None else f"{g.slope_mb_per_h:+.1f}",
+        ]
         for g in analysis.growth
     ]
     return header, rows

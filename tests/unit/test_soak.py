@@ -49,13 +49,17 @@ def test_throughput_is_measured_between_samples() -> None:
 
 
 def test_flat_memory_after_warm_up_passes() -> None:
-    samples = run_of({float(t): flat_rss(t) for t in range(0, 601, 10)})
+    samples = run_of({float(t): flat_rss(t) for t in range(0, 901, 10)})
+    samples[60].rss_mb["tritonserver"] += 40  # one noisy sample moves nothing
+    samples[-1].rss_mb["tritonserver"] += 40
     analysis = soak.analyse(samples, warmup_s=60)
     total = analysis.growth[0]
     assert total.group == "total" and total.start_mb == pytest.approx(550)
-    assert total.percent == pytest.approx(0) and total.slope_mb_per_h == pytest.approx(0)
+    assert total.percent == pytest.approx(0) and total.slope_mb_per_h == pytest.approx(
+        0, abs=20
+    )  # the late spike tilts it a little
     assert analysis.flat and analysis.errors == 0 and analysis.verdict.startswith("PASS")
-    assert analysis.frames_per_s == pytest.approx(10) and analysis.warm_samples == 55
+    assert analysis.frames_per_s == pytest.approx(10) and analysis.warm_samples == 85
     assert [g.group for g in analysis.growth] == [
         "total", "stubs", "stub:face_renderer", "stub:tddfa", "tritonserver",
     ]  # fmt: skip
@@ -67,13 +71,14 @@ def test_a_leaking_stub_fails_with_its_growth_and_slope() -> None:
         rss["stub:face_renderer"] += max(0.0, t - 60) * 0.1  # 0.1 MB/s = 360 MB/h
         return rss
 
-    analysis = soak.analyse(run_of({float(t): leaking(t) for t in range(0, 601, 10)}), 60)
+    analysis = soak.analyse(run_of({float(t): leaking(t) for t in range(0, 901, 10)}), 60)
     by_group = {g.group: g for g in analysis.growth}
     renderer = by_group["stub:face_renderer"]
-    assert renderer.end_mb - renderer.start_mb == pytest.approx(54)
-    assert renderer.percent == pytest.approx(27)
+    # medians of the first and last 5 samples after warm-up: at 80 s and 880 s
+    assert renderer.end_mb - renderer.start_mb == pytest.approx(80)
+    assert renderer.percent == pytest.approx(80 / 202 * 100)
     assert renderer.slope_mb_per_h == pytest.approx(360)
-    assert by_group["total"].percent == pytest.approx(54 / 550 * 100)
+    assert by_group["total"].percent == pytest.approx(80 / 552 * 100)
     assert not analysis.flat and analysis.verdict.startswith("FAIL") and "GROWS" in analysis.verdict
 
 
@@ -81,6 +86,8 @@ def test_errors_fail_the_soak_even_with_flat_memory() -> None:
     samples = run_of({float(t): flat_rss(t) for t in range(0, 301, 10)}, errors={300.0: 3})
     analysis = soak.analyse(samples, 60)
     assert analysis.flat and analysis.errors == 3
+    assert analysis.growth[0].slope_mb_per_h is None  # 4 min after warm-up: no slope
+    assert soak.growth_table(analysis)[1][0][-1] == "n/a"
     assert analysis.verdict.startswith("FAIL") and "3 ERRORS" in analysis.verdict
 
 
