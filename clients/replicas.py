@@ -93,17 +93,22 @@ class ReplicaFrameClient:
 
     def _collect(self, image: Any, address: str, client: FrameClient, pending: Pending):
         """The result of ``pending``; on an unavailable replica, ``image`` again elsewhere."""
-        for _ in range(self._attempts()):
+        retries = self._attempts()
+        while True:
             try:
                 result = self._collect_once(address, client, pending)
             except ServerUnavailable as exc:
                 self.endpoints.mark_dead(address)
+                retries -= 1
+                if retries <= 0:
+                    raise ServerUnavailable(
+                        f"no server of {self.endpoints} finished the frame: {exc}"
+                    ) from exc
                 LOG.debug("frame failed on %s (%s); sending it to another server", address, exc)
                 address, client, pending = self._submit(image)
                 continue
             self.endpoints.mark_alive(address)
             return result
-        raise ServerUnavailable(f"no server of {self.endpoints} finished the frame")
 
     def infer(self, image: Any) -> FrameResult:
         """One frame, sent to the next live replica."""

@@ -205,3 +205,14 @@ def test_open_frame_client_picks_the_transport(fake_clients, monkeypatch) -> Non
     spread = replicas.open_frame_client("tddfa-triton-headless", "grpc")
     assert isinstance(spread, replicas.ReplicaFrameClient)
     assert spread.endpoints.urls == ["tddfa-triton-headless:8001"]
+
+
+def test_a_frame_failing_everywhere_gives_up_without_orphans(fake_clients) -> None:
+    pool = Endpoints(["svc:8001"], resolver=static({"svc": ["10.0.0.1", "10.0.0.2"]}))
+    fake_clients.dies_after.update({"10.0.0.1:8001": 0, "10.0.0.2:8001": 0})  # accept, then fail
+    with replicas.ReplicaFrameClient(pool, "grpc", in_flight=2) as client:
+        with pytest.raises(ServerUnavailable, match="finished the frame"):
+            list(client.infer_stream(frames(3)))
+        made = {c: None for c in fake_clients.made}
+        for address in made:  # every slot given back: nothing left in flight
+            assert sorted(client._free_slots[address]) == [0, 1, 2]
