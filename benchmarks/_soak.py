@@ -234,13 +234,15 @@ def _growth(group: str, warm: Sequence[Sample], values: Iterable[float]) -> Grow
     return Growth(group, start, end, percent, slope)
 
 
-def analyse(samples: Sequence[Sample], warmup_s: float) -> Analysis:
-    """Growth of each process group's RSS after ``warmup_s`` (the first sample at or after
-    it is the baseline), throughput after warm-up, errors over the whole run."""
+def analyse(samples: Sequence[Sample], warmup_s: float, warmup_frames: int = 0) -> Analysis:
+    """Growth of each process group's RSS after warm-up, throughput after warm-up, errors
+    over the whole run. Warm-up ends at the first sample that is ``warmup_s`` seconds in
+    *and* has ``warmup_frames`` frames done: on a loaded machine a fixed time may not even
+    cover one pass over the frames, while buffers still grow with each new batch size."""
     if not samples:
         raise ValueError("no samples to analyse")
     last = samples[-1]
-    warm = [s for s in samples if s.elapsed_s >= warmup_s]
+    warm = [s for s in samples if s.elapsed_s >= warmup_s and s.frames >= warmup_frames]
     growth: list[Growth] = []
     rate = slowest = 0.0
     if len(warm) >= 2:

@@ -8,7 +8,8 @@ start/end flags set), the others stateless frames to ``tddfa``. Every ``--interv
 sample records frames, errors, frames/s and the resident memory of tritonserver and of
 every Python-backend stub (by model). At the end: a CSV of the samples, and a block in
 benchmarks/RESULTS.md with the machine, command, throughput, errors and each process
-group's RSS growth after ``--warmup`` (the issue's bar: < 5 % and zero errors).
+group's RSS growth after warm-up (``--warmup`` seconds and ``--warmup-passes`` passes over
+the frames; the issue's bar: < 5 % and zero errors).
 
 Starts its own server on ``--repository`` unless given ``--url`` (then ``--server-pid``
 names the tritonserver whose memory to watch, when it runs on this host).
@@ -210,7 +211,7 @@ def run_soak(args) -> tuple[list[_soak.Sample], Counters, dict]:
 
 
 def report(args, samples, counters: Counters, info: dict) -> _soak.Analysis:
-    analysis = _soak.analyse(samples, args.warmup)
+    analysis = _soak.analyse(samples, args.warmup, args.warmup_passes * info["frames"])
     _soak.write_csv(args.csv, samples)
     header, rows = _soak.growth_table(analysis)
     table = _common.format_table(header, rows) if rows else "(no sample after warm-up)"
@@ -220,7 +221,8 @@ def report(args, samples, counters: Counters, info: dict) -> _soak.Analysis:
         f"{'short check' if args.short else 'soak'}: {args.duration:.0f} s at concurrency "
         f"{args.concurrency} ({info['sequences']} sending sequences to {SEQUENCE_ENSEMBLE}), "
         f"{info['frames']} distinct frames of {args.video.name}, gRPC, a sample every "
-        f"{args.interval:.0f} s, warm-up {args.warmup:.0f} s",
+        f"{args.interval:.0f} s, warm-up {args.warmup:.0f} s and {args.warmup_passes} "
+        "passes over the frames",
         f"served models: {', '.join(info['models'])}",
         f"frames: {analysis.frames}, errors: {analysis.errors}; after warm-up "
         f"{analysis.frames_per_s:.2f} frames/s (slowest interval {analysis.min_frames_per_s:.2f})",
@@ -244,6 +246,12 @@ def main() -> int:
     parser.add_argument("--interval", type=float, help="seconds between samples (default 10)")
     parser.add_argument("--warmup", type=float, help="seconds before the RSS baseline (120)")
     parser.add_argument("--frames", type=int, default=32, help="distinct frames (default 32)")
+    parser.add_argument(
+        "--warmup-passes",
+        type=int,
+        default=2,
+        help="passes over the frames before the RSS baseline, besides --warmup (default 2)",
+    )
     parser.add_argument(
         "--sequences",
         choices=("auto", "off"),

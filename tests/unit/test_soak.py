@@ -91,6 +91,14 @@ def test_errors_fail_the_soak_even_with_flat_memory() -> None:
     assert analysis.verdict.startswith("FAIL") and "3 ERRORS" in analysis.verdict
 
 
+def test_warm_up_also_waits_for_enough_frames() -> None:
+    samples = run_of({float(t): flat_rss(t) for t in range(0, 601, 10)})  # 10 frames/s
+    by_time = soak.analyse(samples, 60)
+    by_frames = soak.analyse(samples, 60, warmup_frames=2000)  # reached at 200 s
+    assert by_time.warm_samples == 55 and by_frames.warm_samples == 41
+    assert soak.analyse(samples, 60, warmup_frames=10**6).growth == ()
+
+
 def test_a_run_shorter_than_the_warm_up_says_so() -> None:
     analysis = soak.analyse(run_of({0.0: flat_rss(0), 30.0: flat_rss(30)}), 60)
     assert analysis.growth == () and not analysis.flat
