@@ -17,8 +17,10 @@ names the tritonserver whose memory to watch, when it runs on this host).
 Quick check (2 minutes, concurrency 2, CPU build):
     .venv/bin/python -m tddfa_tools.cli build
     .venv/bin/python benchmarks/soak.py --short
-Full soak (the issue's run):
+Full soak (the issue's runs):
     .venv/bin/python benchmarks/soak.py --duration 1800 --concurrency 4
+    .venv/bin/python benchmarks/soak.py --duration 600 --concurrency 32 --cuda-mps \
+        --cuda-memory-pool-mb 4096      # H200, GPU build (README "On the GPU")
 """
 
 from __future__ import annotations
@@ -147,7 +149,15 @@ def serving(args) -> Iterator[tuple[str, int | None]]:
             f"{args.repository} is not a tddfa model repository: run "
             "`.venv/bin/python -m tddfa_tools.cli build` or pass --repository / --url"
         )
-    with TritonServer(args.repository, log_level=logging.DEBUG) as server:
+    from tddfa_tools.serve import cuda_memory_pool_args
+
+    server = TritonServer(
+        args.repository,
+        log_level=logging.DEBUG,
+        cuda_mps=args.cuda_mps,
+        extra_args=cuda_memory_pool_args(args.cuda_memory_pool_mb),
+    )
+    with server:
         yield server.grpc_url, server.pid
 
 
@@ -240,6 +250,12 @@ def main() -> int:
     parser = _common.base_parser(__doc__)
     parser.add_argument("--url", help="gRPC HOST:PORT of a running server (default: start one)")
     parser.add_argument("--server-pid", type=int, help="with --url: the tritonserver to watch")
+    parser.add_argument(
+        "--cuda-mps", action="store_true", help="the started server runs under CUDA MPS (GPU)"
+    )
+    parser.add_argument(
+        "--cuda-memory-pool-mb", type=int, help="the started server's CUDA pool per GPU (GPU)"
+    )
     parser.add_argument("--short", action="store_true", help=f"quick check: {SHORT}")
     parser.add_argument("--duration", type=float, help=f"seconds (default {FULL['duration']:.0f})")
     parser.add_argument("--concurrency", type=int, help="requests in flight (default 4)")
