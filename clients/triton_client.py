@@ -66,6 +66,19 @@ _TRANSIENT_TEXT = (
     "server is stopping",
 )
 
+# gRPC keepalive: while a request waits, ping the server every 60 s and drop the connection
+# when a ping goes unanswered for 20 s (a replica that vanished without closing its
+# connections: node failure, network partition); the request then fails as unavailable and
+# goes to another replica. No pings on an idle channel and at most 2 without data: within
+# tritonserver's default ping policy (5 min between data-less pings, 2 strikes), so the
+# server never closes the channel for "too many pings".
+GRPC_KEEPALIVE = {
+    "keepalive_time_ms": 60_000,
+    "keepalive_timeout_ms": 20_000,
+    "keepalive_permit_without_calls": False,
+    "http2_max_pings_without_data": 2,
+}
+
 Key = TypeVar("Key")
 
 
@@ -203,8 +216,10 @@ class _Protocol:
         else:
             import tritonclient.grpc as module
 
-            self.client = module.InferenceServerClient(url)
+            keepalive = module.KeepAliveOptions(**GRPC_KEEPALIVE)
+            self.client = module.InferenceServerClient(url, keepalive_options=keepalive)
         self.module = module
+        self.timeout = timeout  # per request: HTTP's network_timeout, gRPC's client_timeout
         self._stream: dict[str, concurrent.futures.Future] | None = None  # gRPC sequences
         self._request_ids = itertools.count(1)
 
@@ -241,7 +256,9 @@ class _Protocol:
                 else:
                     future.set_result(result)
 
-            self.client.async_infer(model, inputs, done, outputs=outputs, **extra)
+            self.client.async_infer(
+                model, inputs, done, outputs=outputs, client_timeout=self.timeout, **extra
+            )
             return future
         handle = self.client.async_infer(model, inputs, outputs=outputs, **extra)
         import gevent
@@ -768,6 +785,24 @@ class FrameClient:
         except Exception as exc:
             raise translate_error(exc) from exc
         return key, self._collect(result, slot, placement)
+
+    def submit(self, image: Any, slot: int = 0) -> tuple[int, dict, concurrent.futures.Future]:
+        """Start one request in in-flight slot ``slot`` (0 <= slot < in_flight; the slot's
+        previous request must have been collected); finish it with :meth:`collect`. For
+        callers that schedule requests themselves (tddfa_clients.replicas)."""
+        if not 0 <= slot < self.in_flight:
+            raise ValueError(f"slot must be in [0, {self.in_flight}), got {slot}")
+        inputs, outputs, placement = self._request(image, slot)
+        try:
+            future = self._protocol.submit(self.model, inputs, outputs)
+        except Exception as exc:
+            raise translate_error(exc) from exc
+        return slot, placement, future
+
+    def collect(self, pending: tuple[int, dict, concurrent.futures.Future]) -> FrameResult:
+        """Wait for a request started by :meth:`submit`; raises a ClientError on failure."""
+        slot, placement, future = pending
+        return self._finish(None, slot, placement, future)[1]
 
     # -- lifetime ---------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tddfa_clients.image import ImageError, add_server_arguments, faces_json
+from tddfa_clients.replicas import open_frame_client
 from tddfa_clients.triton_client import ClientError, FrameClient
 from tddfa_clients.video_io import (
     DECODERS,
@@ -152,7 +153,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        with FrameClient(
+        # a name behind which several servers answer (headless Service): frames go to all
+        with open_frame_client(
             args.url,
             args.protocol,
             outputs=("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS")
