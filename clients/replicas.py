@@ -175,7 +175,7 @@ class ReplicaFrameClient:
             try:
                 client = self._client(address)
                 for key, result in client.infer_stream(
-                    feed(replayed), limit, sequence_id, sequence_parameters
+                    feed(replayed), limit, sequence_id, parameters
                 ):
                     unanswered.popleft()
                     yield key, result
