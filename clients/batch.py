@@ -32,6 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tddfa.contract import STATELESS_ENSEMBLE
 from tddfa_clients.endpoints import Endpoints
 from tddfa_clients.image import IMAGE_SUFFIXES, ImageError, process_image, read_image
 from tddfa_clients.replicas import ReplicaFrameClient
@@ -41,7 +42,7 @@ from tddfa_clients.triton_client import (
     ServerUnavailable,
     normalize_url,
 )
-from tddfa_clients.video import VIDEO_SUFFIXES, process_video
+from tddfa_clients.video import VIDEO_SUFFIXES, add_mode_arguments, model_for, process_video
 from tddfa_clients.video_io import VideoError, is_temporary, probe
 
 LOG = logging.getLogger(__name__)
@@ -200,6 +201,8 @@ class Settings:
     backoff: float = 0.5
     backoff_max: float = 10.0
     progress: bool = False
+    mode: str = "track"  # videos: tracked sequences (tddfa_track) or independent frames
+    smoothing: bool | None = None  # track mode: the sequences' smoothing (None: server default)
 
 
 def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, float]:
@@ -215,8 +218,13 @@ def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, floa
         start = time.perf_counter()
         try:
             outputs = ("RENDERED", "FACE_COUNT")
+            model = STATELESS_ENSEMBLE if job.is_image else model_for(settings.mode)
             with ReplicaFrameClient(
-                servers, settings.protocol, in_flight=settings.in_flight, outputs=outputs
+                servers,
+                settings.protocol,
+                in_flight=settings.in_flight,
+                outputs=outputs,
+                model=model,
             ) as client:
                 if job.is_image:
                     process_image(client, job.source, job.output, None)
@@ -228,6 +236,7 @@ def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, floa
                         job.output,
                         progress=settings.progress,
                         description=job.source.name,
+                        smoothing=settings.smoothing,
                     )
                     frames = stats.frames
             return frames, time.perf_counter() - start
@@ -337,6 +346,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace outputs that exist but are not recorded done",
     )
+    add_mode_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -346,6 +356,8 @@ def run(args: argparse.Namespace) -> int:
         in_flight=args.in_flight,
         retries=args.retries,
         progress=args.jobs == 1,
+        mode=args.mode,
+        smoothing=args.smoothing,
     )
     counts = run_batch(
         args.inputs, args.out, args.url or ["localhost"], args.jobs, args.overwrite, settings

@@ -73,20 +73,22 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
 
 
 def faces_json(result: FrameResult) -> list[dict[str, Any]]:
-    """Per face: box [x1, y1, x2, y2], score, landmarks (3 x 68), pose, params (62)."""
+    """Per face: box [x1, y1, x2, y2], score, landmarks (3 x 68), pose, params (62), and
+    track_id when the result came from the sequence ensemble."""
     faces = []
     for i in range(result.face_count):
         box = result.boxes[i]
         yaw, pitch, roll = (float(v) for v in result.pose[i])
-        faces.append(
-            {
-                "box": [round(float(v), 2) for v in box[:4]],
-                "score": round(float(box[4]), 4),
-                "landmarks": np.round(result.landmarks[i], 2).tolist(),
-                "pose": {"yaw": round(yaw, 3), "pitch": round(pitch, 3), "roll": round(roll, 3)},
-                "params": [float(v) for v in result.params[i]],
-            }
-        )
+        face = {
+            "box": [round(float(v), 2) for v in box[:4]],
+            "score": round(float(box[4]), 4),
+            "landmarks": np.round(result.landmarks[i], 2).tolist(),
+            "pose": {"yaw": round(yaw, 3), "pitch": round(pitch, 3), "roll": round(roll, 3)},
+            "params": [float(v) for v in result.params[i]],
+        }
+        if result.track_ids is not None:
+            face["track_id"] = int(result.track_ids[i])
+        faces.append(face)
     return faces
 
 

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from tddfa.contract import STATELESS_ENSEMBLE
 from tddfa_clients.endpoints import Endpoints
 from tddfa_clients.triton_client import (
     FrameClient,
@@ -58,6 +59,7 @@ class ReplicaFrameClient:
         self.protocol = protocol
         self.in_flight = in_flight
         self._options = options
+        self.model = options.get("model", STATELESS_ENSEMBLE)
         self._clients: dict[str, FrameClient] = {}
         self._free_slots: dict[str, list[int]] = {}  # per replica: shared-memory slots free
 

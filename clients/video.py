@@ -20,9 +20,10 @@ from typing import TextIO
 import numpy as np
 from tqdm import tqdm
 
+from tddfa.contract import DEFAULT_OUTPUTS, SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE
 from tddfa_clients.image import ImageError, add_server_arguments, faces_json
 from tddfa_clients.replicas import open_frame_client
-from tddfa_clients.triton_client import ClientError, FrameClient
+from tddfa_clients.triton_client import ClientError, FrameClient, new_sequence_id
 from tddfa_clients.video_io import (
     DECODERS,
     ENCODERS,
@@ -35,6 +36,7 @@ from tddfa_clients.video_io import (
 )
 
 LOG = logging.getLogger(__name__)
+MODES = ("track", "detect")
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 
@@ -70,8 +72,13 @@ def process_video(
     encoder: str = "auto",
     progress: bool = True,
     description: str | None = None,
+    smoothing: bool | None = None,
 ) -> VideoStats:
-    """Render ``source`` into ``output``; raises VideoError/ClientError on failure."""
+    """Render ``source`` into ``output``; raises VideoError/ClientError on failure.
+
+    A client of the sequence ensemble (:func:`model_for` ``("track")``) sends the video as
+    one Triton sequence, with ``smoothing`` as the sequence's choice (None: the server's
+    default); a client of ``tddfa`` sends independent frames."""
     info = probe(source)
     start = time.perf_counter()
     with atomic_output(output) as temp_video, _json_lines(json_path) as lines:
@@ -88,7 +95,12 @@ def process_video(
                 leave=False,
             )
             with bar:
-                for (index, pts), result in client.infer_stream(host_frames(dec)):
+                sequence = {}
+                if client.model == SEQUENCE_ENSEMBLE:
+                    sequence["sequence_id"] = new_sequence_id()
+                    if smoothing is not None:
+                        sequence["sequence_parameters"] = {"smoothing": smoothing}
+                for (index, pts), result in client.infer_stream(host_frames(dec), **sequence):
                     enc.write(result.rendered, pts)
                     if lines is not None:
                         record = {
@@ -148,7 +160,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--decoder", choices=DECODERS, default="auto", help="default: auto")
     parser.add_argument("--encoder", choices=ENCODERS, default="auto", help="default: auto")
+    add_mode_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def model_for(mode: str) -> str:
+    """The ensemble a video mode talks to: ``track`` -> tddfa_track, ``detect`` -> tddfa."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return SEQUENCE_ENSEMBLE if mode == "track" else STATELESS_ENSEMBLE
+
+
+def outputs_for(mode: str, json_wanted: bool) -> tuple[str, ...]:
+    """What a video asks for: the rendered frame, plus the JSON fields when wanted."""
+    if not json_wanted:
+        return ("RENDERED", "FACE_COUNT")
+    names = DEFAULT_OUTPUTS + (("TRACK_IDS",) if mode == "track" else ())
+    return names
+
+
+def add_mode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="track",
+        help="track (default): the video is one sequence; faces are tracked from frame to "
+        "frame (detector only when needed), keep a track_id and are smoothed. detect: every "
+        "frame is detected anew, as a still image",
+    )
+    parser.add_argument(
+        "--no-smoothing",
+        dest="smoothing",
+        action="store_const",
+        const=False,
+        default=None,
+        help="--mode track without temporal smoothing",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,14 +204,19 @@ def run(args: argparse.Namespace) -> int:
         with open_frame_client(
             args.url,
             args.protocol,
-            outputs=("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS")
-            if args.json
-            else ("RENDERED", "FACE_COUNT"),
+            model=model_for(args.mode),
+            outputs=outputs_for(args.mode, args.json is not None),
             in_flight=args.in_flight,
             shared_memory="none" if args.no_shm else "auto",
         ) as client:
             stats = process_video(
-                client, args.input, args.output, args.json, args.decoder, args.encoder
+                client,
+                args.input,
+                args.output,
+                args.json,
+                args.decoder,
+                args.encoder,
+                smoothing=args.smoothing,
             )
     except (VideoError, ImageError, ClientError, OSError) as exc:
         LOG.error("%s", exc)
