@@ -18,6 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import tritonclient.http as httpclient
 
 from tddfa_clients.batch import MANIFEST, Manifest, Settings, run_batch
 from tddfa_clients.triton_client import FrameClient, InferenceError, served_models
@@ -325,3 +326,28 @@ def test_sample_videos_round_trip(ensemble_server, asset_dir, tmp_path, name, mo
 
 def test_no_client_shm_left() -> None:
     assert not _client_regions(), "shared memory regions leaked by the clients"
+
+
+def test_perf_analyzer_drives_the_sequence_ensemble(ensemble_server, asset_dir, tmp_path) -> None:
+    from tddfa_clients.perf import PerfError, find_perf_analyzer, perf_environment
+
+    try:
+        find_perf_analyzer()
+        perf_environment()
+    except PerfError as exc:
+        pytest.skip(str(exc))
+    from tddfa_tools.cli import main
+
+    code = main([
+        "perf", "--url", ensemble_server.grpc_url, "--protocol", "grpc", "--mode", "track",
+        "--concurrency", "1:1:1", "--frames", "6",
+        "--video", str(asset_dir / "video" / "two_faces_360p.mp4"),
+        "--measurement-interval", "3000", "--csv", str(tmp_path / "perf.csv"),
+        "--stability-percentage", "100", "--max-trials", "10",
+    ])  # fmt: skip
+    assert code == 0
+    header, row = (tmp_path / "perf.csv").read_text().strip().splitlines()[:2]
+    assert float(row.split(",")[header.split(",").index("Inferences/Second")]) > 0
+    with httpclient.InferenceServerClient(ensemble_server.http_url) as client:
+        stats = client.get_inference_statistics("face_tracker")["model_stats"][0]
+    assert int(stats["inference_stats"]["success"]["count"]) >= 6  # sequences really ran
