@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.utils
 
-from tddfa_clients import triton_client
+from tddfa_clients import shared_memory, triton_client
 from tddfa_clients.triton_client import ClientError, FrameClient
 
 OUTPUTS = {  # name: (datatype, shape without batch; -1 = the frame's dims)
@@ -57,9 +57,10 @@ class FakeCudaShm(types.ModuleType):
         self.log.append(("write_host", region.name))
         self._write(region, np.concatenate([v.reshape(-1).view(np.uint8) for v in values]))
 
-    def set_shared_memory_region_from_dlpack(self, region, values):
-        self.log.append(("write_dlpack", region.name))
-        self._write(region, np.concatenate([v.host.reshape(-1) for v in values]))
+    def write_device(self, region, image):
+        """Stands in for CudaSharedMemorySlot._write_device (CuPy on a GPU)."""
+        self.log.append(("write_device", region.name))
+        self._write(region, image.host.reshape(-1).copy())
 
     def _write(self, region, flat):
         assert region in self.live, f"write to destroyed region {region.name}"
@@ -105,7 +106,14 @@ class FakeServer:
         self.shm.log.append(("register", name))
         self.registered[name] = region
 
+    in_use_answers = 0  # how many unregister calls answer "currently in use" first
+
     def unregister_cuda_shared_memory(self, name):
+        if self.in_use_answers:
+            self.in_use_answers -= 1
+            raise tritonclient.utils.InferenceServerException(
+                f"Cannot unregister shared memory region '{name}', it is currently in use."
+            )
         self.shm.log.append(("unregister", name))
         del self.registered[name]
 
@@ -161,12 +169,23 @@ class FakeProtocol:
         return result[name]
 
     def submit(self, model, inputs, outputs):
-        future = concurrent.futures.Future()
-        future.set_result(self.server.infer(inputs, outputs))
-        return future
+        """Answered when the result is first asked for: the server reads the input region
+        late, as a real one may, so a slot overwritten too early shows."""
+        return LazyFuture(lambda: self.server.infer(inputs, outputs))
 
     def close(self):
         pass
+
+
+class LazyFuture(concurrent.futures.Future):
+    def __init__(self, answer):
+        super().__init__()
+        self._answer = answer
+
+    def result(self, timeout=None):
+        if not self.done():
+            self.set_result(self._answer())
+        return super().result(timeout)
 
 
 @pytest.fixture
@@ -178,6 +197,11 @@ def fake(monkeypatch):
     monkeypatch.setattr(tritonclient.utils, "cuda_shared_memory", shm, raising=False)
     FakeProtocol.server = FakeServer(shm)
     monkeypatch.setattr(triton_client, "_Protocol", FakeProtocol)
+    monkeypatch.setattr(
+        shared_memory.CudaSharedMemorySlot,
+        "_write_device",
+        lambda slot, image: shm.write_device(slot.handle("input"), image),
+    )
     return shm
 
 
@@ -227,7 +251,7 @@ def test_stream_results_and_region_reuse(fake):
     creates = [name for event, name in fake.log if event == "create"]
     # the probe's small region of slot 0 is replaced once; then every region is reused
     assert len(creates) == 7, creates
-    assert not any(event == "write_dlpack" for event, _ in fake.log)
+    assert not any(event == "write_device" for event, _ in fake.log)
 
 
 def test_output_offsets_are_aligned(fake, monkeypatch):
@@ -246,13 +270,107 @@ def test_output_offsets_are_aligned(fake, monkeypatch):
     assert offsets and all(o % triton_client.CUDA_ALIGNMENT == 0 for o in offsets)
 
 
-def test_device_array_is_written_through_dlpack(fake):
+def test_device_array_is_copied_device_to_device(fake):
     image = frames(1)[0]
     with FrameClient("localhost", "grpc", in_flight=2, shared_memory="cuda") as client:
         result = client.infer(FakeDeviceArray(image))
     np.testing.assert_array_equal(result.rendered, 255 - image)
     events = [event for event, _ in fake.log]
-    assert "write_dlpack" in events and "write_host" not in events
+    assert "write_device" in events and "write_host" not in events
+
+
+def reused_surface(images):
+    """Yields every image through ONE device buffer, overwritten for each frame, the way
+    PyNvVideoCodec's SimpleDecoder reuses its output surfaces."""
+    surface = FakeDeviceArray(np.zeros_like(images[0]))
+    for index, image in enumerate(images):
+        surface.host[...] = image
+        yield index, surface
+
+
+def test_reused_decoder_surface_is_copied_before_the_next_frame(fake):
+    """With 3 requests in flight and the server reading its inputs late, every result
+    still belongs to its own frame: each frame went into its slot before the surface was
+    overwritten by the next one."""
+    images = frames(8, (19, 29, 3))
+    with FrameClient("localhost", "grpc", in_flight=3, shared_memory="cuda") as client:
+        results = list(client.infer_stream(reused_surface(images)))
+    for (index, result), image in zip(results, images, strict=True):
+        np.testing.assert_array_equal(result.rendered, 255 - image, err_msg=f"frame {index}")
+    lifecycle_ok(fake.log)
+
+
+def test_close_waits_for_requests_in_flight_before_unregistering(fake):
+    """A consumer that stops early leaves requests in the server: their regions are
+    unregistered only after those requests ended."""
+    images = frames(6, (19, 29, 3))
+    with FrameClient("localhost", "grpc", in_flight=3, shared_memory="cuda") as client:
+        stream = client.infer_stream(enumerate(images))
+        next(stream)
+        stream.close()  # 2 requests still pending: drained here, before any unregister
+    events = [event for event, _ in fake.log]
+    assert events.count("infer_input") == 3  # the answered one and the two drained
+    assert events.index("unregister") > max(i for i, e in enumerate(events) if e == "infer_input")
+    lifecycle_ok(fake.log)
+
+
+def test_region_freed_late_by_the_server_is_unregistered_after_retries(fake):
+    FakeProtocol.server.in_use_answers = 2
+    with FrameClient("localhost", "grpc", in_flight=1, shared_memory="cuda") as client:
+        client.infer(frames(1)[0])
+    assert fake.live == []
+    lifecycle_ok(fake.log)
+
+
+def test_region_held_by_a_stuck_request_is_never_freed(fake, monkeypatch, caplog):
+    """The server keeps saying "in use" (a request stuck inside it): after the grace
+    period the region stays registered and allocated, with a warning that names it."""
+    monkeypatch.setattr(shared_memory.RegionSlot, "UNREGISTER_GRACE", 0.2)
+    FakeProtocol.server.in_use_answers = 10**6
+    client = FrameClient("localhost", "grpc", in_flight=1, shared_memory="cuda")
+    client.infer(frames(1)[0])
+    with caplog.at_level("WARNING"):
+        client.close()
+    assert len(fake.live) == 2  # input and output regions: not destroyed
+    assert not any(event == "destroy" for event, _ in fake.log)
+    assert "still held by a request inside the server" in caplog.text
+
+
+def test_stuck_request_blocks_its_slot_instead_of_overwriting_it(fake):
+    """A slot whose request never answered is not reused for a new frame."""
+    client = FrameClient("localhost", "grpc", in_flight=1, shared_memory="cuda", timeout=0.1)
+    slot = client._slots[0]
+    slot.in_flight = concurrent.futures.Future()  # never resolves
+    with pytest.raises(triton_client.ServerUnavailable, match="has not come back"):
+        client.infer(frames(1)[0])
+    slot.in_flight = None
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("kinds", "expected"),
+    [
+        ({"preprocess": ["KIND_GPU"], "face_renderer": ["KIND_GPU", "KIND_GPU"]}, True),
+        ({"preprocess": ["KIND_GPU"], "face_renderer": ["KIND_CPU"]}, False),
+        ({"preprocess": []}, False),
+    ],
+)
+def test_served_on_gpu_reads_the_steps_that_take_the_image(kinds, expected):
+    configs = {
+        "tddfa": {
+            "ensemble_scheduling": {
+                "step": [{"model_name": name, "input_map": {"IMAGE": "IMAGE"}} for name in kinds]
+                + [{"model_name": "face_regressor", "input_map": {"CROPS": "CROPS"}}]
+            }
+        },
+        "face_regressor": {"instance_group": [{"kind": "KIND_CPU"}]},  # never asked
+        **{
+            name: {"instance_group": [{"kind": kind} for kind in group]}
+            for name, group in kinds.items()
+        },
+    }
+    protocol = types.SimpleNamespace(model_config=configs.__getitem__)
+    assert triton_client.served_on_gpu_from(protocol) is expected
 
 
 def test_device_array_without_cuda_mode_is_refused(fake):
