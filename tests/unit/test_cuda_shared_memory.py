@@ -10,12 +10,14 @@ from __future__ import annotations
 import concurrent.futures
 import sys
 import types
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.utils
 
-from tddfa_clients import shared_memory, triton_client
+from tddfa_clients import shared_memory, triton_client, video, video_io
 from tddfa_clients.triton_client import ClientError, FrameClient
 
 OUTPUTS = {  # name: (datatype, shape without batch; -1 = the frame's dims)
@@ -414,3 +416,104 @@ def test_missing_cuda_python_names_the_fix(monkeypatch):
 def test_rendered_on_device_needs_cuda_mode():
     with pytest.raises(ValueError, match="shared_memory='cuda'"):
         FrameClient("localhost", "grpc", shared_memory="system", rendered_on_device=True)
+
+
+# -- tddfa video over CUDA shared memory -------------------------------------------------
+
+
+class FakeNvDecoder:
+    """Stands in for video_nvidia.NvDecoder: device frames through one reused surface."""
+
+    name = "nvdec (fake)"
+    on_device = True
+
+    def __init__(self, images):
+        self.images = images
+
+    def __iter__(self):
+        for index, surface in reused_surface(self.images):
+            yield video_io.Frame(surface, 100 + index, index)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+class RecordingEncoder:
+    name = "recording"
+
+    def __init__(self):
+        self.written = []
+        self.frames_written = 0
+        self.path = None
+
+    def open(self, path, *args, **kwargs):
+        self.path = Path(path)
+        return self
+
+    def write(self, image, pts):
+        self.written.append((pts, np.array(image, copy=True)))
+        self.frames_written += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.path.write_bytes(b"")  # the file the atomic rename expects
+
+
+def test_video_frames_go_device_to_device_and_back(fake, monkeypatch, tmp_path):
+    """process_video with an NVDEC decoder and a CUDA shared memory client: every frame is
+    written device to device into its slot (never through the host), each rendered frame
+    reaches the encoder in order with its pts, although the decoder reuses one surface."""
+    images = frames(7, (19, 29, 3))
+    info = video_io.VideoInfo(29, 19, 7, Fraction(25), Fraction(1, 25), "h264", False)
+    encoder = RecordingEncoder()
+    monkeypatch.setattr(video, "probe", lambda path: info)
+    monkeypatch.setattr(video, "open_decoder", lambda *a, **k: FakeNvDecoder(images))
+    monkeypatch.setattr(video, "open_encoder", encoder.open)
+    with FrameClient("localhost", "grpc", in_flight=3, shared_memory="cuda") as client:
+        stats = video.process_video(
+            client, tmp_path / "in.mp4", tmp_path / "out.mp4", progress=False
+        )
+    assert (stats.frames, stats.transport) == (7, "cuda")
+    assert [pts for pts, _ in encoder.written] == list(range(100, 107))
+    for (_, rendered), image in zip(encoder.written, images, strict=True):
+        np.testing.assert_array_equal(rendered, 255 - image)
+    events = [event for event, _ in fake.log]
+    assert events.count("write_device") == 7 and "write_host" not in events
+    lifecycle_ok(fake.log)
+
+
+def test_video_host_transport_copies_nvdec_frames_to_the_host(monkeypatch):
+    """Without CUDA shared memory, NVDEC frames are copied to the host one by one."""
+    monkeypatch.setattr(video_io, "host_array", lambda image: image.host.copy())
+    decoder = FakeNvDecoder(frames(2))
+    client = types.SimpleNamespace(shared_memory_kind="system")
+    pulled = list(video.frames_for(client, decoder))
+    assert all(isinstance(image, np.ndarray) for _, image in pulled)  # host copies
+    np.testing.assert_array_equal(pulled[0][1], decoder.images[0])  # not overwritten
+
+
+@pytest.mark.parametrize(
+    ("decoder", "url", "on_gpu", "cuda_ok", "expected"),
+    [
+        ("nvdec", "localhost:8001", True, True, "cuda"),
+        ("nvdec", "localhost:8001", False, True, "auto"),  # server's models on the CPU
+        ("nvdec", "203.0.113.7:8001", True, True, "auto"),  # remote server
+        ("cpu", "localhost:8001", True, True, "auto"),  # frames decoded on the host
+        ("nvdec", "localhost:8001", True, False, "auto"),  # no CUDA shared memory client
+    ],
+)
+def test_auto_transport(monkeypatch, decoder, url, on_gpu, cuda_ok, expected):
+    monkeypatch.setattr(video, "served_on_gpu", lambda *a, **k: on_gpu)
+
+    def fake_cuda_shm():
+        if not cuda_ok:
+            raise ClientError("CUDA shared memory unavailable")
+
+    monkeypatch.setattr(video, "cuda_shm", fake_cuda_shm)
+    assert video.choose_transport("auto", decoder, url, "grpc") == expected
+    assert video.choose_transport("system", decoder, url, "grpc") == "system"
