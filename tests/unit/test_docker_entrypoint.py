@@ -58,8 +58,8 @@ def sandbox(tmp_path):
     tool(
         bin_dir,
         "tritonserver",
+        f"trap 'echo \"tritonserver got TERM\" >> {log}; exit 3' TERM\n"  # trap before announcing
         f'echo "tritonserver $* pipe=$CUDA_MPS_PIPE_DIRECTORY" >> {log}\n'
-        f"trap 'echo \"tritonserver got TERM\" >> {log}; exit 3' TERM\n"
         "while true; do sleep 0.1; done\n",
     )
     tool(bin_dir, "python3", f'exec {sys.executable} "$@"\n')
