@@ -230,16 +230,20 @@ class CudaSharedMemorySlot(RegionSlot):
     CuPy array on the device.
     """
 
-    def __init__(self, protocol: Any, tag: str, device_id: int):
+    def __init__(
+        self, protocol: Any, tag: str, device_id: int, server_device_id: int | None = None
+    ):
         super().__init__(protocol, tag)
-        self.device_id = device_id
+        self.device_id = device_id  # as this process numbers its GPUs
+        # as the server numbers the same GPU (a server started with --gpus N calls it 0)
+        self.server_device_id = device_id if server_device_id is None else server_device_id
 
     def _create(self, name: str, size: int) -> Any:
         cudashm = cuda_shm()
         handle = cudashm.create_shared_memory_region(name, size, self.device_id)
         try:
             self._protocol.client.register_cuda_shared_memory(
-                name, cudashm.get_raw_handle(handle), self.device_id, size
+                name, cudashm.get_raw_handle(handle), self.server_device_id, size
             )
         except BaseException:
             cudashm.destroy_shared_memory_region(handle)

@@ -248,9 +248,9 @@ class FrameClient:
             releases their shared memory (a region is never unregistered while a request
             that uses it may be in the server).
         cuda_device: the GPU of the CUDA shared memory regions (``shared_memory="cuda"``),
-            numbered as this process sees it; the server must see the same GPU under the same
-            number (a server started with ``--gpus N``: run the client with
-            ``CUDA_VISIBLE_DEVICES=N`` and ``cuda_device=0``).
+            numbered as this process sees it.
+        server_cuda_device: the same GPU as the server numbers it (default: ``cuda_device``);
+            a server started with ``tddfa serve --gpus N`` sees its one GPU as 0.
         rendered_on_device: with ``shared_memory="cuda"``, return RENDERED as a CuPy array
             on ``cuda_device`` (copied device to device out of the region) instead of numpy.
     """
@@ -266,6 +266,7 @@ class FrameClient:
         timeout: float = 600.0,
         cuda_device: int = 0,
         rendered_on_device: bool = False,
+        server_cuda_device: int | None = None,
     ):
         if shared_memory not in SHARED_MEMORY:
             raise ValueError(f"shared_memory must be one of {SHARED_MEMORY}, got {shared_memory!r}")
@@ -285,6 +286,7 @@ class FrameClient:
         self._slots: list[SharedMemorySlot | CudaSharedMemorySlot] = []
         self._cuda = shared_memory == "cuda"
         self.cuda_device = cuda_device
+        self.server_cuda_device = server_cuda_device
         self.rendered_on_device = rendered_on_device
         try:
             self._read_model()
@@ -372,7 +374,9 @@ class FrameClient:
         cuda_shm()
         tag = f"tddfa_client_cuda_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self._slots = [
-            CudaSharedMemorySlot(self._protocol, f"{tag}_{i}", self.cuda_device)
+            CudaSharedMemorySlot(
+                self._protocol, f"{tag}_{i}", self.cuda_device, self.server_cuda_device
+            )
             for i in range(self.in_flight)
         ]
         try:  # fail now, with the server's reason, not on the first frame

@@ -517,3 +517,22 @@ def test_auto_transport(monkeypatch, decoder, url, on_gpu, cuda_ok, expected):
     monkeypatch.setattr(video, "cuda_shm", fake_cuda_shm)
     assert video.choose_transport("auto", decoder, url, "grpc") == expected
     assert video.choose_transport("system", decoder, url, "grpc") == "system"
+
+
+def test_regions_registered_under_the_servers_gpu_number(fake, monkeypatch):
+    """A server pinned to physical GPU 1 (``tddfa serve --gpus 1``) calls it 0: the client
+    allocates on its GPU 1 and registers the region as the server's device 0."""
+    seen = []
+    original = FakeServer.register_cuda_shared_memory
+
+    def spy(self, name, raw_handle, device_id, byte_size):
+        seen.append(device_id)
+        return original(self, name, raw_handle, device_id, byte_size)
+
+    monkeypatch.setattr(FakeServer, "register_cuda_shared_memory", spy)
+    with FrameClient(
+        "localhost", "grpc", in_flight=1, shared_memory="cuda", cuda_device=1, server_cuda_device=0
+    ) as client:
+        client.infer(frames(1)[0])
+        assert {region.device_id for region in fake.live} == {1}  # allocated on our GPU 1
+    assert seen and set(seen) == {0}  # registered as the server's GPU 0
