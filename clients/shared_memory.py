@@ -13,7 +13,10 @@ memory the server still maps would turn a stuck request into memory corruption.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import dataclasses
+import importlib.util
 import logging
 import time
 from typing import Any
@@ -188,13 +191,59 @@ class SharedMemorySlot(RegionSlot):
         return np.array(view, copy=True)  # the region is reused by the next frame
 
 
+def have_cupy() -> bool:
+    return importlib.util.find_spec("cupy") is not None
+
+
 def cuda_shm() -> Any:
-    """tritonclient.utils.cuda_shared_memory, or ClientError naming the fix."""
+    """How CUDA regions are made: ``None`` for CuPy (preferred: works with any cuda-python;
+    tritonclient 2.51's helper imports cuda.cudart, gone from cuda-python 13, the GPU
+    machines' version), else tritonclient.utils.cuda_shared_memory; ClientError naming the
+    fix when neither is usable."""
+    if have_cupy():
+        return None
     try:
         import tritonclient.utils.cuda_shared_memory as cudashm
     except (ImportError, RuntimeError) as exc:
-        raise ClientError(f"CUDA shared memory unavailable ({exc}). {CUDA_SHM_HINT}") from exc
+        raise ClientError(
+            f"CUDA shared memory unavailable ({exc}): install CuPy (pip install "
+            f"cupy-cuda12x or cupy-cuda13x), or {CUDA_SHM_HINT}"
+        ) from exc
     return cudashm
+
+
+@dataclasses.dataclass
+class CupyRegion:
+    """A CUDA shared memory region made with CuPy: its own cudaMalloc (CUDA IPC shares
+    whole allocations, so never a pool block) and the IPC handle Triton opens."""
+
+    memory: Any  # cupy.cuda.Memory; None once destroyed
+    size: int
+    device_id: int
+
+    @classmethod
+    def create(cls, size: int, device_id: int) -> CupyRegion:
+        import cupy
+
+        with cupy.cuda.Device(device_id):
+            return cls(cupy.cuda.Memory(size), size, device_id)
+
+    def raw_handle(self) -> bytes:
+        """The serialized cudaIpcMemHandle in base64, as register_cuda_shared_memory wants."""
+        import cupy
+
+        with cupy.cuda.Device(self.device_id):
+            return base64.b64encode(cupy.cuda.runtime.ipcGetMemHandle(self.memory.ptr))
+
+    def array(self) -> Any:
+        """The whole region as a flat CuPy uint8 array (a view)."""
+        import cupy
+
+        pointer = cupy.cuda.MemoryPointer(self.memory, 0)
+        return cupy.ndarray((self.size,), cupy.uint8, pointer)
+
+    def destroy(self) -> None:
+        self.memory = None  # CuPy frees the allocation with its last reference
 
 
 def is_device_array(image: Any) -> bool:
@@ -240,13 +289,18 @@ class CudaSharedMemorySlot(RegionSlot):
 
     def _create(self, name: str, size: int) -> Any:
         cudashm = cuda_shm()
-        handle = cudashm.create_shared_memory_region(name, size, self.device_id)
+        if cudashm is None:
+            handle = CupyRegion.create(size, self.device_id)
+            raw = handle.raw_handle()
+        else:
+            handle = cudashm.create_shared_memory_region(name, size, self.device_id)
+            raw = cudashm.get_raw_handle(handle)
         try:
             self._protocol.client.register_cuda_shared_memory(
-                name, cudashm.get_raw_handle(handle), self.server_device_id, size
+                name, raw, self.server_device_id, size
             )
         except BaseException:
-            cudashm.destroy_shared_memory_region(handle)
+            self._destroy(handle)
             raise
         return handle
 
@@ -254,23 +308,36 @@ class CudaSharedMemorySlot(RegionSlot):
         self._protocol.client.unregister_cuda_shared_memory(name)
 
     def _destroy(self, handle: Any) -> None:
-        cuda_shm().destroy_shared_memory_region(handle)
+        if isinstance(handle, CupyRegion):
+            handle.destroy()
+        else:
+            cuda_shm().destroy_shared_memory_region(handle)
 
     def write(self, image: Any) -> None:
-        """Copy a (H, W, 3) uint8 image (numpy, or a CUDA array) into "input"."""
+        """Copy a (H, W, 3) uint8 image (numpy, or a CUDA array) into "input"; the copy is
+        complete when this returns."""
         if is_device_array(image):
             self._write_device(image)
+            return
+        handle = self.handle("input")
+        if isinstance(handle, CupyRegion):
+            import cupy
+
+            flat = np.ascontiguousarray(image).reshape(-1).view(np.uint8)
+            with cupy.cuda.Device(self.device_id):
+                handle.array()[: flat.size].set(flat)  # synchronous host-to-device copy
         else:
-            cuda_shm().set_shared_memory_region(self.handle("input"), [image])
+            cuda_shm().set_shared_memory_region(handle, [image])
 
     def _region_array(self, role: str) -> Any:
         """The whole ``role`` region as a flat CuPy uint8 array (a view, no copy)."""
         import cupy
 
-        cudashm = cuda_shm()
         _, handle, size = self.regions[role]
+        if isinstance(handle, CupyRegion):
+            return handle.array()
         with cupy.cuda.Device(self.device_id):
-            return cupy.from_dlpack(cudashm.as_shared_memory_tensor(handle, "UINT8", [size]))
+            return cupy.from_dlpack(cuda_shm().as_shared_memory_tensor(handle, "UINT8", [size]))
 
     def _write_device(self, image: Any) -> None:
         """Device-to-device copy of a CUDA image (contiguous or pitched, this GPU or
@@ -306,17 +373,17 @@ class CudaSharedMemorySlot(RegionSlot):
         Returns numpy (one device-to-host copy; CuPy when importable, else tritonclient's
         whole-region read) or, with ``on_device``, a CuPy array (device-to-device copy).
         """
-        cudashm = cuda_shm()
         handle = self.handle("output")
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        try:
-            import cupy
-        except ImportError:
+        if not have_cupy():
             if on_device:
-                raise ClientError("device outputs need CuPy: pip install cupy-cuda12x") from None
-            whole = cudashm.get_contents_as_numpy(handle, np.uint8, [self.regions["output"][2]])
+                raise ClientError("device outputs need CuPy: pip install cupy-cuda12x")
+            size = self.regions["output"][2]
+            whole = cuda_shm().get_contents_as_numpy(handle, np.uint8, [size])
             return whole[offset : offset + nbytes].view(dtype).reshape(shape).copy()
+        import cupy
+
         with cupy.cuda.Device(self.device_id):
             view = self._region_array("output")[offset : offset + nbytes].view(dtype)
             view = view.reshape(shape)
