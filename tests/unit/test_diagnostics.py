@@ -7,6 +7,7 @@ import importlib.util
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 # loaded by path: the package's __init__ imports the adapter, which needs Triton's stub
@@ -18,30 +19,42 @@ _spec.loader.exec_module(diagnostics)
 
 def test_sigusr1_dumps_every_thread_while_the_main_thread_blocks():
     """The main thread sits in a blocking call (as a stub stuck in CUDA would); the signal
-    still writes both threads' stacks, with our function names, to stderr."""
+    still writes both threads' stacks, with our function names, to stderr, and the process
+    lives on."""
     script = textwrap.dedent(
         """
-        import importlib.util, os, signal, sys, threading, time
+        import importlib.util, sys, threading, time
         spec = importlib.util.spec_from_file_location("d", sys.argv[1])
         d = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(d)
         assert d.install_stack_dump()
         def helper_waits():
-            time.sleep(30)
+            time.sleep(60)
         threading.Thread(target=helper_waits, daemon=True).start()
         def main_blocks():
-            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1)).start()
-            time.sleep(1.0)
+            print("ready", flush=True)
+            time.sleep(60)
         main_blocks()
-        print("survived")
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(MODULE)], capture_output=True, text=True, timeout=60
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(MODULE)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert done.returncode == 0, done.stderr
-    assert "survived" in done.stdout  # the dump does not kill the process
-    assert "helper_waits" in done.stderr and "main_blocks" in done.stderr
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(diagnostics.STACK_DUMP_SIGNAL)
+        seen = ""
+        deadline = time.monotonic() + 30
+        while "main_blocks" not in seen or "helper_waits" not in seen:
+            assert time.monotonic() < deadline, f"no complete stack dump: {seen!r}"
+            seen += process.stderr.readline()
+        assert process.poll() is None  # the dump did not end the process
+    finally:
+        process.kill()
+        process.communicate()
 
 
 def test_cross_device_notice_once_per_input_and_gpu():
