@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from tddfa_clients.replicas import open_frame_client
 from tddfa_clients.triton_client import ClientError, FrameClient, FrameResult
 from tddfa_clients.video_io import atomic_output
 
@@ -118,7 +119,10 @@ def process_image(client: FrameClient, source: Path, output: Path, json_path: Pa
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """--url and --protocol, shared by the clients."""
     parser.add_argument(
-        "--url", default="localhost", help="server HOST[:PORT] (default: localhost, default port)"
+        "--url",
+        default="localhost",
+        help="server HOST[:PORT] (default: localhost, default port); a name that resolves to "
+        "several addresses (a Kubernetes headless Service) spreads frames over all of them",
     )
     parser.add_argument(
         "--protocol", choices=("http", "grpc"), default="grpc", help="transport (default: grpc)"
@@ -142,7 +146,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        with FrameClient(args.url, args.protocol, in_flight=1) as client:
+        with open_frame_client(args.url, args.protocol, in_flight=1) as client:
             count = process_image(client, args.input, args.output, args.json)
     except (ImageError, ClientError, OSError) as exc:
         LOG.error("%s", exc)

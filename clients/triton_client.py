@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import os
+import secrets
 import socket
 import uuid
 from collections import deque
@@ -78,6 +80,19 @@ DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 PROTOCOLS = ("http", "grpc")
 SHARED_MEMORY = ("auto", "system", "cuda", "none")
 
+# gRPC keepalive: while a request waits, ping the server every 60 s and drop the connection
+# when a ping goes unanswered for 20 s (a replica that vanished without closing its
+# connections: node failure, network partition); the request then fails as unavailable and
+# goes to another replica. No pings on an idle channel and at most 2 without data: within
+# tritonserver's default ping policy (5 min between data-less pings, 2 strikes), so the
+# server never closes the channel for "too many pings".
+GRPC_KEEPALIVE = {
+    "keepalive_time_ms": 60_000,
+    "keepalive_timeout_ms": 20_000,
+    "keepalive_permit_without_calls": False,
+    "http2_max_pings_without_data": 2,
+}
+
 Key = TypeVar("Key")
 
 
@@ -99,6 +114,7 @@ class FrameResult:
     pose: np.ndarray
     params: np.ndarray
     vertices: np.ndarray | None = None
+    track_ids: np.ndarray | None = None  # (F,) int32 from the sequence ensemble
 
     @classmethod
     def from_outputs(cls, outputs: dict[str, np.ndarray]) -> FrameResult:
@@ -111,6 +127,7 @@ class FrameResult:
             return np.ascontiguousarray(outputs[name][:count])
 
         vertices = outputs.get("VERTICES")
+        track_ids = outputs.get("TRACK_IDS")
         return cls(
             rendered=outputs.get("RENDERED"),
             face_count=count,
@@ -119,6 +136,7 @@ class FrameResult:
             pose=rows("POSE", (3,)),
             params=rows("PARAMS", (62,)),
             vertices=None if vertices is None else np.ascontiguousarray(vertices[:count]),
+            track_ids=None if track_ids is None else np.asarray(track_ids[:count], np.int32),
         )
 
 
@@ -167,7 +185,6 @@ class _Protocol:
 
     def __init__(self, protocol: str, url: str, concurrency: int, timeout: float):
         self.name = protocol
-        self.timeout = timeout  # s: gRPC requests end with DEADLINE_EXCEEDED after this
         if protocol == "http":
             import tritonclient.http as module
 
@@ -177,8 +194,12 @@ class _Protocol:
         else:
             import tritonclient.grpc as module
 
-            self.client = module.InferenceServerClient(url)
+            keepalive = module.KeepAliveOptions(**GRPC_KEEPALIVE)
+            self.client = module.InferenceServerClient(url, keepalive_options=keepalive)
         self.module = module
+        self.timeout = timeout  # per request: HTTP's network_timeout, gRPC's client_timeout
+        self._stream: dict[str, concurrent.futures.Future] | None = None  # gRPC sequences
+        self._request_ids = itertools.count(1)
 
     def model_config(self, model: str) -> dict:
         if self.name == "http":
@@ -194,9 +215,17 @@ class _Protocol:
         output = result.get_output(name)
         return _dims(output["shape"] if self.name == "http" else output.shape)
 
-    def submit(self, model: str, inputs: list, outputs: list) -> concurrent.futures.Future:
-        """Start one async request; the future resolves to the InferResult."""
+    def submit(
+        self, model: str, inputs: list, outputs: list, sequence: SequenceFrame | None = None
+    ) -> concurrent.futures.Future:
+        """Start one async request; the future resolves to the InferResult.
+
+        Frames of a sequence go over one gRPC stream, which keeps them in order; over HTTP
+        the caller keeps one frame of a sequence in flight."""
         future: concurrent.futures.Future = concurrent.futures.Future()
+        if self.name == "grpc" and sequence is not None:
+            return self._submit_stream(model, inputs, outputs, sequence)
+        extra = {} if sequence is None else sequence.request_arguments()
         if self.name == "grpc":
 
             def done(result: Any, error: Any) -> None:
@@ -206,17 +235,70 @@ class _Protocol:
                     future.set_result(result)
 
             self.client.async_infer(
-                model, inputs, done, outputs=outputs, client_timeout=self.timeout
+                model, inputs, done, outputs=outputs, client_timeout=self.timeout, **extra
             )
             return future
-        handle = self.client.async_infer(model, inputs, outputs=outputs)
+        handle = self.client.async_infer(model, inputs, outputs=outputs, **extra)
         import gevent
 
         gevent.sleep(0)  # let the request greenlet send now, not when we first wait
         return _HttpFuture(handle)
 
+    def _submit_stream(
+        self, model: str, inputs: list, outputs: list, sequence: SequenceFrame
+    ) -> concurrent.futures.Future:
+        if self._stream is None:
+            self._stream = {}
+            self.client.start_stream(callback=self._stream_done)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        request_id = str(next(self._request_ids))
+        self._stream[request_id] = future
+        self.client.async_stream_infer(
+            model, inputs, outputs=outputs, request_id=request_id, **sequence.request_arguments()
+        )
+        return future
+
+    def _stream_done(self, result: Any, error: Any) -> None:
+        if error is None:
+            future = self._stream.pop(result.get_response().id, None)
+            if future is not None:
+                future.set_result(result)
+            return
+        # a stream error does not say which request failed: fail every pending one
+        pending, self._stream = list(self._stream.values()), {}
+        for future in pending:
+            future.set_exception(error)
+
     def close(self) -> None:
+        if self._stream is not None:
+            self.client.stop_stream()
+            self._stream = None
         self.client.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceFrame:
+    """One frame's place in a Triton sequence (the ``tddfa_track`` ensemble)."""
+
+    sequence_id: int
+    start: bool = False
+    end: bool = False
+    parameters: dict | None = None  # request parameters, e.g. {"smoothing": False}
+
+    def request_arguments(self) -> dict[str, Any]:
+        arguments = {
+            "sequence_id": self.sequence_id,
+            "sequence_start": self.start,
+            "sequence_end": self.end,
+        }
+        if self.parameters:
+            arguments["parameters"] = self.parameters
+        return arguments
+
+
+def new_sequence_id() -> int:
+    """A random non-zero 63-bit sequence id (Triton's CORRID is uint64)."""
+    return secrets.randbits(63) or 1
 
 
 class _HttpFuture(concurrent.futures.Future):
@@ -332,7 +414,7 @@ class FrameClient:
         self.specs = specs
 
     def served_models(self) -> dict[str, str]:
-        """{"regressor": mb05|mb1, "bfm": exact|approximate} from landmark_to_vertex's config."""
+        """{"regressor": mb05|mb1, "bfm": exact|approximate} from face_aligner's config."""
         return served_models_from(self._protocol)
 
     # -- shared memory ----------------------------------------------------------------
@@ -485,7 +567,11 @@ class FrameClient:
         raise AssertionError("unreachable")
 
     def infer_stream(
-        self, items: Iterable[tuple[Key, Any]], in_flight: int | None = None
+        self,
+        items: Iterable[tuple[Key, Any]],
+        in_flight: int | None = None,
+        sequence_id: int | None = None,
+        sequence_parameters: dict | None = None,
     ) -> Iterator[tuple[Key, FrameResult]]:
         """Send (key, image) pairs with up to ``in_flight`` requests pending; yield
         (key, FrameResult) in input order. The first failed request raises.
@@ -493,24 +579,52 @@ class FrameClient:
         Each image is copied into its request (its shared memory slot, or the request body)
         before the next item is pulled from ``items``: a producer may reuse the image's
         memory for its next item (NVDEC surfaces are reused that way).
-        """
+
+        With ``sequence_id`` the frames form one Triton sequence (first frame START, last
+        frame END; ``sequence_parameters`` go with every frame): send them to the sequence
+        ensemble. gRPC keeps them in order on one stream; HTTP sends one at a time. A
+        sequence frame is copied, then sent once the next item shows whether it was the
+        last (the copy comes first, so the look-ahead never reads a reused buffer)."""
         limit = min(in_flight or self.in_flight, self.in_flight)
+        if sequence_id is not None and self._protocol.name == "http":
+            limit = 1  # separate HTTP connections could reorder a sequence's frames
         pending: deque[tuple[Key, int, dict, concurrent.futures.Future]] = deque()
-        sent = 0
+        prepared = 0  # frames copied into their requests
+        sent = 0  # frames submitted
+        held: tuple | None = None  # a copied sequence frame waiting to learn if it is the last
+
+        def submit(frame: tuple, last: bool) -> None:
+            nonlocal sent
+            key, slot, inputs, outputs, placement = frame
+            sequence = None
+            if sequence_id is not None:
+                sequence = SequenceFrame(sequence_id, sent == 0, last, sequence_parameters)
+            try:
+                future = self._protocol.submit(self.model, inputs, outputs, sequence)
+            except Exception as exc:
+                raise translate_error(exc) from exc
+            if self._use_shm:
+                self._slots[slot].in_flight = future
+            pending.append((key, slot, placement, future))
+            sent += 1
+
         try:
             for key, image in items:
+                if held is not None:
+                    submit(held, last=False)
+                    held = None
                 if len(pending) >= limit:
                     yield self._finish(*pending.popleft())
-                slot = sent % limit
-                inputs, outputs, placement = self._request(image, slot)
-                try:
-                    future = self._protocol.submit(self.model, inputs, outputs)
-                except Exception as exc:
-                    raise translate_error(exc) from exc
-                if self._use_shm:
-                    self._slots[slot].in_flight = future
-                pending.append((key, slot, placement, future))
-                sent += 1
+                slot = prepared % limit
+                frame = (key, slot, *self._request(image, slot))
+                prepared += 1
+                if sequence_id is None:
+                    submit(frame, last=False)
+                else:
+                    held = frame
+            if held is not None:
+                submit(held, last=True)
+                held = None
             while pending:
                 yield self._finish(*pending.popleft())
         finally:
@@ -535,6 +649,26 @@ class FrameClient:
             if self._use_shm:
                 self._slots[slot].in_flight = None
 
+    def submit(self, image: Any, slot: int = 0) -> tuple[int, dict, concurrent.futures.Future]:
+        """Start one request in in-flight slot ``slot`` (0 <= slot < in_flight; the slot's
+        previous request must have been collected); finish it with :meth:`collect`. For
+        callers that schedule requests themselves (tddfa_clients.replicas)."""
+        if not 0 <= slot < self.in_flight:
+            raise ValueError(f"slot must be in [0, {self.in_flight}), got {slot}")
+        inputs, outputs, placement = self._request(image, slot)
+        try:
+            future = self._protocol.submit(self.model, inputs, outputs)
+        except Exception as exc:
+            raise translate_error(exc) from exc
+        if self._use_shm:
+            self._slots[slot].in_flight = future  # close() waits for it
+        return slot, placement, future
+
+    def collect(self, pending: tuple[int, dict, concurrent.futures.Future]) -> FrameResult:
+        """Wait for a request started by :meth:`submit`; raises a ClientError on failure."""
+        slot, placement, future = pending
+        return self._finish(None, slot, placement, future)[1]
+
     # -- lifetime ---------------------------------------------------------------------
 
     def close(self) -> None:
@@ -551,7 +685,7 @@ class FrameClient:
         self.close()
 
 
-def served_models_from(protocol: _Protocol, model: str = "landmark_to_vertex") -> dict[str, str]:
+def served_models_from(protocol: _Protocol, model: str = "face_aligner") -> dict[str, str]:
     """Read the ``regressor`` and ``bfm`` parameters of ``model``'s config ("unknown" if unset)."""
     try:
         config = protocol.model_config(model)

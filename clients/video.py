@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tddfa_clients.image import ImageError, add_server_arguments, faces_json
+from tddfa_clients.replicas import open_frame_client
 from tddfa_clients.shared_memory import cuda_shm
 from tddfa_clients.triton_client import (
     SHARED_MEMORY,
@@ -86,9 +87,15 @@ def device_frames(decoder: Decoder) -> Iterator[tuple[tuple[int, int], Any]]:
 def frames_for(client: FrameClient, decoder: Decoder) -> Iterator[tuple[tuple[int, int], Any]]:
     """Device frames when both the decoder and the client's transport are on the GPU,
     else host frames."""
-    if decoder.on_device and client.shared_memory_kind == "cuda":
+    if decoder.on_device and transport_of(client) == "cuda":
         return device_frames(decoder)
     return host_frames(decoder)
+
+
+def transport_of(client: Any) -> str:
+    """``cuda``, ``system`` or ``none``; a client over several replicas is always "none"
+    (shared memory needs one local server)."""
+    return getattr(client, "shared_memory_kind", "none")
 
 
 def process_video(
@@ -108,7 +115,7 @@ def process_video(
     ``cuda_device``, so frames are copied within one GPU).
     """
     info = probe(source)
-    if client.shared_memory_kind == "cuda":
+    if transport_of(client) == "cuda":
         gpu_id = client.cuda_device
     audio = source if info.has_audio else None
     start = time.perf_counter()
@@ -120,7 +127,7 @@ def process_video(
             LOG.debug(
                 "decoder: %s, transport: %s shared memory, encoder: %s",
                 dec.name,
-                client.shared_memory_kind,
+                transport_of(client),
                 enc.name,
             )
             bar = tqdm(
@@ -143,7 +150,7 @@ def process_video(
                         lines.write(json.dumps(record) + "\n")
                     bar.update(1)
             frames = enc.frames_written
-            names = (dec.name, enc.name, client.shared_memory_kind)
+            names = (dec.name, enc.name, transport_of(client))
     if info.frame_count and frames != info.frame_count:
         LOG.warning("%s: header says %d frames, decoded %d", source, info.frame_count, frames)
     return VideoStats(frames, time.perf_counter() - start, *names)
@@ -239,7 +246,8 @@ def open_client(args: argparse.Namespace, outputs: tuple[str, ...]) -> FrameClie
     transport = choose_transport(transport, args.decoder, args.url, args.protocol)
 
     def client(mode: str) -> FrameClient:
-        return FrameClient(
+        # a name behind which several servers answer (headless Service): frames go to all
+        return open_frame_client(
             args.url,
             args.protocol,
             outputs=outputs,

@@ -170,7 +170,7 @@ class FakeProtocol:
     def output_shape(self, result, name):
         return result[name]
 
-    def submit(self, model, inputs, outputs):
+    def submit(self, model, inputs, outputs, sequence=None):
         """Answered when the result is first asked for: the server reads the input region
         late, as a real one may, so a slot overwritten too early shows."""
         return LazyFuture(lambda: self.server.infer(inputs, outputs))

@@ -63,13 +63,9 @@ def sandbox(tmp_path):
         "while true; do sleep 0.1; done\n",
     )
     tool(bin_dir, "python3", f'exec {sys.executable} "$@"\n')
-    env = {
+    env = {  # TDDFA_BUILD_ARGS, TDDFA_CUDA_MPS, TDDFA_CUDA_POOL_MB unset: the defaults
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "TDDFA_MODELS": str(tmp_path / "models"),
-        "TDDFA_INSTANCES": "2",
-        "TDDFA_INSTANCE_COUNTS": "face_renderer=4",
-        "TDDFA_CUDA_POOL_MB": "4096",
-        "TDDFA_CUDA_MPS": "auto",
         "PYTHONPATH": os.pathsep.join(sys.path),
         "TMPDIR": str(tmp_path),
     }
@@ -80,7 +76,7 @@ def sandbox(tmp_path):
 
 def test_entrypoint_serves_the_measured_deployment(sandbox):
     script, env, log = sandbox
-    pipe = f"{env['TMPDIR']}/tddfa-mps/pipe"
+    pipe = f"{env['TMPDIR']}/nvidia-mps"
     process = subprocess.Popen(["bash", str(script), "--log-verbose=0"], env=env)
     deadline = time.monotonic() + 30
     while "tritonserver" not in (log.read_text() if log.exists() else ""):
@@ -101,9 +97,7 @@ def test_entrypoint_serves_the_measured_deployment(sandbox):
     assert calls[-2:] == ["tritonserver got TERM", f"mps  quit pipe={pipe}"]
 
 
-def test_entrypoint_without_mps_when_switched_off(sandbox):
-    script, env, log = sandbox
-    env["TDDFA_CUDA_MPS"] = "0"
+def run_until_served(script, env, log) -> list[str]:
     process = subprocess.Popen(["bash", str(script)], env=env)
     deadline = time.monotonic() + 30
     while "tritonserver" not in (log.read_text() if log.exists() else ""):
@@ -111,4 +105,34 @@ def test_entrypoint_without_mps_when_switched_off(sandbox):
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
-    assert not any(line.startswith("mps") for line in log.read_text().splitlines())
+    return log.read_text().splitlines()
+
+
+def test_cpu_device_builds_onnxruntime_without_mps_or_pools(sandbox):
+    script, env, log = sandbox
+    env["TDDFA_DEVICE"] = "cpu"
+    calls = run_until_served(script, env, log)
+    assert (
+        calls[0]
+        == f"tddfa build --flavour onnxruntime --device cpu --out {env['TDDFA_MODELS']}/model_repository --models-dir {env['TDDFA_MODELS']}/cache"
+    )
+    assert not any(line.startswith("mps") for line in calls)
+    assert "--cuda-memory-pool-byte-size" not in next(
+        c for c in calls if c.startswith("tritonserver")
+    )
+
+
+def test_explicit_build_args_and_mps_settings_win(sandbox):
+    script, env, log = sandbox
+    env.update(TDDFA_BUILD_ARGS="--instances 3", TDDFA_CUDA_MPS="1",
+               CUDA_MPS_PIPE_DIRECTORY=f"{env['TMPDIR']}/pipes")  # fmt: skip
+    calls = run_until_served(script, env, log)
+    assert calls[0].startswith("tddfa build --flavour tensorrt --device gpu --instances 3 --out")
+    assert calls[1] == f"mps -d  pipe={env['TMPDIR']}/pipes"
+
+
+def test_entrypoint_without_mps_when_switched_off(sandbox):
+    script, env, log = sandbox
+    env["TDDFA_CUDA_MPS"] = "0"
+    calls = run_until_served(script, env, log)
+    assert not any(line.startswith("mps") for line in calls)
