@@ -170,9 +170,12 @@ class FakeProtocol:
     def output_shape(self, result, name):
         return result[name]
 
+    sequences: list = []  # the SequenceFrame of every submitted request (None outside one)
+
     def submit(self, model, inputs, outputs, sequence=None):
         """Answered when the result is first asked for: the server reads the input region
         late, as a real one may, so a slot overwritten too early shows."""
+        self.sequences.append(sequence)
         return LazyFuture(lambda: self.server.infer(inputs, outputs))
 
     def close(self):
@@ -299,6 +302,20 @@ def test_reused_decoder_surface_is_copied_before_the_next_frame(fake):
         results = list(client.infer_stream(reused_surface(images)))
     for (index, result), image in zip(results, images, strict=True):
         np.testing.assert_array_equal(result.rendered, 255 - image, err_msg=f"frame {index}")
+    lifecycle_ok(fake.log)
+
+
+def test_sequence_look_ahead_never_reads_a_reused_surface(fake):
+    """A sequence frame is sent once the next frame shows it was not the last: each frame
+    is copied into its slot before that next frame is pulled, START and END are right."""
+    images = frames(6, (19, 29, 3))
+    FakeProtocol.sequences = []
+    with FrameClient("localhost", "grpc", in_flight=3, shared_memory="cuda") as client:
+        results = list(client.infer_stream(reused_surface(images), sequence_id=7))
+    for (index, result), image in zip(results, images, strict=True):
+        np.testing.assert_array_equal(result.rendered, 255 - image, err_msg=f"frame {index}")
+    flags = [(s.sequence_id, s.start, s.end) for s in FakeProtocol.sequences]
+    assert flags == [(7, True, False)] + [(7, False, False)] * 4 + [(7, False, True)]
     lifecycle_ok(fake.log)
 
 
