@@ -135,7 +135,8 @@ def test_mps_daemon_starts_before_tritonserver_with_the_same_pipes(sandbox, tmp_
     code, calls, err = sandbox(FAKE_GPU="H200", TDDFA_CUDA_MPS="1", CUDA_MPS_PIPE_DIRECTORY=pipes)
     assert code == 0, err
     daemon = calls.index(f"nvidia-cuda-mps-control -d | mps={pipes}")
-    assert calls[-1].startswith("tritonserver") and calls[-1].endswith(f"mps={pipes}")
-    assert daemon < len(calls) - 1 and os.path.isdir(pipes)
+    server = next(i for i, call in enumerate(calls) if call.startswith("tritonserver"))
+    assert calls[server].endswith(f"mps={pipes}")
+    assert daemon < server and os.path.isdir(pipes)
     code, calls, err = sandbox(TDDFA_DEVICE="cpu", TDDFA_CUDA_MPS="1")
     assert code != 0 and "needs TDDFA_DEVICE=gpu" in err
