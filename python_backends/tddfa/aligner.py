@@ -74,6 +74,10 @@ class Aligner:
     def parameters(self, params_norm: Any, rois: Any, counts: Any) -> dict[str, Any]:
         """(B,K,62) normalised params + (B,K,4) ROI boxes -> the :data:`ALIGNED` outputs."""
         xp = get_xp(params_norm)
+        if xp is not np:  # one fused kernel instead of ~100 launch-bound tiny ones
+            from tddfa import gpu_params
+
+            return gpu_params.face_parameters(params_norm, rois, counts, self.bfm)
         batch, k = params_norm.shape[:2]
         flat = params.denormalize(
             params_norm.reshape(batch * k, NUM_PARAMS),
