@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from tddfa.xp import to_numpy
+
 LOG = logging.getLogger(__name__)
 
 MODEL_ONNX = "model.onnx"
@@ -89,9 +91,14 @@ class OnnxRuntimeRunner:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """{input name: array} -> {output name: float32 numpy array}."""
+        """{input name: array} -> {output name: float32 numpy array}.
+
+        Inputs may be numpy or CuPy (copied to the host: a fallback, not a GPU path)."""
         _check_inputs(self.input_names, inputs)
-        feed = {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self.input_names}
+        feed = {
+            n: np.ascontiguousarray(to_numpy(inputs[n]), dtype=np.float32)
+            for n in self.input_names
+        }
         outputs = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, outputs, strict=True))
 
