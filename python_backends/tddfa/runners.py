@@ -96,8 +96,7 @@ class OnnxRuntimeRunner:
         Inputs may be numpy or CuPy (copied to the host: a fallback, not a GPU path)."""
         _check_inputs(self.input_names, inputs)
         feed = {
-            n: np.ascontiguousarray(to_numpy(inputs[n]), dtype=np.float32)
-            for n in self.input_names
+            n: np.ascontiguousarray(to_numpy(inputs[n]), dtype=np.float32) for n in self.input_names
         }
         outputs = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, outputs, strict=True))
