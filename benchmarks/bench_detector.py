@@ -66,8 +66,9 @@ def main() -> None:
     from tddfa import detection, preprocess
     from tddfa.config import PipelineConfig
     from tddfa.detector import Detector
+    from tddfa.face_slots import run_filled_slots
     from tddfa.roi import crop_and_resize, roi_from_box
-    from tddfa.runners import make_runner, run_filled_slots
+    from tddfa.runners import make_runner
 
     asset_dir = args.video.parent.parent
     paths = _models(asset_dir)

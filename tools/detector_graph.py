@@ -195,7 +195,7 @@ def _select(g: _Builder, cfg: PipelineConfig, loc: str, conf: str, scale: str) -
             g.const([threshold], f32, "score_threshold"),
         ],
         center_point_box=0,
-    )  # fmt: skip  (M, 3) batch, class, box
+    )  # (M, 3): frame, class, box
     frame_and_box = g.op("Gather", [selected, g.const([0, 2], i64)], axis=1)
     zeros = g.op(
         "ConstantOfShape",

@@ -26,10 +26,13 @@ import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 LOG = logging.getLogger(__name__)
 
 PROFILES_FILE = "tensorrt_profiles.json"
+MODEL_ONNX = "model.onnx"  # the names of tddfa.runners
+MODEL_PLAN = "model.plan"
 CACHE_FOLDER = "engines"  # inside the version folder when it is writable
 
 Shape = Sequence[int]
@@ -147,3 +150,41 @@ def cached_engine(
             timing_cache=cache_dir / "timing.cache",
             device=device,
         )
+
+
+def engine_for(
+    model_dir: str | os.PathLike,
+    device_index: int,
+    fp16: bool,
+    profile: Mapping[str, Any] | None,
+    engine_cache: str | os.PathLike | None,
+) -> Path | None:
+    """The TensorRT engine for the version folder ``model_dir``: ``model.plan`` if present,
+    else the engine of ``model.onnx`` for this GPU (:func:`cached_engine`, with ``profile`` or
+    ``tensorrt_profiles.json``), else None, logged (the caller uses its next runner).
+
+    Needs ``tensorrt`` importable (the caller checks); never raises for a failed build."""
+    model_dir = Path(model_dir)
+    plan, onnx_path = model_dir / MODEL_PLAN, model_dir / MODEL_ONNX
+    if plan.is_file():
+        return plan
+    if not onnx_path.is_file():
+        return None
+    if profile is None:
+        profile = read_profiles(model_dir)
+    if profile is None:
+        LOG.info(
+            "%s: no %s beside %s, so no TensorRT engine is built (the repository builder "
+            "writes it); using the next runner",
+            model_dir,
+            PROFILES_FILE,
+            MODEL_ONNX,
+        )
+        return None
+    try:
+        return cached_engine(
+            onnx_path, profile, fp16=fp16, device=device_index, cache_dir=engine_cache
+        )
+    except Exception as exc:  # noqa: BLE001 - no builder, a parser/build error: fall back
+        LOG.warning("%s: no TensorRT engine (%s); using the next runner", model_dir, exc)
+        return None

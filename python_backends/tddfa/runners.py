@@ -8,8 +8,8 @@ Every runner has ``input_names``, ``output_names`` and ``run({name: array}) -> {
   > PyTorch CUDA (weights beside the ONNX file, torch with CUDA)
   > onnxruntime (``model.onnx``; CPU, or CUDA when onnxruntime-gpu is installed).
 
-:func:`run_filled_slots` runs a per-face network (the regressor) on the filled face slots
-only on the CPU, and on all K slots (static shapes, CUDA graphs) on the GPU.
+:func:`tddfa.face_slots.run_filled_slots` runs a per-face network (the regressor) on the
+filled face slots only on the CPU, and on all K slots (static shapes) on the GPU.
 
 Array types: :class:`OnnxRuntimeRunner` takes and returns numpy. The GPU runners accept
 numpy, torch or any DLPack-capable CUDA array (CuPy, Triton's ``to_dlpack``) and return the
@@ -420,42 +420,6 @@ def onnx_io_names(onnx_path: Path) -> tuple[list[str], list[str]]:
     ]
 
 
-def _tensorrt_plan(
-    model_dir: Path,
-    device_index: int,
-    fp16: bool,
-    profile: Mapping[str, Any] | None,
-    engine_cache: str | os.PathLike | None,
-) -> Path | None:
-    """``model.plan`` if present, else the engine of ``model.onnx`` for this GPU (built once
-    and cached, :mod:`tddfa.engine_cache`), else None (logged: the next runner is used)."""
-    from tddfa import engine_cache as cache
-
-    plan, onnx_path = model_dir / MODEL_PLAN, model_dir / MODEL_ONNX
-    if plan.is_file():
-        return plan
-    if not onnx_path.is_file():
-        return None
-    if profile is None:
-        profile = cache.read_profiles(model_dir)
-    if profile is None:
-        LOG.info(
-            "%s: no %s beside %s, so no TensorRT engine is built (the repository builder "
-            "writes it); using the next runner",
-            model_dir,
-            cache.PROFILES_FILE,
-            MODEL_ONNX,
-        )
-        return None
-    try:
-        return cache.cached_engine(
-            onnx_path, profile, fp16=fp16, device=device_index, cache_dir=engine_cache
-        )
-    except Exception as exc:  # noqa: BLE001 - no builder, a parser/build error: fall back
-        LOG.warning("%s: no TensorRT engine (%s); using the next runner", model_dir, exc)
-        return None
-
-
 def make_runner(
     model_dir: str | os.PathLike,
     device: str = "cpu",
@@ -482,7 +446,9 @@ def make_runner(
     plan, onnx_path = model_dir / MODEL_PLAN, model_dir / MODEL_ONNX
     if kind == "cuda":
         if tensorrt_available():
-            engine = _tensorrt_plan(model_dir, index, fp16, tensorrt_profile, engine_cache)
+            from tddfa.engine_cache import engine_for
+
+            engine = engine_for(model_dir, index, fp16, tensorrt_profile, engine_cache)
             if engine is not None:
                 LOG.info("%s: TensorRT runner on %s (%s)", model_dir, device, engine.name)
                 return TensorRTRunner(engine, device)
@@ -526,75 +492,3 @@ def make_runner(
         device = "cpu"
     LOG.info("%s: onnxruntime runner on %s", model_dir, device)
     return OnnxRuntimeRunner(onnx_path, device, threads)
-
-
-# ---------------------------------------------------------------------------- face slots
-
-
-def _trailing_shapes(runner) -> dict[str, tuple[int, ...]] | None:
-    """Per-face output shapes (past the (N, K) axes) an onnxruntime session declares."""
-    session = getattr(runner, "session", None)
-    if session is None:
-        return None
-    shapes = {o.name: tuple(o.shape[2:]) for o in session.get_outputs()}
-    if not all(isinstance(d, int) for dims in shapes.values() for d in dims):
-        return None
-    return shapes
-
-
-def run_filled_slots(
-    runner, inputs: Mapping[str, Any], counts: Any, *, static: bool | None = None
-) -> dict[str, Any]:
-    """Run a per-face network (inputs and outputs shaped (B, K, ...)) on the filled slots.
-
-    On the CPU (``static=False``, the default for numpy) only the ``F = sum(counts)`` filled
-    slots run, as one (1, F, ...) batch (the regressor's face axis is dynamic), and F = 0
-    runs nothing. On the GPU (``static=True``, the default for device arrays) all B x K
-    slots run, so the shapes stay fixed for CUDA graphs and nothing waits for the counts;
-    the empty slots are zeroed afterwards.
-
-    Args:
-        runner: a :mod:`tddfa.runners` runner, e.g. the face_regressor
-            (``CROPS`` (N, K, 3, 120, 120) -> ``PARAMS_NORM`` (N, K, 62)).
-        inputs: {input name: (B, K, ...) array}, numpy or device arrays.
-        counts: (B,) or (B, 1) integer faces per frame; slots ``k < counts[b]`` are filled.
-        static: run all slots (None: True for device arrays, False for numpy).
-
-    Returns:
-        {output name: (B, K, ...) float32 array}, zeros in the empty slots.
-    """
-    from tddfa.xp import get_xp
-
-    first = inputs[runner.input_names[0]]
-    xp = get_xp(first)
-    if static is None:
-        static = xp is not np
-    batch, slots = int(first.shape[0]), int(first.shape[1])
-    filled = xp.arange(slots)[None, :] < xp.asarray(counts).reshape(-1, 1)  # (B, K)
-    if static:
-        outputs = runner.run(inputs)
-        return {
-            name: xp.where(filled.reshape(filled.shape + (1,) * (out.ndim - 2)), out, 0).astype(
-                xp.float32, copy=False
-            )
-            for name, out in outputs.items()
-        }
-    filled = to_numpy(filled)
-    faces = int(filled.sum())
-    if faces == 0:
-        shapes = _trailing_shapes(runner)
-        if shapes is not None:
-            return {n: np.zeros((batch, slots, *s), np.float32) for n, s in shapes.items()}
-        faces_in = {n: inputs[n][:, :1] for n in runner.input_names}  # shapes from one slot
-        return {
-            n: np.zeros((batch, slots, *out.shape[2:]), np.float32)
-            for n, out in runner.run(faces_in).items()
-        }
-    outputs = runner.run({n: to_numpy(inputs[n])[filled][None] for n in runner.input_names})
-    result = {}
-    for name, out in outputs.items():
-        out = to_numpy(out)
-        full = np.zeros((batch, slots, *out.shape[2:]), np.float32)
-        full[filled] = out[0]
-        result[name] = full
-    return result

@@ -1,4 +1,4 @@
-"""tddfa.runners.run_filled_slots: the regressor runs on filled face slots only (CPU) or on
+"""tddfa.face_slots.run_filled_slots: the regressor runs on filled face slots only (CPU) or on
 all K slots with the empty ones zeroed (GPU's static shapes)."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from tddfa.runners import make_runner, run_filled_slots
+from tddfa.face_slots import run_filled_slots
+from tddfa.runners import make_runner
 
 
 @pytest.fixture(scope="module")
