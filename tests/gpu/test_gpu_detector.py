@@ -72,9 +72,18 @@ def _cpu_faces(runner, image, cfg=CFG):
 
 @pytest.fixture(scope="module")
 def frames(test_images, asset_dir):
-    import av
+    """The test photos, a 1280x720 and a 640x360 frame made from them, and video frames
+    when PyAV is installed."""
+    from PIL import Image
 
     out = dict(test_images)
+    for name, size in (("trump_hillary.jpg", (1280, 720)), ("JianzhuGuo.jpg", (640, 360))):
+        resized = Image.fromarray(test_images[name]).resize(size, Image.BILINEAR)
+        out[f"{name}@{size[0]}x{size[1]}"] = np.asarray(resized)
+    try:
+        import av
+    except ImportError:
+        return out
     for video in ("emma720.mp4", "two_faces_360p.mp4"):
         with av.open(str(asset_dir / "video" / video)) as container:
             for i, frame in enumerate(container.decode(video=0)):
@@ -219,11 +228,15 @@ def test_gpu_detector_has_no_torch_sync_and_keeps_cupy(gpu_detector, frames):
 
 
 def test_generic_cupy_fallback_gives_the_same_faces(network, frames):
+    import copy
+
     import cupy
 
     from tddfa.runners import TorchCudaRunner
 
-    runner = TorchCudaRunner(network, ["DETECTOR_INPUT"], ["LOC", "CONF"], "cuda:0", fp16=False)
+    runner = TorchCudaRunner(
+        copy.deepcopy(network), ["DETECTOR_INPUT"], ["LOC", "CONF"], "cuda:0", fp16=False
+    )
     fused, generic = Detector(CFG, runner), Detector(CFG, runner)
     generic._gpu_kernels_failed = True  # as after a kernel failed to compile
     images = cupy.asarray(frames["emma.jpg"][None])
