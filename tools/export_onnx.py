@@ -185,7 +185,6 @@ def export_detector_graph(
     atomically; returns the path.
     """
     import onnx
-    import torch
 
     from tddfa.networks.faceboxes import load_faceboxes
     from tddfa_tools.detector_graph import (
@@ -218,7 +217,6 @@ def export_detector_graph(
             )
         os.chmod(whole, 0o644)
         os.replace(whole, out_path)
-    del torch  # imported to fail early with the usual message when torch is missing
     LOG.info("exported %s (whole detector, K=%d, canvas %dx%d)", out_path, cfg.max_faces,
              cfg.canvas_height, cfg.canvas_width)  # fmt: skip
     return out_path
