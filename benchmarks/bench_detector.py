@@ -142,8 +142,8 @@ def main() -> None:
                 f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
                 "models exported to build/bench/detector_models (FaceBoxesProd, mb05)",
                 "wall-clock median / p10 / p90 per call; CPU ms = process CPU time per call "
-                "(all threads: onnxruntime's and OpenCV's workers count), robust to other jobs "
-                "on a shared machine",
+                "(all threads: onnxruntime's and OpenCV's workers count); both inflate when "
+                "other jobs share the cores: compare cases within one block",
             ],
         )
 
