@@ -109,26 +109,23 @@ def main() -> None:
     for fn in cases.values():  # warm up
         fn(frames[0], 0)
     times: dict[str, list[float]] = {name: [] for name in cases}
-    cpu: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     step = 0
     for _ in range(args.repeats):
         for i, frame in enumerate(frames):
             step += 1
             for name in names[step % len(names) :] + names[: step % len(names)]:
-                start, start_cpu = time.perf_counter(), time.process_time()
+                start = time.perf_counter()
                 cases[name](frame, i)
                 times[name].append((time.perf_counter() - start) * 1e3)
-                cpu[name].append((time.process_time() - start_cpu) * 1e3)
     rows = []
     for name, values in times.items():
         values.sort()
         rows.append(
             [name, f"{statistics.median(values):.2f}", f"{values[len(values) // 10]:.2f}",
-             f"{values[int(0.9 * len(values))]:.2f}", f"{statistics.median(cpu[name]):.2f}",
-             len(values)]
+             f"{values[int(0.9 * len(values))]:.2f}", len(values)]
         )  # fmt: skip
-    header = ["case", "median ms", "p10 ms", "p90 ms", "CPU ms (median)", "samples"]
+    header = ["case", "median ms", "p10 ms", "p90 ms", "samples"]
     table = _common.format_table(header, rows)
     print(table)
     if not args.no_results:
@@ -141,9 +138,8 @@ def main() -> None:
                 f"onnxruntime {ort.__version__}, default threads; "
                 f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
                 "models exported to build/bench/detector_models (FaceBoxesProd, mb05)",
-                "wall-clock median / p10 / p90 per call; CPU ms = process CPU time per call "
-                "(all threads: onnxruntime's and OpenCV's workers count); both inflate when "
-                "other jobs share the cores: compare cases within one block",
+                "wall-clock median / p10 / p90 ms per call; they inflate when other jobs "
+                "share the cores: compare cases within one block",
             ],
         )
 
