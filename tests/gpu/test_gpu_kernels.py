@@ -44,6 +44,9 @@ def test_face_crops_equal_numpy():
     for b, count in enumerate((3, 1)):
         want = roi.crop_and_resize(frames[b], rois[b], count=count)
         np.testing.assert_array_equal(got[b], want)
+    # device ROI boxes (no host round trip): the same crops
+    on_device = face_crops(cupy.asarray(frames), cupy.asarray(rois))
+    np.testing.assert_array_equal(cupy.asnumpy(on_device), got)
 
 
 def test_vertex_normals_match_numpy():
