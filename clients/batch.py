@@ -30,16 +30,22 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tddfa.files import is_temporary
 from tddfa_clients.image import IMAGE_SUFFIXES, ImageError, process_image, read_image
 from tddfa_clients.triton_client import (
+    DEFAULT_TIMEOUT,
     ClientError,
     FrameClient,
     InferenceError,
+    ProtocolMismatch,
     ServerUnavailable,
+    detect_protocol,
     normalize_url,
+    protocol_hint,
 )
 from tddfa_clients.video import VIDEO_SUFFIXES, process_video
-from tddfa_clients.video_io import VideoError, is_temporary, probe
+from tddfa_clients.video_io import VideoError, probe
+from tddfa_tools.arguments import non_negative_int, positive_float, positive_int
 
 LOG = logging.getLogger(__name__)
 
@@ -238,6 +244,7 @@ class Settings:
     backoff: float = 0.5
     backoff_max: float = 10.0
     progress: bool = False
+    timeout: float = DEFAULT_TIMEOUT
 
 
 def run_job(job: Job, servers: ServerPool, settings: Settings) -> tuple[int, float]:
@@ -251,7 +258,11 @@ def run_job(job: Job, servers: ServerPool, settings: Settings) -> tuple[int, flo
         try:
             outputs = ("RENDERED", "FACE_COUNT")
             with FrameClient(
-                url, settings.protocol, outputs=outputs, in_flight=settings.in_flight
+                url,
+                settings.protocol,
+                outputs=outputs,
+                in_flight=settings.in_flight,
+                timeout=settings.timeout,
             ) as client:
                 if job.is_image:
                     process_image(client, job.source, job.output, None)
@@ -294,6 +305,16 @@ def remove_stale_temporaries(out_dir: Path) -> int:
     return count
 
 
+def check_protocols(urls: list[str], protocol: str) -> None:
+    """ProtocolMismatch (one line with the fix) when a server URL answers in the other
+    protocol: every file would fail the same way, so the batch does not start. Servers that
+    do not answer at all are left to the retry logic (they may come up later)."""
+    for url in urls:
+        hint = protocol_hint(url, protocol, detect_protocol(url))
+        if hint is not None:
+            raise ProtocolMismatch(hint)
+
+
 def run_batch(
     inputs: list[str],
     out_dir: Path,
@@ -310,6 +331,7 @@ def run_batch(
         LOG.info("removed %d temporary file(s) left by an interrupted run", stale)
     manifest = Manifest(out_dir / MANIFEST)
     servers = ServerPool([normalize_url(u, settings.protocol) for u in urls])
+    check_protocols(servers.urls, settings.protocol)
     counts = {"done": 0, "already_done": 0, "skipped": 0, "failed": 0, "frames": 0}
     todo = []
     for job in plan_jobs(inputs, out_dir):
@@ -361,12 +383,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="server; repeat for several (default: localhost)",
     )
     parser.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
-    parser.add_argument("--jobs", type=int, default=2, metavar="N", help="files in flight")
     parser.add_argument(
-        "--in-flight", type=int, default=4, metavar="N", help="frames in flight per video"
+        "--jobs", type=positive_int, default=2, metavar="N", help="files in flight (default 2)"
     )
     parser.add_argument(
-        "--retries", type=int, default=5, help="retries per file when no server answers (default 5)"
+        "--in-flight", type=positive_int, default=4, metavar="N", help="frames in flight per video"
+    )
+    parser.add_argument(
+        "--retries",
+        type=non_negative_int,
+        default=5,
+        help="retries per file when no server answers (default 5)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help="seconds any one server call may take (default: %(default)s)",
     )
     parser.add_argument(
         "--overwrite",
@@ -382,6 +416,7 @@ def run(args: argparse.Namespace) -> int:
         in_flight=args.in_flight,
         retries=args.retries,
         progress=args.jobs == 1,
+        timeout=args.timeout,
     )
     counts = run_batch(
         args.inputs, args.out, args.url or ["localhost"], args.jobs, args.overwrite, settings

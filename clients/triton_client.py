@@ -10,9 +10,16 @@ as CUDA arrays are copied device to device, never through the host), one input/o
 region pair per in-flight slot, reused from frame to frame, following
 create -> register -> use -> unregister -> destroy strictly.
 
+Every call has a deadline (``timeout``, default :data:`DEFAULT_TIMEOUT` s; gRPC calls
+included), so a stuck server cannot hang a client. A port that speaks the other protocol
+(``--url host:8000`` with gRPC) is recognised at once (:func:`detect_protocol`) and named.
+Shared-memory registration carries the server's admin token when this user's server
+published one (:mod:`tddfa_tools.admin_token`); without it, frames go over the network.
+
 Errors: :class:`ServerUnavailable` (connection refused, server down: worth retrying),
 :class:`InferenceError` (the server refused the request; carries the server's message),
-:class:`ModelMismatch` (the served model does not match the contract).
+:class:`ModelMismatch` (the served model does not match the contract),
+:class:`ProtocolMismatch` (the port speaks another protocol: retrying cannot help).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from typing import Any, TypeVar
 import numpy as np
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
+from tddfa_tools import admin_token
+
 LOG = logging.getLogger(__name__)
 
 INPUT = "IMAGE"
@@ -45,6 +54,8 @@ EXPECTED_DTYPES = {
 }
 DEFAULT_OUTPUTS = ("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS")
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
+DEFAULT_TIMEOUT = 120.0  # seconds one call may take (a CPU server under load: ~1 s a frame)
+PROBE_TIMEOUT = 2.0  # seconds for the protocol probe of a port
 PROTOCOLS = ("http", "grpc")
 SHARED_MEMORY = ("auto", "system", "cuda", "none")
 CUDA_ALIGNMENT = 256  # bytes: output offsets in a CUDA region (cudaMalloc's alignment)
@@ -85,6 +96,57 @@ class InferenceError(ClientError):
 
 class ModelMismatch(ClientError):
     """The served model's inputs/outputs differ from what this client needs."""
+
+
+class ProtocolMismatch(ClientError):
+    """The port answers, but in another protocol (HTTP vs gRPC, or Triton's metrics port)."""
+
+
+def detect_protocol(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """What the port at ``url`` (``host:port``) speaks: ``"http"`` (Triton's HTTP API),
+    ``"metrics"`` (an HTTP server answering plain text: Triton's metrics port), ``"grpc"``
+    (HTTP/2, what gRPC runs on), ``"other"``, or None when it cannot be reached.
+
+    One HTTP/1.1 request: an HTTP/1 server answers ``HTTP/1.x``, an HTTP/2-only server
+    (gRPC) answers with a binary SETTINGS frame (frame type 4 in byte 3).
+    """
+    address = url.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = address.rpartition(":")
+    data = b""
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            sock.sendall(
+                b"GET /v2/health/live HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
+            )
+            while len(data) < 256:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+    except (OSError, ValueError):  # refused, unreachable, timed out: judge what arrived
+        pass
+    if data.startswith(b"HTTP/1."):
+        return "metrics" if b"text/plain" in data.lower() else "http"
+    if len(data) >= 9 and data[3] == 0x04:
+        return "grpc"
+    return "other" if data else None
+
+
+def protocol_hint(url: str, protocol: str, seen: str | None) -> str | None:
+    """A one-line fix when ``url`` speaks ``seen`` instead of ``protocol``; else None."""
+    if seen is None or seen == protocol:
+        return None
+    if seen == "metrics":
+        return (
+            f"{url} is Triton's metrics port, not its {protocol.upper()} API: use port "
+            f"{DEFAULT_PORTS[protocol]} (default) for --protocol {protocol}"
+        )
+    if seen in PROTOCOLS:
+        return (
+            f"{url} speaks {seen.upper()}, not {protocol.upper()}: pass --protocol {seen}, or "
+            f"the {protocol.upper()} port (default {DEFAULT_PORTS[protocol]})"
+        )
+    return f"{url} does not speak Triton's {protocol.upper()} API (is it the right port?)"
 
 
 @dataclasses.dataclass
@@ -172,6 +234,11 @@ def translate_error(exc: BaseException) -> ClientError:
         status = str(exc.status() or "")
         message = exc.message() or str(exc)
         text = message.lower()
+        if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in text:
+            return ServerUnavailable(
+                f"no answer within the client's timeout ({message}): the server is stuck or "
+                "overloaded; raise --timeout if it is only slow"
+            )
         if any(s in status for s in _TRANSIENT_STATUS) or any(t in text for t in _TRANSIENT_TEXT):
             return ServerUnavailable(f"server unavailable: {message}")
         return InferenceError(message, status)
@@ -185,10 +252,14 @@ def _dims(values: Iterable[Any]) -> tuple[int, ...]:
 
 
 class _Protocol:
-    """The differences between the HTTP and gRPC tritonclient modules."""
+    """The differences between the HTTP and gRPC tritonclient modules. Every call has a
+    deadline: HTTP through the connection/network timeouts, gRPC through ``client_timeout``
+    on each call (tritonclient's gRPC calls wait forever without it)."""
 
     def __init__(self, protocol: str, url: str, concurrency: int, timeout: float):
         self.name = protocol
+        self.timeout = timeout
+        self.admin_headers = admin_token.headers(admin_token.find_token(url), protocol)
         if protocol == "http":
             import tritonclient.http as module
 
@@ -201,15 +272,23 @@ class _Protocol:
             self.client = module.InferenceServerClient(url)
         self.module = module
 
+    def _deadline(self) -> dict:
+        return {"client_timeout": self.timeout} if self.name == "grpc" else {}
+
     def model_config(self, model: str) -> dict:
         if self.name == "http":
             return self.client.get_model_config(model)
-        return self.client.get_model_config(model, as_json=True)["config"]
+        return self.client.get_model_config(model, as_json=True, **self._deadline())["config"]
 
     def model_metadata(self, model: str) -> dict:
         if self.name == "http":
             return self.client.get_model_metadata(model)
-        return self.client.get_model_metadata(model, as_json=True)
+        return self.client.get_model_metadata(model, as_json=True, **self._deadline())
+
+    def shared_memory(self, call: str, *args: Any) -> Any:
+        """A shared-memory (un)registration call, with the admin token and the deadline."""
+        method = getattr(self.client, call)
+        return method(*args, headers=self.admin_headers, **self._deadline())
 
     def output_shape(self, result: Any, name: str) -> tuple[int, ...]:
         output = result.get_output(name)
@@ -226,7 +305,9 @@ class _Protocol:
                 else:
                     future.set_result(result)
 
-            self.client.async_infer(model, inputs, done, outputs=outputs)
+            self.client.async_infer(
+                model, inputs, done, outputs=outputs, client_timeout=self.timeout
+            )
             return future
         handle = self.client.async_infer(model, inputs, outputs=outputs)
         import gevent
@@ -305,14 +386,14 @@ class _SharedMemorySlot(_RegionSlot):
 
         handle = shm.create_shared_memory_region(name, "/" + name, size)
         try:
-            self._protocol.client.register_system_shared_memory(name, "/" + name, size)
+            self._protocol.shared_memory("register_system_shared_memory", name, "/" + name, size)
         except BaseException:
             shm.destroy_shared_memory_region(handle)
             raise
         return handle
 
     def _unregister(self, name: str) -> None:
-        self._protocol.client.unregister_system_shared_memory(name)
+        self._protocol.shared_memory("unregister_system_shared_memory", name)
 
     def _destroy(self, handle: Any) -> None:
         import tritonclient.utils.shared_memory as shm
@@ -354,8 +435,12 @@ class _CudaSharedMemorySlot(_RegionSlot):
         cudashm = _cuda_shm()
         handle = cudashm.create_shared_memory_region(name, size, self.device_id)
         try:
-            self._protocol.client.register_cuda_shared_memory(
-                name, cudashm.get_raw_handle(handle), self.device_id, size
+            self._protocol.shared_memory(
+                "register_cuda_shared_memory",
+                name,
+                cudashm.get_raw_handle(handle),
+                self.device_id,
+                size,
             )
         except BaseException:
             cudashm.destroy_shared_memory_region(handle)
@@ -363,7 +448,7 @@ class _CudaSharedMemorySlot(_RegionSlot):
         return handle
 
     def _unregister(self, name: str) -> None:
-        self._protocol.client.unregister_cuda_shared_memory(name)
+        self._protocol.shared_memory("unregister_cuda_shared_memory", name)
 
     def _destroy(self, handle: Any) -> None:
         _cuda_shm().destroy_shared_memory_region(handle)
@@ -415,7 +500,8 @@ class FrameClient:
             works), ``system`` (required), ``cuda`` (CUDA shared memory on ``cuda_device``,
             required; frames may then be CUDA arrays: CuPy, torch, any DLPack producer) or
             ``none``.
-        timeout: connection/network timeout in seconds (HTTP).
+        timeout: seconds any one call may take (HTTP connection/network timeouts, gRPC
+            deadlines): a stuck server raises ServerUnavailable instead of hanging.
         cuda_device: the GPU of the CUDA shared memory regions (``shared_memory="cuda"``).
         rendered_on_device: with ``shared_memory="cuda"``, return RENDERED as a CuPy array
             on ``cuda_device`` (copied device to device out of the region) instead of numpy.
@@ -429,7 +515,7 @@ class FrameClient:
         outputs: Sequence[str] = DEFAULT_OUTPUTS,
         in_flight: int = 4,
         shared_memory: str = "auto",
-        timeout: float = 600.0,
+        timeout: float = DEFAULT_TIMEOUT,
         cuda_device: int = 0,
         rendered_on_device: bool = False,
     ):
@@ -471,6 +557,11 @@ class FrameClient:
                     f"model {self.model!r} is not served at {self.url} ({error}); "
                     "build and serve the repository with `tddfa build` and `tddfa serve`"
                 ) from exc
+            # no Triton answer: maybe the port speaks the other protocol (one quick probe
+            # instead of retrying a port that will never answer in this protocol)
+            hint = protocol_hint(self.url, self._protocol.name, detect_protocol(self.url))
+            if hint is not None:
+                raise ProtocolMismatch(hint) from exc
             raise error from exc
         self.config = config
         self.batched = int(config.get("max_batch_size", 0) or 0) > 0

@@ -1,14 +1,17 @@
 """``tddfa video IN OUT``: render every frame of a video through the server.
 
 Decode (NVDEC or PyAV) -> the ensemble, several frames in flight -> encode (NVENC or
-libx264) with the input's timestamps, audio copied. The output (and the ``--json``
-JSON Lines file) is written under a temporary name and renamed when complete, so an
-error or Ctrl-C leaves no half-written file.
+libx264) with the input's timestamps, audio copied. Frames are sent in display orientation
+(the input's rotation metadata applied) at their exact size, so the output plays upright
+and odd sizes come back unchanged. The output and the ``--json`` JSON Lines file are
+staged together under temporary names and renamed only when both are complete, so an
+error or Ctrl-C leaves no file at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,18 +23,20 @@ from typing import TextIO
 import numpy as np
 from tqdm import tqdm
 
-from tddfa_clients.image import ImageError, add_server_arguments, faces_json
-from tddfa_clients.triton_client import ClientError, FrameClient
+from tddfa.files import atomic_paths
+from tddfa_clients.image import add_server_arguments, faces_json
+from tddfa_clients.triton_client import FrameClient
 from tddfa_clients.video_io import (
     DECODERS,
     ENCODERS,
+    OUTPUT_SUFFIXES,
     Decoder,
     VideoError,
-    atomic_output,
     open_decoder,
     open_encoder,
     probe,
 )
+from tddfa_tools.arguments import positive_int
 
 LOG = logging.getLogger(__name__)
 
@@ -70,10 +75,16 @@ def process_video(
     progress: bool = True,
     description: str | None = None,
 ) -> VideoStats:
-    """Render ``source`` into ``output``; raises VideoError/ClientError on failure."""
+    """Render ``source`` into ``output`` (and ``json_path``); raises VideoError/ClientError.
+
+    Nothing is written unless every output is complete.
+    """
+    check_output_name(output)
     info = probe(source)
     start = time.perf_counter()
-    with atomic_output(output) as temp_video, _json_lines(json_path) as lines:
+    targets = [output] if json_path is None else [output, json_path]
+    with atomic_paths(targets) as temps, _json_lines(temps[1:]) as lines:
+        temp_video = temps[0]
         with (
             open_decoder(source, decoder) as dec,
             open_encoder(temp_video, info, encoder, source if info.has_audio else None) as enc,
@@ -105,26 +116,23 @@ def process_video(
     return VideoStats(frames, time.perf_counter() - start, *names)
 
 
-class _json_lines:  # noqa: N801  (used like contextlib's lower-case managers)
-    """Atomic JSON Lines writer (or a no-op when ``path`` is None)."""
+def check_output_name(output: Path) -> None:
+    """VideoError unless ``output`` ends in a container this client writes."""
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise VideoError(
+            f"{output}: cannot write {output.suffix or 'a file without suffix'} video; name the "
+            f"output {', '.join(OUTPUT_SUFFIXES)}"
+        )
 
-    def __init__(self, path: Path | None):
-        self._path = path
-        self._atomic = atomic_output(path) if path is not None else None
-        self._file: TextIO | None = None
 
-    def __enter__(self) -> TextIO | None:
-        if self._atomic is None:
-            return None
-        temp = self._atomic.__enter__()
-        self._file = open(temp, "w")  # noqa: SIM115  (closed in __exit__)
-        return self._file
-
-    def __exit__(self, *exc: object) -> bool | None:
-        if self._atomic is None:
-            return None
-        self._file.close()
-        return self._atomic.__exit__(*exc)
+@contextlib.contextmanager
+def _json_lines(paths: list[Path]) -> Iterator[TextIO | None]:
+    """The JSON Lines file open for writing at ``paths[0]`` (None when there is none)."""
+    if not paths:
+        yield None
+        return
+    with open(paths[0], "w") as handle:
+        yield handle
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -140,7 +148,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_server_arguments(parser)
     parser.add_argument("--json", type=Path, help="per-frame results as JSON Lines")
     parser.add_argument(
-        "--in-flight", type=int, default=4, metavar="N", help="requests in flight (default 4)"
+        "--in-flight",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="requests in flight (default 4)",
     )
     parser.add_argument(
         "--no-shm", action="store_true", help="never use shared memory, even on localhost"
@@ -151,22 +163,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        with FrameClient(
-            args.url,
-            args.protocol,
-            outputs=("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS")
-            if args.json
-            else ("RENDERED", "FACE_COUNT"),
-            in_flight=args.in_flight,
-            shared_memory="none" if args.no_shm else "auto",
-        ) as client:
-            stats = process_video(
-                client, args.input, args.output, args.json, args.decoder, args.encoder
-            )
-    except (VideoError, ImageError, ClientError, OSError) as exc:
-        LOG.error("%s", exc)
-        return 1
+    """Errors (VideoError, ClientError, OSError) reach the CLI's one-line error boundary."""
+    check_output_name(args.output)  # bad names and inputs fail before the server is asked
+    probe(args.input)
+    with FrameClient(
+        args.url,
+        args.protocol,
+        outputs=("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS")
+        if args.json
+        else ("RENDERED", "FACE_COUNT"),
+        in_flight=args.in_flight,
+        shared_memory="none" if args.no_shm else "auto",
+        timeout=args.timeout,
+    ) as client:
+        stats = process_video(
+            client, args.input, args.output, args.json, args.decoder, args.encoder
+        )
     LOG.info(
         "%s: %d frames in %.1f s (%.1f frames/s; %s -> %s) -> %s",
         args.input,

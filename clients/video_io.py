@@ -15,16 +15,19 @@ Choosing an implementation (``open_decoder`` / ``open_encoder``):
 
 The NVIDIA classes keep their GPU specifics (device arrays, NVENC bitstreams) inside
 this module; the rest of the client sees the same interface for both.
+
+Orientation and size: decoders hand out frames in *display* orientation (the stream's
+display matrix applied, :mod:`tddfa_clients.orientation`), and :class:`VideoInfo` gives the
+display size, so results are where a viewer sees them and the output plays upright. Odd
+sizes are kept exactly: 4:2:0 H.264 cannot code them (its cropping works in 2-pixel
+units), so an odd-sized output is coded 4:4:4 (H.264 High 4:4:4 Predictive), with a notice.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import logging
-import os
-import secrets
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -33,9 +36,12 @@ from typing import Any
 import av
 import numpy as np
 
+from tddfa_clients.orientation import IDENTITY, Orientation, frame_orientation
+
 LOG = logging.getLogger(__name__)
 
 DECODERS = ("auto", "nvdec", "cpu")
+OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")  # containers H.264 + copied audio go into
 ENCODERS = ("auto", "nvenc", "cpu")
 
 
@@ -43,9 +49,17 @@ class VideoError(RuntimeError):
     """The input is not a decodable video (corrupt, empty, unsupported codec...)."""
 
 
+class CodecUnavailable(VideoError):
+    """A requested decoder or encoder (NVDEC, NVENC) cannot be used on this machine."""
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
-    """What the encoder needs to reproduce the input's timing."""
+    """What the encoder needs to reproduce the input's timing and geometry.
+
+    ``width`` x ``height`` is the *display* size (the stored size turned by
+    ``orientation``): the size of the frames the decoders yield and the output has.
+    """
 
     width: int
     height: int
@@ -54,6 +68,11 @@ class VideoInfo:
     time_base: Fraction  # unit of Frame.pts
     codec: str
     has_audio: bool
+    orientation: Orientation = IDENTITY
+
+    @property
+    def odd_size(self) -> bool:
+        return bool(self.width % 2 or self.height % 2)
 
 
 @dataclasses.dataclass
@@ -95,37 +114,33 @@ def _info(container: av.container.InputContainer) -> VideoInfo:
     if not ctx.width or not ctx.height:
         raise VideoError(f"{container.name}: video stream has no frame size (unsupported codec?)")
     rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+    orientation = _first_frame_orientation(container)
+    width, height = orientation.display_size(ctx.width, ctx.height)
     return VideoInfo(
-        width=ctx.width,
-        height=ctx.height,
+        width=width,
+        height=height,
         frame_count=int(stream.frames or 0),
         average_rate=Fraction(rate),
         time_base=Fraction(stream.time_base),
         codec=ctx.name,
         has_audio=bool(container.streams.audio),
+        orientation=orientation,
     )
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
-
-    The temporary name is hidden and keeps the suffix (``.name.<token>.part.mp4``) so
-    format detection still works. On any exception, Ctrl-C included, it is removed.
-    """
-    path = Path(path)
-    temp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.part{path.suffix}")
+def _first_frame_orientation(container: av.container.InputContainer) -> Orientation:
+    """The display matrix, read from the first decoded frame (PyAV exposes it on frames,
+    where FFmpeg copies the stream's side data); identity when nothing decodes here (the
+    decoder then reports the problem with its frame number)."""
     try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def is_temporary(path: str | Path) -> bool:
-    """True for names made by :func:`atomic_output`."""
-    name = Path(path).name
-    return name.startswith(".") and ".part" in name
+        for frame in container.decode(video=0):
+            orientation = frame_orientation(frame)
+            if not orientation.is_identity:
+                LOG.info("%s: %s by its metadata", container.name, orientation.describe())
+            return orientation
+    except (av.FFmpegError, ValueError):
+        pass
+    return IDENTITY
 
 
 def _reason(exc: BaseException) -> str:
@@ -180,8 +195,9 @@ class PyAVDecoder(Decoder):
     def __iter__(self) -> Iterator[Frame]:
         index = 0
         try:
+            turn = self.info.orientation.apply
             for frame in self._container.decode(video=0):
-                yield Frame(frame.to_ndarray(format="rgb24"), int(frame.pts or 0), index)
+                yield Frame(turn(frame.to_ndarray(format="rgb24")), int(frame.pts or 0), index)
                 index += 1
         except av.FFmpegError as exc:
             raise VideoError(
@@ -216,8 +232,13 @@ class NvDecoder(Decoder):
         self._pts = _packet_pts(self.path)
 
     def __iter__(self) -> Iterator[Frame]:
+        orientation = self.info.orientation
         for index, frame in enumerate(self._decoder):
             pts = self._pts[index] if index < len(self._pts) else index
+            if not orientation.is_identity:  # turned on the device (CuPy views + one copy)
+                import cupy
+
+                frame = orientation.apply(cupy.from_dlpack(frame))
             yield Frame(frame, int(pts), index)
 
     def close(self) -> None:
@@ -245,13 +266,20 @@ def open_decoder(path: str | Path, kind: str = "auto") -> Decoder:
         raise ValueError(f"decoder must be one of {DECODERS}, got {kind!r}")
     if kind == "cpu" or (kind == "auto" and not nvidia_codec_available()):
         return PyAVDecoder(path)
+    if not nvidia_codec_available():
+        raise CodecUnavailable(
+            "NVDEC requested but PyNvVideoCodec is not installed (pip install "
+            "PyNvVideoCodec on a machine with an NVIDIA GPU): use --decoder cpu or auto"
+        )
     try:
         return NvDecoder(path)
     except VideoError:
         raise
     except Exception as exc:  # no GPU, driver or codec support: fall back unless forced
         if kind == "nvdec":
-            raise RuntimeError(f"NVDEC decoder unavailable: {_reason(exc)}") from exc
+            raise CodecUnavailable(
+                f"NVDEC decoder unavailable ({_reason(exc)}): use --decoder cpu or auto"
+            ) from exc
         LOG.info("NVDEC unavailable (%s); decoding on the CPU with PyAV", _reason(exc))
         return PyAVDecoder(path)
 
@@ -337,7 +365,10 @@ def _format_for(path: Path) -> str | None:
 
 
 class PyAVEncoder(Encoder):
-    """libx264 (CPU) through PyAV, yuv420p, the input's time base and frame rate."""
+    """libx264 (CPU) through PyAV, the input's time base, frame rate and exact size:
+    yuv420p (plays everywhere) for even sizes, yuv444p for odd ones (4:2:0 cannot code an
+    odd width or height; H.264 High 4:4:4 keeps it, though some players, browsers and
+    QuickTime among them, cannot play that profile)."""
 
     name = "cpu (PyAV libx264)"
 
@@ -353,9 +384,15 @@ class PyAVEncoder(Encoder):
         stream = self._container.add_stream(
             "libx264", rate=info.average_rate, options={"crf": str(crf), "preset": preset}
         )
-        stream.width = info.width - info.width % 2  # yuv420p needs even sizes
-        stream.height = info.height - info.height % 2
-        stream.pix_fmt = "yuv420p"
+        stream.width, stream.height = info.width, info.height
+        stream.pix_fmt = "yuv444p" if info.odd_size else "yuv420p"
+        if info.odd_size:
+            LOG.warning(
+                "%dx%d is an odd size: encoding H.264 4:4:4 to keep it exactly (4:2:0 needs "
+                "even sizes); some players (browsers, QuickTime) cannot play 4:4:4",
+                info.width,
+                info.height,
+            )
         stream.time_base = info.time_base
         stream.codec_context.time_base = info.time_base
         self._stream = stream
@@ -364,9 +401,7 @@ class PyAVEncoder(Encoder):
     def write(self, image: Any, pts: int) -> None:
         if not isinstance(image, np.ndarray):
             image = Frame(image, pts, 0).host_image()
-        frame = av.VideoFrame.from_ndarray(
-            image[: self._stream.height, : self._stream.width], format="rgb24"
-        )
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         frame.pts = pts
         frame.time_base = self.info.time_base
         self._mux_video(self._stream.encode(frame))
@@ -444,13 +479,26 @@ def open_encoder(
         return PyAVEncoder(path, info, audio_from)
     if not nvidia_codec_available():
         if kind == "nvenc":
-            raise RuntimeError("NVENC requested but PyNvVideoCodec is not installed")
+            raise CodecUnavailable(
+                "NVENC requested but PyNvVideoCodec is not installed (pip install "
+                "PyNvVideoCodec on a machine with an NVENC GPU): use --encoder cpu or auto"
+            )
+        return PyAVEncoder(path, info, audio_from)
+    if info.odd_size:  # NVENC is 4:2:0 only
+        if kind == "nvenc":
+            raise CodecUnavailable(
+                f"NVENC codes 4:2:0 only, which needs even sizes; this video is "
+                f"{info.width}x{info.height}: use --encoder cpu (libx264 4:4:4 keeps it)"
+            )
         return PyAVEncoder(path, info, audio_from)
     try:
         return NvEncoder(path, info, audio_from)
     except Exception as exc:  # no NVENC on this GPU (H100/H200/A100), or no GPU at all
         if kind == "nvenc":
-            raise RuntimeError(f"NVENC encoder unavailable: {_reason(exc)}") from exc
+            raise CodecUnavailable(
+                f"NVENC encoder unavailable ({_reason(exc)}; H100, H200 and A100 have no "
+                "NVENC): use --encoder cpu or auto"
+            ) from exc
         LOG.warning(
             "No NVENC encoder on this GPU (%s; H100, H200 and A100 have none): "
             "encoding on the CPU with libx264",
