@@ -21,7 +21,7 @@ import sys
 SUBCOMMANDS = (
     "tddfa_tools.assets",
     "tddfa_tools.repository",
-    "tddfa_tools.serve",
+    "tddfa_tools.serve_command",
     "tddfa_clients.image",
     "tddfa_clients.video",
     "tddfa_clients.batch",

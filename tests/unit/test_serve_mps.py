@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from tddfa_tools.serve import CudaMps, TritonServerError, cuda_memory_pool_args
+from tddfa_tools.cuda_mps import CudaMps, MpsError, cuda_memory_pool_args
 
 
 @pytest.fixture()
@@ -37,14 +37,14 @@ def test_daemon_started_and_quit_with_private_folders(fake_control):
 
 def test_failed_start_names_the_log(fake_control, monkeypatch):
     monkeypatch.setenv("FAIL_MPS", "1")
-    with pytest.raises(TritonServerError, match="failed with status 1: see .*/log"):
+    with pytest.raises(MpsError, match="failed with status 1: see .*/log"):
         CudaMps().start()
 
 
 def test_missing_binary_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr("shutil.which", lambda *a, **k: None)
-    with pytest.raises(TritonServerError, match="nvidia-cuda-mps-control"):
+    with pytest.raises(MpsError, match="nvidia-cuda-mps-control"):
         CudaMps()
 
 
