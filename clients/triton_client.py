@@ -218,6 +218,12 @@ def normalize_url(url: str, protocol: str) -> str:
     return url
 
 
+def client_shm_prefix(pid: int | None = None) -> str:
+    """Name prefix of the shared-memory regions this process's clients create (system and
+    CUDA): ``tddfa_client_<pid>_``, so a leak can be traced to its process."""
+    return f"tddfa_client_{os.getpid() if pid is None else pid}_"
+
+
 def is_local(url: str) -> bool:
     """True when ``url`` names this host (shared memory can work)."""
     host = url.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
@@ -606,7 +612,7 @@ class FrameClient:
                 ) from exc
             LOG.warning("shared memory disabled (%s); sending frames over the network", exc)
             return False
-        tag = f"tddfa_client_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        tag = f"{client_shm_prefix()}{uuid.uuid4().hex[:8]}"
         self._slots = [
             _SharedMemorySlot(self._protocol, f"{tag}_{i}") for i in range(self.in_flight)
         ]
@@ -626,7 +632,7 @@ class FrameClient:
                 "shared_memory='none' for a remote server"
             )
         _cuda_shm()
-        tag = f"tddfa_client_cuda_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        tag = f"{client_shm_prefix()}cuda_{uuid.uuid4().hex[:8]}"
         self._slots = [
             _CudaSharedMemorySlot(self._protocol, f"{tag}_{i}", self.cuda_device)
             for i in range(self.in_flight)

@@ -3,6 +3,7 @@ echo -> double ensemble on a real embedded tritonserver, errors, liveness, metri
 
 from __future__ import annotations
 
+import os
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from server import OWNED_SHM_PREFIX, SHM_DIR, ServerPool
+from server import OWNED_PREFIXES, OWNED_SHM_PREFIX, SHM_DIR, ServerPool
 from tritonclient.utils import InferenceServerException
 
 from tddfa_tools import serve
@@ -98,7 +99,9 @@ def test_free_port_is_bindable():
 
 
 def test_missing_wheel_names_the_fix(monkeypatch):
-    monkeypatch.setattr(serve.importlib.util, "find_spec", lambda name: None)
+    from tddfa_tools import embedded
+
+    monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(
         serve.TritonServerError, match="nvidia-pytriton is not installed: run tools/setup.sh"
     ):
@@ -147,12 +150,37 @@ def test_start_failure_reports_the_model_error(tmp_path):
 
 
 def test_leak_check_finds_owned_regions():
+    """Server-side and client-side names of this process count as leaks; the client name is
+    the one FrameClient really gives its regions (not a made-up prefix)."""
     if not SHM_DIR.is_dir():
         pytest.skip("no /dev/shm on this host")
+    from tddfa_clients.triton_client import client_shm_prefix
+
     pool = ServerPool()
-    region = SHM_DIR / f"{OWNED_SHM_PREFIX}leak_check_test"
-    region.write_bytes(b"")
+    regions = [
+        SHM_DIR / f"{OWNED_SHM_PREFIX}leak_check_test",
+        SHM_DIR / f"{client_shm_prefix()}leak_check_test_0_input",
+        SHM_DIR / f"{client_shm_prefix(os.getpid() + 1)}someone_else",  # another process
+    ]
+    for region in regions:
+        region.write_bytes(b"")
     try:
-        assert pool.close() == [region.name]
+        assert pool.close() == sorted(r.name for r in regions[:2])
     finally:
-        region.unlink()
+        for region in regions:
+            region.unlink(missing_ok=True)
+
+
+def test_client_regions_carry_the_leak_check_prefix(triton_server):
+    """The regions a FrameClient registers are the ones the session leak check looks for."""
+    from tddfa_clients.triton_client import _SharedMemorySlot, _Protocol, client_shm_prefix
+
+    protocol = _Protocol("http", triton_server.http_url, 1, 10.0)
+    try:
+        slot = _SharedMemorySlot(protocol, f"{client_shm_prefix()}probe")
+        name = slot.ensure("input", 64)
+        assert (SHM_DIR / name).exists() and name.startswith(OWNED_PREFIXES)
+        slot.close()
+        assert not (SHM_DIR / name).exists()
+    finally:
+        protocol.close()

@@ -112,8 +112,12 @@ def test_preprocess_answers_each_request_in_order(pb_utils):
             assert response.output_tensors[0].array.shape == (1, 3, 720, 1280)
         else:
             assert response.error.code == FakeError.INVALID_ARG
-    assert "channels" in responses[1].error.message or "3" in responses[1].error.message
-    assert "IMAGE is missing" in responses[2].error.message
+    # the exact problem and fix reach the client, prefixed by the model that refused it
+    assert responses[1].error.message == (
+        "preprocess: IMAGE must be uint8 (H, W, 3) RGB, got uint8 (360, 640, 4) "
+        "(4 channels, RGBA?): drop the alpha channel, e.g. image[..., :3]"
+    )
+    assert responses[2].error.message == "preprocess: input IMAGE is missing"
     # the original's rule: width at most 1080, so a 1280x720 frame is scaled by 1080/1280
     assert responses[3].output_tensors[1].array[0, 0] == pytest.approx(1080 / 1280)
     assert responses[0].output_tensors[1].array[0, 0] == pytest.approx(1.0)
