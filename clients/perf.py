@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from tddfa_clients.triton_client import normalize_url
-from tddfa_clients.video_io import open_decoder
+from tddfa_clients.video_io import open_decoder, probe
 from tddfa_tools import admin_token
 from tddfa_tools.arguments import positive_int
 
@@ -269,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
     """Errors (PerfError, VideoError, OSError) reach the CLI's one-line error boundary."""
     if args.video is None:
         raise PerfError("no video to take frames from: pass --video FILE or set TDDFA_ASSET_DIR")
+    probe(args.video)  # a missing or broken video is named before perf_analyzer is looked for
     results = run_perf(args)
     for protocol, rows in results:
         sys.stdout.write(summary_table(rows, protocol) + "\n")

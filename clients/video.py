@@ -35,6 +35,7 @@ from tddfa_clients.video_io import (
     open_decoder,
     open_encoder,
     probe,
+    require_codecs,
 )
 from tddfa_tools.arguments import positive_int
 
@@ -164,8 +165,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Errors (VideoError, ClientError, OSError) reach the CLI's one-line error boundary."""
-    check_output_name(args.output)  # bad names and inputs fail before the server is asked
+    check_output_name(args.output)  # bad names, inputs, codecs fail before the server is asked
     probe(args.input)
+    require_codecs(args.decoder, args.encoder)
     with FrameClient(
         args.url,
         args.protocol,

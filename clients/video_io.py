@@ -260,6 +260,25 @@ def nvidia_codec_available() -> bool:
     return True
 
 
+def require_codecs(decoder: str, encoder: str) -> None:
+    """CodecUnavailable at once when ``nvdec``/``nvenc`` is forced and PyNvVideoCodec is not
+    installed (checked before any server is asked; a missing GPU shows when it opens)."""
+    forced = [
+        (name, option)
+        for name, option, wanted in (
+            ("NVDEC", "--decoder", decoder == "nvdec"),
+            ("NVENC", "--encoder", encoder == "nvenc"),
+        )
+        if wanted
+    ]
+    if forced and not nvidia_codec_available():
+        raise CodecUnavailable(
+            f"{' and '.join(n for n, _ in forced)} requested but PyNvVideoCodec is not "
+            "installed (it needs an NVIDIA GPU and driver): use "
+            + " and ".join(f"{option} cpu (or auto)" for _, option in forced)
+        )
+
+
 def open_decoder(path: str | Path, kind: str = "auto") -> Decoder:
     """A decoder for ``path``: ``nvdec``, ``cpu`` or ``auto`` (NVDEC when usable)."""
     if kind not in DECODERS:
