@@ -17,8 +17,10 @@ token (:mod:`tddfa_tools.admin_token`; docs/security.md).
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -232,7 +234,8 @@ class TritonServer:
                 raise TritonServerError(str(exc)) from exc
         secret = self.admin_token or "\0"
         LOGGER.info("starting %s", " ".join(cmd).replace(secret, "***"))
-        # Own session: a terminal Ctrl-C reaches only us, and stop() decides how the server ends.
+        # Own session: a terminal Ctrl-C reaches only us, and stop() decides how the server ends;
+        # but if this process dies without stopping it (SIGKILL), the server gets SIGTERM.
         self._process = subprocess.Popen(
             cmd,
             env=env,
@@ -240,6 +243,7 @@ class TritonServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_terminate_with_parent,
         )
         self._log_thread = threading.Thread(
             target=self._forward_logs, name=f"tritonserver-{self._process.pid}-log", daemon=True
@@ -361,6 +365,24 @@ class TritonServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _load_prctl()  # resolved here: the child after fork only calls it
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In the forked child: SIGTERM when the process that started it exits (an orphaned
+    tritonserver would keep its ports, models and /dev/shm forever)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _client_host(host: str) -> str:

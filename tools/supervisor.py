@@ -117,6 +117,10 @@ class ModelControl:
         status, body = self._call("GET", f"/v2/models/{model}")
         return json.loads(body) if status == 200 else None
 
+    def config(self, model: str) -> dict:
+        status, body = self._call("GET", f"/v2/models/{model}/config")
+        return json.loads(body) if status == 200 else {}
+
     def infer(self, model: str, header: dict, data: bytes, timeout: float) -> tuple[int, dict]:
         """One binary-extension inference; (HTTP status, JSON header of the answer)."""
         text = json.dumps(header).encode()
@@ -159,6 +163,7 @@ class Supervisor:
         self._expected: dict[str, set[str]] = {}  # model -> instance names with a stub
         self._instances: dict[str, str] = {}  # instance name -> model
         self._ready_models: set[str] = set()
+        self._python_models: set[str] = set()
         self._retry_at: dict[str, float] = {}
         self._retry_delay: dict[str, float] = {}
         self._crashes: collections.deque[float] = collections.deque()
@@ -211,14 +216,21 @@ class Supervisor:
 
     # -- state ----------------------------------------------------------------------------
     def _baseline(self) -> None:
-        """Learn what a healthy server looks like: ready models, stubs per model, canary."""
+        """Learn what a healthy server looks like: the ready models, the stub of every
+        instance of every Python model, the canary request. A Python model that Triton
+        reports READY without any live stub died before we looked: it is reloaded."""
         self._ready_models = {m for m, s in self.control.index().items() if s == "READY"}
+        self._python_models = {
+            m for m in self._ready_models if self.control.config(m).get("backend") == "python"
+        }
         self._expected.clear()
         for stub in find_stubs(self.server.shm_prefix):
             self._remember(stub)
         self.metrics.set_server_up(True)
         self.metrics.set_healthy(self._ready_models, True)
         self._canary_request = self._make_canary(self.settings.canary_model)
+        for model in sorted(self._python_models - set(self._expected)):
+            self.heal(model, "stub_exited", "no live stub process at start")
 
     def _remember(self, stub: Stub) -> None:
         self._expected.setdefault(stub.model, set()).add(stub.instance)
@@ -301,8 +313,10 @@ class Supervisor:
             self.control.load(model)
             self._reload_dependents()
             instances = {s.instance for s in find_stubs(self.server.shm_prefix) if s.model == model}
-            if model in self._expected and not self._expected[model] <= instances:
+            if not instances or not self._expected.get(model, set()) <= instances:
                 raise ModelControlError(f"{model} loaded but its stubs did not come back")
+            self._expected[model] = instances
+            self._instances.update(dict.fromkeys(instances, model))
         except (ModelControlError, TimeoutError, ValueError) as exc:
             delay = min(self._retry_delay.get(model, 0.5) * 2, 30.0)
             self._retry_delay[model] = delay

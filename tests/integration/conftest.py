@@ -84,3 +84,16 @@ def test_images(asset_dir: Path) -> dict:
         path.name: np.asarray(Image.open(path).convert("RGB"))
         for path in sorted((asset_dir / "images").glob("*.jpg"))
     }
+
+
+@pytest.fixture(scope="module")
+def good_request(ensemble_server, test_images):
+    """(frame, its answer) for the adversarial suite: emma.jpg as served before any test of
+    the module did anything to the server; "right" means equal to this."""
+    from adversarial import good_answer
+
+    image = test_images["emma.jpg"]
+    status, answer = good_answer(ensemble_server.http_url, image)
+    assert status == 200, f"the ensemble does not serve emma.jpg: {answer}"
+    assert answer.count == 3
+    return image, answer

@@ -173,7 +173,7 @@ def test_leak_check_finds_owned_regions():
 
 def test_client_regions_carry_the_leak_check_prefix(triton_server):
     """The regions a FrameClient registers are the ones the session leak check looks for."""
-    from tddfa_clients.triton_client import _SharedMemorySlot, _Protocol, client_shm_prefix
+    from tddfa_clients.triton_client import _Protocol, _SharedMemorySlot, client_shm_prefix
 
     protocol = _Protocol("http", triton_server.http_url, 1, 10.0)
     try:
