@@ -103,9 +103,10 @@ class ProtocolMismatch(ClientError):
 
 
 def detect_protocol(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
-    """What the port at ``url`` (``host:port``) speaks: ``"http"`` (Triton's HTTP API),
-    ``"metrics"`` (an HTTP server answering plain text: Triton's metrics port), ``"grpc"``
-    (HTTP/2, what gRPC runs on), ``"other"``, or None when it cannot be reached.
+    """What the port at ``url`` (``host:port``) speaks: ``"http"`` (an HTTP API answering
+    ``GET /v2`` with JSON, as Triton's does), ``"metrics"`` (an HTTP server answering plain
+    text: Triton's metrics port), ``"grpc"`` (HTTP/2, what gRPC runs on), ``"other"``, or
+    None when it cannot be reached.
 
     One HTTP/1.1 request: an HTTP/1 server answers ``HTTP/1.x``, an HTTP/2-only server
     (gRPC) answers with a binary SETTINGS frame (frame type 4 in byte 3).
@@ -116,17 +117,18 @@ def detect_protocol(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
             sock.sendall(
-                b"GET /v2/health/live HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
+                b"GET /v2 HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
             )
-            while len(data) < 256:
-                chunk = sock.recv(256)
+            while len(data) < 512:
+                chunk = sock.recv(512)
                 if not chunk:
                     break
                 data += chunk
     except (OSError, ValueError):  # refused, unreachable, timed out: judge what arrived
         pass
     if data.startswith(b"HTTP/1."):
-        return "metrics" if b"text/plain" in data.lower() else "http"
+        head = data.split(b"\r\n\r\n", 1)[0].lower()
+        return "metrics" if b"content-type: text/plain" in head else "http"
     if len(data) >= 9 and data[3] == 0x04:
         return "grpc"
     return "other" if data else None
@@ -616,13 +618,24 @@ class FrameClient:
         self._slots = [
             _SharedMemorySlot(self._protocol, f"{tag}_{i}") for i in range(self.in_flight)
         ]
-        if mode == "auto":  # probe once: a server in a container may not see our /dev/shm
-            try:
-                self._slots[0].ensure("input", 4096)
-            except Exception as exc:
-                self._slots = []
-                LOG.warning("shared memory disabled (%s); sending frames over the network", exc)
+        # probe once, now: a server in a container may not see our /dev/shm, and a server
+        # started by `tddfa serve` registers regions only for holders of its admin token
+        try:
+            self._slots[0].ensure("input", 4096)
+        except Exception as exc:
+            self.close_shared_memory()
+            reason = translate_error(exc)
+            if mode == "auto":
+                LOG.warning(
+                    "shared memory disabled (%s); sending frames over the network", reason
+                )
                 return False
+            raise ClientError(
+                f"the server at {self.url} refused system shared memory ({reason}). Servers "
+                "started by `tddfa serve` allow it to the user who started them (admin token "
+                f"in {admin_token.token_dir()}, or ${admin_token.ENV_TOKEN}); else send "
+                "frames over the network (--no-shm)"
+            ) from exc
         return True
 
     def _setup_cuda_shared_memory(self) -> bool:
