@@ -325,13 +325,13 @@ def run_batch(
 ) -> dict[str, int]:
     """Process everything; returns counts {done, skipped, failed, already_done, frames}."""
     settings = settings or Settings()
+    servers = ServerPool([normalize_url(u, settings.protocol) for u in urls])
+    check_protocols(servers.urls, settings.protocol)  # before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(out_dir)
     if stale:
         LOG.info("removed %d temporary file(s) left by an interrupted run", stale)
     manifest = Manifest(out_dir / MANIFEST)
-    servers = ServerPool([normalize_url(u, settings.protocol) for u in urls])
-    check_protocols(servers.urls, settings.protocol)
     counts = {"done": 0, "already_done": 0, "skipped": 0, "failed": 0, "frames": 0}
     todo = []
     for job in plan_jobs(inputs, out_dir):
