@@ -61,25 +61,42 @@ def test_error_reaches_client_and_server_keeps_serving(triton_server, protocol):
     np.testing.assert_array_equal(infer(triton_server, protocol, good), 2 * good)
 
 
+def _stats(server, model: str) -> tuple[int, int]:
+    """(inferences, executions) Triton counted for ``model``."""
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        stats = client.get_inference_statistics(model)["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
 def test_bad_request_does_not_fail_its_batch_mates(triton_server):
-    """Concurrent requests are batched into one execute(); only the bad ones fail."""
+    """The repository's real adapter (tddfa_triton.StepModel, adapter_batch) in a real stub:
+    concurrent requests share execute() calls (Triton's statistics prove it), and only the
+    bad ones fail, with their own message; every good one gets its own right answer."""
+    inferences, executions = _stats(triton_server, "adapter_batch")
 
     def one(i: int):
-        data = np.full((1, 4), -1.0 if i % 3 == 0 else float(i), np.float32)
-        try:
-            return infer(triton_server, "grpc", data, model="double")
-        except InferenceServerException as exc:
-            return exc
+        data = np.full((1, 4), -float(i) if i % 3 == 0 else float(i), np.float32)
+        module = CLIENTS["grpc"]
+        with module.InferenceServerClient(triton_server.grpc_url) as client:
+            tensor = module.InferInput("X", [1, 4], "FP32")
+            tensor.set_data_from_numpy(data)
+            try:
+                return client.infer("adapter_batch", [tensor]).as_numpy("Y")
+            except InferenceServerException as exc:
+                return exc
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(one, range(16)))
-    for i, result in enumerate(results):
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(one, range(1, 17)))
+    for i, result in enumerate(results, start=1):
         if i % 3 == 0:
             assert isinstance(result, InferenceServerException), f"request {i} should fail"
-            assert "non-negative" in str(result)
+            assert f"adapter_batch: X must be >= 0, got -{i}" in str(result)
         else:
             assert not isinstance(result, Exception), f"request {i} failed: {result}"
-            np.testing.assert_array_equal(result, np.full((1, 4), 2.0 * i, np.float32))
+            np.testing.assert_array_equal(result, np.full((1, 4), i / 2, np.float32))
+    after_inferences, after_executions = _stats(triton_server, "adapter_batch")
+    assert after_inferences - inferences == 16
+    assert after_executions - executions < 16, "no two requests shared an execute()"
 
 
 def test_metrics_endpoint_counts_requests(triton_server):
