@@ -104,6 +104,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "device tensors between steps through it: give it about 40 MB per frame in flight",
     )
     parser.add_argument(
+        "tritonserver_args",
+        nargs="*",
+        metavar="-- FLAG",
+        help="more tritonserver flags, after --, passed as given",
+    )
+    parser.add_argument(
         "--cuda-mps",
         action="store_true",
         help="run the GPU model instances under a private CUDA MPS daemon (no GPU "
@@ -139,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         log_verbose=args.log_verbose,
         startup_timeout=args.startup_timeout,
-        extra_args=cuda_memory_pool_args(args.cuda_memory_pool_mb),
+        extra_args=[*cuda_memory_pool_args(args.cuda_memory_pool_mb), *args.tritonserver_args],
         cuda_mps=args.cuda_mps,
         binary=args.tritonserver,
     )
