@@ -22,6 +22,7 @@ SUBCOMMANDS = (
     "tddfa_tools.assets",
     "tddfa_tools.repository",
     "tddfa_tools.serve_command",
+    "tddfa_tools.guard",
     "tddfa_clients.image",
     "tddfa_clients.video",
     "tddfa_clients.batch",

@@ -97,3 +97,17 @@ def good_request(ensemble_server, test_images):
     assert status == 200, f"the ensemble does not serve emma.jpg: {answer}"
     assert answer.count == 3
     return image, answer
+
+
+@pytest.fixture(scope="module")
+def guard(ensemble_server):
+    """`tddfa guard` (HTTP and gRPC, default limits) in front of the ensemble server;
+    yields (http url, grpc url)."""
+    from tddfa_tools.guard import GrpcGuard, HttpGuard
+    from tddfa_tools.guard_rules import Limits
+
+    http = HttpGuard("127.0.0.1", 0, ensemble_server.http_url, Limits()).start()
+    grpc = GrpcGuard("127.0.0.1", 0, ensemble_server.grpc_url, Limits()).start()
+    yield f"127.0.0.1:{http.port}", f"127.0.0.1:{grpc.port}"
+    grpc.stop()
+    http.stop()

@@ -52,9 +52,12 @@ def test_backend_region_cannot_be_registered_over_grpc(ensemble_server, good_req
                 "evil", f"/{region}", 4096, client_timeout=10,
                 headers={admin_token.GRPC_HEADER: "a-guess"},
             )  # fmt: skip
-        assert client.get_system_shared_memory_status(
-            headers=admin_token.headers(ensemble_server.process.admin_token, "grpc")
-        ).regions == {}
+        assert (
+            client.get_system_shared_memory_status(
+                headers=admin_token.headers(ensemble_server.process.admin_token, "grpc")
+            ).regions
+            == {}
+        )
     image, expected = good_request
     wait_until_right(ensemble_server.http_url, image, expected, within=1.0)
 
