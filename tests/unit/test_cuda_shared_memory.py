@@ -160,6 +160,9 @@ class FakeProtocol:
     def output_shape(self, result, name):
         return result[name]
 
+    def shared_memory(self, call, *args):
+        return getattr(self.client, call)(*args)
+
     def submit(self, model, inputs, outputs):
         future = concurrent.futures.Future()
         future.set_result(self.server.infer(inputs, outputs))
