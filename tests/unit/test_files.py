@@ -67,3 +67,14 @@ def test_a_missing_folder_fails_before_any_work(tmp_path: Path) -> None:
         with atomic_paths([tmp_path / "out.png", tmp_path / "missing" / "out.json"]):
             work.append("inference")  # never reached: the JSON folder is checked first
     assert work == [] and list(tmp_path.iterdir()) == []
+
+
+def test_model_configs_are_written_0644(tmp_path: Path, umask_022) -> None:
+    """Issue 12: config.pbtxt files were 0600 (mkstemp); servers under another user could
+    not read them."""
+    from tddfa_tools.model_config import ModelConfig, load_config, save_config
+
+    config = ModelConfig(name="m", backend="python", max_batch_size=8)
+    save_config(config, tmp_path / "config.pbtxt")
+    assert _mode(tmp_path / "config.pbtxt") == 0o644
+    assert load_config(tmp_path / "config.pbtxt").max_batch_size == 8
