@@ -116,9 +116,7 @@ def detect_protocol(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
     data = b""
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
-            sock.sendall(
-                b"GET /v2 HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
-            )
+            sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
             while len(data) < 512:
                 chunk = sock.recv(512)
                 if not chunk:
@@ -626,9 +624,7 @@ class FrameClient:
             self.close_shared_memory()
             reason = translate_error(exc)
             if mode == "auto":
-                LOG.warning(
-                    "shared memory disabled (%s); sending frames over the network", reason
-                )
+                LOG.warning("shared memory disabled (%s); sending frames over the network", reason)
                 return False
             raise ClientError(
                 f"the server at {self.url} refused system shared memory ({reason}). Servers "
