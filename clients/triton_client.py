@@ -37,6 +37,13 @@ from typing import Any, TypeVar
 import numpy as np
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
+from tddfa_clients.port_probe import (  # noqa: F401  (re-exported)
+    DEFAULT_PORTS,
+    PROBE_TIMEOUT,
+    PROTOCOLS,
+    detect_protocol,
+    protocol_hint,
+)
 from tddfa_tools import admin_token
 
 LOG = logging.getLogger(__name__)
@@ -53,10 +60,7 @@ EXPECTED_DTYPES = {
     "VERTICES": "FP32",
 }
 DEFAULT_OUTPUTS = ("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS")
-DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 DEFAULT_TIMEOUT = 120.0  # seconds one call may take (a CPU server under load: ~1 s a frame)
-PROBE_TIMEOUT = 2.0  # seconds for the protocol probe of a port
-PROTOCOLS = ("http", "grpc")
 SHARED_MEMORY = ("auto", "system", "cuda", "none")
 CUDA_ALIGNMENT = 256  # bytes: output offsets in a CUDA region (cudaMalloc's alignment)
 CUDA_SHM_HINT = (
@@ -100,53 +104,6 @@ class ModelMismatch(ClientError):
 
 class ProtocolMismatch(ClientError):
     """The port answers, but in another protocol (HTTP vs gRPC, or Triton's metrics port)."""
-
-
-def detect_protocol(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
-    """What the port at ``url`` (``host:port``) speaks: ``"http"`` (an HTTP API answering
-    ``GET /v2`` with JSON, as Triton's does), ``"metrics"`` (an HTTP server answering plain
-    text: Triton's metrics port), ``"grpc"`` (HTTP/2, what gRPC runs on), ``"other"``, or
-    None when it cannot be reached.
-
-    One HTTP/1.1 request: an HTTP/1 server answers ``HTTP/1.x``, an HTTP/2-only server
-    (gRPC) answers with a binary SETTINGS frame (frame type 4 in byte 3).
-    """
-    address = url.split("://", 1)[-1].split("/", 1)[0]
-    host, _, port = address.rpartition(":")
-    data = b""
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
-            sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
-            while len(data) < 512:
-                chunk = sock.recv(512)
-                if not chunk:
-                    break
-                data += chunk
-    except (OSError, ValueError):  # refused, unreachable, timed out: judge what arrived
-        pass
-    if data.startswith(b"HTTP/1."):
-        head = data.split(b"\r\n\r\n", 1)[0].lower()
-        return "metrics" if b"content-type: text/plain" in head else "http"
-    if len(data) >= 9 and data[3] == 0x04:
-        return "grpc"
-    return "other" if data else None
-
-
-def protocol_hint(url: str, protocol: str, seen: str | None) -> str | None:
-    """A one-line fix when ``url`` speaks ``seen`` instead of ``protocol``; else None."""
-    if seen is None or seen == protocol:
-        return None
-    if seen == "metrics":
-        return (
-            f"{url} is Triton's metrics port, not its {protocol.upper()} API: use port "
-            f"{DEFAULT_PORTS[protocol]} (default) for --protocol {protocol}"
-        )
-    if seen in PROTOCOLS:
-        return (
-            f"{url} speaks {seen.upper()}, not {protocol.upper()}: pass --protocol {seen}, or "
-            f"the {protocol.upper()} port (default {DEFAULT_PORTS[protocol]})"
-        )
-    return f"{url} does not speak Triton's {protocol.upper()} API (is it the right port?)"
 
 
 @dataclasses.dataclass

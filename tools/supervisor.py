@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import queue
 import re
@@ -47,6 +46,7 @@ import urllib.request
 import numpy as np
 
 from tddfa.contract import IMAGE_INPUT, OUTPUT_NAMES, STATELESS_ENSEMBLE
+from tddfa_tools.model_control import ModelControl, ModelControlError
 from tddfa_tools.serve import TritonServer, TritonServerError
 from tddfa_tools.stubs import Stub, find_stubs, kill_stubs
 from tddfa_tools.supervisor_metrics import MetricsServer, SupervisorMetrics
@@ -56,10 +56,6 @@ LOG = logging.getLogger(__name__)
 UNHEALTHY = re.compile(r"Stub process '(?P<instance>[^']+)' is not healthy")
 UNHEALTHY_UNNAMED = re.compile(r"Stub process is not healthy|Failed to obtain the health mutex")
 CANARY_SIDE = 64  # pixels: a black frame, no face, every step runs
-
-
-class ModelControlError(RuntimeError):
-    """Triton's model-control API refused or did not answer."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,73 +69,6 @@ class SupervisorSettings:
     metrics_port: int | None = 0  # the /metrics + /health endpoint; 0 picks one, None: none
     max_server_restarts: int = 5  # within restart_window seconds, then give up
     restart_window: float = 600.0
-
-
-class ModelControl:
-    """Triton's model repository API over HTTP, with the server's admin token."""
-
-    def __init__(self, server: TritonServer, timeout: float) -> None:
-        self._base = f"http://{server.url}"
-        self._headers = {"Content-Type": "application/json", **server.admin_headers("http")}
-        self._timeout = timeout
-
-    def _call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        request = urllib.request.Request(
-            self._base + path, data=body, method=method, headers=self._headers
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            raise ModelControlError(f"{method} {path}: {exc}") from exc
-
-    def index(self) -> dict[str, str]:
-        """{model name: state} of the repository (READY, UNAVAILABLE, LOADING, UNLOADING)."""
-        status, body = self._call("POST", "/v2/repository/index", b"{}")
-        if status != 200:
-            raise ModelControlError(f"repository index: HTTP {status} {body[:200]!r}")
-        return {entry["name"]: entry.get("state", "") for entry in json.loads(body)}
-
-    def _control(self, model: str, action: str) -> None:
-        status, body = self._call("POST", f"/v2/repository/models/{model}/{action}", b"{}")
-        if status != 200:
-            raise ModelControlError(f"{action} {model}: HTTP {status} {body[:300]!r}")
-
-    def load(self, model: str) -> None:
-        self._control(model, "load")
-
-    def unload(self, model: str) -> None:
-        self._control(model, "unload")
-
-    def metadata(self, model: str) -> dict | None:
-        status, body = self._call("GET", f"/v2/models/{model}")
-        return json.loads(body) if status == 200 else None
-
-    def config(self, model: str) -> dict:
-        status, body = self._call("GET", f"/v2/models/{model}/config")
-        return json.loads(body) if status == 200 else {}
-
-    def infer(self, model: str, header: dict, data: bytes, timeout: float) -> tuple[int, dict]:
-        """One binary-extension inference; (HTTP status, JSON header of the answer)."""
-        text = json.dumps(header).encode()
-        request = urllib.request.Request(
-            f"{self._base}/v2/models/{model}/infer",
-            data=text + data,
-            method="POST",
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Inference-Header-Content-Length": str(len(text)),
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                body = response.read()
-                length = int(response.headers.get("Inference-Header-Content-Length") or len(body))
-                return response.status, json.loads(body[:length] or b"{}")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
 
 
 class Supervisor:
@@ -311,10 +240,8 @@ class Supervisor:
             # LOADING -> READY and is never merely UNAVAILABLE, which --strict-readiness
             # would not count (the server would read ready for a moment)
             self.control.load(model)
+            instances = self._wait_loaded(model)
             self._reload_dependents()
-            instances = {s.instance for s in find_stubs(self.server.shm_prefix) if s.model == model}
-            if not instances or not self._expected.get(model, set()) <= instances:
-                raise ModelControlError(f"{model} loaded but its stubs did not come back")
             self._expected[model] = instances
             self._instances.update(dict.fromkeys(instances, model))
         except (ModelControlError, TimeoutError, ValueError) as exc:
@@ -335,6 +262,28 @@ class Supervisor:
             self.metrics.reloads[model],
         )
         return True
+
+    def _wait_loaded(self, model: str) -> set[str]:
+        """Wait until ``model`` is READY with a live stub for every instance it had; load it
+        again if it went UNAVAILABLE (a load that raced the unload is a no-op: the model
+        was still READY and unchanged). Returns the live instance names."""
+        deadline = time.monotonic() + self.settings.reload_timeout
+        expected = self._expected.get(model, set())
+        while True:
+            state = self.control.index().get(model, "")
+            instances = {s.instance for s in find_stubs(self.server.shm_prefix) if s.model == model}
+            if state == "READY" and instances and expected <= instances:
+                return instances
+            if state in ("UNAVAILABLE", ""):
+                LOG.info("%s is unavailable after its reload: loading it again", model)
+                self.control.load(model)
+                continue
+            if time.monotonic() > deadline:
+                raise ModelControlError(
+                    f"{model} is {state or 'gone'} with stubs {sorted(instances)} after "
+                    f"{self.settings.reload_timeout:.0f} s"
+                )
+            time.sleep(0.05)
 
     def _reload_dependents(self) -> None:
         """Load every model that was ready at start and is not now (the ensembles normally

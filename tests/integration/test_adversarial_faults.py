@@ -44,6 +44,15 @@ def _reloads(server, model: str) -> int:
     return server.supervisor.metrics.reloads[model]
 
 
+def _wait_healed(server, model: str, reloads: int, within: float = RECOVERY_S) -> None:
+    """Until the supervisor counted one more reload of ``model`` and reports all healthy
+    (a right answer can come before the heal ends: the answer may not need every step)."""
+    deadline = time.monotonic() + within
+    while not (_reloads(server, model) > reloads and server.supervisor.metrics.all_healthy()):
+        assert time.monotonic() < deadline, f"{model} not healed within {within:.0f} s"
+        time.sleep(0.1)
+
+
 def test_killed_stub_under_load_is_back_within_10_s(ensemble_server, good_request) -> None:
     image, expected = good_request
     url = ensemble_server.http_url
@@ -75,6 +84,7 @@ def test_killed_stub_under_load_is_back_within_10_s(ensemble_server, good_reques
     for thread in clients:
         thread.join(timeout=120)
     assert seconds <= RECOVERY_S
+    _wait_healed(ensemble_server, model, before)
     assert readiness.model_not_ready_seen(), "readiness stayed true while the model was broken"
     # once it reads ready again after the fault, it serves: every request succeeds from there
     assert ready(url) and ready(url, "/v2/health/ready")
@@ -91,8 +101,12 @@ def test_killed_stub_under_load_is_back_within_10_s(ensemble_server, good_reques
 def test_two_kills_in_a_row_are_both_healed(ensemble_server, good_request) -> None:
     image, expected = good_request
     for _ in range(2):
-        _kill_one_stub(ensemble_server)
+        live = {s.model: s for s in stubs(ensemble_server)}
+        model = _kill_one_stub(ensemble_server)
+        before = _reloads(ensemble_server, model)
         wait_until_right(ensemble_server.http_url, image, expected, within=RECOVERY_S)
+        _wait_healed(ensemble_server, model, before)
+        assert {s.model for s in stubs(ensemble_server)} == set(live)
     assert len(stubs(ensemble_server)) == sum(
         len(instances) for instances in ensemble_server.supervisor._expected.values()
     )
