@@ -101,3 +101,35 @@ def test_frame_client_works_through_the_guard(guard, good_request, protocol) -> 
         assert result.face_count == expected.count
         np.testing.assert_allclose(result.boxes, expected.boxes, atol=1e-3)
         assert result.rendered.shape == image.shape
+
+
+def test_streaming_infer_is_checked_message_by_message(guard, good_request) -> None:
+    """ModelStreamInfer through the guard: a good frame is answered, a poison one ends the
+    stream with INVALID_ARGUMENT before it reaches the server."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    image, expected = good_request
+    answers: queue.Queue = queue.Queue()
+
+    def send(shape, data: bytes) -> None:
+        tensor = grpcclient.InferInput("IMAGE", shape, "UINT8")
+        if len(data) == int(np.prod(shape)):
+            tensor.set_data_from_numpy(np.frombuffer(data, np.uint8).reshape(shape))
+        else:  # a shape tritonclient would refuse to send: set the bytes as an attacker would
+            tensor._raw_content = data  # noqa: SLF001
+        client.async_stream_infer(
+            "tddfa", [tensor], outputs=[grpcclient.InferRequestedOutput("FACE_COUNT")]
+        )
+
+    with grpcclient.InferenceServerClient(guard[1]) as client:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        send([1, *image.shape], np.ascontiguousarray(image).tobytes())
+        result, error = answers.get(timeout=60)
+        assert error is None, error
+        assert int(result.as_numpy("FACE_COUNT")[0, 0]) == expected.count
+        send([1, -16, -16, 3], bytes(768))
+        result, error = answers.get(timeout=60)
+        assert result is None and "negative dimension" in str(error)
+        client.stop_stream()
