@@ -115,7 +115,7 @@ def test_streaming_infer_is_checked_message_by_message(guard, good_request) -> N
 
     def send(shape, data: bytes) -> None:
         tensor = grpcclient.InferInput("IMAGE", shape, "UINT8")
-        if len(data) == int(np.prod(shape)):
+        if min(shape) >= 0 and len(data) == int(np.prod(shape)):
             tensor.set_data_from_numpy(np.frombuffer(data, np.uint8).reshape(shape))
         else:  # a shape tritonclient would refuse to send: set the bytes as an attacker would
             tensor._raw_content = data  # noqa: SLF001
