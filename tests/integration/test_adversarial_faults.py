@@ -169,3 +169,55 @@ def test_serve_exits_0_on_sigterm_and_leaves_no_shm_after_a_stub_was_killed(tmp_
     assert "reloaded" in log and "Traceback" not in log
     assert regions(prefix) == [], f"/dev/shm regions left: {regions(prefix)}"
     assert find_stubs(prefix) == []
+
+
+def _server_pid(process: subprocess.Popen) -> int:
+    """The tritonserver child of a `tddfa serve` process."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if argv0.endswith(b"tritonserver") and int(stat.rsplit(")", 1)[1].split()[1]) == (
+                process.pid
+            ):
+                return int(entry.name)
+    raise AssertionError("no tritonserver child")
+
+
+def test_a_crashed_server_is_restarted(tmp_path) -> None:
+    """SIGKILL of tritonserver itself (what a segfault or the OOM killer does): `tddfa serve`
+    cleans up, starts it again on the same ports, counts it, and still exits 0 on SIGTERM."""
+    process, url = _serve(tmp_path, "--canary-interval", "0")
+    prefix = f"tddfa_{process.pid}_"
+    try:
+        metrics_url = None
+        for line in (tmp_path / "serve.log").read_text().splitlines():
+            if "metrics and health at " in line:
+                metrics_url = line.rsplit("metrics and health at ", 1)[1].strip()
+        assert metrics_url, "the supervisor did not say where its endpoint is"
+        first = _server_pid(process)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=2) as response:
+                    text = response.read().decode()
+            except OSError:
+                text = ""
+            if "tddfa_supervisor_server_restarts_total 1" in text and ready(
+                url, "/v2/health/ready"
+            ):
+                break
+            assert time.monotonic() < deadline, "the server was not restarted in 60 s"
+            time.sleep(0.25)
+        assert _server_pid(process) != first
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    assert regions(prefix) == [] and find_stubs(prefix) == []
