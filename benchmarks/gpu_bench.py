@@ -65,21 +65,23 @@ def read_frames(video: Path, count: int) -> list[np.ndarray]:
 class CudaRegion:
     """cudaMalloc'd device memory registered with the server as CUDA shared memory."""
 
-    def __init__(self, client, nbytes: int, device: int = 0):
+    def __init__(self, client, nbytes: int, device: int = 0, headers: dict | None = None):
         import cupy
 
-        self.cupy, self.client = cupy, client
+        self.cupy, self.client, self.headers = cupy, client, headers  # admin token
         self.name = f"tddfa_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         with cupy.cuda.Device(device):
             self.memory = cupy.cuda.Memory(nbytes)
             handle = cupy.cuda.runtime.ipcGetMemHandle(self.memory.ptr)
-        client.register_cuda_shared_memory(self.name, base64.b64encode(handle), device, nbytes)
+        client.register_cuda_shared_memory(
+            self.name, base64.b64encode(handle), device, nbytes, headers=headers
+        )
 
     def view(self, shape, dtype):
         return self.cupy.ndarray(shape, dtype, self.cupy.cuda.MemoryPointer(self.memory, 0))
 
     def close(self) -> None:
-        self.client.unregister_cuda_shared_memory(self.name)
+        self.client.unregister_cuda_shared_memory(self.name, headers=self.headers)
 
 
 # --------------------------------------------------------------------------- (a) + (d)
@@ -268,7 +270,13 @@ def _video_copy(index: int, url: str, video: str, in_flight: int, barrier, resul
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     nbytes = height * width * 3
-    slots = [(CudaRegion(client, nbytes), CudaRegion(client, nbytes)) for _ in range(in_flight)]
+    from tddfa_tools import admin_token
+
+    headers = admin_token.headers(admin_token.find_token(url), "grpc")
+    slots = [
+        (CudaRegion(client, nbytes, headers=headers), CudaRegion(client, nbytes, headers=headers))
+        for _ in range(in_flight)
+    ]
     free = list(range(in_flight))
     cond = threading.Condition()
     errors, faces = [], []
