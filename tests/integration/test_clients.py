@@ -221,7 +221,7 @@ def test_batch_survives_a_server_restart(standin_server, asset_dir, tmp_path, mo
     or after it ends: the test waits for the video's temporary output), so a job really
     fails mid-run; the batch takes the server out, retries, and every good file ends done."""
     from tddfa.files import is_temporary
-    from tddfa_clients.batch import ServerPool
+    from tddfa_clients.endpoints import Endpoints
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -234,13 +234,13 @@ def test_batch_survives_a_server_restart(standin_server, asset_dir, tmp_path, mo
     url = standin_server.grpc_url
     counts: dict = {}
     marked_dead: list[str] = []
-    mark_dead = ServerPool.mark_dead
+    mark_dead = Endpoints.mark_dead
 
     def spy(self, dead_url: str) -> None:
         marked_dead.append(dead_url)
         mark_dead(self, dead_url)
 
-    monkeypatch.setattr(ServerPool, "mark_dead", spy)
+    monkeypatch.setattr(Endpoints, "mark_dead", spy)
 
     def batch() -> None:
         counts.update(run_batch([str(inputs)], out, [url], jobs=2, settings=settings))
