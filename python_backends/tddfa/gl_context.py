@@ -4,7 +4,7 @@ PyOpenGL picks its windowing platform (GLX, EGL, ...) once, when ``OpenGL`` is f
 imported, from the environment variable ``PYOPENGL_PLATFORM``. A Triton model or a test
 has no X display, so the default (GLX) would fail; this module therefore sets
 ``PYOPENGL_PLATFORM=egl`` *before* importing OpenGL, unless the user set it already.
-Any module that imports OpenGL must import this one first (``renderer.py`` does).
+Any module that imports OpenGL must import this one first (``tddfa.render`` does).
 
 Contexts are OpenGL 3.3+ core, created without any surface (``EGL_KHR_surfaceless_context``):
 the renderer draws into its own framebuffer object. A context is bound to no thread:
@@ -63,7 +63,7 @@ def _check_platform() -> None:
     if "EGL" not in name:
         raise GLContextError(
             f"PyOpenGL was initialised with the {name} platform, but headless rendering needs "
-            "EGL: set PYOPENGL_PLATFORM=egl in the environment (or import tddfa.renderer "
+            "EGL: set PYOPENGL_PLATFORM=egl in the environment (or import tddfa.render "
             "before anything else imports OpenGL)"
         )
 

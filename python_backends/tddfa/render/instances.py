@@ -1,0 +1,83 @@
+"""Per-face numbers the mesh shader needs, computed on the device that holds the faces.
+
+:func:`face_bounds` maps each face's model-space mesh into the image and keeps its
+bounding box (all that is ever taken from the mapped mesh: the vertices themselves are
+mapped again in the vertex shader). :func:`instance_array` packs one row of
+``INSTANCE_FLOATS`` float32 per face: the rows of T, the lighting frame, z shift / extent,
+the mode, where the face's vertices are, and its tile's offset and clip rectangle.
+numpy or CuPy alike; on a GPU nothing here waits for the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from tddfa.render.shaders import INSTANCE_FLOATS
+from tddfa.xp import get_xp
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceBounds:
+    """Image-space bounding boxes of F faces (xp arrays).
+
+    Attributes:
+        low: (F, 3) float32 minimum x, y, z of each face, z before the shift.
+        high: (F, 3) float32 maximum x, y, z.
+    """
+
+    low: Any
+    high: Any
+
+
+def face_bounds(vertices: Any, transforms: Any) -> FaceBounds:
+    """(F, 3, N) model-space vertices, (F, 3, 4) model->image transforms -> bounds."""
+    xp = get_xp(vertices)
+    transforms = xp.asarray(transforms, dtype=xp.float32)
+    image = transforms[:, :, :3] @ vertices + transforms[:, :, 3:]
+    return FaceBounds(image.min(axis=2), image.max(axis=2))
+
+
+def instance_array(
+    transforms: Any,
+    bounds: FaceBounds,
+    shift_z: bool,
+    host_columns: np.ndarray,
+) -> Any:
+    """Pack the per-face instance rows.
+
+    Args:
+        transforms: (F, 3, 4) model->image affine (xp).
+        bounds: the faces' :class:`FaceBounds` (xp, same device).
+        shift_z: subtract each face's minimum z (the VERTICES convention) or not.
+        host_columns: (F, 14) float32 host columns known from the layout: mode, face index
+            (where its vertices are in the vertex buffers), tile offset x, y, UV atlas
+            origin x, y, clip rectangle (4) and sampling rectangle (4).
+
+    Returns:
+        (F, INSTANCE_FLOATS) float32 contiguous (xp).
+    """
+    xp = get_xp(transforms)
+    faces = transforms.shape[0]
+    low, high = bounds.low.astype(xp.float32), bounds.high.astype(xp.float32)
+    shift = low[:, 2] if shift_z else xp.zeros((faces,), xp.float32)
+    # Sim3DR's normalisation: centre of the bounding box, longest side 2 (after the shift)
+    centre = (low + high) / 2
+    centre[:, 2] -= shift
+    extent = xp.maximum((high - low).max(axis=1), 1e-6)
+    host = xp.asarray(np.ascontiguousarray(host_columns, dtype=np.float32))
+    out = xp.empty((faces, INSTANCE_FLOATS), xp.float32)
+    out[:, 0:12] = xp.asarray(transforms, dtype=xp.float32).reshape(faces, 12)
+    out[:, 12:15] = centre
+    out[:, 15] = 2.0 / extent
+    out[:, 16] = shift
+    out[:, 17] = high[:, 2] - low[:, 2]
+    out[:, 18:32] = host
+    return out
+
+
+def instance_order(wireframe: np.ndarray) -> np.ndarray:
+    """Instance order: filled faces first, then wireframe ones (drawn with other state)."""
+    return np.argsort(np.asarray(wireframe, dtype=bool), kind="stable")

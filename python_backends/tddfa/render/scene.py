@@ -1,0 +1,445 @@
+"""The GL objects of one renderer and the one pass that draws a batch into them.
+
+Objects (all created once, grown when a batch needs more, never shrunk):
+
+- ``background`` / ``target`` RGBA8 textures of the target size, a depth renderbuffer and
+  two framebuffers (background -> target blit, draw into target);
+- vertex data as texture buffers: model-space positions and normals (F, 3, N) float32,
+  read by ``gl_VertexID`` and the face index, so one instanced draw covers every face;
+- per-vertex constants (ncc code, UV coordinates) and the triangle index buffer;
+- the per-face instance buffer and the 2D overlay buffer (landmark dots, pose boxes);
+- the texture image of the ``texture`` mode.
+
+``targets_version`` / ``buffers_version`` count re-creations so the CUDA interop knows
+when to register new objects. Every method needs the GL context current.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+
+import numpy as np
+
+from tddfa.gl_context import GLContextError  # sets PYOPENGL_PLATFORM=egl first
+from tddfa.render import shaders
+from tddfa.render.layout import Pass
+
+# isort: split
+# OpenGL only after tddfa.gl_context has chosen the EGL platform
+from OpenGL import GL
+from OpenGL.raw.GL.VERSION import GL_1_0 as _raw_gl10
+from OpenGL.raw.GL.VERSION import GL_1_1 as _raw_gl11
+
+_FLOAT = 4
+_UNITS = {"u_background": 0, "u_texture": 1, "u_positions": 2, "u_normals": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class Lighting:
+    """Light model of 3DDFA_V2's renderer (Sim3DR defaults); positions in its normalised
+    per-face frame (face centred, longest side 2, z towards the camera)."""
+
+    ambient: float = 0.3
+    diffuse: float = 0.6
+    specular: float = 0.1
+    specular_exponent: float = 5.0
+    light_position: tuple[float, float, float] = (0.0, 0.0, 5.0)
+    view_position: tuple[float, float, float] = (0.0, 0.0, 5.0)
+    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DrawCounts:
+    """What one pass draws: instances (filled, then wireframe) and overlay vertices."""
+
+    filled: int
+    wireframe: int
+    overlay_vertices: int
+    vertices_per_face: int
+
+
+def _compile(vertex: str, fragment: str, what: str) -> int:
+    def compile_shader(kind: int, source: str) -> int:
+        shader = GL.glCreateShader(kind)
+        GL.glShaderSource(shader, source)
+        GL.glCompileShader(shader)
+        if not GL.glGetShaderiv(shader, GL.GL_COMPILE_STATUS):
+            log = GL.glGetShaderInfoLog(shader).decode(errors="replace")
+            raise GLContextError(f"{what} shader failed to compile: {log}")
+        return shader
+
+    stages = [
+        compile_shader(GL.GL_VERTEX_SHADER, vertex),
+        compile_shader(GL.GL_FRAGMENT_SHADER, fragment),
+    ]
+    program = GL.glCreateProgram()
+    for shader in stages:
+        GL.glAttachShader(program, shader)
+    GL.glLinkProgram(program)
+    for shader in stages:
+        GL.glDeleteShader(shader)
+    if not GL.glGetProgramiv(program, GL.GL_LINK_STATUS):
+        log = GL.glGetProgramInfoLog(program).decode(errors="replace")
+        raise GLContextError(f"{what} shader program failed to link: {log}")
+    return program
+
+
+class Scene:
+    """GL objects and drawing of one renderer.
+
+    Args:
+        triangles: (3, T) int triangles.
+        lighting: the shaded mode's light model.
+        alpha: opacity of blended modes over the frame.
+        ncc: (3, V) float32 per-vertex PNCC colours or None (zeros: pncc unavailable).
+        uv: (V, 2) float32 per-vertex BFM texture coordinates or None.
+        uv_size: S, the side of a UV map.
+        wire_color: RGB in [0, 1] of wireframe edges.
+    """
+
+    def __init__(
+        self,
+        triangles: np.ndarray,
+        lighting: Lighting,
+        alpha: float,
+        ncc: np.ndarray | None,
+        uv: np.ndarray | None,
+        uv_size: int,
+        wire_color: tuple[float, float, float],
+    ) -> None:
+        self.n_triangles = int(triangles.shape[1])
+        n_static = int(triangles.max()) + 1
+        self.max_size = min(
+            int(GL.glGetIntegerv(GL.GL_MAX_TEXTURE_SIZE)),
+            int(GL.glGetIntegerv(GL.GL_MAX_RENDERBUFFER_SIZE)),
+            *(int(v) for v in GL.glGetIntegerv(GL.GL_MAX_VIEWPORT_DIMS)),
+        )
+        self.mesh_program = _compile(shaders.MESH_VERTEX, shaders.MESH_FRAGMENT, "mesh")
+        self.overlay_program = _compile(shaders.OVERLAY_VERTEX, shaders.OVERLAY_FRAGMENT, "overlay")
+        self._uniforms = {
+            name: GL.glGetUniformLocation(self.mesh_program, name)
+            for name in ("u_vertices", "u_target", "u_background_size", "u_texture_size")
+        }
+        self._overlay_target = GL.glGetUniformLocation(self.overlay_program, "u_target")
+        self._set_constants(lighting, alpha, uv_size, wire_color)
+
+        # -- mesh: per-vertex constants, triangles, instance buffer, vertex texture buffers
+        self.mesh_vao = int(GL.glGenVertexArrays(1))
+        GL.glBindVertexArray(self.mesh_vao)
+        self.index_buffer, self.ncc_buffer, self.uv_buffer, self.instance_buffer = (
+            int(b) for b in GL.glGenBuffers(4)
+        )
+        GL.glBindBuffer(GL.GL_ELEMENT_ARRAY_BUFFER, self.index_buffer)
+        indices = np.ascontiguousarray(triangles.T, dtype=np.uint32)  # (T, 3)
+        GL.glBufferData(GL.GL_ELEMENT_ARRAY_BUFFER, indices.nbytes, indices, GL.GL_STATIC_DRAW)
+        ncc_rows = np.zeros((n_static, 3), np.float32)
+        if ncc is not None:
+            ncc_rows[: ncc.shape[1]] = np.asarray(ncc, np.float32).T[:n_static]
+        uv_rows = np.zeros((n_static, 2), np.float32)
+        if uv is not None:
+            uv_rows[: uv.shape[0]] = np.asarray(uv, np.float32)[:n_static]
+        for location, buffer, rows in (
+            (0, self.ncc_buffer, ncc_rows),
+            (1, self.uv_buffer, uv_rows),
+        ):
+            rows = np.ascontiguousarray(rows)
+            GL.glBindBuffer(GL.GL_ARRAY_BUFFER, buffer)
+            GL.glBufferData(GL.GL_ARRAY_BUFFER, rows.nbytes, rows, GL.GL_STATIC_DRAW)
+            GL.glEnableVertexAttribArray(location)
+            GL.glVertexAttribPointer(
+                location, rows.shape[1], GL.GL_FLOAT, GL.GL_FALSE, 0, ctypes.c_void_p(0)
+            )
+        for i in range(shaders.INSTANCE_ATTRIBUTES):
+            GL.glEnableVertexAttribArray(shaders.FIRST_INSTANCE_LOCATION + i)
+            GL.glVertexAttribDivisor(shaders.FIRST_INSTANCE_LOCATION + i, 1)
+        self._instance_first = -1
+        self.position_buffer, self.normal_buffer = (int(b) for b in GL.glGenBuffers(2))
+        self.position_texture, self.normal_texture = (int(t) for t in GL.glGenTextures(2))
+        self.vertex_bytes = 0
+        self.instance_bytes = 0
+
+        # -- overlays: (M, OVERLAY_FLOATS) float32 vertices, drawn as triangles
+        self.overlay_vao = int(GL.glGenVertexArrays(1))
+        GL.glBindVertexArray(self.overlay_vao)
+        self.overlay_buffer = int(GL.glGenBuffers(1))
+        GL.glBindBuffer(GL.GL_ARRAY_BUFFER, self.overlay_buffer)
+        stride = shaders.OVERLAY_FLOATS * _FLOAT
+        for location, (size, offset) in enumerate(((2, 0), (2, 2), (3, 4), (4, 7))):
+            GL.glEnableVertexAttribArray(location)
+            GL.glVertexAttribPointer(
+                location, size, GL.GL_FLOAT, GL.GL_FALSE, stride, ctypes.c_void_p(offset * _FLOAT)
+            )
+        self.overlay_bytes = 0
+        GL.glBindVertexArray(0)
+        self.buffers_version = 0
+
+        # -- frames: background and target textures, depth, framebuffers
+        self.background, self.target, self.texture = (int(t) for t in GL.glGenTextures(3))
+        self.depth = int(GL.glGenRenderbuffers(1))
+        self.read_fbo, self.draw_fbo = (int(f) for f in GL.glGenFramebuffers(2))
+        self.size = (0, 0)  # (height, width) capacity of background/target
+        self.targets_version = 0
+        self.texture_size = (1, 1)
+        self.set_texture(np.full((1, 1, 3), 128, np.uint8))
+        GL.glPixelStorei(GL.GL_UNPACK_ALIGNMENT, 1)
+        GL.glPixelStorei(GL.GL_PACK_ALIGNMENT, 1)
+
+    def _set_constants(self, lighting: Lighting, alpha: float, uv_size: int, wire) -> None:
+        program = self.mesh_program
+        GL.glUseProgram(program)
+
+        def loc(name: str) -> int:
+            return GL.glGetUniformLocation(program, name)
+
+        GL.glUniform4f(
+            loc("u_light"), lighting.ambient, lighting.diffuse, lighting.specular,
+            lighting.specular_exponent,
+        )  # fmt: skip
+        GL.glUniform3f(loc("u_light_position"), *lighting.light_position)
+        GL.glUniform3f(loc("u_view_position"), *lighting.view_position)
+        GL.glUniform3f(loc("u_color"), *lighting.color)
+        GL.glUniform3f(loc("u_wire_color"), *wire)
+        GL.glUniform1f(loc("u_alpha"), alpha)
+        GL.glUniform1f(loc("u_uv_size"), float(uv_size))
+        for name, unit in _UNITS.items():
+            GL.glUniform1i(loc(name), unit)
+
+    # -- capacity -------------------------------------------------------------------------
+    def ensure_target(self, height: int, width: int) -> bool:
+        """Grow background/target/depth to at least (height, width); True if re-created."""
+        if height <= self.size[0] and width <= self.size[1]:
+            return False
+        if max(height, width) > self.max_size:
+            raise ValueError(f"{height}x{width} exceeds the GL limit {self.max_size}")
+        height, width = max(height, self.size[0]), max(width, self.size[1])
+        for texture in (self.background, self.target):
+            GL.glBindTexture(GL.GL_TEXTURE_2D, texture)
+            GL.glTexImage2D(
+                GL.GL_TEXTURE_2D, 0, GL.GL_RGBA8, width, height, 0, GL.GL_RGBA,
+                GL.GL_UNSIGNED_BYTE, None,
+            )  # fmt: skip
+            # LINEAR: the uv mode samples frames bilinearly (texelFetch ignores filters)
+            GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_MIN_FILTER, GL.GL_LINEAR)
+            GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_MAG_FILTER, GL.GL_LINEAR)
+            GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_WRAP_S, GL.GL_CLAMP_TO_EDGE)
+            GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_WRAP_T, GL.GL_CLAMP_TO_EDGE)
+        GL.glBindRenderbuffer(GL.GL_RENDERBUFFER, self.depth)
+        GL.glRenderbufferStorage(GL.GL_RENDERBUFFER, GL.GL_DEPTH_COMPONENT24, width, height)
+        self._attach(self.read_fbo, self.background, None)
+        self._attach(self.draw_fbo, self.target, self.depth)
+        self.size = (height, width)
+        self.targets_version += 1
+        return True
+
+    @staticmethod
+    def _attach(fbo: int, texture: int, depth: int | None) -> None:
+        GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, fbo)
+        GL.glFramebufferTexture2D(
+            GL.GL_FRAMEBUFFER, GL.GL_COLOR_ATTACHMENT0, GL.GL_TEXTURE_2D, texture, 0
+        )
+        if depth is not None:
+            GL.glFramebufferRenderbuffer(
+                GL.GL_FRAMEBUFFER, GL.GL_DEPTH_ATTACHMENT, GL.GL_RENDERBUFFER, depth
+            )
+        status = GL.glCheckFramebufferStatus(GL.GL_FRAMEBUFFER)
+        if status != GL.GL_FRAMEBUFFER_COMPLETE:
+            raise GLContextError(f"framebuffer incomplete (status 0x{int(status):x})")
+
+    def ensure_buffers(self, vertex_bytes: int, instance_bytes: int, overlay_bytes: int) -> bool:
+        """Grow the vertex, instance and overlay buffers; True if any was re-created."""
+        grown = False
+        if vertex_bytes > self.vertex_bytes:
+            size = max(vertex_bytes, 2 * self.vertex_bytes)
+            for buffer, texture in (
+                (self.position_buffer, self.position_texture),
+                (self.normal_buffer, self.normal_texture),
+            ):
+                GL.glBindBuffer(GL.GL_TEXTURE_BUFFER, buffer)
+                GL.glBufferData(GL.GL_TEXTURE_BUFFER, size, None, GL.GL_DYNAMIC_DRAW)
+                GL.glBindTexture(GL.GL_TEXTURE_BUFFER, texture)
+                GL.glTexBuffer(GL.GL_TEXTURE_BUFFER, GL.GL_R32F, buffer)
+            self.vertex_bytes, grown = size, True
+        for name, buffer, need in (
+            ("instance_bytes", self.instance_buffer, instance_bytes),
+            ("overlay_bytes", self.overlay_buffer, overlay_bytes),
+        ):
+            if need > getattr(self, name):
+                size = max(need, 2 * getattr(self, name), 4096)
+                GL.glBindBuffer(GL.GL_ARRAY_BUFFER, buffer)
+                GL.glBufferData(GL.GL_ARRAY_BUFFER, size, None, GL.GL_DYNAMIC_DRAW)
+                setattr(self, name, size)
+                grown = True
+        if grown:
+            self.buffers_version += 1
+        return grown
+
+    def set_texture(self, image: np.ndarray) -> None:
+        """The texture mode's image: (H, W, 3) uint8 RGB, row 0 at the top."""
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        height, width = image.shape[:2]
+        if max(height, width) > self.max_size:
+            raise ValueError(f"texture {height}x{width} exceeds the GL limit {self.max_size}")
+        GL.glBindTexture(GL.GL_TEXTURE_2D, self.texture)
+        GL.glPixelStorei(GL.GL_UNPACK_ALIGNMENT, 1)
+        GL.glTexImage2D(
+            GL.GL_TEXTURE_2D, 0, GL.GL_RGB8, width, height, 0, GL.GL_RGB, GL.GL_UNSIGNED_BYTE,
+            image,
+        )  # fmt: skip
+        GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_MIN_FILTER, GL.GL_LINEAR)
+        GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_MAG_FILTER, GL.GL_LINEAR)
+        GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_WRAP_S, GL.GL_CLAMP_TO_EDGE)
+        GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_WRAP_T, GL.GL_CLAMP_TO_EDGE)
+        self.texture_size = (width, height)
+
+    # -- host transfers -------------------------------------------------------------------
+    def upload_tile_host(self, image: np.ndarray, src: tuple, dst: tuple) -> None:
+        """Copy the ``src`` rectangle (x, y, w, h) of a C-contiguous (H, W, 3) uint8 frame to
+        ``dst`` (x, y) of the background."""
+        x, y, w, h = src
+        GL.glBindTexture(GL.GL_TEXTURE_2D, self.background)
+        GL.glPixelStorei(GL.GL_UNPACK_ROW_LENGTH, image.shape[1])
+        GL.glPixelStorei(GL.GL_UNPACK_SKIP_PIXELS, x)
+        GL.glPixelStorei(GL.GL_UNPACK_SKIP_ROWS, y)
+        try:
+            _raw_gl11.glTexSubImage2D(
+                GL.GL_TEXTURE_2D, 0, dst[0], dst[1], w, h, GL.GL_RGB, GL.GL_UNSIGNED_BYTE,
+                image.ctypes.data_as(ctypes.c_void_p),
+            )  # fmt: skip
+        finally:
+            GL.glPixelStorei(GL.GL_UNPACK_ROW_LENGTH, 0)
+            GL.glPixelStorei(GL.GL_UNPACK_SKIP_PIXELS, 0)
+            GL.glPixelStorei(GL.GL_UNPACK_SKIP_ROWS, 0)
+
+    def upload_buffers_host(
+        self,
+        positions: np.ndarray | None,
+        normals: np.ndarray | None,
+        instances: np.ndarray | None,
+        overlay: np.ndarray | None,
+    ) -> None:
+        for buffer, target, data in (
+            (self.position_buffer, GL.GL_TEXTURE_BUFFER, positions),
+            (self.normal_buffer, GL.GL_TEXTURE_BUFFER, normals),
+            (self.instance_buffer, GL.GL_ARRAY_BUFFER, instances),
+            (self.overlay_buffer, GL.GL_ARRAY_BUFFER, overlay),
+        ):
+            if data is not None and data.size:
+                data = np.ascontiguousarray(data, dtype=np.float32)
+                GL.glBindBuffer(target, buffer)
+                GL.glBufferSubData(target, 0, data.nbytes, data)
+
+    def read_host(self, width: int, height: int) -> np.ndarray:
+        """The target's top-left (height, width) pixels as (H, W, 3) uint8 RGB."""
+        out = np.empty((height, width, 3), dtype=np.uint8)
+        GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, self.draw_fbo)
+        _raw_gl10.glReadPixels(
+            0, 0, width, height, GL.GL_RGB, GL.GL_UNSIGNED_BYTE, out.ctypes.data_as(ctypes.c_void_p)
+        )
+        return out
+
+    # -- drawing --------------------------------------------------------------------------
+    def _instances_from(self, first: int) -> None:
+        """Point the per-instance attributes at instance ``first`` of the instance buffer."""
+        if first == self._instance_first:
+            return
+        GL.glBindBuffer(GL.GL_ARRAY_BUFFER, self.instance_buffer)
+        stride = shaders.INSTANCE_FLOATS * _FLOAT
+        for i in range(shaders.INSTANCE_ATTRIBUTES):
+            GL.glVertexAttribPointer(
+                shaders.FIRST_INSTANCE_LOCATION + i, 4, GL.GL_FLOAT, GL.GL_FALSE, stride,
+                ctypes.c_void_p(first * stride + 16 * i),
+            )  # fmt: skip
+        self._instance_first = first
+
+    def draw(self, plan: Pass, counts: DrawCounts) -> None:
+        """Draw one pass: frames into their tiles, faces, overlays (after the uploads)."""
+        width, height = plan.width, plan.height
+        capacity_h, capacity_w = self.size
+        GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, self.read_fbo)
+        GL.glBindFramebuffer(GL.GL_DRAW_FRAMEBUFFER, self.draw_fbo)
+        GL.glBlitFramebuffer(
+            0, 0, width, height, 0, 0, width, height, GL.GL_COLOR_BUFFER_BIT, GL.GL_NEAREST
+        )
+        GL.glViewport(0, 0, capacity_w, capacity_h)
+        GL.glEnable(GL.GL_SCISSOR_TEST)
+        GL.glClearColor(0.0, 0.0, 0.0, 1.0)
+        for atlas in plan.atlases.values():  # UV maps start black
+            GL.glScissor(*atlas.origin, *atlas.size)
+            GL.glClear(GL.GL_COLOR_BUFFER_BIT)
+        GL.glScissor(0, 0, width, height)
+        GL.glDepthMask(GL.GL_TRUE)
+        GL.glClear(GL.GL_DEPTH_BUFFER_BIT)
+        for i in range(4):
+            GL.glEnable(GL.GL_CLIP_DISTANCE0 + i)
+        GL.glDisable(GL.GL_BLEND)
+        faces = counts.filled + counts.wireframe
+        if faces:
+            self._draw_meshes(counts, capacity_w, capacity_h)
+        if counts.overlay_vertices:
+            GL.glDisable(GL.GL_DEPTH_TEST)
+            GL.glUseProgram(self.overlay_program)
+            GL.glUniform2f(self._overlay_target, float(capacity_w), float(capacity_h))
+            GL.glBindVertexArray(self.overlay_vao)
+            GL.glDrawArrays(GL.GL_TRIANGLES, 0, counts.overlay_vertices)
+        GL.glDisable(GL.GL_SCISSOR_TEST)
+        GL.glBindVertexArray(0)
+
+    def _draw_meshes(self, counts: DrawCounts, capacity_w: int, capacity_h: int) -> None:
+        GL.glUseProgram(self.mesh_program)
+        GL.glUniform1i(self._uniforms["u_vertices"], counts.vertices_per_face)
+        GL.glUniform2f(self._uniforms["u_target"], float(capacity_w), float(capacity_h))
+        GL.glUniform2f(self._uniforms["u_background_size"], float(capacity_w), float(capacity_h))
+        GL.glUniform2f(self._uniforms["u_texture_size"], *(float(v) for v in self.texture_size))
+        for texture, target, unit in (
+            (self.background, GL.GL_TEXTURE_2D, 0),
+            (self.texture, GL.GL_TEXTURE_2D, 1),
+            (self.position_texture, GL.GL_TEXTURE_BUFFER, 2),
+            (self.normal_texture, GL.GL_TEXTURE_BUFFER, 3),
+        ):
+            GL.glActiveTexture(GL.GL_TEXTURE0 + unit)
+            GL.glBindTexture(target, texture)
+        GL.glActiveTexture(GL.GL_TEXTURE0)
+        GL.glBindVertexArray(self.mesh_vao)
+        GL.glEnable(GL.GL_DEPTH_TEST)
+        GL.glDepthFunc(GL.GL_LESS)
+        count = 3 * self.n_triangles
+        if counts.filled:
+            self._instances_from(0)
+            GL.glDrawElementsInstanced(
+                GL.GL_TRIANGLES, count, GL.GL_UNSIGNED_INT, ctypes.c_void_p(0), counts.filled
+            )
+        if counts.wireframe:
+            # visible edges only: the surface's depth first (pushed back a little), then its
+            # edges where they are not behind it
+            self._instances_from(counts.filled)
+            GL.glColorMask(GL.GL_FALSE, GL.GL_FALSE, GL.GL_FALSE, GL.GL_FALSE)
+            GL.glEnable(GL.GL_POLYGON_OFFSET_FILL)
+            GL.glPolygonOffset(1.0, 1.0)
+            GL.glDrawElementsInstanced(
+                GL.GL_TRIANGLES, count, GL.GL_UNSIGNED_INT, ctypes.c_void_p(0), counts.wireframe
+            )
+            GL.glDisable(GL.GL_POLYGON_OFFSET_FILL)
+            GL.glColorMask(GL.GL_TRUE, GL.GL_TRUE, GL.GL_TRUE, GL.GL_TRUE)
+            GL.glDepthFunc(GL.GL_LEQUAL)
+            GL.glPolygonMode(GL.GL_FRONT_AND_BACK, GL.GL_LINE)
+            GL.glDrawElementsInstanced(
+                GL.GL_TRIANGLES, count, GL.GL_UNSIGNED_INT, ctypes.c_void_p(0), counts.wireframe
+            )
+            GL.glPolygonMode(GL.GL_FRONT_AND_BACK, GL.GL_FILL)
+            GL.glDepthFunc(GL.GL_LESS)
+
+    def delete(self) -> None:
+        GL.glDeleteFramebuffers(2, [self.read_fbo, self.draw_fbo])
+        GL.glDeleteRenderbuffers(1, [self.depth])
+        GL.glDeleteTextures(
+            [self.background, self.target, self.texture, self.position_texture, self.normal_texture]
+        )
+        buffers = [
+            self.index_buffer, self.ncc_buffer, self.uv_buffer, self.instance_buffer,
+            self.position_buffer, self.normal_buffer, self.overlay_buffer,
+        ]  # fmt: skip
+        GL.glDeleteBuffers(len(buffers), buffers)
+        GL.glDeleteVertexArrays(2, [self.mesh_vao, self.overlay_vao])
+        GL.glDeleteProgram(self.mesh_program)
+        GL.glDeleteProgram(self.overlay_program)

@@ -1,0 +1,184 @@
+"""GLSL of the two programs: the instanced face mesh and the 2D overlays.
+
+Coordinates. Every face is drawn into a *target*: one framebuffer holding the batch's
+frames as tiles (:mod:`tddfa.render.layout`). The mesh shader reads the face's model-space
+vertex ``m`` from a texture buffer, maps it to the image with the face's model->image
+affine ``T`` (``p = T[:, :3] m + T[:, 3]``, then ``p.z -= z shift``; tddfa.params), moves
+it by its tile's offset and maps target pixels (x right, y down, centres at integers) to
+clip space so that target row 0 is framebuffer row 0 (frames upload and read back in their
+own row order, no flip). Four clip distances keep a face inside its own tile.
+
+Depth: ``z_ndc = -z / DEPTH_RANGE`` with image-space z (towards the camera), so a nearer
+surface has a smaller depth for every face of every tile; z within +-65,536 px keeps
+1/128 px of depth resolution in a 24-bit depth buffer.
+
+Lighting is per vertex (Gouraud), as 3DDFA_V2's Sim3DR renderer: ambient + Lambert diffuse
++ specular from a light on the viewing axis, in the face's normalised frame (bounding box
+centred, longest side 2). Normals are the model-space area-weighted normals mapped by the
+cofactor matrix of T[:, :3] (exact for an affine map), turned to face the camera.
+
+Per face (instanced attributes, ``INSTANCE_FLOATS`` float32 each, see
+:mod:`tddfa.render.instances`): the three rows of T, the lighting frame, (z shift, z extent,
+mode, face index), (tile offset x, y, UV atlas origin x, y), the clip rectangle in target
+pixels and the rectangle that bounds frame sampling (image pixels).
+"""
+
+from __future__ import annotations
+
+from tddfa.render.modes import BLENDED_MODES, MODE_IDS
+
+DEPTH_RANGE = 65536.0
+INSTANCE_ATTRIBUTES = 8  # vec4 attributes per face instance
+INSTANCE_FLOATS = 4 * INSTANCE_ATTRIBUTES
+FIRST_INSTANCE_LOCATION = 2  # locations 0, 1: per-vertex ncc code and UV coordinates
+OVERLAY_FLOATS = 11  # per overlay vertex: position 2, disc coordinate 2, colour 3, clip 4
+
+_MODE_DEFINES = "\n".join(
+    f"#define MODE_{name.upper()} {index}" for name, index in MODE_IDS.items()
+)
+_BLENDED = " || ".join(f"v_mode == MODE_{name.upper()}" for name in sorted(BLENDED_MODES))
+
+MESH_VERTEX = f"""
+#version 330 core
+{_MODE_DEFINES}
+uniform samplerBuffer u_positions;  // (F, 3, N) model space, planar
+uniform samplerBuffer u_normals;    // (F, 3, N) model-space area-weighted normals
+uniform sampler2D u_background;     // the frames, as tiles of the target
+uniform int u_vertices;             // N
+uniform vec2 u_target;              // target size (width, height) in pixels
+uniform vec2 u_background_size;
+uniform vec2 u_texture_size;        // texture mode's image (width, height)
+uniform float u_uv_size;            // S, side of a UV map
+uniform vec4 u_light;               // ambient, diffuse, specular, specular exponent
+uniform vec3 u_light_position;
+uniform vec3 u_view_position;
+uniform vec3 u_color;
+uniform vec3 u_wire_color;
+layout(location = 0) in vec3 a_ncc;
+layout(location = 1) in vec2 a_uv;
+layout(location = 2) in vec4 i_row0;
+layout(location = 3) in vec4 i_row1;
+layout(location = 4) in vec4 i_row2;
+layout(location = 5) in vec4 i_light;   // lighting frame: centre xyz, scale
+layout(location = 6) in vec4 i_face;    // z shift, z extent, mode, face index
+layout(location = 7) in vec4 i_offset;  // image -> target offset xy, UV atlas origin xy
+layout(location = 8) in vec4 i_clip;    // target rectangle x0, y0, x1, y1 (pixel edges)
+layout(location = 9) in vec4 i_sample;  // frame sampling bounds x0, y0, x1, y1 (image)
+out vec3 v_color;
+out vec2 v_texcoord;
+flat out int v_mode;
+
+vec3 fetch(samplerBuffer planes, int base) {{
+    return vec3(texelFetch(planes, base).r,
+                texelFetch(planes, base + u_vertices).r,
+                texelFetch(planes, base + 2 * u_vertices).r);
+}}
+
+vec3 lit(vec3 p, vec3 n) {{
+    vec3 position = (p - i_light.xyz) * i_light.w;
+    vec3 l = normalize(u_light_position - position);
+    float c = dot(n, l);
+    float shade = u_light.x + u_light.y * max(c, 0.0);
+    if (c > 0.0) {{
+        vec3 v = normalize(u_view_position - position);
+        vec3 r = 2.0 * c * n - l;
+        shade += u_light.z * clamp(pow(max(dot(v, r), 0.0), u_light.w), 0.0, 1.0);
+    }}
+    return u_color * clamp(shade, 0.0, 1.0);
+}}
+
+void main() {{
+    int mode = int(i_face.z);
+    int base = int(i_face.w) * 3 * u_vertices + gl_VertexID;
+    vec3 m = fetch(u_positions, base);
+    vec3 p = vec3(dot(i_row0.xyz, m) + i_row0.w,
+                  dot(i_row1.xyz, m) + i_row1.w,
+                  dot(i_row2.xyz, m) + i_row2.w - i_face.x);
+    vec2 target = p.xy + i_offset.xy;
+    float depth = -p.z / {DEPTH_RANGE:.1f};
+    v_mode = mode;
+    v_texcoord = vec2(0.0);
+    if (mode == MODE_UV) {{
+        // 3DDFA_V2's uv_tex: the map pixel of (u, v) is (u (S-1), (1 - v) (S-1)); its colour
+        // the frame at the vertex, bilinear; the first triangle drawn at a pixel wins
+        target = i_offset.zw + vec2(a_uv.x, 1.0 - a_uv.y) * (u_uv_size - 1.0);
+        depth = 0.0;
+        vec2 at = clamp(p.xy, i_sample.xy, i_sample.zw) + i_offset.xy;
+        v_color = textureLod(u_background, (at + 0.5) / u_background_size, 0.0).rgb;
+    }} else if (mode == MODE_DEPTH) {{
+        v_color = vec3(p.z / max(i_face.y, 1e-6));
+    }} else if (mode == MODE_PNCC) {{
+        v_color = a_ncc;
+    }} else if (mode == MODE_WIREFRAME) {{
+        v_color = u_wire_color;
+    }} else if (mode == MODE_TEXTURE) {{
+        v_texcoord = (vec2(a_uv.x, 1.0 - a_uv.y) * (u_texture_size - 1.0) + 0.5) / u_texture_size;
+    }} else {{
+        vec3 c0 = vec3(i_row0.x, i_row1.x, i_row2.x);
+        vec3 c1 = vec3(i_row0.y, i_row1.y, i_row2.y);
+        vec3 c2 = vec3(i_row0.z, i_row1.z, i_row2.z);
+        vec3 n = mat3(cross(c1, c2), cross(c2, c0), cross(c0, c1)) * fetch(u_normals, base);
+        float len = length(n);
+        n = len > 0.0 ? n / len : vec3(0.0, 0.0, 1.0);
+        if (n.z < 0.0) n = -n;  // two-sided: the winding of the mesh does not matter
+        v_color = mode == MODE_NORMALS ? 0.5 * n + 0.5 : lit(p, n);
+    }}
+    gl_Position = vec4(2.0 * (target + 0.5) / u_target - 1.0, depth, 1.0);
+    gl_ClipDistance[0] = target.x - i_clip.x;
+    gl_ClipDistance[1] = i_clip.z - target.x;
+    gl_ClipDistance[2] = target.y - i_clip.y;
+    gl_ClipDistance[3] = i_clip.w - target.y;
+}}
+"""
+
+MESH_FRAGMENT = f"""
+#version 330 core
+{_MODE_DEFINES}
+in vec3 v_color;
+in vec2 v_texcoord;
+flat in int v_mode;
+uniform sampler2D u_background;
+uniform sampler2D u_texture;
+uniform float u_alpha;
+out vec4 frag_color;
+void main() {{
+    vec3 color = v_color;
+    if (v_mode == MODE_TEXTURE) color = textureLod(u_texture, v_texcoord, 0.0).rgb;
+    if ({_BLENDED}) {{
+        vec3 frame = texelFetch(u_background, ivec2(gl_FragCoord.xy), 0).rgb;
+        color = mix(frame, color, u_alpha);
+    }}
+    frag_color = vec4(color, 1.0);
+}}
+"""
+
+OVERLAY_VERTEX = """
+#version 330 core
+layout(location = 0) in vec2 a_position;  // target pixels
+layout(location = 1) in vec2 a_disc;      // dots: position in the disc, in radii; lines: 0
+layout(location = 2) in vec3 a_color;
+layout(location = 3) in vec4 a_clip;      // target rectangle x0, y0, x1, y1 (pixel edges)
+uniform vec2 u_target;
+out vec2 v_disc;
+out vec3 v_color;
+void main() {
+    v_disc = a_disc;
+    v_color = a_color;
+    gl_Position = vec4(2.0 * (a_position + 0.5) / u_target - 1.0, 0.0, 1.0);
+    gl_ClipDistance[0] = a_position.x - a_clip.x;
+    gl_ClipDistance[1] = a_clip.z - a_position.x;
+    gl_ClipDistance[2] = a_position.y - a_clip.y;
+    gl_ClipDistance[3] = a_clip.w - a_position.y;
+}
+"""
+
+OVERLAY_FRAGMENT = """
+#version 330 core
+in vec2 v_disc;
+in vec3 v_color;
+out vec4 frag_color;
+void main() {
+    if (dot(v_disc, v_disc) > 1.0) discard;
+    frag_color = vec4(v_color, 1.0);
+}
+"""

@@ -1,0 +1,65 @@
+"""Build ``render_assets.npz``, the renderer's per-vertex tables and default texture.
+
+``build_render_assets(asset_dir, out)`` is what the repository builder calls for the
+face_renderer version folder (next to bfm.npz). From 3DDFA_V2's public files:
+
+- ``3ddfa_v2/ncc_code.npy`` -> ``ncc`` (3, N): the pncc mode's colours;
+- ``3ddfa_v2/BFM_UV.mat`` rows at ``3ddfa_v2/indices.npy`` -> ``uv`` (N, 2): BFM texture
+  coordinates of the no-neck vertices (texture and uv modes);
+- ``ffmpeg_gpu_demo/color.1024x1024.jpg`` (optional) -> ``texture``: the FFmpeg GPU demo's
+  face texture, the texture mode's default image.
+
+The file format and loader are :mod:`tddfa.render.assets`. Derived from the Basel Face
+Model: academic, non-commercial use only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tddfa.config import NUM_VERTICES
+from tddfa.render.assets import RenderAssets, load_texture_image, save_render_assets
+from tddfa_tools.assets import resolve_assets
+
+log = logging.getLogger(__name__)
+
+RENDER_ASSET_NAMES = ("ncc_code.npy", "BFM_UV.mat", "indices.npy")
+TEXTURE_ASSET = "color.1024x1024.jpg"
+
+
+def bfm_uv_coordinates(uv_mat: Path, indices: Path) -> np.ndarray:
+    """(N, 2) float32 (u, v) of the no-neck vertices from BFM_UV.mat and indices.npy."""
+    import scipy.io
+
+    uv = np.asarray(scipy.io.loadmat(str(uv_mat))["UV"], dtype=np.float32)  # (53215, 2)
+    ids = np.load(indices, allow_pickle=False).astype(np.int64)
+    if ids.shape != (NUM_VERTICES,) or ids.max() >= uv.shape[0]:
+        raise ValueError(
+            f"{indices} must hold {NUM_VERTICES} vertex ids below {uv.shape[0]}, got {ids.shape}"
+        )
+    return np.ascontiguousarray(uv[ids])
+
+
+def build_render_assets(
+    asset_dir: str | os.PathLike | None, out: str | os.PathLike, download: bool = True
+) -> Path:
+    """Write ``out`` (render_assets.npz) from the assets (``asset_dir``, else
+    $TDDFA_ASSET_DIR, the cache, or a download); returns ``out``."""
+    found = resolve_assets(RENDER_ASSET_NAMES, asset_dir=asset_dir, download=download)
+    texture_path = resolve_assets([TEXTURE_ASSET], asset_dir=asset_dir, download=download).get(
+        TEXTURE_ASSET
+    )
+    ncc = np.load(found["ncc_code.npy"], allow_pickle=False).astype(np.float32)
+    uv = bfm_uv_coordinates(found["BFM_UV.mat"], found["indices.npy"])
+    texture = load_texture_image(texture_path) if texture_path else None
+    if texture is None:
+        log.warning(
+            "%s not found: the texture render mode needs the face_renderer parameter "
+            "texture_image until it is supplied",
+            TEXTURE_ASSET,
+        )
+    return save_render_assets(RenderAssets(ncc=ncc, uv=uv, texture=texture), out)
