@@ -13,28 +13,38 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
+from tritonclient.grpc import model_config_pb2
 
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_PARAMS, NUM_SHAPE, NUM_VERTICES, PipelineConfig
-from tddfa.priors import prior_boxes
-from tddfa_tools.model_config import check_ensemble, load_repository, save_config
+from tddfa.contract import SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE
+from tddfa_tools.model_config import check_contract, check_ensemble, load_repository, save_config
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "model_repository"
-NETWORKS = ("face_detector", "face_regressor", "bfm_decoder")
 FLAVOURS = ("python", "onnxruntime", "tensorrt")
-# The steps a user may size with --instance-count: every model of the template but the ensemble.
+ENSEMBLES = (STATELESS_ENSEMBLE, SEQUENCE_ENSEMBLE)
+# The networks each Python model runs in-process, each from <version>/<network>/.
+MODEL_NETWORKS = {
+    "face_detector": ("face_detector",),
+    "face_aligner": ("face_regressor",),
+    "face_tracker": ("face_detector", "face_regressor"),
+}
+# Models that read the BFM tables (<version>/bfm.npz) and say which BFM they use.
+BFM_MODELS = ("face_aligner", "face_tracker", "face_renderer", "face_vertices")
+# The steps a user may size with --instance-count: every model of the template but the ensembles.
 TEMPLATE_MODELS = tuple(
-    sorted(p.parent.name for p in TEMPLATE.glob("*/config.pbtxt") if p.parent.name != "tddfa")
+    sorted(p.parent.name for p in TEMPLATE.glob("*/config.pbtxt") if p.parent.name not in ENSEMBLES)
 )
 # Bump when an export changes, so cached ONNX files are rebuilt.
 EXPORT_VERSION = 1
+MAX_BATCH_SIZE_LIMIT = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,17 +60,31 @@ class BuildOptions:
     fp16: bool = True  # network precision on GPU (TensorRT engines, PyTorch CUDA runner)
     instances: int = 1  # instances of each step (GPU builds may want more)
     instance_counts: tuple[tuple[str, int], ...] = ()  # per-model overrides of `instances`
+    gpus: tuple[int, ...] = ()  # GPU builds: the devices every step gets instances on
+
+    def __post_init__(self) -> None:
+        if self.flavour not in FLAVOURS:
+            raise ValueError(f"unknown flavour {self.flavour!r}: choose one of {FLAVOURS}")
+        if self.device not in ("cpu", "gpu"):
+            raise ValueError(f"device must be cpu or gpu, got {self.device!r}")
+        if not 1 <= self.max_batch_size <= MAX_BATCH_SIZE_LIMIT:
+            raise ValueError(
+                f"--max-batch-size must be 1..{MAX_BATCH_SIZE_LIMIT}, got {self.max_batch_size}"
+            )
+        if self.pipeline.max_faces < 1:
+            raise ValueError(f"--max-faces must be >= 1, got {self.pipeline.max_faces}")
+        if self.instances < 1:
+            raise ValueError(f"--instances must be >= 1, got {self.instances}")
+        if self.gpus and self.device != "gpu":
+            raise ValueError("--gpus needs --device gpu")
 
 
 @dataclasses.dataclass(frozen=True)
 class BuiltModels:
     """Exported networks and tables, cached in ``models_dir``."""
 
-    detector: Path
-    regressor: Path
-    bfm_decoder: Path
+    networks: dict[str, Path]  # network name -> ONNX file
     bfm: Path
-    triangles: Path
     regressor_name: str  # mb05 | mb1
     bfm_exact: bool
     torch_weights: dict[str, Path]  # per network: what the PyTorch CUDA runner rebuilds it from
@@ -100,9 +124,9 @@ def _build_assets(asset_dir: Path | None) -> dict[str, Path]:
 
 
 def export_models(options: BuildOptions) -> BuiltModels:
-    """Resolve the assets, then export (or reuse) the three networks and the BFM tables."""
+    """Resolve the assets, then export (or reuse) the two networks and the BFM tables."""
     from tddfa.bfm import load_bfm
-    from tddfa_tools.bfm_builder import build_bfm, export_bfm_decoder
+    from tddfa_tools.bfm_builder import build_bfm
     from tddfa_tools.export_onnx import export_face_detector, export_face_regressor
 
     assets = _build_assets(options.asset_dir)
@@ -129,46 +153,30 @@ def export_models(options: BuildOptions) -> BuiltModels:
     bfm_sources = [p for p in assets.values() if p is not None and p.suffix != ".pth"]
     bfm = _cached(out / "bfm.npz", bfm_sources, lambda p: build_bfm(assets, p))
     model = load_bfm(bfm)
-    decoder = _cached(out / "bfm_decoder.onnx", [bfm], lambda p: export_bfm_decoder(model, p))
-    triangles = out / "triangles.npy"
-    np.save(triangles, np.ascontiguousarray(model.tri, dtype=np.int32))
     if not model.exact:
         log.warning("BFM: %s", model.description())
     return BuiltModels(
-        detector,
-        regressor_onnx,
-        decoder,
-        bfm,
-        triangles,
-        regressor,
-        model.exact,
-        torch_weights={
-            "face_detector": assets["FaceBoxesProd.pth"],
-            "face_regressor": weights,
-            "bfm_decoder": bfm,
-        },
+        networks={"face_detector": detector, "face_regressor": regressor_onnx},
+        bfm=bfm,
+        regressor_name=regressor,
+        bfm_exact=model.exact,
+        torch_weights={"face_detector": assets["FaceBoxesProd.pth"], "face_regressor": weights},
     )
 
 
 def tensor_dims(pipeline: PipelineConfig) -> dict[str, list[int]]:
-    """Dims (without the batch axis) of every fixed-size tensor of the ensemble."""
+    """Dims (without the batch axis) of every fixed-size tensor of the ensembles."""
     k = pipeline.max_faces
-    priors = len(prior_boxes(pipeline.canvas_height, pipeline.canvas_width))
     return {
-        "DETECTOR_INPUT": [3, pipeline.canvas_height, pipeline.canvas_width],
-        "LOC": [priors, 4],
-        "CONF": [priors, 2],
         "FACE_BOXES": [k, 5],
-        "ROI_BOXES": [k, 4],
-        "CROPS": [k, 3, 120, 120],
-        "PARAMS_NORM": [k, NUM_PARAMS],
+        "DETECTIONS": [k, 5],
+        "TRACK_IDS": [k],
         "PARAMS": [k, NUM_PARAMS],
         "POSE": [k, 3],
         "LANDMARKS": [k, 3, NUM_LANDMARKS],
         "ALPHA_SHP": [k, NUM_SHAPE],
         "ALPHA_EXP": [k, NUM_EXP],
         "TRANSFORM": [k, 3, 4],
-        "MODEL_VERTICES": [k, 3, NUM_VERTICES],
         "VERTICES": [k, 3, NUM_VERTICES],
     }
 
@@ -178,33 +186,42 @@ def configure(configs: dict, options: BuildOptions, models: BuiltModels) -> None
     dims = tensor_dims(options.pipeline)
     pipeline_values = options.pipeline.to_parameters()
     gpu = options.device == "gpu"
+    counts = dict(options.instance_counts)
+    bfm_kind = "exact" if models.bfm_exact else "approximate"
     for name, config in configs.items():
         config.max_batch_size = options.max_batch_size
         for tensor in list(config.input) + list(config.output):
             if tensor.name in dims:
                 del tensor.dims[:]
                 tensor.dims.extend(dims[tensor.name])
-        if name == "tddfa":
+        if name in ENSEMBLES:
             continue
         for key in config.parameters:
             if key in pipeline_values:
                 config.parameters[key].string_value = pipeline_values[key]
-        for group in config.instance_group:
-            group.kind = group.KIND_GPU if gpu else group.KIND_CPU
-            group.count = dict(options.instance_counts).get(name, options.instances)
-        if name in NETWORKS and options.flavour != "python":
-            config.ClearField("backend")
-            config.platform = (
-                "onnxruntime_onnx" if options.flavour == "onnxruntime" else "tensorrt_plan"
-            )
-        elif gpu:  # python steps take and give device tensors (DLPack), never host copies
+        _instance_groups(config, counts.get(name, options.instances), options)
+        if gpu:  # python steps take and give device tensors (DLPack), never host copies
             config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
-            if name in NETWORKS:  # PyTorch CUDA runner precision
-                config.parameters["precision"].string_value = _precision(name, options.fp16)
-    bfm_kind = "exact" if models.bfm_exact else "approximate"
-    configs["landmark_to_vertex"].parameters["regressor"].string_value = models.regressor_name
-    for name in ("landmark_to_vertex", "bfm_decoder"):
-        configs[name].parameters["bfm"].string_value = bfm_kind
+            for network in MODEL_NETWORKS.get(name, ()):  # PyTorch CUDA runner precision
+                config.parameters[f"{network}_precision"].string_value = _precision(
+                    network, options.fp16
+                )
+        if "regressor" in config.parameters:
+            config.parameters["regressor"].string_value = models.regressor_name
+        if name in BFM_MODELS:
+            config.parameters["bfm"].string_value = bfm_kind
+
+
+def _instance_groups(config, count: int, options: BuildOptions) -> None:
+    """``count`` instances on the CPU, on the default GPU, or on each of ``options.gpus``."""
+    del config.instance_group[:]
+    if options.device != "gpu":
+        config.instance_group.add(count=count, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
+        return
+    group = config.instance_group.add(
+        count=count, kind=model_config_pb2.ModelInstanceGroup.KIND_GPU
+    )
+    group.gpus.extend(options.gpus)  # empty: every visible GPU gets `count` instances
 
 
 def _precision(network: str, fp16: bool) -> str:
@@ -212,40 +229,36 @@ def _precision(network: str, fp16: bool) -> str:
 
     The detector stays fp32: its float16 scores reorder near-tied candidates before NMS
     (emma.jpg's largest face: another box wins, 9 px off, landmarks 5.8 px off the
-    reference), and it is not the GPU's bottleneck. The BFM decoder's values exceed
-    float16 (the runner keeps it fp32 anyway).
+    reference), and it is not the GPU's bottleneck.
     """
     return "fp16" if fp16 and network == "face_regressor" else "fp32"
 
 
-def _network_file(
-    name: str, onnx: Path, torch_weights: Path, version_dir: Path, options: BuildOptions
-) -> None:
-    if options.flavour == "tensorrt":
-        from tddfa_tools.tensorrt_builder import build_engine, default_profiles
-
-        profiles = default_profiles(options.pipeline, options.max_batch_size)[name]
-        engine = build_engine(
-            onnx,
-            options.models_dir / "engines",
-            profiles=profiles,
-            fp16=options.fp16,
-            timing_cache=options.models_dir / "engines" / "timing.cache",
-        )
-        shutil.copy2(engine, version_dir / "model.plan")
-    else:
-        shutil.copy2(onnx, version_dir / "model.onnx")
-    if options.flavour == "python" and options.device == "gpu":
+def _network_files(network: str, models: BuiltModels, folder: Path, options: BuildOptions) -> None:
+    """What tddfa.runners needs to run ``network`` from ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _link(models.networks[network], folder / "model.onnx")
+    if options.device == "gpu":
         # without TensorRT, the python runner rebuilds the network in PyTorch from these
-        shutil.copy2(torch_weights, version_dir / torch_weights.name)
-    if options.flavour != "python":
-        (version_dir / "model.py").unlink()
+        weights = models.torch_weights[network]
+        _link(weights, folder / weights.name)
+
+
+def _link(source: Path, target: Path) -> None:
+    """Hard-link a built file into the repository (copy across file systems)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def build_repository(options: BuildOptions) -> Path:
     """Build the repository into ``options.out`` (replaced only when the build succeeded)."""
-    if options.flavour not in FLAVOURS:
-        raise ValueError(f"unknown flavour {options.flavour!r}: choose one of {FLAVOURS}")
+    if options.flavour != "python":
+        raise ValueError(
+            f"--flavour {options.flavour}: not available in this build yet (the one-graph "
+            "detector for native backends is being added); use --flavour python"
+        )
     models = export_models(options)
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -253,17 +266,18 @@ def build_repository(options: BuildOptions) -> Path:
     try:
         repo = staging / "repo"
         shutil.copytree(TEMPLATE, repo, ignore=shutil.ignore_patterns("__pycache__"))
-        (repo / "tddfa" / "1").mkdir(exist_ok=True)  # ensembles need an (empty) version folder
-        for name, onnx in zip(
-            NETWORKS, (models.detector, models.regressor, models.bfm_decoder), strict=True
-        ):
-            _network_file(name, onnx, models.torch_weights[name], repo / name / "1", options)
-        shutil.copy2(models.bfm, repo / "landmark_to_vertex" / "1" / "bfm.npz")
-        shutil.copy2(models.triangles, repo / "face_renderer" / "1" / "triangles.npy")
+        for ensemble in ENSEMBLES:  # ensembles need an (empty) version folder
+            (repo / ensemble / "1").mkdir(exist_ok=True)
+        for model, networks in MODEL_NETWORKS.items():
+            for network in networks:
+                _network_files(network, models, repo / model / "1" / network, options)
+        for model in BFM_MODELS:
+            _link(models.bfm, repo / model / "1" / "bfm.npz")
 
         configs = load_repository(repo)
         configure(configs, options, models)
-        problems = check_ensemble(configs)
+        problems = [p for ensemble in ENSEMBLES for p in check_ensemble(configs, ensemble)]
+        problems += check_contract(configs)
         if problems:
             raise RuntimeError("built repository is inconsistent:\n  " + "\n  ".join(problems))
         for name, config in configs.items():
@@ -275,6 +289,7 @@ def build_repository(options: BuildOptions) -> Path:
                     "device": options.device,
                     "max_batch_size": options.max_batch_size,
                     "fp16": options.fp16,
+                    "gpus": list(options.gpus),
                     "regressor": models.regressor_name,
                     "bfm": "exact" if models.bfm_exact else "approximate",
                     **dataclasses.asdict(options.pipeline),
@@ -305,6 +320,13 @@ def _instance_counts(items: list[str]) -> tuple[tuple[str, int], ...]:
             )
         counts.append((name, int(count)))
     return tuple(counts)
+
+
+def _gpus(text: str) -> tuple[int, ...]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not all(item.isdigit() for item in items) or len(set(items)) != len(items):
+        raise ValueError(f"--gpus must be distinct device ids like 0,1; got {text!r}")
+    return tuple(int(item) for item in items)
 
 
 def _canvas(text: str) -> tuple[int, int]:
@@ -338,7 +360,18 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--canvas", default="720x1280", help="detector canvas HxW (default: %(default)s)"
     )
-    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=8,
+        help=f"frames per batched execution, 1..{MAX_BATCH_SIZE_LIMIT} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--gpus",
+        default="",
+        help="GPU builds: comma-separated device ids that each get --instances instances of "
+        "every step, e.g. 0,1 (default: every visible GPU)",
+    )
     parser.add_argument("--instances", type=int, default=1, help="instances per step")
     parser.add_argument(
         "--instance-count",
@@ -386,6 +419,7 @@ def _run(args) -> int:
         fp16=not args.fp32,
         instances=args.instances,
         instance_counts=_instance_counts(args.instance_count),
+        gpus=_gpus(args.gpus),
     )
     build_repository(options)
     return 0

@@ -169,3 +169,36 @@ def load_bfm(npz_path: str | os.PathLike) -> BFM:
     fields["tri"] = fields["tri"].astype(np.int32, copy=False)
     fields["landmark_vertex_ids"] = fields["landmark_vertex_ids"].astype(np.int64, copy=False)
     return BFM(**fields, exact=exact, metadata=metadata)
+
+
+class DenseDecoder:
+    """``u + w_shp @ alpha_shp + w_exp @ alpha_exp`` as (F, 3, N) model-space vertices.
+
+    One matrix product over the concatenated bases (numpy on the CPU, cuBLAS through CuPy
+    on the GPU; the bases are copied to each device once). Callers pass only filled face
+    slots, so an empty frame costs nothing.
+    """
+
+    def __init__(self, bfm: BFM):
+        self.bfm = bfm
+        self._bases: dict[Any, tuple[Any, Any]] = {}
+
+    def _device_bases(self, xp: Any) -> tuple[Any, Any]:
+        key = xp.__name__ if xp is np else (xp.__name__, xp.cuda.Device().id)
+        if key not in self._bases:
+            basis = np.concatenate([self.bfm.w_shp, self.bfm.w_exp], axis=1)  # (3N, 50)
+            self._bases[key] = (
+                xp.asarray(self.bfm.u, dtype=xp.float32),
+                xp.asarray(np.ascontiguousarray(basis.T), dtype=xp.float32),  # (50, 3N)
+            )
+        return self._bases[key]
+
+    def __call__(self, alpha_shp: Any, alpha_exp: Any) -> Any:
+        """(F, 40) and (F, 10) coefficients -> (F, 3, N) float32 vertices (x, y, z rows)."""
+        from tddfa.xp import get_xp
+
+        xp = get_xp(alpha_shp)
+        u, basis = self._device_bases(xp)
+        coefficients = xp.concatenate([alpha_shp, alpha_exp], axis=1).astype(xp.float32)
+        flat = coefficients @ basis + u  # (F, 3N), xyz interleaved
+        return flat.reshape(len(flat), -1, 3).transpose(0, 2, 1)

@@ -42,6 +42,20 @@ class PipelineConfig:
     post_nms_top_k: int = 750
     score_threshold: float = 0.5
     render_alpha: float = 0.6
+    # Sequences (tddfa_track): the detector runs on the first frame, every N frames (0 =
+    # only when a track is lost) and when a track is lost; a tracked crop smaller than
+    # this area (px^2, the original's rule) is lost; IoU that matches a detection to a track.
+    track_detect_every: int = 10
+    track_min_roi_area: float = 2020.0
+    track_iou_threshold: float = 0.3
+    # A tracked crop whose best FaceBoxes score falls below this holds no face any more.
+    track_min_face_score: float = 0.5
+    # One Euro smoothing of tracked faces (tddfa.smoothing): cutoff at rest (Hz), its rise
+    # with speed (1/(px/s)), and the frame rate the filter assumes.
+    smoothing: bool = True
+    smoothing_min_cutoff: float = 1.0
+    smoothing_beta: float = 0.15
+    smoothing_frame_rate: float = 30.0
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, Any]) -> PipelineConfig:
@@ -56,9 +70,21 @@ class PipelineConfig:
             raw = parameters[field.name]
             if isinstance(raw, Mapping):
                 raw = raw["string_value"]
-            values[field.name] = type(field.default)(raw)
+            values[field.name] = _parse(field.name, type(field.default), raw)
         return cls(**values)
 
     def to_parameters(self) -> dict[str, str]:
         """The config as Triton ``parameters`` string values."""
         return {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _parse(name: str, kind: type, raw: Any) -> Any:
+    if kind is bool and isinstance(raw, str):
+        lowered = raw.strip().lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise ValueError(f"parameter {name} must be true or false, got {raw!r}")
+        return lowered in ("true", "1", "yes", "on")
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"parameter {name} must be a {kind.__name__}, got {raw!r}") from None

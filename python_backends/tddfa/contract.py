@@ -39,7 +39,8 @@ ENSEMBLE_OUTPUTS: tuple[Output, ...] = (
 # Only the sequence ensemble has it: one id per face slot, stable across the sequence's
 # frames (0 for an empty slot; ids start at 1).
 TRACK_IDS = Output("TRACK_IDS", "int32", ("K",), "track id of each face slot, 0 = empty")
-SEQUENCE_OUTPUTS: tuple[Output, ...] = (*ENSEMBLE_OUTPUTS, TRACK_IDS)
+DETECTED = Output("DETECTED", "bool", (1,), "the detector ran on this frame")
+SEQUENCE_OUTPUTS: tuple[Output, ...] = (*ENSEMBLE_OUTPUTS, TRACK_IDS, DETECTED)
 
 OUTPUT_NAMES: tuple[str, ...] = tuple(o.name for o in ENSEMBLE_OUTPUTS)
 SEQUENCE_OUTPUT_NAMES: tuple[str, ...] = tuple(o.name for o in SEQUENCE_OUTPUTS)

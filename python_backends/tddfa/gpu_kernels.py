@@ -27,6 +27,7 @@ from tddfa.config import REGRESSOR_SIZE, PipelineConfig
 from tddfa.preprocess import DETECTOR_MEAN_RGB, detector_scale, resized_size
 from tddfa.resize import fixed_point_weights, inverse_scale, linear_taps
 from tddfa.roi import crop_taps
+from tddfa.xp import get_xp
 
 _BLEND = r"""
 __device__ __forceinline__ float blend(const unsigned char* top, const unsigned char* bottom,
@@ -190,17 +191,19 @@ def detector_canvas(frames: Any, cfg: PipelineConfig) -> tuple[Any, float]:
     return out, scale
 
 
-def crop_tap_table(rois: np.ndarray, height: int, width: int, size: int) -> np.ndarray:
-    """(B, K, 4) host ROI boxes -> (8, B * K, size) int32 taps for :func:`face_crops`.
+def crop_tap_table(rois: Any, height: int, width: int, size: int) -> Any:
+    """(B, K, 4) ROI boxes (numpy or CuPy) -> (8, B * K, size) int32 taps for
+    :func:`face_crops`, in the same array module (device boxes never visit the host).
 
     Empty slots must be all-zero boxes (their weights come out 0: black crops).
     """
-    flat = np.asarray(rois, dtype=np.float32).reshape(-1, 4)
-    return np.stack([t.astype(np.int32) for t in crop_taps(flat, height, width, size)])
+    xp = get_xp(rois)
+    flat = rois.reshape(-1, 4).astype(xp.float32)
+    return xp.stack([t.astype(xp.int32) for t in crop_taps(flat, height, width, size)])
 
 
-def face_crops(frames: Any, rois: np.ndarray, size: int = REGRESSOR_SIZE) -> Any:
-    """(B, H, W, 3) uint8 CuPy frames, (B, K, 4) host ROI boxes -> (B, K, 3, size, size)
+def face_crops(frames: Any, rois: Any, size: int = REGRESSOR_SIZE) -> Any:
+    """(B, H, W, 3) uint8 CuPy frames, (B, K, 4) ROI boxes (CuPy or numpy) -> (B, K, 3, size, size)
     float32 CuPy crops, equal to :func:`tddfa.roi.crop_and_resize` per frame (zero rows for
     all-zero boxes)."""
     import cupy

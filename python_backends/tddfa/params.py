@@ -150,3 +150,45 @@ def landmarks(params: Any, rois: Any, bfm: Any) -> Any:
         (K, 3, 68) float32 (x, y, z) rows, z shifted so its minimum is 0 per face.
     """
     return apply_transform(model_to_image(params, rois), landmark_vertices(params, bfm))
+
+
+def transform_to_camera(transform: Any, rois: Any) -> Any:
+    """Inverse of :func:`model_to_image`: the crop-frame camera [R | t] of each face.
+
+    Args:
+        transform: (K, 3, 4) model->image transforms.
+        rois: (K, 4) ROI boxes (sx, sy, ex, ey) the camera is expressed in.
+
+    Returns:
+        (K, 12) float32 params[:12] (row-major [R | t]) for those ROI boxes.
+    """
+    xp = get_xp(transform)
+    t = transform.astype(xp.float64)
+    rois = rois.astype(xp.float64)
+    size = float(REGRESSOR_SIZE)
+    sx, sy, ex, ey = (rois[:, i, None] for i in range(4))
+    scale_x = (ex - sx) / size
+    scale_y = (ey - sy) / size
+    scale_z = (scale_x + scale_y) / 2
+    safe = lambda s: xp.where(s != 0, s, 1)  # noqa: E731 - empty slots stay zero
+    row_x = t[:, 0].copy()
+    row_x[:, 3] -= sx[:, 0]
+    row_y = t[:, 1].copy()
+    row_y[:, 3] -= (size * scale_y + sy)[:, 0]
+    row_z = t[:, 2]
+    shift = xp.asarray([0.0, 0.0, 0.0, 1.0])
+    camera = xp.stack(
+        [row_x / safe(scale_x) + shift, -row_y / safe(scale_y), row_z / safe(scale_z) + shift],
+        axis=1,
+    )
+    return camera.reshape(-1, POSE_END).astype(xp.float32)
+
+
+def landmarks_from_transform(transform: Any, alpha_shp: Any, alpha_exp: Any, bfm: Any) -> Any:
+    """(K, 3, 68) image landmarks of faces given as transform (K,3,4) + coefficients."""
+    xp = get_xp(transform)
+    k = transform.shape[0]
+    coefficients = xp.zeros((k, EXP_END), dtype=xp.float32)
+    coefficients[:, POSE_END:SHAPE_END] = alpha_shp
+    coefficients[:, SHAPE_END:EXP_END] = alpha_exp
+    return apply_transform(transform, landmark_vertices(coefficients, bfm))

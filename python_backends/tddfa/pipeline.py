@@ -1,7 +1,9 @@
-"""The whole ensemble in one process, from a built model repository, without Triton.
+"""The ensembles in one process, from a built model repository, without Triton.
 
 Runs the same step objects as the served models (tddfa.steps) on the same built files,
 so tests can compare the server with it and benchmarks can measure Triton's overhead.
+``Pipeline`` is the stateless ``tddfa`` ensemble; ``Pipeline.track`` runs frames of one
+sequence as ``tddfa_track`` does.
 """
 
 from __future__ import annotations
@@ -14,29 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from tddfa.bfm import load_bfm
-from tddfa.config import NUM_EXP, NUM_SHAPE, REGRESSOR_SIZE, PipelineConfig
-from tddfa.steps import (
-    LandmarkToVertexStep,
-    NetworkStep,
-    PreprocessStep,
-    RenderStep,
-    RoiCropStep,
-)
-
-ENSEMBLE_OUTPUTS = (
-    "RENDERED",
-    "FACE_COUNT",
-    "FACE_BOXES",
-    "LANDMARKS",
-    "POSE",
-    "PARAMS",
-    "VERTICES",
-)
+from tddfa.aligner import Aligner
+from tddfa.bfm import DenseDecoder, load_bfm
+from tddfa.config import REGRESSOR_SIZE, PipelineConfig
+from tddfa.contract import OUTPUT_NAMES, SEQUENCE_OUTPUT_NAMES
+from tddfa.detector import Detector
+from tddfa.steps import AlignerStep, DetectorStep, RenderStep, TrackerStep, VerticesStep
+from tddfa.tracking import SequenceStore, Tracker
 
 
 class Pipeline:
-    """``Pipeline(repository)(image)`` -> the ensemble's outputs for one frame (batch of 1)."""
+    """``Pipeline(repository)(images)`` -> the ``tddfa`` ensemble's outputs (batch first)."""
 
     def __init__(self, repository: Path, device: str = "cpu", render: bool = True):
         from tddfa.runners import make_runner
@@ -44,61 +34,94 @@ class Pipeline:
         repository = Path(repository)
         build = json.loads((repository / "BUILD.json").read_text())
         fields = {f.name for f in dataclasses.fields(PipelineConfig)}
-        self.config = PipelineConfig(**{k: v for k, v in build.items() if k in fields})
+        self.config = cfg = PipelineConfig(**{k: v for k, v in build.items() if k in fields})
+        tracker_config = _parameters(repository / "face_tracker" / "config.pbtxt")
+        self.track_config = PipelineConfig.from_parameters(
+            {**dataclasses.asdict(cfg), **tracker_config}
+        )
+        batch_sizes = range(1, int(build.get("max_batch_size", 1)) + 1)
 
-        def runner(model: str):
+        def runner(model: str, network: str, dims: dict):
             # as the served GPU steps run them: CUDA graphs, each network's precision
-            config = (repository / model / "config.pbtxt").read_text()
-            fp32 = re.search(r'key: "precision"\s*value\s*\{\s*string_value: "fp32"', config)
-            return make_runner(
-                repository / model / "1", device, cuda_graphs=device != "cpu", fp16=fp32 is None
+            config = _parameters(repository / model / "config.pbtxt")
+            run = make_runner(
+                repository / model / "1" / network,
+                device,
+                cuda_graphs=device != "cpu",
+                fp16=config.get(f"{network}_precision", "fp16") == "fp16",
             )
+            if device != "cpu" and hasattr(run, "warmup"):  # graphs now, not under traffic
+                run.warmup(dims, batch_sizes)
+            return run
 
-        self.preprocess = PreprocessStep(self.config)
-        self.detector = NetworkStep(runner("face_detector"), ["DETECTOR_INPUT"])
-        self.roi_crop = RoiCropStep(self.config)
-        self.regressor = NetworkStep(runner("face_regressor"), ["CROPS"])
-        bfm = load_bfm(repository / "landmark_to_vertex" / "1" / "bfm.npz")
-        self.landmark_to_vertex = LandmarkToVertexStep(self.config, bfm)
-        self.bfm_decoder = NetworkStep(runner("bfm_decoder"), ["ALPHA_SHP", "ALPHA_EXP"])
-        if device != "cpu":  # CUDA graphs of every batch size now, not under traffic
-            k = self.config.max_faces
-            dims = {
-                "DETECTOR_INPUT": (3, self.config.canvas_height, self.config.canvas_width),
-                "CROPS": (k, 3, REGRESSOR_SIZE, REGRESSOR_SIZE),
-                "ALPHA_SHP": (k, NUM_SHAPE),
-                "ALPHA_EXP": (k, NUM_EXP),
-            }
-            batch_sizes = range(1, int(build.get("max_batch_size", 1)) + 1)
-            for step in (self.detector, self.regressor, self.bfm_decoder):
-                warmup = getattr(step.runner, "warmup", None)
-                if warmup is not None:
-                    warmup(dims, batch_sizes)
+        canvas = {"DETECTOR_INPUT": (3, cfg.canvas_height, cfg.canvas_width)}
+        crops = {"CROPS": (cfg.max_faces, 3, REGRESSOR_SIZE, REGRESSOR_SIZE)}
+        bfm = load_bfm(repository / "face_aligner" / "1" / "bfm.npz")
+        self.detector = DetectorStep(
+            Detector(cfg, runner("face_detector", "face_detector", canvas))
+        )
+        aligner = Aligner(cfg, runner("face_aligner", "face_regressor", crops), bfm)
+        self.aligner = AlignerStep(aligner)
+        decoder = DenseDecoder(bfm)
+        self.vertices = VerticesStep(decoder)
+        self.tracker = TrackerStep(
+            Tracker(self.track_config, self.detector.detector, aligner),
+            SequenceStore(idle_timeout=3600),
+        )
         self.renderer = None
         if render:
             from tddfa.renderer import MeshRenderer
 
-            triangles = np.load(repository / "face_renderer" / "1" / "triangles.npy")
             self.renderer = RenderStep(
-                MeshRenderer(triangles, device=device, alpha=self.config.render_alpha)
+                MeshRenderer(bfm.tri, device=device, alpha=cfg.render_alpha), decoder
             )
 
+    def _finish(self, t: dict, names: tuple[str, ...]) -> dict[str, Any]:
+        if self.renderer is not None:
+            t.update(self.renderer.run(t))
+            t.update(self.vertices.run(t))
+        return {name: t[name] for name in names if name in t}
+
     def __call__(self, images) -> dict[str, Any]:
-        """images: (B,H,W,3) uint8 RGB (or one (H,W,3) frame) -> {ENSEMBLE_OUTPUT: (B, ...)}."""
+        """images: (B,H,W,3) uint8 RGB (or one (H,W,3) frame) -> {output: (B, ...)}."""
         if images.ndim == 3:
             images = images[None]
         t = {"IMAGE": images}
-        self.preprocess.validate(t)
-        t.update(self.preprocess.run(t))
+        self.detector.validate(t)
         t.update(self.detector.run(t))
-        t.update(self.roi_crop.run(t))
-        t.update(self.regressor.run(t))
-        t.update(self.landmark_to_vertex.run(t))
-        if self.renderer is not None:
-            t.update(self.bfm_decoder.run(t))
-            t.update(self.renderer.run(t))
-        return {name: t[name] for name in ENSEMBLE_OUTPUTS if name in t}
+        t.update(self.aligner.run(t))
+        return self._finish(t, OUTPUT_NAMES)
+
+    def track(
+        self,
+        image,
+        sequence_id: int,
+        start: bool = False,
+        end: bool = False,
+        smoothing: bool | None = None,
+    ):
+        """One frame (H,W,3) of sequence ``sequence_id`` -> ``tddfa_track``'s outputs (1, ...).
+        ``smoothing``: the sequence's choice on its START frame (None: the model default)."""
+        images = image[None] if image.ndim == 3 else image
+        t = {
+            "IMAGE": images,
+            "START": np.asarray([[int(start)]], np.int32),
+            "END": np.asarray([[int(end)]], np.int32),
+            "READY": np.ones((1, 1), np.int32),
+            "CORRID": np.asarray([[sequence_id]], np.uint64),
+        }
+        self.tracker.validate(t)
+        parameters = [{} if smoothing is None else {"smoothing": smoothing}]
+        t.update(self.tracker.run(t, parameters=parameters))
+        return self._finish(t, SEQUENCE_OUTPUT_NAMES)
 
     def close(self) -> None:
         if self.renderer is not None:
             self.renderer.renderer.close()
+
+
+def _parameters(config_path: Path) -> dict[str, str]:
+    """The string ``parameters`` of a config.pbtxt (what its model reads at load)."""
+    text = config_path.read_text()
+    pattern = r'key:\s*"([^"]+)"\s*value\s*\{\s*string_value:\s*"([^"]*)"'
+    return dict(re.findall(pattern, text))

@@ -1,51 +1,26 @@
-"""The ensemble's steps as plain objects: named arrays in, named arrays out.
+"""The ensembles' steps as plain objects: named arrays in, named arrays out.
 
-Each class is what one Triton model of the `tddfa` ensemble runs (DESIGN.md); the
-Triton adapter (tddfa_triton) and the in-process pipeline (tddfa.pipeline) both use
-them, so the served and the in-process results come from the same code. All arrays
-carry a leading batch axis B (frames); K is the number of face slots.
+Each class is what one Triton model runs (README, "Architecture"); the Triton adapter
+(tddfa_triton) and the in-process pipeline (tddfa.pipeline) both use them, so served and
+in-process results come from the same code. Arrays carry a leading batch axis B (frames);
+K is the number of face slots.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from tddfa import detection, params, preprocess, roi
-from tddfa.bfm import BFM
-from tddfa.config import NUM_EXP, NUM_SHAPE, PipelineConfig
-from tddfa.priors import prior_boxes
+from tddfa.aligner import ALIGNED, Aligner
+from tddfa.bfm import DenseDecoder
+from tddfa.detector import Detector
+from tddfa.params import apply_transform
+from tddfa.tracking import SequenceStore, Tracker
 from tddfa.xp import get_xp, to_numpy
 
 Arrays = Mapping[str, Any]
-LOG = logging.getLogger(__name__)
-
-
-def _on_gpu(xp) -> bool:
-    return xp is not np
-
-
-class _FusedKernels:
-    """The fused CuPy kernels of :mod:`tddfa.gpu_kernels`, or None after one failed to build
-    (the generic CuPy code then runs: slower, same results)."""
-
-    failed = False
-
-    @classmethod
-    def get(cls):
-        if cls.failed:
-            return None
-        from tddfa import gpu_kernels
-
-        return gpu_kernels
-
-    @classmethod
-    def disable(cls, exc: Exception) -> None:
-        LOG.warning("fused GPU kernels unavailable (%r): using the generic CuPy path", exc)
-        cls.failed = True
 
 
 def _require_rank(inputs: Arrays, ranks: Mapping[str, int]) -> None:
@@ -57,241 +32,215 @@ def _require_rank(inputs: Arrays, ranks: Mapping[str, int]) -> None:
             )
 
 
-def _face_mask(face_count, max_faces: int):
-    """(B, 1) int32 counts -> (B, K) bool, True for filled face slots."""
-    xp = get_xp(face_count)
-    return xp.arange(max_faces)[None, :] < face_count.reshape(-1, 1)
+def _counts(num_faces: Any) -> Any:
+    """(B, 1) NUM_FACES -> (B,) int32, same array module."""
+    return num_faces.reshape(-1).astype(get_xp(num_faces).int32, copy=False)
 
 
-class PreprocessStep:
-    """IMAGE (B,H,W,3) uint8 RGB -> DETECTOR_INPUT (B,3,Hc,Wc) float32, SCALE (B,1) float32."""
+class DetectorStep:
+    """IMAGE (B,H,W,3) uint8 -> FACE_BOXES (B,K,5), FACE_COUNT (B,1) int32 and their
+    internal copies DETECTIONS, NUM_FACES (an ensemble output is never a step input)."""
 
-    def __init__(self, config: PipelineConfig):
-        self.config = config
-
-    def validate(self, inputs: Arrays) -> None:
-        image = inputs["IMAGE"]
-        if image.ndim != 4:
-            raise ValueError(
-                f"IMAGE must be uint8 (H, W, 3) RGB with a batch axis, got {image.dtype} "
-                f"{tuple(image.shape)}: send one frame as shape (1, H, W, 3)"
-            )
-        for frame in image:
-            preprocess.validate_image(frame, self.config)
-
-    def run(self, inputs: Arrays) -> dict[str, Any]:
-        xp = get_xp(inputs["IMAGE"])
-        kernels = _FusedKernels.get() if _on_gpu(xp) else None
-        if kernels is not None:  # one kernel for the whole batch (frames share a size)
-            try:
-                canvases, scale = kernels.detector_canvas(inputs["IMAGE"], self.config)
-            except Exception as exc:  # noqa: BLE001 - a kernel that fails to compile
-                _FusedKernels.disable(exc)
-            else:
-                batch = canvases.shape[0]
-                return {
-                    "DETECTOR_INPUT": canvases,
-                    "SCALE": xp.full((batch, 1), scale, dtype=xp.float32),
-                }
-        canvases, scales = [], []
-        for frame in inputs["IMAGE"]:
-            canvas, scale = preprocess.to_detector_canvas(frame, self.config)
-            canvases.append(canvas)
-            scales.append(scale)
-        return {
-            "DETECTOR_INPUT": xp.stack(canvases),
-            "SCALE": xp.asarray(scales, dtype=xp.float32).reshape(-1, 1),
-        }
-
-
-class RoiCropStep:
-    """Detections -> K best face boxes, their ROI boxes and 120x120 crops.
-
-    IMAGE (B,H,W,3) uint8, LOC (B,P,4), CONF (B,P,2), SCALE (B,1) ->
-    FACE_BOXES (B,K,5), FACE_COUNT (B,1) int32 (and NUM_FACES, the same, for later
-    steps), ROI_BOXES (B,K,4), CROPS (B,K,3,120,120).
-    """
-
-    def __init__(self, config: PipelineConfig):
-        self.config = config
-        self.priors = prior_boxes(config.canvas_height, config.canvas_width)
-        self._device_priors = {}  # one copy per array module (numpy / CuPy), made once
-
-    def validate(self, inputs: Arrays) -> None:
-        _require_rank(inputs, {"IMAGE": 4, "LOC": 3, "CONF": 3, "SCALE": 2})
-        if inputs["LOC"].shape[1] != len(self.priors):
-            raise ValueError(
-                f"LOC has {inputs['LOC'].shape[1]} priors but the "
-                f"{self.config.canvas_height}x{self.config.canvas_width} canvas has "
-                f"{len(self.priors)}: face_detector and roi_crop must use the same canvas"
-            )
-
-    def run(self, inputs: Arrays) -> dict[str, Any]:
-        xp = get_xp(inputs["IMAGE"])
-        kernels = _FusedKernels.get() if _on_gpu(xp) else None
-        if kernels is not None:
-            try:
-                return self._run_gpu(inputs, xp, kernels)
-            except Exception as exc:  # noqa: BLE001 - a kernel that fails to compile
-                if isinstance(exc, ValueError):
-                    raise
-                _FusedKernels.disable(exc)
-        priors = self._device_priors.get(xp)
-        if priors is None:
-            priors = self._device_priors[xp] = xp.asarray(self.priors)
-        boxes, counts, rois, crops = [], [], [], []
-        for image, loc, conf, scale in zip(
-            inputs["IMAGE"], inputs["LOC"], inputs["CONF"], inputs["SCALE"], strict=True
-        ):
-            face_boxes, count = detection.select_faces(
-                loc, conf, priors, float(scale[0]), self.config
-            )
-            face_rois = roi.roi_from_box(face_boxes[:, :4])
-            face_rois[count:] = 0
-            face_crops = roi.crop_and_resize(image, face_rois, count=count)
-            boxes.append(face_boxes)
-            counts.append(count)
-            rois.append(face_rois)
-            crops.append(face_crops)
-        face_count = xp.asarray(counts, dtype=xp.int32).reshape(-1, 1)
-        return {
-            "FACE_BOXES": xp.stack(boxes).astype(xp.float32, copy=False),
-            "FACE_COUNT": face_count,
-            "NUM_FACES": face_count,
-            "ROI_BOXES": xp.stack(rois).astype(xp.float32, copy=False),
-            "CROPS": xp.stack(crops).astype(xp.float32, copy=False),
-        }
-
-    def _run_gpu(self, inputs: Arrays, xp, kernels) -> dict[str, Any]:
-        """GPU batch: the few candidates above the score threshold go to the host for
-        decoding and NMS (one transfer for the batch, instead of some thirty small kernels
-        and three synchronisations per frame); the crops are one fused kernel."""
-        cfg, k = self.config, self.config.max_faces
-        batch = inputs["IMAGE"].shape[0]
-        scores = inputs["CONF"][:, :, 1]
-        threshold = max(cfg.pre_nms_threshold, cfg.score_threshold)
-        frame_index, prior_index = xp.nonzero(scores > threshold)
-        candidates = xp.concatenate(
-            [inputs["LOC"][frame_index, prior_index], scores[frame_index, prior_index, None]],
-            axis=1,
-        )
-        candidates, frame_index, prior_index, scale = (
-            to_numpy(a) for a in (candidates, frame_index, prior_index, inputs["SCALE"])
-        )
-        boxes = np.zeros((batch, k, 5), np.float32)
-        rois = np.zeros((batch, k, 4), np.float32)
-        counts = np.zeros((batch, 1), np.int32)
-        for b in range(batch):
-            rows = frame_index == b
-            conf = np.zeros((int(rows.sum()), 2), np.float32)
-            conf[:, 1] = candidates[rows, 4]
-            boxes[b], count = detection.select_faces(
-                candidates[rows, :4], conf, self.priors[prior_index[rows]], float(scale[b, 0]), cfg
-            )
-            rois[b, :count] = roi.roi_from_box(boxes[b, :count, :4])
-            counts[b] = count
-        face_count = xp.asarray(counts)
-        return {
-            "FACE_BOXES": xp.asarray(boxes),
-            "FACE_COUNT": face_count,
-            "NUM_FACES": face_count,
-            "ROI_BOXES": xp.asarray(rois),
-            "CROPS": kernels.face_crops(inputs["IMAGE"], rois),
-        }
-
-
-class LandmarkToVertexStep:
-    """Regressor output -> 62 params, pose, 68 landmarks, BFM coefficients, and the
-    per-face model->image transform (MODELS.md 4).
-
-    PARAMS_NORM (B,K,62), ROI_BOXES (B,K,4), NUM_FACES (B,1) -> PARAMS (B,K,62),
-    POSE (B,K,3) degrees, LANDMARKS (B,K,3,68), ALPHA_SHP (B,K,40), ALPHA_EXP (B,K,10),
-    TRANSFORM (B,K,3,4). Empty face slots are zeros.
-    """
-
-    def __init__(self, config: PipelineConfig, bfm: BFM):
-        self.config = config
-        self.bfm = bfm
-
-    def validate(self, inputs: Arrays) -> None:
-        _require_rank(inputs, {"PARAMS_NORM": 3, "ROI_BOXES": 3, "NUM_FACES": 2})
-
-    def run(self, inputs: Arrays) -> dict[str, Any]:
-        xp = get_xp(inputs["PARAMS_NORM"])
-        if _on_gpu(xp):
-            # (B, K, 62) numbers: some hundred tiny kernels on the GPU (~5 ms, launch-bound)
-            # against ~0.3 ms of numpy; only these small tensors cross, never pixels
-            names = ("PARAMS_NORM", "ROI_BOXES", "NUM_FACES")
-            host = self.run({name: to_numpy(inputs[name]) for name in names})
-            return {name: xp.asarray(array) for name, array in host.items()}
-        norm = inputs["PARAMS_NORM"]
-        batch, k = norm.shape[:2]
-        flat_params = params.denormalize(
-            norm.reshape(batch * k, -1),
-            xp.asarray(self.bfm.param_mean),
-            xp.asarray(self.bfm.param_std),
-        )
-        flat_rois = inputs["ROI_BOXES"].reshape(batch * k, 4)
-        mask = _face_mask(inputs["NUM_FACES"], k).reshape(batch * k)
-        outputs = {
-            "PARAMS": flat_params,
-            "POSE": params.pose_degrees(flat_params),
-            "LANDMARKS": params.landmarks(flat_params, flat_rois, self.bfm),
-            "ALPHA_SHP": flat_params[:, 12 : 12 + NUM_SHAPE],
-            "ALPHA_EXP": flat_params[:, 12 + NUM_SHAPE : 12 + NUM_SHAPE + NUM_EXP],
-            "TRANSFORM": params.model_to_image(flat_params, flat_rois),
-        }
-        result = {}
-        for name, array in outputs.items():
-            array = xp.where(mask.reshape((-1,) + (1,) * (array.ndim - 1)), array, 0)
-            result[name] = array.astype(xp.float32, copy=False).reshape(
-                (batch, k) + array.shape[1:]
-            )
-        return result
-
-
-class NetworkStep:
-    """One of the three networks, run by a tddfa.runners runner (python flavour)."""
-
-    def __init__(self, runner, input_names: Sequence[str]):
-        self.runner = runner
-        self.input_names = tuple(input_names)
+    def __init__(self, detector: Detector):
+        self.detector = detector
 
     def describe(self) -> str:
-        return type(self.runner).__name__
+        return f"detector runner {type(self.detector.runner).__name__}"
 
     def validate(self, inputs: Arrays) -> None:
-        missing = set(self.input_names) - set(inputs)
-        if missing:
-            raise ValueError(f"missing inputs {sorted(missing)}")
+        self.detector.validate(inputs["IMAGE"])
 
     def run(self, inputs: Arrays) -> dict[str, Any]:
-        return self.runner.run({name: inputs[name] for name in self.input_names})
+        boxes, counts = self.detector(inputs["IMAGE"])
+        counts = counts.reshape(-1, 1)
+        return {"FACE_BOXES": boxes, "FACE_COUNT": counts, "DETECTIONS": boxes, "NUM_FACES": counts}
+
+
+class AlignerStep:
+    """IMAGE, DETECTIONS (B,K,5), NUM_FACES (B,1) -> PARAMS (B,K,62), POSE (B,K,3),
+    LANDMARKS (B,K,3,68), ALPHA_SHP (B,K,40), ALPHA_EXP (B,K,10), TRANSFORM (B,K,3,4)."""
+
+    def __init__(self, aligner: Aligner):
+        self.aligner = aligner
+
+    def describe(self) -> str:
+        return f"regressor runner {type(self.aligner.regressor).__name__}; {self.aligner.bfm.description()}"
+
+    def validate(self, inputs: Arrays) -> None:
+        _require_rank(inputs, {"IMAGE": 4, "DETECTIONS": 3, "NUM_FACES": 2})
+
+    def run(self, inputs: Arrays) -> dict[str, Any]:
+        return self.aligner.align_boxes(
+            inputs["IMAGE"], inputs["DETECTIONS"], _counts(inputs["NUM_FACES"])
+        )
+
+
+# Triton's sequence batcher control tensors (face_tracker's config.pbtxt names them).
+SEQUENCE_CONTROLS = ("START", "END", "READY", "CORRID")
+
+
+class TrackerStep:
+    """One frame of each of B sequences -> the stateless outputs plus TRACK_IDS (B,K) int32
+    and DETECTED (B,1) bool; the sequences' state lives in ``store`` (tddfa.tracking).
+
+    Inputs: IMAGE and the sequence controls START, END, READY (B,1) and CORRID (B,1).
+    """
+
+    OUTPUTS = ("FACE_BOXES", "FACE_COUNT", "NUM_FACES", "TRACK_IDS", "DETECTED", *ALIGNED)
+    # per sequence, read on its START frame: "smoothing": true | false
+    request_parameters = ("smoothing",)
+
+    def __init__(self, tracker: Tracker, store: SequenceStore):
+        self.tracker = tracker
+        self.store = store
+
+    def describe(self) -> str:
+        cfg = self.tracker.config
+        smoothing = (
+            f"One Euro smoothing (min_cutoff {cfg.smoothing_min_cutoff} Hz, beta "
+            f"{cfg.smoothing_beta})"
+            if cfg.smoothing
+            else "no smoothing"
+        )
+        return (
+            f"tracking (detect every {cfg.track_detect_every} frames and when lost), "
+            f"{smoothing}, idle timeout {self.store.idle_timeout:g} s"
+        )
+
+    def validate(self, inputs: Arrays) -> None:
+        self.tracker.detector.validate(inputs["IMAGE"])
+        missing = [name for name in ("START", "CORRID") if name not in inputs]
+        if missing:
+            raise ValueError(
+                f"face_tracker needs the sequence controls {missing}: send the frame to the "
+                "tddfa_track ensemble with a sequence id (sequence_id, sequence_start, "
+                "sequence_end), or send it to tddfa for one frame without tracking"
+            )
+
+    def validate_parameters(self, parameters: Mapping[str, Any]) -> None:
+        if "smoothing" in parameters:
+            _flag("smoothing", parameters["smoothing"])
+
+    def run(self, inputs: Arrays, parameters: list[dict] | None = None) -> dict[str, Any]:
+        images = inputs["IMAGE"]
+        flags = {
+            name: to_numpy(inputs[name]).reshape(-1) if name in inputs else None
+            for name in SEQUENCE_CONTROLS
+        }
+        batch = images.shape[0]
+        ready = flags["READY"] if flags["READY"] is not None else np.ones(batch)
+        ids = [_sequence_key(v) for v in flags["CORRID"]]
+        rows = [b for b in range(batch) if ready[b]]
+        out: dict[str, Any] = {}
+        # A batch holds at most one frame per sequence (the sequence batcher's rule); should
+        # it not, later frames of a sequence run after the earlier ones, in order.
+        for part in _unique_runs(rows, ids):
+            states = [self.store.get(ids[b], bool(flags["START"][b])) for b in part]
+            for b, state in zip(part, states, strict=True):
+                if state.frames == 0 and parameters and "smoothing" in parameters[b]:
+                    state.smoothing = _flag("smoothing", parameters[b]["smoothing"])
+            frames = images if len(part) == batch else images[_index(images, part)]
+            result = self.tracker.step(frames, states)
+            result["NUM_FACES"] = result["FACE_COUNT"]
+            if not out:
+                out = {n: np.zeros((batch,) + a.shape[1:], a.dtype) for n, a in result.items()}
+            for name, array in result.items():
+                out[name][part] = array
+        for b in rows:
+            if flags["END"] is not None and flags["END"][b]:
+                self.store.end(ids[b])
+        if not out:  # no ready frame: zeros of the right shapes
+            out = self._empty(batch)
+        return out
+
+    def _empty(self, batch: int) -> dict[str, Any]:
+        k = self.tracker.config.max_faces
+        empty = self.tracker._outputs([], [], [], k)  # shapes only  # noqa: SLF001
+        out = {n: np.zeros((batch,) + a.shape[1:], a.dtype) for n, a in empty.items()}
+        out["NUM_FACES"] = out["FACE_COUNT"]
+        return out
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"request parameter {name} must be true or false, got {value!r}")
+
+
+def _sequence_key(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value.item()
+
+
+def _index(images: Any, rows: list[int]) -> Any:
+    xp = get_xp(images)
+    return xp.asarray(rows) if xp is not np else rows
+
+
+def _unique_runs(rows: list[int], ids: list[Any]) -> list[list[int]]:
+    """Split ``rows`` into consecutive runs in which no sequence id repeats."""
+    runs: list[list[int]] = []
+    current: list[int] = []
+    seen: set = set()
+    for b in rows:
+        if ids[b] in seen:
+            runs.append(current)
+            current, seen = [], set()
+        current.append(b)
+        seen.add(ids[b])
+    if current:
+        runs.append(current)
+    return runs
+
+
+class VerticesStep:
+    """ALPHA_SHP (B,K,40), ALPHA_EXP (B,K,10), TRANSFORM (B,K,3,4), NUM_FACES (B,1) ->
+    VERTICES (B,K,3,N) float32 in image space (z - min z per face), empty slots zero."""
+
+    def __init__(self, decoder: DenseDecoder):
+        self.decoder = decoder
+
+    def validate(self, inputs: Arrays) -> None:
+        _require_rank(inputs, {"ALPHA_SHP": 3, "ALPHA_EXP": 3, "TRANSFORM": 4, "NUM_FACES": 2})
+
+    def run(self, inputs: Arrays) -> dict[str, Any]:
+        alpha_shp = inputs["ALPHA_SHP"]
+        xp = get_xp(alpha_shp)
+        batch, k = alpha_shp.shape[:2]
+        n = self.decoder.bfm.num_vertices
+        out = xp.zeros((batch, k, 3, n), dtype=xp.float32)
+        mask = xp.arange(k)[None, :] < inputs["NUM_FACES"].reshape(-1, 1)
+        if xp is np and not mask.any():
+            return {"VERTICES": out}
+        dense = self.decoder(alpha_shp[mask], inputs["ALPHA_EXP"][mask])
+        out[mask] = apply_transform(inputs["TRANSFORM"][mask], dense)
+        return {"VERTICES": out}
 
 
 class RenderStep:
-    """Draw every face's mesh over its frame.
+    """IMAGE (B,H,W,3) uint8, ALPHA_SHP, ALPHA_EXP, TRANSFORM, NUM_FACES -> RENDERED
+    (B,H,W,3) uint8: every face's dense mesh drawn over its frame."""
 
-    IMAGE (B,H,W,3) uint8, MODEL_VERTICES (B,K,3,N), TRANSFORM (B,K,3,4), NUM_FACES (B,1)
-    -> RENDERED (B,H,W,3) uint8, VERTICES (B,K,3,N) image space (empty slots zero).
-    """
-
-    def __init__(self, renderer):
+    def __init__(self, renderer, decoder: DenseDecoder):
         self.renderer = renderer
+        self.decoder = decoder
 
     def validate(self, inputs: Arrays) -> None:
-        _require_rank(inputs, {"IMAGE": 4, "MODEL_VERTICES": 4, "TRANSFORM": 4, "NUM_FACES": 2})
+        _require_rank(
+            inputs,
+            {"IMAGE": 4, "ALPHA_SHP": 3, "ALPHA_EXP": 3, "TRANSFORM": 4, "NUM_FACES": 2},
+        )
 
     def run(self, inputs: Arrays) -> dict[str, Any]:
-        xp = get_xp(inputs["MODEL_VERTICES"])
-        vertices = xp.zeros_like(inputs["MODEL_VERTICES"])
         counts = to_numpy(inputs["NUM_FACES"]).reshape(-1)  # one transfer for the batch
         rendered = []
         for b, frame in enumerate(inputs["IMAGE"]):
             count = int(counts[b])
+            xp = get_xp(frame)
+            vertices = xp.zeros((0, 3, self.decoder.bfm.num_vertices), xp.float32)
             if count:
-                vertices[b, :count] = params.apply_transform(
-                    inputs["TRANSFORM"][b, :count], inputs["MODEL_VERTICES"][b, :count]
-                )
-            rendered.append(self.renderer.render(frame, vertices[b, :count], count))
-        return {"RENDERED": xp.stack(rendered), "VERTICES": vertices}
+                dense = self.decoder(inputs["ALPHA_SHP"][b, :count], inputs["ALPHA_EXP"][b, :count])
+                vertices = apply_transform(inputs["TRANSFORM"][b, :count], dense)
+            rendered.append(self.renderer.render(frame, vertices, count))
+        return {"RENDERED": get_xp(inputs["IMAGE"]).stack(rendered)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,24 @@ class LoadContext:
     config: PipelineConfig
     input_dims: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # no batch
     max_batch_size: int = 0
+    model_config: dict = dataclasses.field(default_factory=dict)  # the parsed config.pbtxt
+
+    def network(self, name: str, warmup_dims: dict[str, tuple[int, ...]] | None = None):
+        """The runner of network ``name`` (files in ``<version>/<name>/``): the fastest one
+        present (tddfa.runners.make_runner), in the precision the build chose
+        (``<name>_precision``), with CUDA graphs of every batch size made now on the GPU."""
+        from tddfa.runners import make_runner
+
+        runner = make_runner(
+            self.model_dir / name,
+            self.device,
+            cuda_graphs=self.device != "cpu",  # one graph per batch size, replayed
+            fp16=self.parameters.get(f"{name}_precision", "fp16") == "fp16",
+        )
+        warmup = getattr(runner, "warmup", None)
+        if warmup is not None and warmup_dims and self.max_batch_size:
+            warmup(warmup_dims, range(1, self.max_batch_size + 1))
+        return runner
 
 
 # pybind11 < 2.12 inside the Python-backend stub (Triton <= 24.10) misreads numpy 2 dtypes:
@@ -96,6 +115,12 @@ def _to_tensor(name: str, array, dtype) -> Any:
     return pb_utils.Tensor.from_dlpack(name, array)
 
 
+def _parameters(request) -> dict[str, Any]:
+    """A request's parameters ({} when it has none); the ensemble forwards the client's."""
+    raw = request.parameters()
+    return json.loads(raw) if raw else {}
+
+
 class StepModel:
     """Subclass and implement :meth:`build_step`; the rest is shared by every model."""
 
@@ -109,6 +134,11 @@ class StepModel:
             for name, value in model_config.get("parameters", {}).items()
         }
         self.inputs = [(i["name"], bool(i.get("optional", False))) for i in model_config["input"]]
+        # the sequence batcher's control tensors (START, END, READY, CORRID) arrive as inputs
+        self.inputs += [
+            (control["name"], True)
+            for control in model_config.get("sequence_batching", {}).get("control_input", [])
+        ]
         kind = args.get("model_instance_kind", "CPU")
         self.device_id = None if kind == "CPU" else int(args.get("model_instance_device_id", 0))
         device = "cpu" if self.device_id is None else f"cuda:{self.device_id}"
@@ -122,6 +152,7 @@ class StepModel:
             device=device,
             input_names=tuple(name for name, _ in self.inputs),
             parameters=parameters,
+            model_config=model_config,
             config=PipelineConfig.from_parameters(parameters),
             input_dims={
                 i["name"]: tuple(int(d) for d in i.get("dims", ())) for i in model_config["input"]
@@ -155,7 +186,9 @@ class StepModel:
 
     def execute(self, requests):
         try:
-            results = run_batched(self.step, [self._read(r) for r in requests])
+            results = run_batched(
+                self.step, [self._read(r) for r in requests], [_parameters(r) for r in requests]
+            )
         except Exception as exc:  # an internal failure: answer every request, keep serving
             pb_utils.Logger.log_error(f"{self.context.model_name}: {exc!r}")
             results = [RuntimeError(f"{self.context.model_name} failed: {exc}")] * len(requests)
@@ -183,21 +216,54 @@ class StepModel:
             close()
 
 
-class NetworkModel(StepModel):
-    """The python flavour of the three networks: the fastest runner present
-    (tddfa.runners.make_runner) over the files in the version folder."""
+class SequenceModel(StepModel):
+    """A StepModel whose step keeps per-sequence state in ``step.store``
+    (tddfa.tracking.SequenceStore): a timer thread frees sequences idle for longer than the
+    config's ``max_sequence_idle_microseconds`` (the sequence batcher frees its own slot then
+    but does not tell the model) and publishes the number of open sequences as the gauge
+    ``tddfa_open_sequences`` on Triton's /metrics."""
 
-    def build_step(self, context: LoadContext):
-        from tddfa.runners import make_runner
-        from tddfa.steps import NetworkStep
+    SWEEP_SECONDS = 1.0
 
-        runner = make_runner(
-            context.model_dir,
-            context.device,
-            cuda_graphs=context.device != "cpu",  # one graph per batch size, replayed
-            fp16=context.parameters.get("precision", "fp16") == "fp16",
+    @staticmethod
+    def idle_timeout_seconds(context: LoadContext) -> float:
+        batching = context.model_config.get("sequence_batching", {})
+        micros = int(batching.get("max_sequence_idle_microseconds", 1_000_000))
+        return max(micros, 1) / 1e6
+
+    def initialize(self, args: dict[str, str]) -> None:
+        super().initialize(args)
+        # the family must outlive its metrics: keep it on the model
+        self._family = family = pb_utils.MetricFamily(
+            name="tddfa_open_sequences",
+            description="Sequences with tracking state in this model instance",
+            kind=pb_utils.MetricFamily.GAUGE,
         )
-        warmup = getattr(runner, "warmup", None)
-        if warmup is not None and context.max_batch_size:  # GPU: graphs made before traffic
-            warmup(context.input_dims, range(1, context.max_batch_size + 1))
-        return NetworkStep(runner, context.input_names)
+        self._open = family.Metric(
+            labels={
+                "model": self.context.model_name,
+                "instance": args.get("model_instance_name", ""),
+            }
+        )
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="sequence-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(self.SWEEP_SECONDS):
+            freed = self.step.store.sweep()
+            if freed:
+                pb_utils.Logger.log_info(
+                    f"{self.context.model_name}: freed {freed} idle sequence(s)"
+                )
+            self._open.set(len(self.step.store))
+
+    def execute(self, requests):
+        responses = super().execute(requests)
+        self._open.set(len(self.step.store))
+        return responses
+
+    def finalize(self) -> None:
+        self._stop.set()
+        self._sweeper.join(timeout=5)
+        super().finalize()

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 # tests/ is importable because pytest puts the folder of the rootdir conftest
@@ -47,40 +46,7 @@ def triton_server(triton_servers: ServerPool, model_repository: Path) -> Running
     return triton_servers.get(model_repository)
 
 
-@pytest.fixture(scope="session")
-def built_repository(asset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real repository (CPU default: python flavour, K=8, 720x1280 canvas), built once
-    per session by `tddfa build`'s code; exported networks are cached in build/models."""
-    from tddfa_tools.repository import BuildOptions, build_repository
-
-    models_dir = Path(__file__).resolve().parents[2] / "build" / "models"
-    out = tmp_path_factory.mktemp("built") / "model_repository"
-    return build_repository(BuildOptions(out=out, models_dir=models_dir, asset_dir=asset_dir))
-
-
 @pytest.fixture(scope="module")
 def ensemble_server(triton_servers: ServerPool, built_repository: Path) -> RunningServer:
     """A ready server of the real `tddfa` ensemble."""
     return triton_servers.get(built_repository)
-
-
-@pytest.fixture(scope="session")
-def pipeline(built_repository: Path):
-    """The same ensemble in-process (python_backends + onnxruntime), for comparisons."""
-    from tddfa.pipeline import Pipeline
-
-    pipeline = Pipeline(built_repository)
-    yield pipeline
-    pipeline.close()
-
-
-@pytest.fixture(scope="session")
-def test_images(asset_dir: Path) -> dict:
-    """The three test photos as RGB uint8 arrays, by file name (decoded with Pillow's
-    libjpeg, as the reference's OpenCV did; FFmpeg's JPEG decoder differs by up to 20 levels)."""
-    from PIL import Image
-
-    return {
-        path.name: np.asarray(Image.open(path).convert("RGB"))
-        for path in sorted((asset_dir / "images").glob("*.jpg"))
-    }

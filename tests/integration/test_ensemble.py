@@ -11,10 +11,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tddfa.detection import select_faces
-from tddfa.priors import prior_boxes
+from tddfa.contract import OUTPUT_NAMES as OUTPUTS
+from tddfa.detector import Detector
 
-OUTPUTS = ("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS", "VERTICES")
 EXPECTED_FACES = {"emma.jpg": 3, "trump_hillary.jpg": 2, "JianzhuGuo.jpg": 1}
 
 
@@ -125,15 +124,38 @@ def test_more_faces_than_k_keeps_the_k_best(ensemble_server, test_images, pipeli
     k = pipeline.config.max_faces
     assert int(got["FACE_COUNT"][0]) == k
 
-    # all detections, from the same network outputs with room for every face
-    t = {"IMAGE": mosaic[None]}
-    t.update(pipeline.preprocess.run(t))
-    t.update(pipeline.detector.run(t))
-    roomy = type(pipeline.config)(max_faces=64)
-    priors = prior_boxes(pipeline.config.canvas_height, pipeline.config.canvas_width)
-    boxes, count = select_faces(t["LOC"][0], t["CONF"][0], priors, float(t["SCALE"][0, 0]), roomy)
-    assert count > k, f"the mosaic must hold more than K={k} faces, found {count}"
-    np.testing.assert_allclose(got["FACE_BOXES"][:, 4], boxes[:k, 4], atol=1e-4)
+    # all detections, from the same network with room for every face
+    roomy = Detector(type(pipeline.config)(max_faces=64), pipeline.detector.detector.runner)
+    boxes, counts = roomy(np.ascontiguousarray(mosaic)[None])
+    assert counts[0] > k, f"the mosaic must hold more than K={k} faces, found {counts[0]}"
+    np.testing.assert_allclose(got["FACE_BOXES"][:, 4], boxes[0, :k, 4], atol=1e-4)
+
+
+def _executions(url: str) -> dict[str, int]:
+    """Successful executions per model so far (Triton's statistics)."""
+    with httpclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics()["model_stats"]
+    return {m["name"]: int(m["inference_stats"]["success"]["count"]) for m in stats}
+
+
+@pytest.mark.parametrize(
+    ("outputs", "skipped"),
+    [
+        (("FACE_COUNT",), {"face_aligner", "face_renderer", "face_vertices"}),
+        (("LANDMARKS", "POSE"), {"face_renderer", "face_vertices"}),
+        (("RENDERED",), {"face_vertices"}),
+        (("VERTICES",), {"face_renderer"}),
+    ],
+    ids=["count", "landmarks", "rendered", "vertices"],
+)
+def test_only_what_is_asked_is_computed(ensemble_server, test_images, outputs, skipped):
+    before = _executions(ensemble_server.http_url)
+    got = infer(ensemble_server.http_url, test_images["JianzhuGuo.jpg"], outputs=outputs)
+    after = _executions(ensemble_server.http_url)
+    assert set(got) == set(outputs) and int(got.get("FACE_COUNT", [1])[0]) == 1
+    ran = {name for name in after if after[name] > before.get(name, 0)}
+    assert ran & skipped == set(), f"{sorted(ran & skipped)} ran for a {outputs} request"
+    assert "face_detector" in ran
 
 
 def _bad_inputs():

@@ -6,15 +6,12 @@ import importlib.util
 import json
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 from google.protobuf import json_format
 
 from tddfa_tools.model_config import load_config
-
-REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
 
 @dataclasses.dataclass
@@ -32,6 +29,10 @@ class FakeTensor:
 @dataclasses.dataclass
 class FakeRequest:
     tensors: dict
+    parameters_json: str = ""
+
+    def parameters(self):
+        return self.parameters_json
 
 
 @dataclasses.dataclass
@@ -56,32 +57,32 @@ def pb_utils(monkeypatch):
     module.TritonError = FakeError
     module.Logger = types.SimpleNamespace(log_info=lambda msg: None, log_error=lambda msg: None)
     module.get_input_tensor_by_name = lambda request, name: request.tensors.get(name)
-    module.triton_string_to_numpy = lambda s: {"TYPE_FP32": np.float32}[s]
+    module.triton_string_to_numpy = lambda s: {"TYPE_FP32": np.float32, "TYPE_INT32": np.int32}[s]
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
     monkeypatch.delitem(sys.modules, "tddfa_triton.adapter", raising=False)
     monkeypatch.delitem(sys.modules, "tddfa_triton", raising=False)
     return module
 
 
-def load_model(name):
+def load_model(repository, name):
     spec = importlib.util.spec_from_file_location(
-        f"model_{name}", REPOSITORY / name / "1" / "model.py"
+        f"model_{name}", repository / name / "1" / "model.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.TritonPythonModel()
 
 
-def initialize(model, name):
+def initialize(model, repository, name):
     as_json = json_format.MessageToDict(
-        load_config(REPOSITORY / name / "config.pbtxt"), preserving_proto_field_name=True
+        load_config(repository / name / "config.pbtxt"), preserving_proto_field_name=True
     )
     model.initialize(
         {
             "model_config": json.dumps(as_json),
             "model_name": name,
             "model_version": "1",
-            "model_repository": str(REPOSITORY / name),
+            "model_repository": str(repository / name),
             "model_instance_kind": "CPU",
         }
     )
@@ -91,9 +92,9 @@ def image_request(shape, dtype=np.uint8):
     return FakeRequest({"IMAGE": FakeTensor("IMAGE", np.zeros(shape, dtype))})
 
 
-def test_preprocess_answers_each_request_in_order(pb_utils):
-    model = load_model("preprocess")
-    initialize(model, "preprocess")
+def test_detector_answers_each_request_in_order(pb_utils, built_repository):
+    model = load_model(built_repository, "face_detector")
+    initialize(model, built_repository, "face_detector")
     requests = [
         image_request((1, 360, 640, 3)),
         image_request((1, 360, 640, 4)),  # 4 channels: refused
@@ -108,20 +109,18 @@ def test_preprocess_answers_each_request_in_order(pb_utils):
         if i in ok:
             assert response.error is None
             names = [t.name for t in response.output_tensors]
-            assert names == ["DETECTOR_INPUT", "SCALE"]
-            assert response.output_tensors[0].array.shape == (1, 3, 720, 1280)
+            assert names == ["FACE_BOXES", "FACE_COUNT", "DETECTIONS", "NUM_FACES"]
+            assert response.output_tensors[0].array.shape == (1, 8, 5)
+            assert response.output_tensors[1].array.tolist() == [[0]]  # blank frames
         else:
             assert response.error.code == FakeError.INVALID_ARG
-    assert "channels" in responses[1].error.message or "3" in responses[1].error.message
+    assert "(H, W, 3)" in responses[1].error.message
     assert "IMAGE is missing" in responses[2].error.message
-    # the original's rule: width at most 1080, so a 1280x720 frame is scaled by 1080/1280
-    assert responses[3].output_tensors[1].array[0, 0] == pytest.approx(1080 / 1280)
-    assert responses[0].output_tensors[1].array[0, 0] == pytest.approx(1.0)
 
 
-def test_internal_failure_answers_every_request(pb_utils):
-    model = load_model("preprocess")
-    initialize(model, "preprocess")
+def test_internal_failure_answers_every_request(pb_utils, built_repository):
+    model = load_model(built_repository, "face_detector")
+    initialize(model, built_repository, "face_detector")
 
     def explode(inputs):
         raise RuntimeError("boom")

@@ -7,19 +7,14 @@ from pathlib import Path
 import pytest
 
 from tddfa.config import PipelineConfig
-from tddfa_tools.model_config import check_ensemble, load_config, load_repository
+from tddfa.contract import OUTPUT_NAMES, SEQUENCE_OUTPUT_NAMES
+from tddfa_tools.model_config import check_contract, check_ensemble, load_config, load_repository
 from tddfa_tools.repository import tensor_dims
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
-STEPS = [
-    "preprocess",
-    "face_detector",
-    "roi_crop",
-    "face_regressor",
-    "landmark_to_vertex",
-    "bfm_decoder",
-    "face_renderer",
-]
+STEPS = ["face_detector", "face_aligner", "face_renderer", "face_vertices"]
+SEQUENCE_STEPS = ["face_tracker", "face_renderer", "face_vertices"]
+ENSEMBLES = ["tddfa", "tddfa_track"]
 
 
 @pytest.fixture(scope="module")
@@ -28,28 +23,41 @@ def configs():
 
 
 def test_every_step_has_config_and_adapter(configs):
-    assert set(configs) == {"tddfa", *STEPS}
-    for name in STEPS:
+    assert set(configs) == {*ENSEMBLES, *STEPS, *SEQUENCE_STEPS}
+    for name in set(STEPS) | set(SEQUENCE_STEPS):
         assert (REPOSITORY / name / "1" / "model.py").is_file(), name
     assert [s.model_name for s in configs["tddfa"].ensemble_scheduling.step] == STEPS
+    assert [s.model_name for s in configs["tddfa_track"].ensemble_scheduling.step] == SEQUENCE_STEPS
 
 
-def test_ensemble_wiring_is_consistent(configs):
-    assert check_ensemble(configs) == []
+@pytest.mark.parametrize("ensemble", ENSEMBLES)
+def test_ensemble_wiring_is_consistent(configs, ensemble):
+    assert check_ensemble(configs, ensemble) == []
 
 
-def test_contract_outputs(configs):
-    outputs = {o.name for o in configs["tddfa"].output}
-    assert outputs == {
-        "RENDERED",
-        "FACE_COUNT",
-        "FACE_BOXES",
-        "LANDMARKS",
-        "POSE",
-        "PARAMS",
-        "VERTICES",
-    }
-    assert [i.name for i in configs["tddfa"].input] == ["IMAGE"]
+def test_outputs_follow_the_contract(configs):
+    assert check_contract(configs) == []
+    assert [o.name for o in configs["tddfa"].output] == list(OUTPUT_NAMES)
+    assert [o.name for o in configs["tddfa_track"].output] == list(SEQUENCE_OUTPUT_NAMES)
+    for ensemble in ENSEMBLES:
+        assert [i.name for i in configs[ensemble].input] == ["IMAGE"]
+
+
+def test_contract_drift_is_reported(configs):
+    broken = copy.deepcopy(configs)
+    broken["tddfa_track"].output.pop()  # DETECTED
+    broken["tddfa"].output[1].data_type = 9  # FACE_COUNT as INT32 -> INT64
+    problems = check_contract(broken)
+    assert any("'DETECTED' is not declared" in p for p in problems), problems
+    assert any("'FACE_COUNT' is TYPE_INT64" in p for p in problems), problems
+
+
+def test_tracker_is_a_sequence_model(configs):
+    batching = configs["face_tracker"].sequence_batching
+    controls = {c.name: c.control[0].kind for c in batching.control_input}
+    assert set(controls) == {"START", "END", "READY", "CORRID"}
+    assert batching.max_sequence_idle_microseconds > 0
+    assert batching.HasField("oldest")  # many sequences share a batch
 
 
 def test_committed_dims_match_the_default_pipeline(configs):
@@ -77,33 +85,35 @@ def _broken(configs, mutate):
     [
         (
             lambda c: (
-                c["roi_crop"].input[1].ClearField("dims")
-                or c["roi_crop"].input[1].dims.extend([1, 4])
+                c["face_aligner"].input[1].ClearField("dims")
+                or c["face_aligner"].input[1].dims.extend([1, 4])
             ),
             "expects [1, 4]",
         ),
-        (lambda c: setattr(c["face_regressor"].input[0], "data_type", 12), "expects TYPE_FP64"),
+        (lambda c: setattr(c["face_aligner"].input[2], "data_type", 12), "expects TYPE_FP64"),
         (
-            lambda c: c["tddfa"].ensemble_scheduling.step[3].input_map.__setitem__("CROPS", "NOPE"),
+            lambda c: (
+                c["tddfa"].ensemble_scheduling.step[1].input_map.__setitem__("DETECTIONS", "NOPE")
+            ),
             "'NOPE' is not produced",
         ),
         (
-            lambda c: c["tddfa"].ensemble_scheduling.step[4].input_map.pop("NUM_FACES"),
+            lambda c: c["tddfa"].ensemble_scheduling.step[2].input_map.pop("NUM_FACES"),
             "required input 'NUM_FACES' is not mapped",
         ),
-        (lambda c: setattr(c["bfm_decoder"], "max_batch_size", 1), "max_batch_size 1 <"),
+        (lambda c: setattr(c["face_vertices"], "max_batch_size", 1), "max_batch_size 1 <"),
         (lambda c: c.pop("face_renderer"), "'face_renderer' is not in the repository"),
         (
-            lambda c: c["tddfa"].ensemble_scheduling.step[6].output_map.pop("VERTICES"),
+            lambda c: c["tddfa"].ensemble_scheduling.step[3].output_map.pop("VERTICES"),
             "output 'VERTICES' is produced by no step",
         ),
         (
             lambda c: (
                 c["tddfa"]
-                .ensemble_scheduling.step[4]
-                .input_map.__setitem__("NUM_FACES", "FACE_COUNT")
+                .ensemble_scheduling.step[1]
+                .input_map.__setitem__("DETECTIONS", "FACE_BOXES")
             ),
-            "output 'FACE_COUNT' is also a step input",
+            "output 'FACE_BOXES' is also a step input",
         ),
     ],
     ids=[

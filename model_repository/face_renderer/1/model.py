@@ -1,7 +1,6 @@
 """Triton adapter of the face_renderer step (logic: tddfa.renderer)."""
 
-import numpy as np
-
+from tddfa.bfm import DenseDecoder, load_bfm
 from tddfa.renderer import MeshRenderer
 from tddfa.steps import RenderStep
 from tddfa_triton import StepModel
@@ -9,6 +8,6 @@ from tddfa_triton import StepModel
 
 class TritonPythonModel(StepModel):
     def build_step(self, context):
-        triangles = np.load(context.model_dir / "triangles.npy")
-        renderer = MeshRenderer(triangles, device=context.device, alpha=context.config.render_alpha)
-        return RenderStep(renderer)
+        bfm = load_bfm(context.model_dir / "bfm.npz")
+        renderer = MeshRenderer(bfm.tri, device=context.device, alpha=context.config.render_alpha)
+        return RenderStep(renderer, DenseDecoder(bfm))

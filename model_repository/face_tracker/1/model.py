@@ -1,0 +1,26 @@
+"""Triton adapter of the face_tracker sequence step (logic: tddfa.tracking)."""
+
+from tddfa.aligner import Aligner
+from tddfa.bfm import load_bfm
+from tddfa.config import REGRESSOR_SIZE
+from tddfa.detector import Detector
+from tddfa.steps import TrackerStep
+from tddfa.tracking import SequenceStore, Tracker
+from tddfa_triton import SequenceModel
+
+
+class TritonPythonModel(SequenceModel):
+    def build_step(self, context):
+        cfg = context.config
+        detector = Detector(
+            cfg,
+            context.network(
+                "face_detector", {"DETECTOR_INPUT": (3, cfg.canvas_height, cfg.canvas_width)}
+            ),
+        )
+        regressor = context.network(
+            "face_regressor", {"CROPS": (cfg.max_faces, 3, REGRESSOR_SIZE, REGRESSOR_SIZE)}
+        )
+        aligner = Aligner(cfg, regressor, load_bfm(context.model_dir / "bfm.npz"))
+        store = SequenceStore(idle_timeout=self.idle_timeout_seconds(context))
+        return TrackerStep(Tracker(cfg, detector, aligner), store)
