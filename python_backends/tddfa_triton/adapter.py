@@ -107,6 +107,8 @@ def _to_array(tensor, device: int | None = None) -> Any:
 
 
 def _to_tensor(name: str, array, dtype) -> Any:
+    if isinstance(array, list):  # one array per frame (their shapes differ within a batch)
+        array = get_xp(array[0]).stack(array)
     xp = get_xp(array)
     array = xp.ascontiguousarray(array.astype(dtype, copy=False))
     if xp is np and not _NUMPY_2:

@@ -12,36 +12,59 @@ face_vertices (:class:`VerticesStep`)::
 
     ALPHA_SHP, ALPHA_EXP, TRANSFORM, NUM_FACES -> VERTICES (B, K, 3, N) float32
 
-Only the filled face slots are decoded (``u + W a``, tddfa.dense) and only for frames whose
-mode draws a mesh; TRANSFORM is applied in the renderer's vertex shader. The render mode
-is the request parameter ``render_mode`` (tddfa.contract.RENDER_MODE_PARAMETER): the
-adapter hands it over as one value per frame under that name.
+Only the filled face slots are decoded (``u + W a``, tddfa.bfm.DenseDecoder) and only for
+frames whose mode draws a mesh; TRANSFORM is applied in the renderer's vertex shader. The
+render mode is the request parameter ``render_mode`` (tddfa.contract.RENDER_MODE_PARAMETER):
+tddfa.batching hands the step one parameter dict per frame.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tddfa.bfm import load_bfm
-from tddfa.config import NUM_EXP, NUM_SHAPE
+from tddfa.bfm import DenseDecoder, load_bfm
+from tddfa.config import NUM_EXP, NUM_SHAPE, PipelineConfig
 from tddfa.contract import RENDER_MODE_PARAMETER
-from tddfa.dense import DenseDecoder, filled_slots
 from tddfa.params import apply_transform
 from tddfa.render.assets import RENDER_ASSETS_FILE, load_render_assets, load_texture_image
-from tddfa.render.modes import MESH_MODES, OVERLAY_MODES, parse_modes
+from tddfa.render.modes import MESH_MODES, OVERLAY_MODES, parse_mode, parse_modes
 from tddfa.render.renderer import MeshFaces, MeshRenderer, OverlayFaces
-from tddfa.xp import get_xp
+from tddfa.xp import get_xp, to_numpy
 
 Arrays = Mapping[str, Any]
 LOG = logging.getLogger(__name__)
 BFM_FILE = "bfm.npz"
-DEFAULT_UV_SIZE = 256
+
+
+def filled_slots(num_faces: Any, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Host indices of the filled face slots of a batch.
+
+    Args:
+        num_faces: (B, 1) int face counts (numpy or CuPy: one small copy to the host).
+        max_faces: K, the number of slots per frame.
+
+    Returns:
+        (frame index (F,), slot index (F,)) int64, frame-major.
+
+    Raises:
+        ValueError: a count outside 0..K.
+    """
+    counts = to_numpy(num_faces).reshape(-1).astype(np.int64)
+    if counts.size and (counts.min() < 0 or counts.max() > max_faces):
+        raise ValueError(
+            f"NUM_FACES must lie in 0..{max_faces} (the face slots of ALPHA_SHP/TRANSFORM), "
+            f"got {counts.tolist()}"
+        )
+    frames = np.repeat(np.arange(counts.size), counts)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    slots = np.arange(frames.size) - starts
+    return frames, slots
 
 
 def _check_faces(inputs: Arrays, with_image: bool) -> None:
@@ -75,7 +98,7 @@ def _check_faces(inputs: Arrays, with_image: bool) -> None:
 class RenderStep:
     """Draw every face over its frame in the frame's render mode (see module doc)."""
 
-    # Triton request parameters this step reads, one value per frame under the same name.
+    # The Triton request parameters this step reads (tddfa.batching: one dict per frame).
     request_parameters = (RENDER_MODE_PARAMETER,)
 
     def __init__(self, renderer: MeshRenderer, decoder: DenseDecoder) -> None:
@@ -85,18 +108,22 @@ class RenderStep:
     def describe(self) -> str:
         return f"{self.decoder.bfm.description()}; renderer on {self.renderer.device}"
 
-    def _modes(self, inputs: Arrays) -> list[str]:
-        values = inputs.get(RENDER_MODE_PARAMETER)
-        return parse_modes(None if values is None else list(values), inputs["IMAGE"].shape[0])
-
     def validate(self, inputs: Arrays) -> None:
         _check_faces(inputs, with_image=True)
-        self.renderer.check_modes(self._modes(inputs))
 
-    def run(self, inputs: Arrays) -> dict[str, Any]:
+    def validate_parameters(self, parameters: Mapping[str, Any]) -> None:
+        """One request's parameters: an unknown render_mode is a ValueError naming the
+        valid ones, a mode this deployment cannot draw (no texture) one naming the fix."""
+        self.renderer.check_modes([parse_mode(parameters.get(RENDER_MODE_PARAMETER))])
+
+    def run(
+        self, inputs: Arrays, parameters: Sequence[Mapping[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """``parameters``: one dict per frame (tddfa.batching); none: the default mode."""
         images = inputs["IMAGE"]
         xp = get_xp(images)
-        modes = self._modes(inputs)
+        values = None if parameters is None else [p.get(RENDER_MODE_PARAMETER) for p in parameters]
+        modes = parse_modes(values, images.shape[0])
         k = inputs["ALPHA_SHP"].shape[1]
         frames, slots = filled_slots(inputs["NUM_FACES"], k)  # one small copy to the host
         mesh = np.array([modes[f] in MESH_MODES for f in frames], bool)
@@ -109,7 +136,8 @@ class RenderStep:
         result = self.renderer.draw(images, modes, meshes, overlays, slots=k)
         if not result.own:
             return {"RENDERED": result.frames}
-        # frames with an image of their own (uv mode): one array per frame
+        # frames with an image of their own (uv mode): stacked when all agree in size, else
+        # one array per frame (a batch mixing uv with other modes)
         rendered = [result.own.get(b, result.frames[b]) for b in range(len(modes))]
         if len({tuple(r.shape) for r in rendered}) == 1:
             return {"RENDERED": xp.stack(rendered)}
@@ -158,31 +186,37 @@ class VerticesStep:
 
 
 def build_render_step(
-    version_dir: str | os.PathLike,
-    device: str = "cpu",
-    alpha: float = 0.6,
-    parameters: Mapping[str, str] | None = None,
+    version_dir: str | os.PathLike, device: str = "cpu", config: PipelineConfig | None = None
 ) -> RenderStep:
-    """The face_renderer step from a model version folder (bfm.npz, render_assets.npz).
+    """The face_renderer step from a model version folder: bfm.npz and render_assets.npz
+    (without the latter the modes pncc, texture and uv answer with an error naming it).
 
-    ``parameters`` (the model config's): ``uv_size`` (side of a uv mode map, default 256),
-    ``texture_image`` (an image file for the texture mode, absolute or relative to the
-    version folder; empty: the FFmpeg demo's rainbow from render_assets.npz).
+    ``config``: render_alpha, uv_size and texture_image (an image file for the texture
+    mode, absolute or relative to the version folder; empty: the FFmpeg demo's rainbow).
     """
     version_dir = Path(version_dir)
-    parameters = dict(parameters or {})
+    config = config or PipelineConfig()
     bfm = load_bfm(version_dir / BFM_FILE)
-    assets = load_render_assets(version_dir / RENDER_ASSETS_FILE)
+    assets = None
+    if (version_dir / RENDER_ASSETS_FILE).is_file():
+        assets = load_render_assets(version_dir / RENDER_ASSETS_FILE)
+    else:
+        LOG.warning(
+            "%s has no %s: render modes pncc, texture and uv are unavailable; build it with "
+            "tddfa_tools.render_assets.build_render_assets",
+            version_dir,
+            RENDER_ASSETS_FILE,
+        )
     texture = None
-    texture_path = parameters.get("texture_image", "").strip()
-    if texture_path:
-        texture = load_texture_image(version_dir / texture_path)  # absolute paths stay
-    try:
-        uv_size = int(parameters.get("uv_size") or DEFAULT_UV_SIZE)
-    except ValueError as exc:
-        raise ValueError(f"uv_size must be an integer, got {parameters['uv_size']!r}") from exc
+    if config.texture_image.strip():
+        texture = load_texture_image(version_dir / config.texture_image.strip())  # absolute stays
     renderer = MeshRenderer(
-        bfm.tri, device=device, alpha=alpha, assets=assets, texture=texture, uv_size=uv_size
+        bfm.tri,
+        device=device,
+        alpha=config.render_alpha,
+        assets=assets,
+        texture=texture,
+        uv_size=config.uv_size,
     )
     return RenderStep(renderer, DenseDecoder(bfm))
 
