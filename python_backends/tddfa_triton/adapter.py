@@ -132,7 +132,7 @@ class StepModel:
     def initialize(self, args: dict[str, str]) -> None:
         model_config = json.loads(args["model_config"])
         parameters = {
-            name: value["string_value"]
+            name: value.get("string_value", "")  # JSON omits an empty string
             for name, value in model_config.get("parameters", {}).items()
         }
         self.inputs = [(i["name"], bool(i.get("optional", False))) for i in model_config["input"]]

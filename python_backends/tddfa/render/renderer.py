@@ -106,6 +106,8 @@ class MeshRenderer:
         texture: the texture mode's image (H, W, 3) uint8, else ``assets.texture``.
         uv_size: side S of a uv mode map.
         wire_color: wireframe edge colour, RGB in [0, 1].
+        layout: ``"auto"``: regions around the faces on the host path, whole frames with
+            CUDA interop; ``"frames"``: whole frames always (tests compare the two).
     """
 
     def __init__(
@@ -118,7 +120,11 @@ class MeshRenderer:
         texture: np.ndarray | None = None,
         uv_size: int = 256,
         wire_color: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        layout: str = "auto",
     ) -> None:
+        if layout not in ("auto", "frames"):
+            raise ValueError(f"layout must be 'auto' or 'frames', got {layout!r}")
+        self.layout = layout
         triangles = np.asarray(triangles)
         if triangles.ndim != 2 or triangles.shape[0] != 3 or triangles.shape[1] < 1:
             raise ValueError(f"triangles must be (3, T) int, got {triangles.shape}")
@@ -293,7 +299,7 @@ class MeshRenderer:
         geometry = _overlay_geometry(overlays, modes) if overlays else None
         side = self.uv_size
         atlas = [(slots * side, side) if m in OWN_IMAGE_MODES else None for m in modes]
-        if interop:  # whole frames, stacked as the batch is in memory
+        if interop or self.layout == "frames":  # whole frames, stacked as the batch is
             rects = [(0, 0, width, height)] * batch
         else:
             rects = self._regions(modes, height, width, meshes, bounds, overlays, geometry)
@@ -369,6 +375,9 @@ class MeshRenderer:
                 np.array([t.clip for t in tiles], np.float32),
             )
             counts = dataclasses.replace(counts, overlay_vertices=int(overlay_rows.shape[0]))
+        if not interop:  # the host knows every bound: clip only if something spills over
+            spill = _spills(plan, modes, meshes, bounds, overlays, geometry)
+            counts = dataclasses.replace(counts, clip=spill)
         with self._context.current():
             scene = self._scene
             self._prepare(plan, positions, instances, overlay_rows)
@@ -487,6 +496,29 @@ def _validate_images(images: Any, batch: int) -> None:
         raise ValueError(f"image must be at least 1x1 pixels, got {tuple(images.shape[1:])}")
     if images.shape[0] != batch:
         raise ValueError(f"{images.shape[0]} frames but {batch} render modes")
+
+
+def _spills(plan, modes, meshes, bounds, overlays, geometry) -> bool:
+    """True when a face of this pass reaches beyond its tile (host arrays): the shader must
+    clip it there. A lone tile needs no clipping: the viewport and scissor do it."""
+    if len(plan.tiles) + len(plan.atlases) <= 1:
+        return False
+    boxes = []
+    if meshes is not None:
+        low, high = to_numpy(bounds.low), to_numpy(bounds.high)
+        boxes += [
+            (f, low[i, :2], high[i, :2])
+            for i, f in enumerate(meshes.frame)
+            if f in plan.tiles and modes[f] not in OWN_IMAGE_MODES
+        ]
+    if overlays is not None:
+        low, high = (to_numpy(b) for b in geometry.bounds())
+        boxes += [(f, low[i], high[i]) for i, f in enumerate(overlays.frame) if f in plan.tiles]
+    for frame, low, high in boxes:
+        x, y, w, h = plan.tiles[frame].src
+        if low[0] < x - 0.5 or low[1] < y - 0.5 or high[0] > x + w - 0.5 or high[1] > y + h - 0.5:
+            return True
+    return False
 
 
 def _subset_meshes(meshes: MeshFaces, keep: list[bool]) -> MeshFaces | None:

@@ -57,6 +57,7 @@ class DrawCounts:
     wireframe: int
     overlay_vertices: int
     vertices_per_face: int
+    clip: bool = True  # clip faces to their tiles (off when none reaches beyond its tile)
 
 
 def _compile(vertex: str, fragment: str, what: str) -> int:
@@ -371,7 +372,7 @@ class Scene:
         GL.glDepthMask(GL.GL_TRUE)
         GL.glClear(GL.GL_DEPTH_BUFFER_BIT)
         for i in range(4):
-            GL.glEnable(GL.GL_CLIP_DISTANCE0 + i)
+            (GL.glEnable if counts.clip else GL.glDisable)(GL.GL_CLIP_DISTANCE0 + i)
         GL.glDisable(GL.GL_BLEND)
         faces = counts.filled + counts.wireframe
         if faces:

@@ -64,8 +64,7 @@ layout(location = 6) in vec4 i_face;    // z shift, z extent, mode, face index
 layout(location = 7) in vec4 i_offset;  // image -> target offset xy, UV atlas origin xy
 layout(location = 8) in vec4 i_clip;    // target rectangle x0, y0, x1, y1 (pixel edges)
 layout(location = 9) in vec4 i_sample;  // frame sampling bounds x0, y0, x1, y1 (image)
-out vec3 v_color;
-out vec2 v_texcoord;
+out vec3 v_color;     // the colour; texture mode: (s, t) texture coordinates in .xy
 flat out int v_mode;
 
 vec3 fetch(samplerBuffer planes, int base) {{
@@ -97,7 +96,6 @@ void main() {{
     vec2 target = p.xy + i_offset.xy;
     float depth = -p.z / {DEPTH_RANGE:.1f};
     v_mode = mode;
-    v_texcoord = vec2(0.0);
     if (mode == MODE_UV) {{
         // 3DDFA_V2's uv_tex: the map pixel of (u, v) is (u (S-1), (1 - v) (S-1)); its colour
         // the frame at the vertex, bilinear; the first triangle drawn at a pixel wins
@@ -112,7 +110,8 @@ void main() {{
     }} else if (mode == MODE_WIREFRAME) {{
         v_color = u_wire_color;
     }} else if (mode == MODE_TEXTURE) {{
-        v_texcoord = (vec2(a_uv.x, 1.0 - a_uv.y) * (u_texture_size - 1.0) + 0.5) / u_texture_size;
+        vec2 texel = vec2(a_uv.x, 1.0 - a_uv.y) * (u_texture_size - 1.0) + 0.5;
+        v_color = vec3(texel / u_texture_size, 0.0);
     }} else {{
         vec3 c0 = vec3(i_row0.x, i_row1.x, i_row2.x);
         vec3 c1 = vec3(i_row0.y, i_row1.y, i_row2.y);
@@ -135,7 +134,6 @@ MESH_FRAGMENT = f"""
 #version 330 core
 {_MODE_DEFINES}
 in vec3 v_color;
-in vec2 v_texcoord;
 flat in int v_mode;
 uniform sampler2D u_background;
 uniform sampler2D u_texture;
@@ -143,7 +141,7 @@ uniform float u_alpha;
 out vec4 frag_color;
 void main() {{
     vec3 color = v_color;
-    if (v_mode == MODE_TEXTURE) color = textureLod(u_texture, v_texcoord, 0.0).rgb;
+    if (v_mode == MODE_TEXTURE) color = textureLod(u_texture, v_color.xy, 0.0).rgb;
     if ({_BLENDED}) {{
         vec3 frame = texelFetch(u_background, ivec2(gl_FragCoord.xy), 0).rgb;
         color = mix(frame, color, u_alpha);
