@@ -1,0 +1,142 @@
+"""Render modes through the real `tddfa` ensemble: the request parameter ``render_mode``
+reaches face_renderer over HTTP and gRPC (Triton forwards an ensemble request's parameters
+to its steps), requests in different modes batched together each get their own mode, an
+unknown mode is refused with the valid ones named, and the pictures equal the in-process
+face_renderer step given the ensemble's own outputs."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tddfa.contract import (
+    RENDER_MODE_PARAMETER,
+    RENDER_MODES,
+    STATELESS_ENSEMBLE,
+    UV_MODE,
+)
+
+PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
+OUTPUTS = ("RENDERED", "FACE_COUNT", "FACE_BOXES", "PARAMS")
+
+
+@pytest.fixture(scope="module")
+def render_repository(built_repository: Path, asset_dir: Path, tmp_path_factory) -> Path:
+    """The built repository with render_assets.npz in face_renderer's version folder (a copy
+    of links, so that the session's other server is not touched)."""
+    from tddfa_tools.render_assets import build_render_assets
+
+    copy = tmp_path_factory.mktemp("render") / "model_repository"
+    shutil.copytree(built_repository, copy, symlinks=True)
+    assets = copy / "face_renderer" / "1" / "render_assets.npz"
+    if not assets.exists():
+        build_render_assets(asset_dir, assets, download=False)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def server(triton_servers, render_repository):
+    return triton_servers.get(render_repository)
+
+
+def url(server, protocol: str) -> str:
+    return server.http_url if protocol == "http" else server.grpc_url
+
+
+def infer(address: str, protocol: str, image: np.ndarray, mode: str | None) -> dict:
+    module = PROTOCOLS[protocol]
+    with module.InferenceServerClient(address) as client:
+        tensor = module.InferInput("IMAGE", [1, *image.shape], "UINT8")
+        tensor.set_data_from_numpy(image[None])
+        requested = [module.InferRequestedOutput(name) for name in OUTPUTS]
+        parameters = None if mode is None else {RENDER_MODE_PARAMETER: mode}
+        result = client.infer(
+            STATELESS_ENSEMBLE, [tensor], outputs=requested, parameters=parameters
+        )
+        return {name: result.as_numpy(name)[0] for name in OUTPUTS}
+
+
+@pytest.fixture(scope="module")
+def step(render_repository):
+    from tddfa.render.step import build_render_step
+
+    step = build_render_step(render_repository / "face_renderer" / "1")
+    yield step
+    step.close()
+
+
+def expected(step, image: np.ndarray, outputs: dict, mode: str) -> np.ndarray:
+    """The in-process face_renderer step on the ensemble's own outputs."""
+    from tddfa.params import model_to_image
+    from tddfa.roi import roi_from_box
+
+    params = outputs["PARAMS"].astype(np.float32)
+    count = int(outputs["FACE_COUNT"][0])
+    transform = np.zeros((len(params), 3, 4), np.float32)
+    if count:
+        rois = roi_from_box(outputs["FACE_BOXES"][:count, :4])
+        transform[:count] = model_to_image(params[:count], rois.astype(np.float32))
+    inputs = {
+        "IMAGE": image[None],
+        "ALPHA_SHP": params[None, :, 12:52],
+        "ALPHA_EXP": params[None, :, 52:62],
+        "TRANSFORM": transform[None],
+        "NUM_FACES": np.array([[count]], np.int32),
+    }
+    return step.run(inputs, [{RENDER_MODE_PARAMETER: mode}])["RENDERED"][0]
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_every_mode_over_the_wire(server, step, test_images, protocol):
+    image = test_images["trump_hillary.jpg"]
+    default = infer(url(server, protocol), protocol, image, None)
+    assert int(default["FACE_COUNT"][0]) == 2
+    pictures = {}
+    for mode in RENDER_MODES:
+        got = infer(url(server, protocol), protocol, image, mode)
+        want = expected(step, image, got, mode)
+        assert got["RENDERED"].shape == want.shape, mode
+        diff = np.abs(got["RENDERED"].astype(int) - want.astype(int)).max(axis=-1)
+        assert diff.mean() < 0.05 and (diff > 1).mean() < 1e-3, (mode, diff.mean())
+        pictures[mode] = got["RENDERED"]
+    np.testing.assert_array_equal(default["RENDERED"], pictures["shaded"])
+    k = default["PARAMS"].shape[0]
+    side = step.renderer.uv_size
+    assert pictures[UV_MODE].shape == (side, k * side, 3)
+    frames = [m for m in RENDER_MODES if m != UV_MODE]
+    for i, a in enumerate(frames):  # every mode draws something of its own
+        for b in frames[i + 1 :]:
+            assert (pictures[a] != pictures[b]).any(), (a, b)
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_unknown_mode_is_refused(server, test_images, protocol):
+    with pytest.raises(InferenceServerException) as error:
+        infer(url(server, protocol), protocol, test_images["JianzhuGuo.jpg"], "sketch")
+    message = str(error.value)
+    assert "unknown render_mode 'sketch'" in message
+    assert all(mode in message for mode in RENDER_MODES)
+    ok = infer(url(server, protocol), protocol, test_images["JianzhuGuo.jpg"], "depth")
+    assert int(ok["FACE_COUNT"][0]) == 1, "the server keeps serving"
+
+
+def test_concurrent_requests_in_different_modes(server, test_images):
+    """Requests in flight together (the dynamic batcher may batch them) keep their modes."""
+    image = test_images["trump_hillary.jpg"]
+    modes = ["depth", "shaded", UV_MODE, "pncc", "landmarks", "shaded", "pose", "depth"] * 2
+    alone = {m: infer(server.grpc_url, "grpc", image, m)["RENDERED"] for m in set(modes)}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(lambda m: infer(server.grpc_url, "grpc", image, m)["RENDERED"], modes)
+        )
+    for mode, got in zip(modes, results, strict=True):
+        assert got.shape == alone[mode].shape, mode
+        diff = np.abs(got.astype(int) - alone[mode].astype(int)).max(axis=-1)
+        assert (diff > 1).mean() < 1e-4, mode
