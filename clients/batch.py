@@ -30,7 +30,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tddfa_clients.image import IMAGE_SUFFIXES, ImageError, process_image, read_image
+from tddfa_clients.image import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    add_render_argument,
+    process_image,
+    read_image,
+    render_parameters,
+)
 from tddfa_clients.triton_client import (
     ClientError,
     FrameClient,
@@ -238,6 +245,7 @@ class Settings:
     backoff: float = 0.5
     backoff_max: float = 10.0
     progress: bool = False
+    render_mode: str | None = None  # --render MODE (None: the server's default)
 
 
 def run_job(job: Job, servers: ServerPool, settings: Settings) -> tuple[int, float]:
@@ -251,7 +259,11 @@ def run_job(job: Job, servers: ServerPool, settings: Settings) -> tuple[int, flo
         try:
             outputs = ("RENDERED", "FACE_COUNT")
             with FrameClient(
-                url, settings.protocol, outputs=outputs, in_flight=settings.in_flight
+                url,
+                settings.protocol,
+                outputs=outputs,
+                in_flight=settings.in_flight,
+                parameters=render_parameters(settings.render_mode),
             ) as client:
                 if job.is_image:
                     process_image(client, job.source, job.output, None)
@@ -361,6 +373,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="server; repeat for several (default: localhost)",
     )
     parser.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
+    add_render_argument(parser)
     parser.add_argument("--jobs", type=int, default=2, metavar="N", help="files in flight")
     parser.add_argument(
         "--in-flight", type=int, default=4, metavar="N", help="frames in flight per video"
@@ -382,6 +395,7 @@ def run(args: argparse.Namespace) -> int:
         in_flight=args.in_flight,
         retries=args.retries,
         progress=args.jobs == 1,
+        render_mode=args.render,
     )
     counts = run_batch(
         args.inputs, args.out, args.url or ["localhost"], args.jobs, args.overwrite, settings

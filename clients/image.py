@@ -15,8 +15,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from tddfa.contract import DEFAULT_OUTPUTS, RENDER_MODE_PARAMETER, RENDER_MODES
+from tddfa_clients.mesh import MESH_SUFFIXES, bfm_triangles, write_faces
 from tddfa_clients.triton_client import ClientError, FrameClient, FrameResult
 from tddfa_clients.video_io import atomic_output
+from tddfa_tools.assets import AssetError
 
 LOG = logging.getLogger(__name__)
 
@@ -104,11 +107,23 @@ def write_json(path: str | Path, document: Any) -> None:
         temp.write_text(json.dumps(document, indent=1) + "\n")
 
 
-def process_image(client: FrameClient, source: Path, output: Path, json_path: Path | None) -> int:
-    """Render one image; returns the number of faces."""
+def process_image(
+    client: FrameClient,
+    source: Path,
+    output: Path,
+    json_path: Path | None,
+    mesh_path: Path | None = None,
+    triangles: np.ndarray | None = None,
+) -> int:
+    """Render one image (and write its faces' meshes: ``mesh_path`` needs VERTICES among the
+    client's outputs and the mesh ``triangles``); returns the number of faces."""
     image = read_image(source)
     result = client.infer(image)
     write_image(output, result.rendered)
+    if mesh_path is not None:
+        if result.vertices is None or triangles is None:
+            raise ValueError("--mesh needs the VERTICES output and the BFM triangles")
+        write_faces(mesh_path, image, result.vertices, triangles)
     if json_path is not None:
         document = image_document(result, image.shape[1], image.shape[0], client.served_models())
         write_json(json_path, document)
@@ -136,15 +151,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("input", type=Path, help="image to process")
     parser.add_argument("output", type=Path, help="rendered image (.png or .jpg)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--mesh",
+        type=Path,
+        metavar="MESH.obj|.ply",
+        help="also write every face's mesh (image space, colours from the image) to one file",
+    )
+    add_render_argument(parser)
     add_server_arguments(parser)
+    parser.add_argument(
+        "--assets", type=Path, default=None, help="asset folder for --mesh's triangles"
+    )
     parser.set_defaults(func=run)
 
 
+def add_render_argument(parser: argparse.ArgumentParser) -> None:
+    """--render MODE, shared by the clients."""
+    parser.add_argument(
+        "--render",
+        choices=RENDER_MODES,
+        default=None,
+        metavar="MODE",
+        help=f"how faces are drawn: {', '.join(RENDER_MODES)} (default: the server's, shaded); "
+        "uv returns each face's UV texture map instead of the frame",
+    )
+
+
+def render_parameters(mode: str | None) -> dict[str, str]:
+    """The request parameters of ``--render MODE``."""
+    return {} if mode is None else {RENDER_MODE_PARAMETER: mode}
+
+
 def run(args: argparse.Namespace) -> int:
+    mesh = args.mesh
+    if mesh is not None and mesh.suffix.lower() not in MESH_SUFFIXES:
+        LOG.error("--mesh %s: the file must end in %s", mesh, " or ".join(MESH_SUFFIXES))
+        return 1
+    outputs = (*DEFAULT_OUTPUTS, "VERTICES") if mesh is not None else DEFAULT_OUTPUTS
     try:
-        with FrameClient(args.url, args.protocol, in_flight=1) as client:
-            count = process_image(client, args.input, args.output, args.json)
-    except (ImageError, ClientError, OSError) as exc:
+        triangles = bfm_triangles(args.assets) if mesh is not None else None
+        with FrameClient(
+            args.url,
+            args.protocol,
+            outputs=outputs,
+            in_flight=1,
+            parameters=render_parameters(args.render),
+        ) as client:
+            count = process_image(client, args.input, args.output, args.json, mesh, triangles)
+    except (ImageError, ClientError, OSError, ValueError, AssetError) as exc:
         LOG.error("%s", exc)
         return 1
     LOG.info("%s: %d face(s) -> %s", args.input, count, args.output)

@@ -24,11 +24,13 @@ import os
 import socket
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
+from tddfa.contract import RENDER_MODE_PARAMETER, UV_MODE
 
 LOG = logging.getLogger(__name__)
 
@@ -215,8 +217,11 @@ class _Protocol:
         output = result.get_output(name)
         return _dims(output["shape"] if self.name == "http" else output.shape)
 
-    def submit(self, model: str, inputs: list, outputs: list) -> concurrent.futures.Future:
-        """Start one async request; the future resolves to the InferResult."""
+    def submit(
+        self, model: str, inputs: list, outputs: list, parameters: dict | None = None
+    ) -> concurrent.futures.Future:
+        """Start one async request (with request ``parameters``, e.g. render_mode); the
+        future resolves to the InferResult."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         if self.name == "grpc":
 
@@ -226,9 +231,9 @@ class _Protocol:
                 else:
                     future.set_result(result)
 
-            self.client.async_infer(model, inputs, done, outputs=outputs)
+            self.client.async_infer(model, inputs, done, outputs=outputs, parameters=parameters)
             return future
-        handle = self.client.async_infer(model, inputs, outputs=outputs)
+        handle = self.client.async_infer(model, inputs, outputs=outputs, parameters=parameters)
         import gevent
 
         gevent.sleep(0)  # let the request greenlet send now, not when we first wait
@@ -419,6 +424,8 @@ class FrameClient:
         cuda_device: the GPU of the CUDA shared memory regions (``shared_memory="cuda"``).
         rendered_on_device: with ``shared_memory="cuda"``, return RENDERED as a CuPy array
             on ``cuda_device`` (copied device to device out of the region) instead of numpy.
+        parameters: request parameters sent with every frame, e.g.
+            ``{"render_mode": "depth"}`` (tddfa.contract.RENDER_MODE_PARAMETER).
     """
 
     def __init__(
@@ -432,6 +439,7 @@ class FrameClient:
         timeout: float = 600.0,
         cuda_device: int = 0,
         rendered_on_device: bool = False,
+        parameters: Mapping[str, Any] | None = None,
     ):
         if shared_memory not in SHARED_MEMORY:
             raise ValueError(f"shared_memory must be one of {SHARED_MEMORY}, got {shared_memory!r}")
@@ -443,6 +451,7 @@ class FrameClient:
         self.model = model
         self.in_flight = in_flight
         self.outputs = tuple(dict.fromkeys(("FACE_COUNT", *outputs)))
+        self.parameters = dict(parameters or {})
         try:
             self._protocol = _Protocol(protocol, self.url, in_flight, timeout)
         except Exception as exc:
@@ -604,6 +613,8 @@ class FrameClient:
             shm.set_shared_memory_region(region.handle("input"), [image])
         tensor.set_shared_memory(in_name, nbytes)
         sizes = {n: self.specs[n].byte_size(shape) for n in self.outputs}
+        if self.parameters.get(RENDER_MODE_PARAMETER) == UV_MODE and "RENDERED" in sizes:
+            sizes["RENDERED"] = None  # not the frame's size: it comes back in the response
         offset = 0
         align = CUDA_ALIGNMENT if self._cuda else 1  # device views need aligned offsets
         for name, size in sizes.items():
@@ -665,7 +676,9 @@ class FrameClient:
                 slot = sent % limit
                 inputs, outputs, placement = self._request(image, slot)
                 try:
-                    future = self._protocol.submit(self.model, inputs, outputs)
+                    future = self._protocol.submit(
+                        self.model, inputs, outputs, self.parameters or None
+                    )
                 except Exception as exc:
                     raise translate_error(exc) from exc
                 pending.append((key, slot, placement, future))

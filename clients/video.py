@@ -20,7 +20,14 @@ from typing import TextIO
 import numpy as np
 from tqdm import tqdm
 
-from tddfa_clients.image import ImageError, add_server_arguments, faces_json
+from tddfa.contract import RENDER_MODE_PARAMETER, UV_MODE
+from tddfa_clients.image import (
+    ImageError,
+    add_render_argument,
+    add_server_arguments,
+    faces_json,
+    render_parameters,
+)
 from tddfa_clients.triton_client import ClientError, FrameClient
 from tddfa_clients.video_io import (
     DECODERS,
@@ -71,6 +78,11 @@ def process_video(
     description: str | None = None,
 ) -> VideoStats:
     """Render ``source`` into ``output``; raises VideoError/ClientError on failure."""
+    if client.parameters.get(RENDER_MODE_PARAMETER) == UV_MODE:
+        raise VideoError(
+            f"{source}: render mode {UV_MODE} returns each face's UV map, not the frame: "
+            "use `tddfa image --render uv` on single frames"
+        )
     info = probe(source)
     start = time.perf_counter()
     with atomic_output(output) as temp_video, _json_lines(json_path) as lines:
@@ -139,6 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", type=Path, help="rendered video (.mp4, .mov or .mkv)")
     add_server_arguments(parser)
     parser.add_argument("--json", type=Path, help="per-frame results as JSON Lines")
+    add_render_argument(parser)
     parser.add_argument(
         "--in-flight", type=int, default=4, metavar="N", help="requests in flight (default 4)"
     )
@@ -160,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
             else ("RENDERED", "FACE_COUNT"),
             in_flight=args.in_flight,
             shared_memory="none" if args.no_shm else "auto",
+            parameters=render_parameters(args.render),
         ) as client:
             stats = process_video(
                 client, args.input, args.output, args.json, args.decoder, args.encoder

@@ -140,3 +140,71 @@ def test_concurrent_requests_in_different_modes(server, test_images):
         assert got.shape == alone[mode].shape, mode
         diff = np.abs(got.astype(int) - alone[mode].astype(int)).max(axis=-1)
         assert (diff > 1).mean() < 1e-4, mode
+
+
+@pytest.mark.parametrize("suffix", [".obj", ".ply"])
+def test_image_client_renders_a_mode_and_writes_the_meshes(server, asset_dir, tmp_path, suffix):
+    """`tddfa image IN OUT --render MODE --mesh FILE`: the mode's picture, and one mesh file
+    holding every face (one object / face id each), read back with trimesh."""
+    trimesh = pytest.importorskip("trimesh")
+    from PIL import Image
+
+    from tddfa_tools.cli import main
+
+    source = asset_dir / "images" / "trump_hillary.jpg"
+    out, mesh = tmp_path / "out.png", tmp_path / f"faces{suffix}"
+    code = main(
+        ["image", str(source), str(out), "--render", "depth", "--mesh", str(mesh),
+         "--url", server.grpc_url, "--protocol", "grpc", "--assets", str(asset_dir)]
+    )  # fmt: skip
+    assert code == 0
+    image = np.asarray(Image.open(source).convert("RGB"))
+    served = infer(server.grpc_url, "grpc", image, "depth")
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), served["RENDERED"])
+
+    from tddfa_clients.triton_client import FrameClient
+
+    with FrameClient(server.grpc_url, "grpc", outputs=("VERTICES",)) as client:
+        vertices = client.infer(image).vertices  # (2, 3, N)
+    n = vertices.shape[2]
+    if suffix == ".obj":
+        scene = trimesh.load_scene(mesh, process=False, split_objects=True)
+        assert sorted(scene.geometry) == ["face_1", "face_2"]
+        parts = [scene.geometry[name] for name in sorted(scene.geometry)]
+        colors = parts[0].visual.vertex_colors[:, :3].astype(int)
+        x = np.clip(np.rint(vertices[0, 0]), 0, image.shape[1] - 1).astype(int)
+        y = np.clip(np.rint(vertices[0, 1]), 0, image.shape[0] - 1).astype(int)
+        assert np.abs(colors - image[y, x]).max() <= 1  # written as 4-digit fractions
+    else:
+        whole = trimesh.load(mesh, process=False)
+        face_of_vertex = whole.metadata["_ply_raw"]["vertex"]["data"]["face"]
+        assert sorted(set(face_of_vertex.tolist())) == [1, 2]
+        parts = [whole.submesh([np.flatnonzero(np.all(face_of_vertex[whole.faces] == i, 1))],
+                               append=True) for i in (1, 2)]  # fmt: skip
+        assert len(whole.vertices) == 2 * n
+        colors = whole.visual.vertex_colors[:, :3]
+        x = np.clip(np.rint(vertices[0, 0]), 0, image.shape[1] - 1).astype(int)
+        y = np.clip(np.rint(vertices[0, 1]), 0, image.shape[0] - 1).astype(int)
+        np.testing.assert_array_equal(colors[:n], image[y, x])
+    for part, face in zip(parts, vertices, strict=True):
+        assert len(part.faces) == 76073
+        np.testing.assert_allclose(
+            np.sort(part.vertices, axis=0), np.sort(face.T, axis=0), atol=2e-3
+        )
+        assert (part.face_normals[:, 2] > 0).mean() > 0.6, "normals towards the camera"
+
+
+def test_video_client_refuses_uv_and_draws_a_mode(server, asset_dir, tmp_path):
+    from tddfa_clients.triton_client import FrameClient
+    from tddfa_clients.video import process_video
+    from tddfa_clients.video_io import VideoError
+
+    source = asset_dir / "video" / "two_faces_360p.mp4"
+    with FrameClient(server.grpc_url, "grpc", parameters={RENDER_MODE_PARAMETER: UV_MODE}) as c:
+        with pytest.raises(VideoError, match="tddfa image --render uv"):
+            process_video(c, source, tmp_path / "uv.mp4", progress=False)
+    with FrameClient(
+        server.grpc_url, "grpc", in_flight=4, parameters={RENDER_MODE_PARAMETER: "pose"}
+    ) as client:
+        stats = process_video(client, source, tmp_path / "pose.mp4", progress=False)
+    assert stats.frames == 50 and (tmp_path / "pose.mp4").stat().st_size > 0
