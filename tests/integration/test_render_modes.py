@@ -74,22 +74,10 @@ def step(render_repository):
 
 def expected(step, image: np.ndarray, outputs: dict, mode: str) -> np.ndarray:
     """The in-process face_renderer step on the ensemble's own outputs."""
-    from tddfa.params import model_to_image
-    from tddfa.roi import roi_from_box
+    from tddfa.render.step import inputs_from_outputs
 
-    params = outputs["PARAMS"].astype(np.float32)
-    count = int(outputs["FACE_COUNT"][0])
-    transform = np.zeros((len(params), 3, 4), np.float32)
-    if count:
-        rois = roi_from_box(outputs["FACE_BOXES"][:count, :4])
-        transform[:count] = model_to_image(params[:count], rois.astype(np.float32))
-    inputs = {
-        "IMAGE": image[None],
-        "ALPHA_SHP": params[None, :, 12:52],
-        "ALPHA_EXP": params[None, :, 52:62],
-        "TRANSFORM": transform[None],
-        "NUM_FACES": np.array([[count]], np.int32),
-    }
+    batched = {name: outputs[name][None] for name in ("PARAMS", "FACE_BOXES", "FACE_COUNT")}
+    inputs = inputs_from_outputs(batched, image[None])
     return step.run(inputs, [{RENDER_MODE_PARAMETER: mode}])["RENDERED"][0]
 
 

@@ -4,11 +4,11 @@ Both become triangles for the overlay program (``OVERLAY_FLOATS`` per vertex: ta
 position, disc coordinate, colour, clip rectangle), numpy or CuPy alike:
 
 - ``landmarks``: a disc per landmark (3DDFA_V2's ``cv_draw_landmark`` draws filled green
-  circles), radius ``max(1.5, llength / 120)`` px so they stay visible on large faces;
+  circles), radius ``max(1.5, llength / DOT_DIVISOR)`` px so they stay visible on large faces;
 - ``pose``: 3DDFA_V2's ``plot_pose_box``: a box with a rear square of half-side ``llength``
   at depth 0 and a front square of half-side and depth ``int(4/3 llength)``, rotated by
   the face's rotation, its rear square centred on the mean of landmarks 0-26 (jaw and
-  brows), corners truncated to whole pixels, 13 edges of width ``max(2, llength / 200)``.
+  brows), corners truncated to whole pixels, 13 edges of width ``max(2, llength / LINE_DIVISOR)`` (the original: 2 px).
 
 ``llength`` is 3DDFA_V2's ``calc_hypotenuse``: the diagonal of the landmarks' bounding
 square, divided by 3. The rotation's rows come from TRANSFORM (its rows are the camera's
@@ -26,6 +26,9 @@ import numpy as np
 from tddfa.render.shaders import OVERLAY_FLOATS
 from tddfa.xp import get_xp
 
+# Sizes grow with the face (llength, about 0.47 of its width) so large faces stay readable.
+DOT_DIVISOR = 80.0
+LINE_DIVISOR = 150.0
 LANDMARK_COLOR = (0.0, 1.0, 0.0)  # cv_draw_landmark's GREEN
 POSE_COLOR = (0.0, 1.0, 40.0 / 255.0)  # plot_pose_box's (40, 255, 0) BGR, as RGB
 # plot_pose_box's polyline through the 10 box points (closed), then three more edges
@@ -85,7 +88,7 @@ def landmark_dots(landmarks: Any) -> Overlay:
     """Discs at the landmarks: (F, 3, 68) image-space landmarks -> (F, 68 * 6) vertices."""
     xp = get_xp(landmarks)
     faces, _, points = landmarks.shape
-    radius = xp.maximum(llength(landmarks) / 120.0, 1.5)  # (F,)
+    radius = xp.maximum(llength(landmarks) / DOT_DIVISOR, 1.5)  # (F,)
     # a square of 1.5 radii around each centre holds the whole disc
     quad = 1.5 * xp.asarray(_QUAD * [2, 1] - [1, 0])  # (6, 2) corners of [-1.5, 1.5]^2
     centre = landmarks[:, :2].transpose(0, 2, 1).astype(xp.float64)  # (F, 68, 2)
@@ -140,7 +143,7 @@ def pose_box_lines(transforms: Any, landmarks: Any) -> Overlay:
     xp = get_xp(transforms)
     segments = pose_box_segments(transforms, landmarks)  # (F, E, 2, 2)
     faces, edges = segments.shape[:2]
-    width = xp.maximum(llength(landmarks).astype(xp.float64) / 200.0, 2.0)[:, None, None]
+    width = xp.maximum(llength(landmarks).astype(xp.float64) / LINE_DIVISOR, 2.0)[:, None, None]
     start, end = segments[:, :, 0], segments[:, :, 1]
     direction = end - start
     length = xp.linalg.norm(direction, axis=2, keepdims=True)  # (F, E, 1)

@@ -31,7 +31,7 @@ import numpy as np
 from tddfa.bfm import DenseDecoder, load_bfm
 from tddfa.config import NUM_EXP, NUM_SHAPE, PipelineConfig
 from tddfa.contract import RENDER_MODE_PARAMETER
-from tddfa.params import apply_transform
+from tddfa.params import apply_transform, model_to_image
 from tddfa.render.assets import RENDER_ASSETS_FILE, load_render_assets, load_texture_image
 from tddfa.render.modes import MESH_MODES, OVERLAY_MODES, parse_mode, parse_modes
 from tddfa.render.renderer import MeshFaces, MeshRenderer, OverlayFaces
@@ -224,3 +224,32 @@ def build_render_step(
 def build_vertices_step(version_dir: str | os.PathLike) -> VerticesStep:
     """The face_vertices step from a model version folder (bfm.npz)."""
     return VerticesStep(DenseDecoder(load_bfm(Path(version_dir) / BFM_FILE)))
+
+
+def inputs_from_outputs(outputs: Mapping[str, Any], images: Any) -> dict[str, np.ndarray]:
+    """face_renderer's inputs rebuilt from the ``tddfa`` ensemble's outputs (host arrays):
+    ALPHA_SHP / ALPHA_EXP from PARAMS, TRANSFORM from PARAMS and the ROI of FACE_BOXES (the
+    detect path's crop rule, MODELS.md 3; a tracked frame's ROI came from landmarks).
+
+    Args:
+        outputs: PARAMS (B, K, 62), FACE_BOXES (B, K, 5), FACE_COUNT (B, 1).
+        images: (B, H, W, 3) uint8, passed through as IMAGE.
+    """
+    from tddfa.roi import roi_from_box
+
+    params = to_numpy(outputs["PARAMS"]).astype(np.float32)
+    boxes = to_numpy(outputs["FACE_BOXES"])
+    batch, k = params.shape[:2]
+    counts = to_numpy(outputs["FACE_COUNT"]).reshape(batch, 1).astype(np.int32)
+    filled = np.arange(k)[None, :] < counts
+    transform = np.zeros((batch, k, 3, 4), np.float32)
+    if filled.any():
+        rois = roi_from_box(boxes[filled][:, :4]).astype(np.float32)
+        transform[filled] = model_to_image(params[filled], rois)
+    return {
+        "IMAGE": images,
+        "ALPHA_SHP": np.ascontiguousarray(params[..., 12:52]),
+        "ALPHA_EXP": np.ascontiguousarray(params[..., 52:62]),
+        "TRANSFORM": transform,
+        "NUM_FACES": counts,
+    }

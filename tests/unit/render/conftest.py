@@ -66,36 +66,16 @@ def render_assets(render_version: Path):
     return load_render_assets(render_version / "render_assets.npz")
 
 
-def faces_from_outputs(outputs: dict) -> dict[str, np.ndarray]:
-    """face_renderer inputs from the ensemble's outputs: ALPHA_* from PARAMS, TRANSFORM
-    from PARAMS and the ROI of FACE_BOXES (the detect path's crop rule, MODELS.md 3)."""
-    from tddfa.params import model_to_image
-    from tddfa.roi import roi_from_box
-
-    params = outputs["PARAMS"].astype(np.float32)
-    batch, k = params.shape[:2]
-    rois = roi_from_box(outputs["FACE_BOXES"].reshape(-1, 5)[:, :4]).reshape(batch, k, 4)
-    transform = model_to_image(params.reshape(-1, 62), rois.reshape(-1, 4).astype(np.float32))
-    counts = outputs["FACE_COUNT"].reshape(batch, 1).astype(np.int32)
-    empty = np.arange(k)[None, :] >= counts
-    transform = transform.reshape(batch, k, 3, 4)
-    transform[empty] = 0
-    return {
-        "ALPHA_SHP": np.ascontiguousarray(params[..., 12:52]),
-        "ALPHA_EXP": np.ascontiguousarray(params[..., 52:62]),
-        "TRANSFORM": np.ascontiguousarray(transform, dtype=np.float32),
-        "NUM_FACES": counts,
-    }
-
-
 @pytest.fixture(scope="session")
 def emma(landmark_pipeline, test_images) -> dict[str, np.ndarray]:
     """emma.jpg (3 faces) as a batch of one: IMAGE, ALPHA_SHP, ALPHA_EXP, TRANSFORM,
     NUM_FACES, and the ensemble's LANDMARKS for comparisons."""
+    from tddfa.render.step import inputs_from_outputs
+
     image = test_images["emma.jpg"]
     outputs = landmark_pipeline(image)
     assert int(outputs["FACE_COUNT"][0, 0]) == 3
-    return {"IMAGE": image[None], **faces_from_outputs(outputs), "LANDMARKS": outputs["LANDMARKS"]}
+    return {**inputs_from_outputs(outputs, image[None]), "LANDMARKS": outputs["LANDMARKS"]}
 
 
 @pytest.fixture(scope="session")

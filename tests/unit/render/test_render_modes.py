@@ -156,6 +156,8 @@ def test_uv_maps_hold_the_frame_at_each_vertex(render_step, emma, vertices, rend
 
 
 def test_landmark_dots_at_the_landmarks(render_step, emma):
+    from tddfa.render.overlays import DOT_DIVISOR
+
     out = render(render_step, emma, "landmarks").astype(int)
     green = (out == [0, 255, 0]).all(axis=-1)
     landmarks = emma["LANDMARKS"][0, : int(emma["NUM_FACES"][0, 0])]
@@ -164,7 +166,7 @@ def test_landmark_dots_at_the_landmarks(render_step, emma):
     rows, cols = np.nonzero(green)
     distance = np.sqrt((cols[:, None] - x[None]) ** 2 + (rows[:, None] - y[None]) ** 2).min(axis=1)
     side = np.maximum(np.ptp(landmarks[:, 0], axis=1), np.ptp(landmarks[:, 1], axis=1))
-    radius = max(1.5, float((side * np.sqrt(2) / 3 / 120).max()))
+    radius = max(1.5, float((side * np.sqrt(2) / 3 / DOT_DIVISOR).max()))
     assert distance.max() <= radius + 1.0, "green only on the dots"
     changed = (out != emma["IMAGE"][0]).any(axis=-1)
     assert not (changed & ~green).any(), "nothing but the dots is drawn"
