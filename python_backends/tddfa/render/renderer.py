@@ -362,8 +362,11 @@ class MeshRenderer:
                 normals = self._normals(positions)
             subset = FaceBounds(bounds.low[device_index], bounds.high[device_index])
             rows = instance_array(meshes.transforms[device_index], subset, meshes.shift_z, host)
-            instances = rows[xp.asarray(instance_order(wire))]
-            counts = DrawCounts(int((~wire).sum()), int(wire.sum()), 0, positions.shape[2])
+            order = instance_order(wire)
+            instances = rows[xp.asarray(order)]
+            counts = DrawCounts(
+                int((~wire).sum()), int(wire.sum()), 0, positions.shape[2], faces=order
+            )
         chosen = [] if overlays is None else [
             i for i, f in enumerate(overlays.frame) if f in plan.tiles
         ]  # fmt: skip

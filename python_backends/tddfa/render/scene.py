@@ -4,10 +4,11 @@ Objects (all created once, grown when a batch needs more, never shrunk):
 
 - ``background`` / ``target`` RGBA8 textures of the target size, a depth renderbuffer and
   two framebuffers (background -> target blit, draw into target);
-- vertex data as texture buffers: model-space positions and normals (F, 3, N) float32,
-  read by ``gl_VertexID`` and the face index, so one instanced draw covers every face;
-- per-vertex constants (ncc code, UV coordinates) and the triangle index buffer;
-- the per-face instance buffer and the 2D overlay buffer (landmark dots, pose boxes);
+- vertex data: model-space positions and normals (F, 3, N) float32, planar, read as six
+  float attributes; face k is draw k of one ``glMultiDrawElementsIndirect`` (base vertex
+  3 k N, base instance = its row of the per-face buffer), so one call draws every face;
+- per-vertex constants (ncc code, UV coordinates) as texture buffers, the triangle index
+  buffer, the per-face buffer, the draw commands and the 2D overlay buffer;
 - the texture image of the ``texture`` mode.
 
 ``targets_version`` / ``buffers_version`` count re-creations so the CUDA interop knows
@@ -21,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from tddfa.gl_context import GLContextError  # sets PYOPENGL_PLATFORM=egl first
+from tddfa.gl_context import GL_MIN_VERSION, GLContextError  # sets PYOPENGL_PLATFORM=egl
 from tddfa.render import shaders
 from tddfa.render.layout import Pass
 
@@ -32,7 +33,8 @@ from OpenGL.raw.GL.VERSION import GL_1_0 as _raw_gl10
 from OpenGL.raw.GL.VERSION import GL_1_1 as _raw_gl11
 
 _FLOAT = 4
-_UNITS = {"u_background": 0, "u_texture": 1, "u_positions": 2, "u_normals": 3}
+_UNITS = {"u_background": 0, "u_texture": 1, "u_ncc": 2, "u_uv": 3}
+_COMMAND = 5  # uint32 per indirect draw: count, instances, first index, base vertex, base instance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +53,14 @@ class Lighting:
 
 @dataclasses.dataclass(frozen=True)
 class DrawCounts:
-    """What one pass draws: instances (filled, then wireframe) and overlay vertices."""
+    """What one pass draws: faces (filled, then wireframe; ``faces`` (F,) says where each
+    one's vertices are in the vertex buffers, in instance-row order) and overlay vertices."""
 
     filled: int
     wireframe: int
     overlay_vertices: int
     vertices_per_face: int
+    faces: np.ndarray | None = None
     clip: bool = True  # clip faces to their tiles (off when none reaches beyond its tile)
 
 
@@ -111,6 +115,16 @@ class Scene:
     ) -> None:
         self.n_triangles = int(triangles.shape[1])
         n_static = int(triangles.max()) + 1
+        version = (
+            int(GL.glGetIntegerv(GL.GL_MAJOR_VERSION)),
+            int(GL.glGetIntegerv(GL.GL_MINOR_VERSION)),
+        )
+        if version < GL_MIN_VERSION:
+            raise GLContextError(
+                f"the renderer needs OpenGL {GL_MIN_VERSION[0]}.{GL_MIN_VERSION[1]} (multi-draw "
+                f"indirect), the context has {version[0]}.{version[1]}: use Mesa >= 20 "
+                "(llvmpipe) or the NVIDIA driver's EGL"
+            )
         self.max_size = min(
             int(GL.glGetIntegerv(GL.GL_MAX_TEXTURE_SIZE)),
             int(GL.glGetIntegerv(GL.GL_MAX_RENDERBUFFER_SIZE)),
@@ -125,41 +139,40 @@ class Scene:
         self._overlay_target = GL.glGetUniformLocation(self.overlay_program, "u_target")
         self._set_constants(lighting, alpha, uv_size, wire_color)
 
-        # -- mesh: per-vertex constants, triangles, instance buffer, vertex texture buffers
+        # -- per-vertex constants: planar float texture buffers (3, V) and (2, V)
+        self.ncc_buffer, self.uv_buffer = (int(b) for b in GL.glGenBuffers(2))
+        self.ncc_texture, self.uv_texture = (int(t) for t in GL.glGenTextures(2))
+        ncc_planes = np.zeros((3, n_static), np.float32)
+        if ncc is not None:
+            ncc_planes[:, : ncc.shape[1]] = np.asarray(ncc, np.float32)[:, :n_static]
+        uv_planes = np.zeros((2, n_static), np.float32)
+        if uv is not None:
+            uv_planes[:, : uv.shape[0]] = np.asarray(uv, np.float32).T[:, :n_static]
+        for buffer, texture, planes in (
+            (self.ncc_buffer, self.ncc_texture, ncc_planes),
+            (self.uv_buffer, self.uv_texture, uv_planes),
+        ):
+            planes = np.ascontiguousarray(planes)
+            GL.glBindBuffer(GL.GL_TEXTURE_BUFFER, buffer)
+            GL.glBufferData(GL.GL_TEXTURE_BUFFER, planes.nbytes, planes, GL.GL_STATIC_DRAW)
+            GL.glBindTexture(GL.GL_TEXTURE_BUFFER, texture)
+            GL.glTexBuffer(GL.GL_TEXTURE_BUFFER, GL.GL_R32F, buffer)
+
+        # -- mesh: triangles, vertex buffers (attributes 0-5), per-face rows (divisor 1)
         self.mesh_vao = int(GL.glGenVertexArrays(1))
         GL.glBindVertexArray(self.mesh_vao)
-        self.index_buffer, self.ncc_buffer, self.uv_buffer, self.instance_buffer = (
-            int(b) for b in GL.glGenBuffers(4)
-        )
+        (
+            self.index_buffer, self.position_buffer, self.normal_buffer, self.instance_buffer,
+            self.command_buffer,
+        ) = (int(b) for b in GL.glGenBuffers(5))  # fmt: skip
         GL.glBindBuffer(GL.GL_ELEMENT_ARRAY_BUFFER, self.index_buffer)
         indices = np.ascontiguousarray(triangles.T, dtype=np.uint32)  # (T, 3)
         GL.glBufferData(GL.GL_ELEMENT_ARRAY_BUFFER, indices.nbytes, indices, GL.GL_STATIC_DRAW)
-        ncc_rows = np.zeros((n_static, 3), np.float32)
-        if ncc is not None:
-            ncc_rows[: ncc.shape[1]] = np.asarray(ncc, np.float32).T[:n_static]
-        uv_rows = np.zeros((n_static, 2), np.float32)
-        if uv is not None:
-            uv_rows[: uv.shape[0]] = np.asarray(uv, np.float32)[:n_static]
-        for location, buffer, rows in (
-            (0, self.ncc_buffer, ncc_rows),
-            (1, self.uv_buffer, uv_rows),
-        ):
-            rows = np.ascontiguousarray(rows)
-            GL.glBindBuffer(GL.GL_ARRAY_BUFFER, buffer)
-            GL.glBufferData(GL.GL_ARRAY_BUFFER, rows.nbytes, rows, GL.GL_STATIC_DRAW)
-            GL.glEnableVertexAttribArray(location)
-            GL.glVertexAttribPointer(
-                location, rows.shape[1], GL.GL_FLOAT, GL.GL_FALSE, 0, ctypes.c_void_p(0)
-            )
-        for i in range(shaders.INSTANCE_ATTRIBUTES):
-            GL.glEnableVertexAttribArray(shaders.FIRST_INSTANCE_LOCATION + i)
-            GL.glVertexAttribDivisor(shaders.FIRST_INSTANCE_LOCATION + i, 1)
-        self._instance_first = -1
-        self.position_buffer, self.normal_buffer = (int(b) for b in GL.glGenBuffers(2))
-        self.position_texture, self.normal_texture = (int(t) for t in GL.glGenTextures(2))
         self.vertex_bytes = 0
         self.instance_bytes = 0
-
+        self._layout_vertices = -1
+        self._instance_layout = False
+        GL.glBindVertexArray(0)
         # -- overlays: (M, OVERLAY_FLOATS) float32 vertices, drawn as triangles
         self.overlay_vao = int(GL.glGenVertexArrays(1))
         GL.glBindVertexArray(self.overlay_vao)
@@ -248,32 +261,52 @@ class Scene:
             raise GLContextError(f"framebuffer incomplete (status 0x{int(status):x})")
 
     def ensure_buffers(self, vertex_bytes: int, instance_bytes: int, overlay_bytes: int) -> bool:
-        """Grow the vertex, instance and overlay buffers; True if any was re-created."""
+        """Grow the vertex, per-face and overlay buffers; True if any was re-created."""
         grown = False
-        if vertex_bytes > self.vertex_bytes:
-            size = max(vertex_bytes, 2 * self.vertex_bytes)
-            for buffer, texture in (
-                (self.position_buffer, self.position_texture),
-                (self.normal_buffer, self.normal_texture),
-            ):
-                GL.glBindBuffer(GL.GL_TEXTURE_BUFFER, buffer)
-                GL.glBufferData(GL.GL_TEXTURE_BUFFER, size, None, GL.GL_DYNAMIC_DRAW)
-                GL.glBindTexture(GL.GL_TEXTURE_BUFFER, texture)
-                GL.glTexBuffer(GL.GL_TEXTURE_BUFFER, GL.GL_R32F, buffer)
-            self.vertex_bytes, grown = size, True
-        for name, buffer, need in (
-            ("instance_bytes", self.instance_buffer, instance_bytes),
-            ("overlay_bytes", self.overlay_buffer, overlay_bytes),
+        for names, need in (
+            (("position_buffer", "normal_buffer"), vertex_bytes),
+            (("instance_buffer",), instance_bytes),
+            (("overlay_buffer",), overlay_bytes),
         ):
-            if need > getattr(self, name):
-                size = max(need, 2 * getattr(self, name), 4096)
-                GL.glBindBuffer(GL.GL_ARRAY_BUFFER, buffer)
+            have = {"position_buffer": "vertex_bytes", "instance_buffer": "instance_bytes",
+                    "overlay_buffer": "overlay_bytes"}[names[0]]  # fmt: skip
+            if need <= getattr(self, have):
+                continue
+            size = max(need, 2 * getattr(self, have), 4096)
+            for name in names:
+                GL.glBindBuffer(GL.GL_ARRAY_BUFFER, getattr(self, name))
                 GL.glBufferData(GL.GL_ARRAY_BUFFER, size, None, GL.GL_DYNAMIC_DRAW)
-                setattr(self, name, size)
-                grown = True
+            setattr(self, have, size)
+            grown = True
         if grown:
             self.buffers_version += 1
         return grown
+
+    def _vertex_layout(self, n_vertices: int) -> None:
+        """Point attributes 0-5 at the planes of face 0 (the draws' base vertex 3 k N moves
+        them to face k) and the per-face attributes at row 0 (base instance: row k)."""
+        GL.glBindVertexArray(self.mesh_vao)
+        if n_vertices != self._layout_vertices:
+            for first, buffer in ((0, self.position_buffer), (3, self.normal_buffer)):
+                GL.glBindBuffer(GL.GL_ARRAY_BUFFER, buffer)
+                for axis in range(3):
+                    GL.glEnableVertexAttribArray(first + axis)
+                    GL.glVertexAttribPointer(
+                        first + axis, 1, GL.GL_FLOAT, GL.GL_FALSE, 4,
+                        ctypes.c_void_p(4 * axis * n_vertices),
+                    )  # fmt: skip
+            self._layout_vertices = n_vertices
+        if not self._instance_layout:
+            GL.glBindBuffer(GL.GL_ARRAY_BUFFER, self.instance_buffer)
+            stride = shaders.INSTANCE_FLOATS * _FLOAT
+            for i in range(shaders.INSTANCE_ATTRIBUTES):
+                location = shaders.FIRST_INSTANCE_LOCATION + i
+                GL.glEnableVertexAttribArray(location)
+                GL.glVertexAttribPointer(
+                    location, 4, GL.GL_FLOAT, GL.GL_FALSE, stride, ctypes.c_void_p(16 * i)
+                )
+                GL.glVertexAttribDivisor(location, 1)
+            self._instance_layout = True
 
     def set_texture(self, image: np.ndarray) -> None:
         """The texture mode's image: (H, W, 3) uint8 RGB, row 0 at the top."""
@@ -320,8 +353,8 @@ class Scene:
         overlay: np.ndarray | None,
     ) -> None:
         for buffer, target, data in (
-            (self.position_buffer, GL.GL_TEXTURE_BUFFER, positions),
-            (self.normal_buffer, GL.GL_TEXTURE_BUFFER, normals),
+            (self.position_buffer, GL.GL_ARRAY_BUFFER, positions),
+            (self.normal_buffer, GL.GL_ARRAY_BUFFER, normals),
             (self.instance_buffer, GL.GL_ARRAY_BUFFER, instances),
             (self.overlay_buffer, GL.GL_ARRAY_BUFFER, overlay),
         ):
@@ -340,19 +373,6 @@ class Scene:
         return out
 
     # -- drawing --------------------------------------------------------------------------
-    def _instances_from(self, first: int) -> None:
-        """Point the per-instance attributes at instance ``first`` of the instance buffer."""
-        if first == self._instance_first:
-            return
-        GL.glBindBuffer(GL.GL_ARRAY_BUFFER, self.instance_buffer)
-        stride = shaders.INSTANCE_FLOATS * _FLOAT
-        for i in range(shaders.INSTANCE_ATTRIBUTES):
-            GL.glVertexAttribPointer(
-                shaders.FIRST_INSTANCE_LOCATION + i, 4, GL.GL_FLOAT, GL.GL_FALSE, stride,
-                ctypes.c_void_p(first * stride + 16 * i),
-            )  # fmt: skip
-        self._instance_first = first
-
     def draw(self, plan: Pass, counts: DrawCounts) -> None:
         """Draw one pass: frames into their tiles, faces, overlays (after the uploads)."""
         width, height = plan.width, plan.height
@@ -388,44 +408,52 @@ class Scene:
 
     def _draw_meshes(self, counts: DrawCounts, capacity_w: int, capacity_h: int) -> None:
         GL.glUseProgram(self.mesh_program)
-        GL.glUniform1i(self._uniforms["u_vertices"], counts.vertices_per_face)
+        n = counts.vertices_per_face
+        GL.glUniform1i(self._uniforms["u_vertices"], n)
         GL.glUniform2f(self._uniforms["u_target"], float(capacity_w), float(capacity_h))
         GL.glUniform2f(self._uniforms["u_background_size"], float(capacity_w), float(capacity_h))
         GL.glUniform2f(self._uniforms["u_texture_size"], *(float(v) for v in self.texture_size))
         for texture, target, unit in (
             (self.background, GL.GL_TEXTURE_2D, 0),
             (self.texture, GL.GL_TEXTURE_2D, 1),
-            (self.position_texture, GL.GL_TEXTURE_BUFFER, 2),
-            (self.normal_texture, GL.GL_TEXTURE_BUFFER, 3),
+            (self.ncc_texture, GL.GL_TEXTURE_BUFFER, 2),
+            (self.uv_texture, GL.GL_TEXTURE_BUFFER, 3),
         ):
             GL.glActiveTexture(GL.GL_TEXTURE0 + unit)
             GL.glBindTexture(target, texture)
         GL.glActiveTexture(GL.GL_TEXTURE0)
-        GL.glBindVertexArray(self.mesh_vao)
+        self._vertex_layout(n)
+        # draw r: face counts.faces[r]'s vertices (base vertex 3 k N), per-face row r
+        faces = len(counts.faces)
+        commands = np.zeros((faces, _COMMAND), np.uint32)
+        commands[:, 0] = 3 * self.n_triangles
+        commands[:, 1] = 1
+        commands[:, 3] = 3 * n * np.asarray(counts.faces, np.int64)
+        commands[:, 4] = np.arange(faces)
+        GL.glBindBuffer(GL.GL_DRAW_INDIRECT_BUFFER, self.command_buffer)
+        GL.glBufferData(GL.GL_DRAW_INDIRECT_BUFFER, commands.nbytes, commands, GL.GL_STREAM_DRAW)
         GL.glEnable(GL.GL_DEPTH_TEST)
         GL.glDepthFunc(GL.GL_LESS)
-        count = 3 * self.n_triangles
         if counts.filled:
-            self._instances_from(0)
-            GL.glDrawElementsInstanced(
-                GL.GL_TRIANGLES, count, GL.GL_UNSIGNED_INT, ctypes.c_void_p(0), counts.filled
+            GL.glMultiDrawElementsIndirect(
+                GL.GL_TRIANGLES, GL.GL_UNSIGNED_INT, ctypes.c_void_p(0), counts.filled, 0
             )
         if counts.wireframe:
             # visible edges only: the surface's depth first (pushed back a little), then its
             # edges where they are not behind it
-            self._instances_from(counts.filled)
+            at = ctypes.c_void_p(counts.filled * _COMMAND * 4)
             GL.glColorMask(GL.GL_FALSE, GL.GL_FALSE, GL.GL_FALSE, GL.GL_FALSE)
             GL.glEnable(GL.GL_POLYGON_OFFSET_FILL)
             GL.glPolygonOffset(1.0, 1.0)
-            GL.glDrawElementsInstanced(
-                GL.GL_TRIANGLES, count, GL.GL_UNSIGNED_INT, ctypes.c_void_p(0), counts.wireframe
+            GL.glMultiDrawElementsIndirect(
+                GL.GL_TRIANGLES, GL.GL_UNSIGNED_INT, at, counts.wireframe, 0
             )
             GL.glDisable(GL.GL_POLYGON_OFFSET_FILL)
             GL.glColorMask(GL.GL_TRUE, GL.GL_TRUE, GL.GL_TRUE, GL.GL_TRUE)
             GL.glDepthFunc(GL.GL_LEQUAL)
             GL.glPolygonMode(GL.GL_FRONT_AND_BACK, GL.GL_LINE)
-            GL.glDrawElementsInstanced(
-                GL.GL_TRIANGLES, count, GL.GL_UNSIGNED_INT, ctypes.c_void_p(0), counts.wireframe
+            GL.glMultiDrawElementsIndirect(
+                GL.GL_TRIANGLES, GL.GL_UNSIGNED_INT, at, counts.wireframe, 0
             )
             GL.glPolygonMode(GL.GL_FRONT_AND_BACK, GL.GL_FILL)
             GL.glDepthFunc(GL.GL_LESS)
@@ -434,11 +462,11 @@ class Scene:
         GL.glDeleteFramebuffers(2, [self.read_fbo, self.draw_fbo])
         GL.glDeleteRenderbuffers(1, [self.depth])
         GL.glDeleteTextures(
-            [self.background, self.target, self.texture, self.position_texture, self.normal_texture]
+            [self.background, self.target, self.texture, self.ncc_texture, self.uv_texture]
         )
         buffers = [
             self.index_buffer, self.ncc_buffer, self.uv_buffer, self.instance_buffer,
-            self.position_buffer, self.normal_buffer, self.overlay_buffer,
+            self.position_buffer, self.normal_buffer, self.overlay_buffer, self.command_buffer,
         ]  # fmt: skip
         GL.glDeleteBuffers(len(buffers), buffers)
         GL.glDeleteVertexArrays(2, [self.mesh_vao, self.overlay_vao])

@@ -1,8 +1,9 @@
-"""GLSL of the two programs: the instanced face mesh and the 2D overlays.
+"""GLSL of the two programs: the face meshes (one multi-draw per batch) and the 2D overlays.
 
 Coordinates. Every face is drawn into a *target*: one framebuffer holding the batch's
-frames as tiles (:mod:`tddfa.render.layout`). The mesh shader reads the face's model-space
-vertex ``m`` from a texture buffer, maps it to the image with the face's model->image
+frames as tiles (:mod:`tddfa.render.layout`). The mesh shader gets the face's model-space
+vertex ``m`` and normal as vertex attributes (planes of (F, 3, N) buffers; draw k of the
+multi-draw has base vertex 3 k N and base instance k), maps it to the image with the face's model->image
 affine ``T`` (``p = T[:, :3] m + T[:, 3]``, then ``p.z -= z shift``; tddfa.params), moves
 it by its tile's offset and maps target pixels (x right, y down, centres at integers) to
 clip space so that target row 0 is framebuffer row 0 (frames upload and read back in their
@@ -17,7 +18,7 @@ Lighting is per vertex (Gouraud), as 3DDFA_V2's Sim3DR renderer: ambient + Lambe
 centred, longest side 2). Normals are the model-space area-weighted normals mapped by the
 cofactor matrix of T[:, :3] (exact for an affine map), turned to face the camera.
 
-Per face (instanced attributes, ``INSTANCE_FLOATS`` float32 each, see
+Per face (attributes of divisor 1, ``INSTANCE_FLOATS`` float32 each, see
 :mod:`tddfa.render.instances`): the three rows of T, the lighting frame, (z shift, z extent,
 mode, face index), (tile offset x, y, UV atlas origin x, y), the clip rectangle in target
 pixels and the rectangle that bounds frame sampling (image pixels).
@@ -30,7 +31,7 @@ from tddfa.render.modes import BLENDED_MODES, MODE_IDS
 DEPTH_RANGE = 65536.0
 INSTANCE_ATTRIBUTES = 8  # vec4 attributes per face instance
 INSTANCE_FLOATS = 4 * INSTANCE_ATTRIBUTES
-FIRST_INSTANCE_LOCATION = 2  # locations 0, 1: per-vertex ncc code and UV coordinates
+FIRST_INSTANCE_LOCATION = 6  # locations 0-5: the vertex's position and normal
 OVERLAY_FLOATS = 11  # per overlay vertex: position 2, disc coordinate 2, colour 3, clip 4
 
 _MODE_DEFINES = "\n".join(
@@ -39,10 +40,10 @@ _MODE_DEFINES = "\n".join(
 _BLENDED = " || ".join(f"v_mode == MODE_{name.upper()}" for name in sorted(BLENDED_MODES))
 
 MESH_VERTEX = f"""
-#version 330 core
+#version 430 core
 {_MODE_DEFINES}
-uniform samplerBuffer u_positions;  // (F, 3, N) model space, planar
-uniform samplerBuffer u_normals;    // (F, 3, N) model-space area-weighted normals
+uniform samplerBuffer u_ncc;        // (3, N) per-vertex PNCC colour, planar
+uniform samplerBuffer u_uv;         // (2, N) per-vertex BFM texture coordinates, planar
 uniform sampler2D u_background;     // the frames, as tiles of the target
 uniform int u_vertices;             // N
 uniform vec2 u_target;              // target size (width, height) in pixels
@@ -54,23 +55,34 @@ uniform vec3 u_light_position;
 uniform vec3 u_view_position;
 uniform vec3 u_color;
 uniform vec3 u_wire_color;
-layout(location = 0) in vec3 a_ncc;
-layout(location = 1) in vec2 a_uv;
-layout(location = 2) in vec4 i_row0;
-layout(location = 3) in vec4 i_row1;
-layout(location = 4) in vec4 i_row2;
-layout(location = 5) in vec4 i_light;   // lighting frame: centre xyz, scale
-layout(location = 6) in vec4 i_face;    // z shift, z extent, mode, face index
-layout(location = 7) in vec4 i_offset;  // image -> target offset xy, UV atlas origin xy
-layout(location = 8) in vec4 i_clip;    // target rectangle x0, y0, x1, y1 (pixel edges)
-layout(location = 9) in vec4 i_sample;  // frame sampling bounds x0, y0, x1, y1 (image)
+// the face's model-space vertex and its area-weighted normal: planes of (F, 3, N) buffers,
+// reached through the draw's base vertex 3 k N (face k)
+layout(location = 0) in float a_x;
+layout(location = 1) in float a_y;
+layout(location = 2) in float a_z;
+layout(location = 3) in float a_nx;
+layout(location = 4) in float a_ny;
+layout(location = 5) in float a_nz;
+layout(location = 6) in vec4 i_row0;
+layout(location = 7) in vec4 i_row1;
+layout(location = 8) in vec4 i_row2;
+layout(location = 9) in vec4 i_light;   // lighting frame: centre xyz, scale
+layout(location = 10) in vec4 i_face;   // z shift, z extent, mode, face index
+layout(location = 11) in vec4 i_offset; // image -> target offset xy, UV atlas origin xy
+layout(location = 12) in vec4 i_clip;   // target rectangle x0, y0, x1, y1 (pixel edges)
+layout(location = 13) in vec4 i_sample; // frame sampling bounds x0, y0, x1, y1 (image)
 out vec3 v_color;     // the colour; texture mode: (s, t) texture coordinates in .xy
 flat out int v_mode;
 
-vec3 fetch(samplerBuffer planes, int base) {{
-    return vec3(texelFetch(planes, base).r,
-                texelFetch(planes, base + u_vertices).r,
-                texelFetch(planes, base + 2 * u_vertices).r);
+vec2 uv_of_vertex() {{
+    int local = gl_VertexID - int(i_face.w) * 3 * u_vertices;  // gl_VertexID has the base
+    return vec2(texelFetch(u_uv, local).r, texelFetch(u_uv, local + u_vertices).r);
+}}
+
+vec3 ncc_of_vertex() {{
+    int local = gl_VertexID - int(i_face.w) * 3 * u_vertices;
+    return vec3(texelFetch(u_ncc, local).r, texelFetch(u_ncc, local + u_vertices).r,
+                texelFetch(u_ncc, local + 2 * u_vertices).r);
 }}
 
 vec3 lit(vec3 p, vec3 n) {{
@@ -88,8 +100,7 @@ vec3 lit(vec3 p, vec3 n) {{
 
 void main() {{
     int mode = int(i_face.z);
-    int base = int(i_face.w) * 3 * u_vertices + gl_VertexID;
-    vec3 m = fetch(u_positions, base);
+    vec3 m = vec3(a_x, a_y, a_z);
     vec3 p = vec3(dot(i_row0.xyz, m) + i_row0.w,
                   dot(i_row1.xyz, m) + i_row1.w,
                   dot(i_row2.xyz, m) + i_row2.w - i_face.x);
@@ -99,24 +110,26 @@ void main() {{
     if (mode == MODE_UV) {{
         // 3DDFA_V2's uv_tex: the map pixel of (u, v) is (u (S-1), (1 - v) (S-1)); its colour
         // the frame at the vertex, bilinear; the first triangle drawn at a pixel wins
-        target = i_offset.zw + vec2(a_uv.x, 1.0 - a_uv.y) * (u_uv_size - 1.0);
+        vec2 uv = uv_of_vertex();
+        target = i_offset.zw + vec2(uv.x, 1.0 - uv.y) * (u_uv_size - 1.0);
         depth = 0.0;
         vec2 at = clamp(p.xy, i_sample.xy, i_sample.zw) + i_offset.xy;
         v_color = textureLod(u_background, (at + 0.5) / u_background_size, 0.0).rgb;
     }} else if (mode == MODE_DEPTH) {{
         v_color = vec3(p.z / max(i_face.y, 1e-6));
     }} else if (mode == MODE_PNCC) {{
-        v_color = a_ncc;
+        v_color = ncc_of_vertex();
     }} else if (mode == MODE_WIREFRAME) {{
         v_color = u_wire_color;
     }} else if (mode == MODE_TEXTURE) {{
-        vec2 texel = vec2(a_uv.x, 1.0 - a_uv.y) * (u_texture_size - 1.0) + 0.5;
+        vec2 uv = uv_of_vertex();
+        vec2 texel = vec2(uv.x, 1.0 - uv.y) * (u_texture_size - 1.0) + 0.5;
         v_color = vec3(texel / u_texture_size, 0.0);
     }} else {{
         vec3 c0 = vec3(i_row0.x, i_row1.x, i_row2.x);
         vec3 c1 = vec3(i_row0.y, i_row1.y, i_row2.y);
         vec3 c2 = vec3(i_row0.z, i_row1.z, i_row2.z);
-        vec3 n = mat3(cross(c1, c2), cross(c2, c0), cross(c0, c1)) * fetch(u_normals, base);
+        vec3 n = mat3(cross(c1, c2), cross(c2, c0), cross(c0, c1)) * vec3(a_nx, a_ny, a_nz);
         float len = length(n);
         n = len > 0.0 ? n / len : vec3(0.0, 0.0, 1.0);
         if (n.z < 0.0) n = -n;  // two-sided: the winding of the mesh does not matter
@@ -131,7 +144,7 @@ void main() {{
 """
 
 MESH_FRAGMENT = f"""
-#version 330 core
+#version 430 core
 {_MODE_DEFINES}
 in vec3 v_color;
 flat in int v_mode;
@@ -151,7 +164,7 @@ void main() {{
 """
 
 OVERLAY_VERTEX = """
-#version 330 core
+#version 430 core
 layout(location = 0) in vec2 a_position;  // target pixels
 layout(location = 1) in vec2 a_disc;      // dots: position in the disc, in radii; lines: 0
 layout(location = 2) in vec3 a_color;
@@ -171,7 +184,7 @@ void main() {
 """
 
 OVERLAY_FRAGMENT = """
-#version 330 core
+#version 430 core
 in vec2 v_disc;
 in vec3 v_color;
 out vec4 frag_color;
