@@ -3,7 +3,7 @@
 Inputs are the faces as the pipeline has them: model-space meshes with their model->image
 affine (tddfa.params.model_to_image; the shader applies it) for the mesh modes, image-space
 landmarks (and the affine, for the pose box) for the overlay modes. A batch goes into one
-target (tiles, :mod:`tddfa.render.layout`), is drawn with one instanced draw per state
+target (tiles, :mod:`tddfa.render.layout`), is drawn with one multi-draw call per state
 (filled faces; wireframe faces; overlays) and read back once:
 
 - host path (numpy, any device; Mesa llvmpipe on CPU): only the regions around the faces
