@@ -7,7 +7,10 @@ face_renderer version folder (next to bfm.npz). From 3DDFA_V2's public files:
 - ``3ddfa_v2/BFM_UV.mat`` rows at ``3ddfa_v2/indices.npy`` -> ``uv`` (N, 2): BFM texture
   coordinates of the no-neck vertices (texture and uv modes);
 - ``ffmpeg_gpu_demo/color.1024x1024.jpg`` (optional) -> ``texture``: the FFmpeg GPU demo's
-  face texture, the texture mode's default image.
+  face texture, the texture mode's default image;
+- the mean shape (``3ddfa_v1/u_shp.npy`` + ``u_exp.npy`` at ``indices.npy``), ``uv`` and
+  ``3ddfa_v2/tri.pkl`` -> ``lod_triangles``: the coarse mesh small faces are drawn with
+  (tddfa_tools.mesh_lod).
 
 The file format and loader are :mod:`tddfa.render.assets`. Derived from the Basel Face
 Model: academic, non-commercial use only.
@@ -23,11 +26,19 @@ import numpy as np
 
 from tddfa.config import NUM_VERTICES
 from tddfa.render.assets import RenderAssets, load_texture_image, save_render_assets
-from tddfa_tools.assets import resolve_assets
+from tddfa_tools.assets import load_pickle, resolve_assets
+from tddfa_tools.mesh_lod import coarse_triangles
 
 log = logging.getLogger(__name__)
 
-RENDER_ASSET_NAMES = ("ncc_code.npy", "BFM_UV.mat", "indices.npy")
+RENDER_ASSET_NAMES = (
+    "ncc_code.npy",
+    "BFM_UV.mat",
+    "indices.npy",
+    "u_shp.npy",
+    "u_exp.npy",
+    "tri.pkl",
+)
 TEXTURE_ASSET = "color.1024x1024.jpg"
 
 
@@ -56,10 +67,16 @@ def build_render_assets(
     ncc = np.load(found["ncc_code.npy"], allow_pickle=False).astype(np.float32)
     uv = bfm_uv_coordinates(found["BFM_UV.mat"], found["indices.npy"])
     texture = load_texture_image(texture_path) if texture_path else None
+    ids = np.load(found["indices.npy"], allow_pickle=False).astype(np.int64)
+    u = np.load(found["u_shp.npy"]) + np.load(found["u_exp.npy"])
+    triangles = np.asarray(load_pickle(found["tri.pkl"]), np.int64)
+    lod = coarse_triangles(u.reshape(-1, 3)[ids], uv, triangles)
     if texture is None:
         log.warning(
             "%s not found: the texture render mode needs the face_renderer parameter "
             "texture_image until it is supplied",
             TEXTURE_ASSET,
         )
-    return save_render_assets(RenderAssets(ncc=ncc, uv=uv, texture=texture), out)
+    assets = RenderAssets(ncc=ncc, uv=uv, texture=texture, lod_triangles=lod)
+    log.info("render assets: coarse mesh of %d triangles of %d", lod.shape[1], triangles.shape[1])
+    return save_render_assets(assets, out)

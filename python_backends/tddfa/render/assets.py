@@ -8,7 +8,9 @@ Written by ``tddfa_tools.render_assets.build_render_assets`` from 3DDFA_V2's fil
   (the no-neck vertices), (u, v) in [0, 1], v up: the ``texture`` and ``uv`` modes;
 - ``texture`` (H, W, 3) uint8 RGB: the default image of the ``texture`` mode, the FFmpeg
   GPU demo's ``color.1024x1024.jpg`` (absent when that file was not available; a
-  deployment may configure any image instead, see :func:`load_texture_image`).
+  deployment may configure any image instead, see :func:`load_texture_image`);
+- ``lod_triangles`` (3, T') int32: a coarser triangulation over a subset of the same
+  vertices (about 37 % of the triangles, tddfa_tools.mesh_lod) for small faces.
 
 No pickles are read.
 """
@@ -33,6 +35,7 @@ class RenderAssets:
     ncc: np.ndarray
     uv: np.ndarray
     texture: np.ndarray | None = None
+    lod_triangles: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.uv.shape[0] if self.uv.ndim == 2 else -1
@@ -43,6 +46,9 @@ class RenderAssets:
             )
         if self.texture is not None and (self.texture.ndim != 3 or self.texture.shape[2] != 3):
             raise ValueError(f"texture must be (H, W, 3) RGB, got {self.texture.shape}")
+        lod = self.lod_triangles
+        if lod is not None and (lod.ndim != 2 or lod.shape[0] != 3 or lod.max() >= n):
+            raise ValueError(f"lod_triangles must be (3, T) vertex ids below {n}; {_REBUILD_HINT}")
 
     @property
     def num_vertices(self) -> int:
@@ -62,6 +68,8 @@ def save_render_assets(assets: RenderAssets, path: str | os.PathLike) -> Path:
     }
     if assets.texture is not None:
         arrays["texture"] = np.ascontiguousarray(assets.texture, np.uint8)
+    if assets.lod_triangles is not None:
+        arrays["lod_triangles"] = np.ascontiguousarray(assets.lod_triangles, np.int32)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -86,8 +94,8 @@ def load_render_assets(path: str | os.PathLike) -> RenderAssets:
                 f"render assets {path} have format version {version}, expected "
                 f"{_FORMAT_VERSION}; {_REBUILD_HINT}"
             )
-        texture = data["texture"] if "texture" in data.files else None
-        assets = RenderAssets(data["ncc"], data["uv"], texture)
+        optional = {k: data[k] for k in ("texture", "lod_triangles") if k in data.files}
+        assets = RenderAssets(data["ncc"], data["uv"], **optional)
     if assets.num_vertices != NUM_VERTICES:
         raise ValueError(
             f"render assets {path} have {assets.num_vertices} vertices, the no-neck BFM has "

@@ -78,6 +78,7 @@ def instance_array(
     return out
 
 
-def instance_order(wireframe: np.ndarray) -> np.ndarray:
-    """Instance order: filled faces first, then wireframe ones (drawn with other state)."""
-    return np.argsort(np.asarray(wireframe, dtype=bool), kind="stable")
+def instance_order(groups: np.ndarray) -> np.ndarray:
+    """Row order of the faces: by draw group (0 filled, 1 textured, 2 wireframe: each is
+    drawn with its own program or state), stable within a group."""
+    return np.argsort(np.asarray(groups), kind="stable")

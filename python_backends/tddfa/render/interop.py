@@ -3,10 +3,11 @@
 Per batch, two mappings, each of all its resources in ONE ``cudaGraphicsMapResources``
 call (cuda-python takes an address of an array of handles):
 
-1. *in*: the background texture and the vertex, instance and overlay buffers; the batch's
-   frames (already stacked as the target's tiles: one 2D copy), vertices, normals and
-   per-face rows are copied device to device; unmapped before GL draws;
-2. *out*: the target texture; the drawn tiles are copied out into CuPy arrays.
+1. *in*: the background texture and the vertex, per-face and overlay buffers; the batch's
+   frames (already stacked as the target's tiles: one 2D copy), vertices, normals, per-face
+   rows and overlay vertices are copied device to device; unmapped before GL draws;
+2. *out*: the result texture (the frames drawn over) and the drawing (the UV atlases); the
+   frames come out with one 2D copy.
 
 Mapping orders the copies after earlier GL work on the stream; unmapping orders later GL
 work after them. Nothing here waits for the host.
@@ -80,11 +81,14 @@ class CudaInterop:
                         flags.cudaGraphicsRegisterFlagsWriteDiscard,
                     )
                 ),
-                "target": self._check(
-                    rt.cudaGraphicsGLRegisterImage(
-                        scene.target, GL.GL_TEXTURE_2D, flags.cudaGraphicsRegisterFlagsReadOnly
+                **{
+                    name: self._check(
+                        rt.cudaGraphicsGLRegisterImage(
+                            texture, GL.GL_TEXTURE_2D, flags.cudaGraphicsRegisterFlagsReadOnly
+                        )
                     )
-                ),
+                    for name, texture in (("target", scene.target), ("result", scene.result))
+                },
             }
         if self._versions[1] != scene.buffers_version:
             self._unregister(self._buffers)
@@ -126,30 +130,16 @@ class CudaInterop:
 
     # -- copies ---------------------------------------------------------------------------
     def upload(self, images: Any, rows: int, buffers: dict[str, Any]) -> None:
-        """The (B, H, W, 3) frames into the background's top ``rows`` = B * H rows, and each
-        CuPy array of ``buffers`` (name -> array or None) into its GL buffer."""
+        """The (B, H, W, 3) frames into the background's top ``rows`` = B * H rows (they
+        are the target's tiles), and each CuPy array of ``buffers`` (name -> array or None)
+        into its GL buffer: one mapping of all of them."""
         cp, rt = self.cupy, self._rt
-        batch, height, width, _ = images.shape
-        if (
-            self._staging is None
-            or self._staging.shape[0] < rows
-            or self._staging.shape[1] != width
-        ):
-            self._staging = cp.full((rows, width, 4), 255, dtype=cp.uint8)
-        staging = self._staging[:rows]
-        staging[:, :, :3] = images.reshape(batch * height, width, 3)
         names = [n for n, a in buffers.items() if a is not None and a.size]
         resources = [self._images["background"], *(self._buffers[n] for n in names)]
         stream = self._stream()
         self._mapping(resources, stream)
         try:
-            array = self._check(rt.cudaGraphicsSubResourceGetMappedArray(resources[0], 0, 0))
-            self._check(
-                rt.cudaMemcpy2DToArrayAsync(
-                    array, 0, 0, staging.data.ptr, width * 4, width * 4, rows,
-                    rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream,
-                )
-            )  # fmt: skip
+            self._copy_frames(images, rows, resources[0], stream)
             for name, resource in zip(names, resources[1:], strict=True):
                 data = cp.ascontiguousarray(buffers[name], dtype=cp.float32)
                 pointer, _size = self._check(rt.cudaGraphicsResourceGetMappedPointer(resource))
@@ -162,23 +152,45 @@ class CudaInterop:
         finally:
             self._mapping(resources, stream, unmap=True)
 
-    def read(self, rects: list[tuple[int, int, int, int]]) -> list[Any]:
-        """Copy target rectangles (x, y, w, h) out: one (h, w, 4) uint8 RGBA CuPy array each."""
+    def _copy_frames(self, images: Any, rows: int, resource: Any, stream: Any) -> None:
         cp, rt = self.cupy, self._rt
-        resource, stream = self._images["target"], self._stream()
-        outs = [cp.empty((h, w, 4), dtype=cp.uint8) for _, _, w, h in rects]
-        self._mapping([resource], stream)
+        batch, height, width, _ = images.shape
+        staging = self._staging
+        if staging is None or staging.shape[0] < rows or staging.shape[1] != width:
+            staging = self._staging = cp.full((rows, width, 4), 255, dtype=cp.uint8)
+        staging = staging[:rows]
+        staging[:, :, :3] = images.reshape(batch * height, width, 3)
+        array = self._check(rt.cudaGraphicsSubResourceGetMappedArray(resource, 0, 0))
+        self._check(
+            rt.cudaMemcpy2DToArrayAsync(
+                array, 0, 0, staging.data.ptr, width * 4, width * 4, rows,
+                rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream,
+            )
+        )  # fmt: skip
+
+    def read(self, results: list[tuple], drawings: list[tuple]) -> list[Any]:
+        """Copy rectangles (x, y, w, h) out of the result (frames drawn over) and of the
+        drawing (UV atlases): one (h, w, 4) uint8 CuPy array each, results first; one
+        mapping of both textures."""
+        cp, rt = self.cupy, self._rt
+        stream = self._stream()
+        resources = [self._images["result"], self._images["target"]]
+        jobs = [(0, rect) for rect in results] + [(1, rect) for rect in drawings]
+        outs = [cp.empty((h, w, 4), dtype=cp.uint8) for _, (_, _, w, h) in jobs]
+        self._mapping(resources, stream)
         try:
-            array = self._check(rt.cudaGraphicsSubResourceGetMappedArray(resource, 0, 0))
-            for (x, y, w, h), rgba in zip(rects, outs, strict=True):
+            arrays = [
+                self._check(rt.cudaGraphicsSubResourceGetMappedArray(r, 0, 0)) for r in resources
+            ]
+            for (which, (x, y, w, h)), rgba in zip(jobs, outs, strict=True):
                 self._check(
                     rt.cudaMemcpy2DFromArrayAsync(
-                        rgba.data.ptr, w * 4, array, x * 4, y, w * 4, h,
+                        rgba.data.ptr, w * 4, arrays[which], x * 4, y, w * 4, h,
                         rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream,
                     )
                 )  # fmt: skip
         finally:
-            self._mapping([resource], stream, unmap=True)
+            self._mapping(resources, stream, unmap=True)
         return outs
 
     def close(self) -> None:

@@ -56,6 +56,8 @@ class MeshFaces:
         vertices: (F, 3, N) float32 model-space vertices (xp).
         transforms: (F, 3, 4) model->image affine (xp).
         shift_z: subtract each face's minimum image z (the pipeline's convention).
+        coarse: (F,) host bool, draw the face with the coarse mesh (small faces; needs
+            ``assets.lod_triangles``), or None (all full).
     """
 
     frame: np.ndarray
@@ -63,6 +65,7 @@ class MeshFaces:
     vertices: Any
     transforms: Any
     shift_z: bool = True
+    coarse: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +148,11 @@ class MeshRenderer:
                 f"{self._max_index + 1}"
             )
         self._normals = VertexNormals(triangles)
+        lod = assets.lod_triangles if assets is not None else None
+        self._coarse_normals = VertexNormals(lod) if lod is not None else self._normals
         texture = texture if texture is not None else (assets.texture if assets else None)
         self.has_texture = texture is not None
+        self.has_coarse_mesh = assets is not None and assets.lod_triangles is not None
         self._context = GLContext(device)
         try:
             with self._context.current():
@@ -158,6 +164,7 @@ class MeshRenderer:
                     uv=assets.uv if assets else None,
                     uv_size=self.uv_size,
                     wire_color=wire_color,
+                    coarse=assets.lod_triangles if assets else None,
                 )
                 if texture is not None:
                     self._scene.set_texture(texture)
@@ -208,6 +215,8 @@ class MeshRenderer:
         self.check_modes(modes)
         if meshes is not None:
             self._validate_meshes(meshes, len(modes), slots)
+            if meshes.coarse is not None and not self.has_coarse_mesh:
+                meshes = dataclasses.replace(meshes, coarse=None)  # no coarse mesh: full
         xp = get_xp(images)
         if xp is np:
             return self._draw(images, modes, meshes, overlays, slots, interop=False)
@@ -308,13 +317,14 @@ class MeshRenderer:
         own: dict[int, Any] = {}
         parts = []
         for plan in passes:
-            read = self._pass(images, modes, plan, meshes, bounds, overlays, geometry, interop)
+            read, atlases = self._pass(
+                images, modes, plan, meshes, bounds, overlays, geometry, interop
+            )
+            own.update(atlases)
             if interop:
-                stack, atlases = read
-                parts.append(stack)
-                own.update(atlases)
+                parts.append(read)
             else:
-                self._paste(frames, read, plan, modes, own)
+                self._paste(frames, read, plan, modes)
         if interop:
             frames = parts[0] if len(parts) == 1 else xp.concatenate(parts)
         return Rendered(frames, own)
@@ -345,8 +355,8 @@ class MeshRenderer:
         ]
 
     def _pass(self, images, modes, plan, meshes, bounds, overlays, geometry, interop: bool):
-        """Upload, draw and read back one pass. Host: the (plan.height, plan.width, 3)
-        pixels read; interop: (the pass's frames (b, H, W, 3), {frame: own image})."""
+        """Upload, draw and read back one pass: (host: the pass's result area (plan.height,
+        plan.width, 3); interop: its frames (b, H, W, 3)), {frame: UV atlas}."""
         xp = get_xp(images)
         height, width = images.shape[1:3]
         drawn = set(plan.tiles) | set(plan.atlases)
@@ -355,17 +365,24 @@ class MeshRenderer:
         chosen = [] if meshes is None else [i for i, f in enumerate(meshes.frame) if f in drawn]
         if chosen:
             index = np.asarray(chosen)
-            host, wire = self._mesh_columns(meshes, index, plan, modes, height, width)
+            host, group = self._mesh_columns(meshes, index, plan, modes, height, width)
             device_index = xp.asarray(index)
             positions = xp.ascontiguousarray(meshes.vertices[device_index], dtype=xp.float32)
             if any(modes[meshes.frame[i]] in _NEEDS_NORMALS for i in chosen):
-                normals = self._normals(positions)
+                coarse = None if meshes.coarse is None else meshes.coarse[index]
+                normals = self._vertex_normals(xp, positions, coarse)
             subset = FaceBounds(bounds.low[device_index], bounds.high[device_index])
             rows = instance_array(meshes.transforms[device_index], subset, meshes.shift_z, host)
-            order = instance_order(wire)
+            order = instance_order(group)
             instances = rows[xp.asarray(order)]
             counts = DrawCounts(
-                int((~wire).sum()), int(wire.sum()), 0, positions.shape[2], faces=order
+                int((group == 0).sum()),
+                int((group == 2).sum()),
+                0,
+                positions.shape[2],
+                faces=order,
+                textured=int((group == 1).sum()),
+                coarse=None if meshes.coarse is None else meshes.coarse[index][order],
             )
         chosen = [] if overlays is None else [
             i for i, f in enumerate(overlays.frame) if f in plan.tiles
@@ -381,11 +398,12 @@ class MeshRenderer:
         if not interop:  # the host knows every bound: clip only if something spills over
             spill = _spills(plan, modes, meshes, bounds, overlays, geometry)
             counts = dataclasses.replace(counts, clip=spill)
+        first, last = plan.frames[0], plan.frames[-1] + 1
+        atlases = sorted(plan.atlases.items())
         with self._context.current():
             scene = self._scene
             self._prepare(plan, positions, instances, overlay_rows)
             if interop:
-                first, last = plan.frames[0], plan.frames[-1] + 1
                 self._interop.register(scene)
                 buffers = {
                     "positions": positions, "normals": normals, "instances": instances,
@@ -398,11 +416,12 @@ class MeshRenderer:
                 scene.upload_buffers_host(positions, normals, instances, overlay_rows)
             scene.draw(plan, counts)
             if not interop:
-                return scene.read_host(plan.width, plan.height)
-            atlases = sorted(plan.atlases.items())
-            rects = [(0, 0, width, (last - first) * height)]
-            rects += [(*a.origin, *a.size) for _, a in atlases]
-            read = self._interop.read(rects)
+                read = scene.read_host((0, 0, plan.width, plan.height))
+                own = {f: scene.read_host((*a.origin, *a.size), drawn=True) for f, a in atlases}
+                return read, own
+            read = self._interop.read(
+                [(0, 0, width, (last - first) * height)], [(*a.origin, *a.size) for _, a in atlases]
+            )
         own = {
             frame: xp.ascontiguousarray(rgba[..., :3])
             for (frame, _), rgba in zip(atlases, read[1:], strict=True)
@@ -410,11 +429,24 @@ class MeshRenderer:
         stack = xp.ascontiguousarray(read[0][..., :3]).reshape(last - first, height, width, 3)
         return stack, own
 
+    def _vertex_normals(self, xp, positions: Any, coarse: np.ndarray | None) -> Any:
+        """Normals of each face's mesh: the coarse faces' from the coarse triangles (a
+        third of the work; they are drawn with those)."""
+        if coarse is None or not coarse.any():
+            return self._normals(positions)
+        if coarse.all():
+            return self._coarse_normals(positions)
+        normals = xp.empty_like(positions)
+        for chosen, compute in ((~coarse, self._normals), (coarse, self._coarse_normals)):
+            at = xp.asarray(np.flatnonzero(chosen))
+            normals[at] = compute(positions[at])
+        return normals
+
     def _mesh_columns(self, meshes, index, plan, modes, height, width):
         """Host instance columns (mode, face index, offsets, clip, sampling bounds) of the
-        chosen faces; and which of them are wireframes."""
+        chosen faces, and each one's draw group (0 filled, 1 textured, 2 wireframe)."""
         host = np.zeros((len(index), 14), np.float32)
-        wire = np.zeros(len(index), bool)
+        group = np.zeros(len(index), np.int64)
         for row, i in enumerate(index):
             frame = int(meshes.frame[i])
             mode = modes[frame]
@@ -431,8 +463,8 @@ class MeshRenderer:
             else:
                 host[row, 6:10] = tile.clip
             host[row, 10:14] = (0, 0, width - 1, height - 1)
-            wire[row] = mode == "wireframe"
-        return host, wire
+            group[row] = 2 if mode == "wireframe" else 1 if mode == "texture" else 0
+        return host, group
 
     def _prepare(self, plan, positions, instances, overlay_rows) -> None:
         """Grow the GL objects for this pass (unregistering them from CUDA first)."""
@@ -451,15 +483,13 @@ class MeshRenderer:
         scene.ensure_buffers(vertex_bytes, instance_bytes, overlay_bytes)
 
     @staticmethod
-    def _paste(frames: np.ndarray, read: np.ndarray, plan, modes, own) -> None:
+    def _paste(frames: np.ndarray, read: np.ndarray, plan, modes) -> None:
+        """Each tile's result into its frame's rectangle (uv frames keep theirs: the atlas)."""
         for frame, tile in plan.tiles.items():
             if modes[frame] in OWN_IMAGE_MODES:
                 continue
             x, y, w, h = tile.src
             frames[frame, y : y + h, x : x + w] = read[tile.dst[1] : tile.dst[1] + h, :w]
-        for frame, atlas in plan.atlases.items():
-            (x, y), (w, h) = atlas.origin, atlas.size
-            own[frame] = np.ascontiguousarray(read[y : y + h, x : x + w])
 
     def _drop_interop(self) -> None:
         interop, self._interop = self._interop, None
@@ -538,6 +568,7 @@ def _subset_meshes(meshes: MeshFaces, keep: list[bool]) -> MeshFaces | None:
         slot=meshes.slot[index],
         vertices=meshes.vertices[device_index],
         transforms=meshes.transforms[device_index],
+        coarse=None if meshes.coarse is None else meshes.coarse[index],
     )
 
 

@@ -2,8 +2,9 @@
 
 Objects (all created once, grown when a batch needs more, never shrunk):
 
-- ``background`` / ``target`` RGBA8 textures of the target size, a depth renderbuffer and
-  two framebuffers (background -> target blit, draw into target);
+- RGBA8 textures of the target size: ``background`` (the frames), ``target`` (the faces'
+  colour and weight) and ``result`` (the two blended), a depth renderbuffer, two
+  framebuffers;
 - vertex data: model-space positions and normals (F, 3, N) float32, planar, read as six
   float attributes; face k is draw k of one ``glMultiDrawElementsIndirect`` (base vertex
   3 k N, base instance = its row of the per-face buffer), so one call draws every face;
@@ -53,8 +54,9 @@ class Lighting:
 
 @dataclasses.dataclass(frozen=True)
 class DrawCounts:
-    """What one pass draws: faces (filled, then wireframe; ``faces`` (F,) says where each
-    one's vertices are in the vertex buffers, in instance-row order) and overlay vertices."""
+    """What one pass draws: faces in three groups, in this order of the per-face rows
+    (filled, textured, wireframe; ``faces`` (F,) says where each one's vertices are in the
+    vertex buffers, in row order), then overlay vertices."""
 
     filled: int
     wireframe: int
@@ -62,6 +64,8 @@ class DrawCounts:
     vertices_per_face: int
     faces: np.ndarray | None = None
     clip: bool = True  # clip faces to their tiles (off when none reaches beyond its tile)
+    textured: int = 0
+    coarse: np.ndarray | None = None  # (F,) bool in row order: drawn with the coarse mesh
 
 
 def _compile(vertex: str, fragment: str, what: str) -> int:
@@ -101,6 +105,7 @@ class Scene:
         uv: (V, 2) float32 per-vertex BFM texture coordinates or None.
         uv_size: S, the side of a UV map.
         wire_color: RGB in [0, 1] of wireframe edges.
+        coarse: (3, T') int triangles over the same vertices for small faces, or None.
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class Scene:
         uv: np.ndarray | None,
         uv_size: int,
         wire_color: tuple[float, float, float],
+        coarse: np.ndarray | None = None,
     ) -> None:
         self.n_triangles = int(triangles.shape[1])
         n_static = int(triangles.max()) + 1
@@ -130,14 +136,37 @@ class Scene:
             int(GL.glGetIntegerv(GL.GL_MAX_RENDERBUFFER_SIZE)),
             *(int(v) for v in GL.glGetIntegerv(GL.GL_MAX_VIEWPORT_DIMS)),
         )
-        self.mesh_program = _compile(shaders.MESH_VERTEX, shaders.MESH_FRAGMENT, "mesh")
+        # the mesh programs: without / with clipping faces to their tiles, plain / textured
+        self.mesh_programs = {
+            (clip, textured): _compile(
+                shaders.with_tile_clipping(shaders.MESH_VERTEX) if clip else shaders.MESH_VERTEX,
+                shaders.MESH_TEXTURE_FRAGMENT if textured else shaders.MESH_FRAGMENT,
+                "mesh",
+            )
+            for clip in (False, True)
+            for textured in (False, True)
+        }
         self.overlay_program = _compile(shaders.OVERLAY_VERTEX, shaders.OVERLAY_FRAGMENT, "overlay")
+        self.composite_program = _compile(
+            shaders.COMPOSITE_VERTEX, shaders.COMPOSITE_FRAGMENT, "composite"
+        )
+        GL.glUseProgram(self.composite_program)
+        GL.glUniform1i(GL.glGetUniformLocation(self.composite_program, "u_drawn"), 0)
+        GL.glUniform1i(GL.glGetUniformLocation(self.composite_program, "u_frames"), 1)
+        self._composite = {
+            name: GL.glGetUniformLocation(self.composite_program, name)
+            for name in ("u_rect", "u_target")
+        }
         self._uniforms = {
-            name: GL.glGetUniformLocation(self.mesh_program, name)
-            for name in ("u_vertices", "u_target", "u_background_size", "u_texture_size")
+            key: {
+                name: GL.glGetUniformLocation(program, name)
+                for name in ("u_vertices", "u_target", "u_background_size", "u_texture_size")
+            }
+            for key, program in self.mesh_programs.items()
         }
         self._overlay_target = GL.glGetUniformLocation(self.overlay_program, "u_target")
-        self._set_constants(lighting, alpha, uv_size, wire_color)
+        for program in self.mesh_programs.values():
+            self._set_constants(program, lighting, alpha, uv_size, wire_color)
 
         # -- per-vertex constants: planar float texture buffers (3, V) and (2, V)
         self.ncc_buffer, self.uv_buffer = (int(b) for b in GL.glGenBuffers(2))
@@ -166,8 +195,13 @@ class Scene:
             self.command_buffer,
         ) = (int(b) for b in GL.glGenBuffers(5))  # fmt: skip
         GL.glBindBuffer(GL.GL_ELEMENT_ARRAY_BUFFER, self.index_buffer)
-        indices = np.ascontiguousarray(triangles.T, dtype=np.uint32)  # (T, 3)
+        # the full mesh's triangles, then the coarse ones: (first index, count) of each
+        lists = [triangles] if coarse is None else [triangles, coarse]
+        indices = np.concatenate([np.asarray(t).T.ravel() for t in lists]).astype(np.uint32)
         GL.glBufferData(GL.GL_ELEMENT_ARRAY_BUFFER, indices.nbytes, indices, GL.GL_STATIC_DRAW)
+        self.index_ranges = {False: (0, 3 * self.n_triangles)}
+        if coarse is not None:
+            self.index_ranges[True] = (3 * self.n_triangles, 3 * int(coarse.shape[1]))
         self.vertex_bytes = 0
         self.instance_bytes = 0
         self._layout_vertices = -1
@@ -189,9 +223,11 @@ class Scene:
         self.buffers_version = 0
 
         # -- frames: background and target textures, depth, framebuffers
-        self.background, self.target, self.texture = (int(t) for t in GL.glGenTextures(3))
+        self.background, self.target, self.result, self.texture = (
+            int(t) for t in GL.glGenTextures(4)
+        )
         self.depth = int(GL.glGenRenderbuffers(1))
-        self.read_fbo, self.draw_fbo = (int(f) for f in GL.glGenFramebuffers(2))
+        self.draw_fbo, self.result_fbo = (int(f) for f in GL.glGenFramebuffers(2))
         self.size = (0, 0)  # (height, width) capacity of background/target
         self.targets_version = 0
         self.texture_size = (1, 1)
@@ -199,8 +235,8 @@ class Scene:
         GL.glPixelStorei(GL.GL_UNPACK_ALIGNMENT, 1)
         GL.glPixelStorei(GL.GL_PACK_ALIGNMENT, 1)
 
-    def _set_constants(self, lighting: Lighting, alpha: float, uv_size: int, wire) -> None:
-        program = self.mesh_program
+    @staticmethod
+    def _set_constants(program: int, lighting: Lighting, alpha: float, uv_size: int, wire) -> None:
         GL.glUseProgram(program)
 
         def loc(name: str) -> int:
@@ -217,7 +253,8 @@ class Scene:
         GL.glUniform1f(loc("u_alpha"), alpha)
         GL.glUniform1f(loc("u_uv_size"), float(uv_size))
         for name, unit in _UNITS.items():
-            GL.glUniform1i(loc(name), unit)
+            if loc(name) >= 0:
+                GL.glUniform1i(loc(name), unit)
 
     # -- capacity -------------------------------------------------------------------------
     def ensure_target(self, height: int, width: int) -> bool:
@@ -227,7 +264,7 @@ class Scene:
         if max(height, width) > self.max_size:
             raise ValueError(f"{height}x{width} exceeds the GL limit {self.max_size}")
         height, width = max(height, self.size[0]), max(width, self.size[1])
-        for texture in (self.background, self.target):
+        for texture in (self.background, self.target, self.result):
             GL.glBindTexture(GL.GL_TEXTURE_2D, texture)
             GL.glTexImage2D(
                 GL.GL_TEXTURE_2D, 0, GL.GL_RGBA8, width, height, 0, GL.GL_RGBA,
@@ -240,8 +277,8 @@ class Scene:
             GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_WRAP_T, GL.GL_CLAMP_TO_EDGE)
         GL.glBindRenderbuffer(GL.GL_RENDERBUFFER, self.depth)
         GL.glRenderbufferStorage(GL.GL_RENDERBUFFER, GL.GL_DEPTH_COMPONENT24, width, height)
-        self._attach(self.read_fbo, self.background, None)
         self._attach(self.draw_fbo, self.target, self.depth)
+        self._attach(self.result_fbo, self.result, None)
         self.size = (height, width)
         self.targets_version += 1
         return True
@@ -363,56 +400,66 @@ class Scene:
                 GL.glBindBuffer(target, buffer)
                 GL.glBufferSubData(target, 0, data.nbytes, data)
 
-    def read_host(self, width: int, height: int) -> np.ndarray:
-        """The target's top-left (height, width) pixels as (H, W, 3) uint8 RGB."""
+    def read_host(self, rect: tuple[int, int, int, int], drawn: bool = False) -> np.ndarray:
+        """(h, w, 3) uint8 RGB of the result at ``rect`` (x, y, w, h); ``drawn``: of the
+        drawing itself instead (the UV atlases)."""
+        x, y, width, height = rect
         out = np.empty((height, width, 3), dtype=np.uint8)
-        GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, self.draw_fbo)
+        GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, self.draw_fbo if drawn else self.result_fbo)
         _raw_gl10.glReadPixels(
-            0, 0, width, height, GL.GL_RGB, GL.GL_UNSIGNED_BYTE, out.ctypes.data_as(ctypes.c_void_p)
+            x, y, width, height, GL.GL_RGB, GL.GL_UNSIGNED_BYTE, out.ctypes.data_as(ctypes.c_void_p)
         )
         return out
 
     # -- drawing --------------------------------------------------------------------------
     def draw(self, plan: Pass, counts: DrawCounts) -> None:
-        """Draw one pass: frames into their tiles, faces, overlays (after the uploads)."""
+        """Draw one pass (after the uploads): faces, then overlays, into the target cleared to
+        (0, 0, 0, 0) over the pass's area, then the result: that drawing over the frames."""
         width, height = plan.width, plan.height
         capacity_h, capacity_w = self.size
-        GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, self.read_fbo)
-        GL.glBindFramebuffer(GL.GL_DRAW_FRAMEBUFFER, self.draw_fbo)
-        GL.glBlitFramebuffer(
-            0, 0, width, height, 0, 0, width, height, GL.GL_COLOR_BUFFER_BIT, GL.GL_NEAREST
-        )
+        GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self.draw_fbo)
         GL.glViewport(0, 0, capacity_w, capacity_h)
         GL.glEnable(GL.GL_SCISSOR_TEST)
-        GL.glClearColor(0.0, 0.0, 0.0, 1.0)
-        for atlas in plan.atlases.values():  # UV maps start black
-            GL.glScissor(*atlas.origin, *atlas.size)
-            GL.glClear(GL.GL_COLOR_BUFFER_BIT)
         GL.glScissor(0, 0, width, height)
+        GL.glClearColor(0.0, 0.0, 0.0, 0.0)
         GL.glDepthMask(GL.GL_TRUE)
-        GL.glClear(GL.GL_DEPTH_BUFFER_BIT)
+        GL.glClear(GL.GL_COLOR_BUFFER_BIT | GL.GL_DEPTH_BUFFER_BIT)
         for i in range(4):
             (GL.glEnable if counts.clip else GL.glDisable)(GL.GL_CLIP_DISTANCE0 + i)
         GL.glDisable(GL.GL_BLEND)
-        faces = counts.filled + counts.wireframe
-        if faces:
+        if counts.filled + counts.textured + counts.wireframe:
             self._draw_meshes(counts, capacity_w, capacity_h)
+        GL.glDisable(GL.GL_DEPTH_TEST)
+        GL.glBindVertexArray(self.overlay_vao)
         if counts.overlay_vertices:
-            GL.glDisable(GL.GL_DEPTH_TEST)
             GL.glUseProgram(self.overlay_program)
             GL.glUniform2f(self._overlay_target, float(capacity_w), float(capacity_h))
-            GL.glBindVertexArray(self.overlay_vao)
             GL.glDrawArrays(GL.GL_TRIANGLES, 0, counts.overlay_vertices)
+        # the result: the drawing blended over the frames, every pixel once
+        for i in range(4):
+            GL.glDisable(GL.GL_CLIP_DISTANCE0 + i)
+        GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self.result_fbo)
+        GL.glUseProgram(self.composite_program)
+        GL.glUniform4f(self._composite["u_rect"], 0.0, 0.0, float(width), float(height))
+        GL.glUniform2f(self._composite["u_target"], float(capacity_w), float(capacity_h))
+        for unit, texture in ((0, self.target), (1, self.background)):
+            GL.glActiveTexture(GL.GL_TEXTURE0 + unit)
+            GL.glBindTexture(GL.GL_TEXTURE_2D, texture)
+        GL.glActiveTexture(GL.GL_TEXTURE0)
+        GL.glDrawArrays(GL.GL_TRIANGLE_STRIP, 0, 4)
         GL.glDisable(GL.GL_SCISSOR_TEST)
         GL.glBindVertexArray(0)
 
+    def _use(self, clip: bool, textured: bool, n: int, capacity_w: int, capacity_h: int) -> None:
+        GL.glUseProgram(self.mesh_programs[clip, textured])
+        uniforms = self._uniforms[clip, textured]
+        GL.glUniform1i(uniforms["u_vertices"], n)
+        GL.glUniform2f(uniforms["u_target"], float(capacity_w), float(capacity_h))
+        GL.glUniform2f(uniforms["u_background_size"], float(capacity_w), float(capacity_h))
+        GL.glUniform2f(uniforms["u_texture_size"], *(float(v) for v in self.texture_size))
+
     def _draw_meshes(self, counts: DrawCounts, capacity_w: int, capacity_h: int) -> None:
-        GL.glUseProgram(self.mesh_program)
         n = counts.vertices_per_face
-        GL.glUniform1i(self._uniforms["u_vertices"], n)
-        GL.glUniform2f(self._uniforms["u_target"], float(capacity_w), float(capacity_h))
-        GL.glUniform2f(self._uniforms["u_background_size"], float(capacity_w), float(capacity_h))
-        GL.glUniform2f(self._uniforms["u_texture_size"], *(float(v) for v in self.texture_size))
         for texture, target, unit in (
             (self.background, GL.GL_TEXTURE_2D, 0),
             (self.texture, GL.GL_TEXTURE_2D, 1),
@@ -426,7 +473,10 @@ class Scene:
         # draw r: face counts.faces[r]'s vertices (base vertex 3 k N), per-face row r
         faces = len(counts.faces)
         commands = np.zeros((faces, _COMMAND), np.uint32)
-        commands[:, 0] = 3 * self.n_triangles
+        coarse = np.zeros(faces, bool) if counts.coarse is None else np.asarray(counts.coarse)
+        for lod, (first, count) in self.index_ranges.items():
+            commands[coarse == lod, 0] = count
+            commands[coarse == lod, 2] = first
         commands[:, 1] = 1
         commands[:, 3] = 3 * n * np.asarray(counts.faces, np.int64)
         commands[:, 4] = np.arange(faces)
@@ -434,35 +484,48 @@ class Scene:
         GL.glBufferData(GL.GL_DRAW_INDIRECT_BUFFER, commands.nbytes, commands, GL.GL_STREAM_DRAW)
         GL.glEnable(GL.GL_DEPTH_TEST)
         GL.glDepthFunc(GL.GL_LESS)
-        if counts.filled:
+
+        def draw(first: int, count: int) -> None:
             GL.glMultiDrawElementsIndirect(
-                GL.GL_TRIANGLES, GL.GL_UNSIGNED_INT, ctypes.c_void_p(0), counts.filled, 0
-            )
+                GL.GL_TRIANGLES, GL.GL_UNSIGNED_INT, ctypes.c_void_p(first * _COMMAND * 4),
+                count, 0,
+            )  # fmt: skip
+
+        if counts.filled:
+            self._use(counts.clip, False, n, capacity_w, capacity_h)
+            draw(0, counts.filled)
+        if counts.textured:
+            self._use(counts.clip, True, n, capacity_w, capacity_h)
+            draw(counts.filled, counts.textured)
         if counts.wireframe:
             # visible edges only: the surface's depth first (pushed back a little), then its
             # edges where they are not behind it
-            at = ctypes.c_void_p(counts.filled * _COMMAND * 4)
+            first = counts.filled + counts.textured
+            self._use(counts.clip, False, n, capacity_w, capacity_h)
             GL.glColorMask(GL.GL_FALSE, GL.GL_FALSE, GL.GL_FALSE, GL.GL_FALSE)
             GL.glEnable(GL.GL_POLYGON_OFFSET_FILL)
             GL.glPolygonOffset(1.0, 1.0)
-            GL.glMultiDrawElementsIndirect(
-                GL.GL_TRIANGLES, GL.GL_UNSIGNED_INT, at, counts.wireframe, 0
-            )
+            draw(first, counts.wireframe)
             GL.glDisable(GL.GL_POLYGON_OFFSET_FILL)
             GL.glColorMask(GL.GL_TRUE, GL.GL_TRUE, GL.GL_TRUE, GL.GL_TRUE)
             GL.glDepthFunc(GL.GL_LEQUAL)
             GL.glPolygonMode(GL.GL_FRONT_AND_BACK, GL.GL_LINE)
-            GL.glMultiDrawElementsIndirect(
-                GL.GL_TRIANGLES, GL.GL_UNSIGNED_INT, at, counts.wireframe, 0
-            )
+            draw(first, counts.wireframe)
             GL.glPolygonMode(GL.GL_FRONT_AND_BACK, GL.GL_FILL)
             GL.glDepthFunc(GL.GL_LESS)
 
     def delete(self) -> None:
-        GL.glDeleteFramebuffers(2, [self.read_fbo, self.draw_fbo])
+        GL.glDeleteFramebuffers(2, [self.draw_fbo, self.result_fbo])
         GL.glDeleteRenderbuffers(1, [self.depth])
         GL.glDeleteTextures(
-            [self.background, self.target, self.texture, self.ncc_texture, self.uv_texture]
+            [
+                self.background,
+                self.target,
+                self.result,
+                self.texture,
+                self.ncc_texture,
+                self.uv_texture,
+            ]  # fmt: skip
         )
         buffers = [
             self.index_buffer, self.ncc_buffer, self.uv_buffer, self.instance_buffer,
@@ -470,5 +533,5 @@ class Scene:
         ]  # fmt: skip
         GL.glDeleteBuffers(len(buffers), buffers)
         GL.glDeleteVertexArrays(2, [self.mesh_vao, self.overlay_vao])
-        GL.glDeleteProgram(self.mesh_program)
-        GL.glDeleteProgram(self.overlay_program)
+        for program in (*self.mesh_programs.values(), self.overlay_program, self.composite_program):
+            GL.glDeleteProgram(program)

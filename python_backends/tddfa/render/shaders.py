@@ -7,7 +7,14 @@ multi-draw has base vertex 3 k N and base instance k), maps it to the image with
 affine ``T`` (``p = T[:, :3] m + T[:, 3]``, then ``p.z -= z shift``; tddfa.params), moves
 it by its tile's offset and maps target pixels (x right, y down, centres at integers) to
 clip space so that target row 0 is framebuffer row 0 (frames upload and read back in their
-own row order, no flip). Four clip distances keep a face inside its own tile.
+own row order, no flip). Where a pass has several tiles and a face reaches beyond its own,
+four clip distances keep it inside (a variant of the program: they cost llvmpipe ~20 %).
+
+The mesh fragment shader only stores the surface's straight colour and its weight over the
+frame (``render_alpha`` for the blended modes, 1 otherwise) in an RGBA target cleared to 0;
+a last full-rectangle pass blends every pixel once with the frame (COMPOSITE_*). Blending in
+the mesh fragment shader instead costs llvmpipe a third of its time: its tiny triangles
+shade whole 4x4 blocks, sixteen times the pixels.
 
 Depth: ``z_ndc = -z / DEPTH_RANGE`` with image-space z (towards the camera), so a nearer
 surface has a smaller depth for every face of every tile; z within +-65,536 px keeps
@@ -37,7 +44,7 @@ OVERLAY_FLOATS = 11  # per overlay vertex: position 2, disc coordinate 2, colour
 _MODE_DEFINES = "\n".join(
     f"#define MODE_{name.upper()} {index}" for name, index in MODE_IDS.items()
 )
-_BLENDED = " || ".join(f"v_mode == MODE_{name.upper()}" for name in sorted(BLENDED_MODES))
+_BLENDED = " || ".join(f"mode == MODE_{name.upper()}" for name in sorted(BLENDED_MODES))
 
 MESH_VERTEX = f"""
 #version 430 core
@@ -55,6 +62,7 @@ uniform vec3 u_light_position;
 uniform vec3 u_view_position;
 uniform vec3 u_color;
 uniform vec3 u_wire_color;
+uniform float u_alpha;              // weight of the blended modes over the frame
 // the face's model-space vertex and its area-weighted normal: planes of (F, 3, N) buffers,
 // reached through the draw's base vertex 3 k N (face k)
 layout(location = 0) in float a_x;
@@ -71,8 +79,7 @@ layout(location = 10) in vec4 i_face;   // z shift, z extent, mode, face index
 layout(location = 11) in vec4 i_offset; // image -> target offset xy, UV atlas origin xy
 layout(location = 12) in vec4 i_clip;   // target rectangle x0, y0, x1, y1 (pixel edges)
 layout(location = 13) in vec4 i_sample; // frame sampling bounds x0, y0, x1, y1 (image)
-out vec3 v_color;     // the colour; texture mode: (s, t) texture coordinates in .xy
-flat out int v_mode;
+out vec4 v_rgba;  // colour and its weight over the frame; texture mode: (s, t, 0, weight)
 
 vec2 uv_of_vertex() {{
     int local = gl_VertexID - int(i_face.w) * 3 * u_vertices;  // gl_VertexID has the base
@@ -106,7 +113,7 @@ void main() {{
                   dot(i_row2.xyz, m) + i_row2.w - i_face.x);
     vec2 target = p.xy + i_offset.xy;
     float depth = -p.z / {DEPTH_RANGE:.1f};
-    v_mode = mode;
+    vec3 color;
     if (mode == MODE_UV) {{
         // 3DDFA_V2's uv_tex: the map pixel of (u, v) is (u (S-1), (1 - v) (S-1)); its colour
         // the frame at the vertex, bilinear; the first triangle drawn at a pixel wins
@@ -114,17 +121,17 @@ void main() {{
         target = i_offset.zw + vec2(uv.x, 1.0 - uv.y) * (u_uv_size - 1.0);
         depth = 0.0;
         vec2 at = clamp(p.xy, i_sample.xy, i_sample.zw) + i_offset.xy;
-        v_color = textureLod(u_background, (at + 0.5) / u_background_size, 0.0).rgb;
+        color = textureLod(u_background, (at + 0.5) / u_background_size, 0.0).rgb;
     }} else if (mode == MODE_DEPTH) {{
-        v_color = vec3(p.z / max(i_face.y, 1e-6));
+        color = vec3(p.z / max(i_face.y, 1e-6));
     }} else if (mode == MODE_PNCC) {{
-        v_color = ncc_of_vertex();
+        color = ncc_of_vertex();
     }} else if (mode == MODE_WIREFRAME) {{
-        v_color = u_wire_color;
+        color = u_wire_color;
     }} else if (mode == MODE_TEXTURE) {{
         vec2 uv = uv_of_vertex();
         vec2 texel = vec2(uv.x, 1.0 - uv.y) * (u_texture_size - 1.0) + 0.5;
-        v_color = vec3(texel / u_texture_size, 0.0);
+        color = vec3(texel / u_texture_size, 0.0);
     }} else {{
         vec3 c0 = vec3(i_row0.x, i_row1.x, i_row2.x);
         vec3 c1 = vec3(i_row0.y, i_row1.y, i_row2.y);
@@ -133,35 +140,45 @@ void main() {{
         float len = length(n);
         n = len > 0.0 ? n / len : vec3(0.0, 0.0, 1.0);
         if (n.z < 0.0) n = -n;  // two-sided: the winding of the mesh does not matter
-        v_color = mode == MODE_NORMALS ? 0.5 * n + 0.5 : lit(p, n);
+        color = mode == MODE_NORMALS ? 0.5 * n + 0.5 : lit(p, n);
     }}
+    v_rgba = vec4(color, ({_BLENDED}) ? u_alpha : 1.0);
     gl_Position = vec4(2.0 * (target + 0.5) / u_target - 1.0, depth, 1.0);
+#ifdef CLIP_TO_TILES
     gl_ClipDistance[0] = target.x - i_clip.x;
     gl_ClipDistance[1] = i_clip.z - target.x;
     gl_ClipDistance[2] = target.y - i_clip.y;
     gl_ClipDistance[3] = i_clip.w - target.y;
+#endif
 }}
 """
 
-MESH_FRAGMENT = f"""
+# straight colour and its weight over the frame: tddfa.render.composite blends later
+MESH_FRAGMENT = """
 #version 430 core
-{_MODE_DEFINES}
-in vec3 v_color;
-flat in int v_mode;
-uniform sampler2D u_background;
-uniform sampler2D u_texture;
-uniform float u_alpha;
+in vec4 v_rgba;
 out vec4 frag_color;
-void main() {{
-    vec3 color = v_color;
-    if (v_mode == MODE_TEXTURE) color = textureLod(u_texture, v_color.xy, 0.0).rgb;
-    if ({_BLENDED}) {{
-        vec3 frame = texelFetch(u_background, ivec2(gl_FragCoord.xy), 0).rgb;
-        color = mix(frame, color, u_alpha);
-    }}
-    frag_color = vec4(color, 1.0);
-}}
+void main() {
+    frag_color = v_rgba;
+}
 """
+
+# the texture mode's faces (their own draw): the texel at the interpolated coordinates
+MESH_TEXTURE_FRAGMENT = """
+#version 430 core
+in vec4 v_rgba;
+uniform sampler2D u_texture;
+out vec4 frag_color;
+void main() {
+    frag_color = vec4(textureLod(u_texture, v_rgba.xy, 0.0).rgb, v_rgba.a);
+}
+"""
+
+
+def with_tile_clipping(source: str) -> str:
+    """The mesh vertex shader that clips each face to its tile (several tiles per pass)."""
+    return source.replace("#version 430 core", "#version 430 core\n#define CLIP_TO_TILES", 1)
+
 
 OVERLAY_VERTEX = """
 #version 430 core
@@ -191,5 +208,29 @@ out vec4 frag_color;
 void main() {
     if (dot(v_disc, v_disc) > 1.0) discard;
     frag_color = vec4(v_color, 1.0);
+}
+"""
+
+# The last step of a pass: each pixel of the frame tiles blended once with the nearest
+# surface drawn there (colour and weight in ``u_drawn``; weight 0 where nothing was drawn).
+COMPOSITE_VERTEX = """
+#version 430 core
+uniform vec4 u_rect;    // x, y, width, height in target pixels (edges)
+uniform vec2 u_target;  // target size
+void main() {
+    vec2 corner = vec2(gl_VertexID & 1, gl_VertexID >> 1);
+    gl_Position = vec4(2.0 * (u_rect.xy + corner * u_rect.zw) / u_target - 1.0, 0.0, 1.0);
+}
+"""
+
+COMPOSITE_FRAGMENT = """
+#version 430 core
+uniform sampler2D u_drawn;
+uniform sampler2D u_frames;
+out vec4 frag_color;
+void main() {
+    ivec2 at = ivec2(gl_FragCoord.xy);
+    vec4 drawn = texelFetch(u_drawn, at, 0);
+    frag_color = vec4(mix(texelFetch(u_frames, at, 0).rgb, drawn.rgb, drawn.a), 1.0);
 }
 """

@@ -20,6 +20,7 @@ tddfa.batching hands the step one parameter dict per frame.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,13 @@ from tddfa.config import NUM_EXP, NUM_SHAPE, PipelineConfig
 from tddfa.contract import RENDER_MODE_PARAMETER
 from tddfa.params import apply_transform, model_to_image
 from tddfa.render.assets import RENDER_ASSETS_FILE, load_render_assets, load_texture_image
-from tddfa.render.modes import MESH_MODES, OVERLAY_MODES, parse_mode, parse_modes
+from tddfa.render.modes import (
+    MESH_MODES,
+    OVERLAY_MODES,
+    OWN_IMAGE_MODES,
+    parse_mode,
+    parse_modes,
+)
 from tddfa.render.renderer import MeshFaces, MeshRenderer, OverlayFaces
 from tddfa.xp import get_xp, to_numpy
 
@@ -46,7 +53,7 @@ def filled_slots(num_faces: Any, max_faces: int) -> tuple[np.ndarray, np.ndarray
     """Host indices of the filled face slots of a batch.
 
     Args:
-        num_faces: (B, 1) int face counts (numpy or CuPy: one small copy to the host).
+        num_faces: (B, 1) or (B,) int face counts (numpy or CuPy: one small copy to the host).
         max_faces: K, the number of slots per frame.
 
     Returns:
@@ -101,9 +108,16 @@ class RenderStep:
     # The Triton request parameters this step reads (tddfa.batching: one dict per frame).
     request_parameters = (RENDER_MODE_PARAMETER,)
 
-    def __init__(self, renderer: MeshRenderer, decoder: DenseDecoder) -> None:
+    def __init__(
+        self, renderer: MeshRenderer, decoder: DenseDecoder, coarse_below: float = 0.0
+    ) -> None:
         self.renderer = renderer
         self.decoder = decoder
+        # faces narrower than ``coarse_below`` px get the coarse mesh: width = the x scale
+        # of TRANSFORM (pixels per model unit) times the mean face's width
+        x = decoder.bfm.u[0::3]
+        self._model_width = float(x.max() - x.min())
+        self.coarse_below = float(coarse_below)
 
     def describe(self) -> str:
         return f"{self.decoder.bfm.description()}; renderer on {self.renderer.device}"
@@ -125,12 +139,17 @@ class RenderStep:
         values = None if parameters is None else [p.get(RENDER_MODE_PARAMETER) for p in parameters]
         modes = parse_modes(values, images.shape[0])
         k = inputs["ALPHA_SHP"].shape[1]
-        frames, slots = filled_slots(inputs["NUM_FACES"], k)  # one small copy to the host
+        counts, widths = self._host_numbers(inputs)  # one small copy to the host
+        frames, slots = filled_slots(counts, k)
         mesh = np.array([modes[f] in MESH_MODES for f in frames], bool)
         overlay = np.array([modes[f] in OVERLAY_MODES for f in frames], bool)
         meshes = overlays = None
         if mesh.any():
             meshes = self._faces(inputs, frames[mesh], slots[mesh], xp, MeshFaces)
+            if self.coarse_below > 0:  # not for uv maps: their size is not the face's
+                in_image = np.array([modes[f] not in OWN_IMAGE_MODES for f in frames[mesh]])
+                coarse = (widths[frames[mesh], slots[mesh]] < self.coarse_below) & in_image
+                meshes = dataclasses.replace(meshes, coarse=coarse)
         if overlay.any():
             overlays = self._faces(inputs, frames[overlay], slots[overlay], xp, OverlayFaces)
         result = self.renderer.draw(images, modes, meshes, overlays, slots=k)
@@ -142,6 +161,17 @@ class RenderStep:
         if len({tuple(r.shape) for r in rendered}) == 1:
             return {"RENDERED": xp.stack(rendered)}
         return {"RENDERED": rendered}
+
+    def _host_numbers(self, inputs: Arrays) -> tuple[np.ndarray, np.ndarray]:
+        """(B,) face counts and (B, K) face widths in pixels, in one transfer from a GPU."""
+        num_faces, transform = inputs["NUM_FACES"], inputs["TRANSFORM"]
+        xp = get_xp(transform)
+        scale = xp.sqrt((transform[..., 0, :3].astype(xp.float32) ** 2).sum(axis=-1))  # (B, K)
+        batch = scale.shape[0]
+        packed = to_numpy(xp.concatenate([num_faces.reshape(-1).astype(xp.float32), scale.ravel()]))
+        return packed[:batch].astype(np.int64), packed[batch:].reshape(
+            scale.shape
+        ) * self._model_width
 
     def _faces(self, inputs: Arrays, frames: np.ndarray, slots: np.ndarray, xp, kind):
         at = (xp.asarray(frames), xp.asarray(slots))
@@ -191,8 +221,9 @@ def build_render_step(
     """The face_renderer step from a model version folder: bfm.npz and render_assets.npz
     (without the latter the modes pncc, texture and uv answer with an error naming it).
 
-    ``config``: render_alpha, uv_size and texture_image (an image file for the texture
-    mode, absolute or relative to the version folder; empty: the FFmpeg demo's rainbow).
+    ``config``: render_alpha, uv_size, texture_image (an image file for the texture mode,
+    absolute or relative to the version folder; empty: the FFmpeg demo's rainbow) and
+    render_coarse_below (faces narrower than that many pixels get the coarse mesh).
     """
     version_dir = Path(version_dir)
     config = config or PipelineConfig()
@@ -218,7 +249,7 @@ def build_render_step(
         texture=texture,
         uv_size=config.uv_size,
     )
-    return RenderStep(renderer, DenseDecoder(bfm))
+    return RenderStep(renderer, DenseDecoder(bfm), coarse_below=config.render_coarse_below)
 
 
 def build_vertices_step(version_dir: str | os.PathLike) -> VerticesStep:
