@@ -69,8 +69,9 @@ print(json.dumps(times))
 """
 
 
-def face_inputs(repository: Path, video: Path, frames: int) -> dict[str, np.ndarray]:
-    """IMAGE and face_renderer's inputs for the first ``frames`` frames (cached)."""
+def face_inputs(repository: Path, video: Path, frames: int, device: str) -> dict[str, np.ndarray]:
+    """IMAGE and face_renderer's inputs for the first ``frames`` frames (cached; the
+    ensemble without the renderer runs on ``device``)."""
     from tddfa.pipeline import Pipeline
     from tddfa.render.step import inputs_from_outputs
 
@@ -79,7 +80,7 @@ def face_inputs(repository: Path, video: Path, frames: int) -> dict[str, np.ndar
             if len(cached["IMAGE"]) >= frames and "FRAMES_OF" in cached.files:
                 if str(cached["FRAMES_OF"]) == str(video):
                     return {k: cached[k][:frames] for k in ("IMAGE", *FACES)}
-    pipeline = Pipeline(repository, render=False)
+    pipeline = Pipeline(repository, device=device, render=False)
     images = np.stack(read_frames(video, frames))
     rows = [inputs_from_outputs(pipeline(image[None]), image[None]) for image in images]
     data = {name: np.concatenate([r[name] for r in rows]) for name in ("IMAGE", *FACES)}
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tddfa.render.step import build_render_step
 
-    data = face_inputs(args.repository, args.video, args.frames)
+    data = face_inputs(args.repository, args.video, args.frames, args.device)
     faces = data["NUM_FACES"].ravel()
     version = args.repository / "face_renderer" / "1"
     step = build_render_step(version, args.device)

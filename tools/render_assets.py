@@ -55,15 +55,23 @@ def bfm_uv_coordinates(uv_mat: Path, indices: Path) -> np.ndarray:
     return np.ascontiguousarray(uv[ids])
 
 
+def render_asset_paths(
+    asset_dir: str | os.PathLike | None = None, download: bool = True
+) -> dict[str, Path]:
+    """{asset name: path} of every file build_render_assets reads (the texture only when
+    present): the sources a build cache keys render_assets.npz on."""
+    found = resolve_assets(RENDER_ASSET_NAMES, asset_dir=asset_dir, download=download)
+    found.update(resolve_assets([TEXTURE_ASSET], asset_dir=asset_dir, download=download))
+    return found
+
+
 def build_render_assets(
     asset_dir: str | os.PathLike | None, out: str | os.PathLike, download: bool = True
 ) -> Path:
     """Write ``out`` (render_assets.npz) from the assets (``asset_dir``, else
     $TDDFA_ASSET_DIR, the cache, or a download); returns ``out``."""
-    found = resolve_assets(RENDER_ASSET_NAMES, asset_dir=asset_dir, download=download)
-    texture_path = resolve_assets([TEXTURE_ASSET], asset_dir=asset_dir, download=download).get(
-        TEXTURE_ASSET
-    )
+    found = render_asset_paths(asset_dir, download)
+    texture_path = found.get(TEXTURE_ASSET)
     ncc = np.load(found["ncc_code.npy"], allow_pickle=False).astype(np.float32)
     uv = bfm_uv_coordinates(found["BFM_UV.mat"], found["indices.npy"])
     texture = load_texture_image(texture_path) if texture_path else None
