@@ -130,8 +130,9 @@ def append_results(title: str, table: str, notes: Sequence[str] = (), path: Path
     ]
     if not path.exists():
         path.write_text("# Benchmark results\n\nAppend-only; one block per run.\n\n")
+    separator = "" if path.read_text().endswith("\n\n") else "\n"  # a blank line between blocks
     with open(path, "a") as handle:
-        handle.write("\n".join(lines) + "\n")
+        handle.write(separator + "\n".join(lines) + "\n")
     LOG.info("appended results to %s", path)
 
 

@@ -7,18 +7,23 @@
 #                            for legacy encodings) replaced by an empty stub of the same soname
 #   .carry/pylibs.tar.xz     tritonclient 2.51 (grpc, utils, perf_analyzer), python-rapidjson
 #                            (cp312), PyOpenGL
-#   .carry/gpu_repo.tar.xz   build/gpu_repository without ONNX files, .pth weights (in the
-#                            assets) and the second bfm.npz copy (hard-linked on the device)
-#   .carry/shared.tar.xz     ../shared subset: the two .pth, test photos, emma720.mp4, reference
+#   .carry/shared.tar.xz     ../shared subset: the 3DDFA_V2 and 3DDFA assets (weights and the
+#                            pieces of the BFM), test photos, emma720.mp4, reference
+#   .carry/pynvc.tar.xz      PyNvVideoCodec 2.2.4 (NVDEC) from its wheel in .whl/, trimmed to
+#                            the package (no ffmpeg source tarball, samples, duplicate .so
+#                            copies): 27 MB wheel -> ~3 MB; skipped with a hint when the wheel
+#                            is not there
 #   .carry/gpu_expected.npz  CPU outputs for tests/gpu (tests/gpu/make_expected.py)
 #   .gl/*.deb                GL/EGL loaders (glvnd) for the NVIDIA EGL driver
-# Usage: benchmarks/device_pack.sh   (after `tddfa build --device gpu --out build/gpu_repository`)
+# The model repository is NOT carried: device_setup.sh builds it there (`tddfa build --device
+# gpu`: ONNX export + BFM tables; the BFM alone was 21.6 MB of the old 59 MB carry).
+# Usage: benchmarks/device_pack.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV_SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 SHARED=${TDDFA_SHARED:-$ROOT/../shared}
-REPO=${GPU_REPOSITORY:-build/gpu_repository}
+PYNVC_WHEEL=$(ls .whl/pynvvideocodec-2.2.4-cp312-*.whl 2>/dev/null | head -1 || true)
 PY312=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
        --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 mkdir -p .carry .gl /tmp/tddfa_pack
@@ -57,14 +62,23 @@ find "$STAGE/py" -name __pycache__ -prune -exec rm -rf {} +
 chmod +x "$STAGE/py/bin/perf_analyzer"
 tar -C "$STAGE/py" -cJf .carry/pylibs.tar.xz .
 
-# -- GPU model repository --------------------------------------------------------------------
-test -f "$REPO/tddfa/config.pbtxt" || { echo "build $REPO first: tddfa build --device gpu --out $REPO" >&2; exit 1; }
-tar -C "$(dirname "$REPO")" --exclude='*.onnx' --exclude='*.pth' --exclude=__pycache__ \
-    --exclude="$(basename "$REPO")/bfm_decoder/1/bfm.npz" -cJf .carry/gpu_repo.tar.xz "$(basename "$REPO")"
+# -- PyNvVideoCodec (NVDEC), trimmed from its wheel ---------------------------------------------
+if [ -n "$PYNVC_WHEEL" ]; then
+  mkdir -p "$STAGE/nvc"
+  unzip -qo "$PYNVC_WHEEL" 'PyNvVideoCodec/*' 'pynvvideocodec./*' 'pynvvideocodec-*.dist-info/*' -d "$STAGE/nvc"
+  # the loader needs only the SONAME copies (libavformat.so.63, libavutil.so.61)
+  rm -f "$STAGE"/nvc/PyNvVideoCodec/libavformat.so "$STAGE"/nvc/PyNvVideoCodec/libavformat.so.*.*.* \
+        "$STAGE"/nvc/PyNvVideoCodec/libavutil.so "$STAGE"/nvc/PyNvVideoCodec/libavutil.so.*.*.*
+  tar -C "$STAGE/nvc" -cJf .carry/pynvc.tar.xz .
+else
+  echo "no .whl/pynvvideocodec-2.2.4-cp312-*.whl: NVDEC tests will skip. Get it with:" >&2
+  echo "  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\" >&2
+  echo "      --platform manylinux_2_28_x86_64 -d .whl PyNvVideoCodec==2.2.4" >&2
+fi
 
-# -- assets, reference, CPU outputs ------------------------------------------------------------
-tar -C "$SHARED" -cJf .carry/shared.tar.xz assets/3ddfa_v2/FaceBoxesProd.pth \
-    assets/3ddfa_v2/mb05_120x120.pth assets/images assets/video/emma720.mp4 reference
+# -- assets (the repository is built from them on the device), reference, CPU outputs ----------
+tar -C "$SHARED" -cJf .carry/shared.tar.xz assets/3ddfa_v2 assets/3ddfa_v1 assets/images \
+    assets/video/emma720.mp4 reference
 test -f build/gpu_expected.npz || (cd tests/gpu && ../../.venv/bin/python make_expected.py --out ../../build/gpu_expected.npz)
 cp build/gpu_expected.npz .carry/gpu_expected.npz
 

@@ -1,7 +1,8 @@
 """GPU benchmarks (a)-(d) of issue 5 in one command, for a machine with CUDA but no PyAV.
 
 (a) perf_analyzer on the ensemble, gRPC + CUDA shared memory, real 720p frames, a
-    concurrency sweep; (b) the same steps in-process (tddfa.pipeline on CuPy frames, no
+    concurrency sweep (each run bounded by --perf-timeout: a run whose requests do not come
+    back is reported with a hang dump instead of waiting forever); (b) the same steps in-process (tddfa.pipeline on CuPy frames, no
     Triton); (c) N parallel copies of the sample video: decode (OpenCV/FFmpeg on the CPU)
     -> CuPy -> CUDA shared memory -> server -> rendered frame left in CUDA shared memory
     (no encoder: the H100 has no NVENC); (d) per-step times from Triton's statistics
@@ -9,9 +10,17 @@
 
 Frames are decoded with OpenCV (the device image has it; PyAV is not there). The CUDA
 shared memory regions are cudaMalloc'd with CuPy (tritonclient 2.51's helper needs
-cuda-python 12). Writes ``<out>/gpu_results.md`` (a RESULTS.md section) and CSV/JSON files.
+cuda-python 12). Writes ``<out>/gpu_results.md`` (a RESULTS.md section), CSV/JSON files,
+``<out>/server.log`` (every server line) and, when a run hangs, ``<out>/hang_*.txt``
+(benchmarks/hang_dump.py: requests held per model, stub stacks in server.log).
+
+Layouts on several GPUs (--layout): ``single``, one server over every GPU (the ensemble
+scheduler then moves frames between GPUs: docs/multi_gpu.md), or ``per-gpu``, one server
+per GPU (``tddfa serve --gpus i`` each, each under its own MPS daemon), perf_analyzer and the
+video copies spread over them (their CUDA regions on their server's GPU).
 
   python3 benchmarks/gpu_bench.py --repository build/gpu_repository --out /tmp/bench
+  python3 benchmarks/gpu_bench.py --mps --layout per-gpu --parts a,c --out $OUT/x2
 """
 
 from __future__ import annotations
@@ -28,18 +37,18 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")  # as tools/serve.py gives the server (before numpy)
 
 import numpy as np  # noqa: E402
+from gpu_video_copies import Target, decode_only_fps, video_copies  # noqa: E402
+from hang_dump import dump  # noqa: E402
 
 LOG = logging.getLogger("benchmarks.gpu")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("preprocess", "face_detector", "roi_crop", "face_regressor", "landmark_to_vertex",
-         "bfm_decoder", "face_renderer")  # fmt: skip
+ENSEMBLE = "tddfa"
 OUTPUT_REGION = 4 << 20  # largest output: VERTICES 8 x 3 x 38365 float32 = 3.7 MB
 
 
@@ -59,27 +68,6 @@ def read_frames(video: Path, count: int) -> list[np.ndarray]:
     if not frames:
         raise SystemExit(f"{video}: no frames decoded (OpenCV without FFmpeg?)")
     return frames
-
-
-# --------------------------------------------------------------------------- CUDA shm
-class CudaRegion:
-    """cudaMalloc'd device memory registered with the server as CUDA shared memory."""
-
-    def __init__(self, client, nbytes: int, device: int = 0):
-        import cupy
-
-        self.cupy, self.client = cupy, client
-        self.name = f"tddfa_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        with cupy.cuda.Device(device):
-            self.memory = cupy.cuda.Memory(nbytes)
-            handle = cupy.cuda.runtime.ipcGetMemHandle(self.memory.ptr)
-        client.register_cuda_shared_memory(self.name, base64.b64encode(handle), device, nbytes)
-
-    def view(self, shape, dtype):
-        return self.cupy.ndarray(shape, dtype, self.cupy.cuda.MemoryPointer(self.memory, 0))
-
-    def close(self) -> None:
-        self.client.unregister_cuda_shared_memory(self.name)
 
 
 # --------------------------------------------------------------------------- (a) + (d)
@@ -105,7 +93,10 @@ def write_input_data(frames: list[np.ndarray], path: Path) -> None:
 
 
 def perf_analyzer(binary: Path, env, url: str, data: Path, concurrency: int, csv_path: Path,
-                  interval_ms: int, shared_memory: str, stability: int = 25) -> dict[str, str]:  # fmt: skip
+                  interval_ms: int, shared_memory: str, stability: int = 25,
+                  timeout: float = 300.0, on_hang=None) -> dict[str, str]:  # fmt: skip
+    """One perf_analyzer run; raises RuntimeError when it fails or outlives ``timeout`` s
+    (then ``on_hang(label)`` is called first, while its requests are still in the server)."""
     command = [
         str(binary), "-m", "tddfa", "-u", url, "-i", "grpc", "--input-data", str(data),
         "--concurrency-range", f"{concurrency}:{concurrency}",
@@ -116,17 +107,65 @@ def perf_analyzer(binary: Path, env, url: str, data: Path, concurrency: int, csv
     if shared_memory != "none":
         command += ["--output-shared-memory-size", str(OUTPUT_REGION)]
     LOG.info("%s", " ".join(command))
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode != 0 and "stable measurement" in done.stdout and stability < 60:
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if on_hang is not None:
+            on_hang(f"perf_c{concurrency}")
+        process.kill()
+        stdout, stderr = process.communicate()
+        raise RuntimeError(
+            f"perf_analyzer c={concurrency} at {url} did not finish within {timeout:.0f} s: "
+            f"requests stuck in the server (hang_perf_c{concurrency}*.txt, server.log)\n"
+            f"{stdout[-2000:]}{stderr[-2000:]}"
+        ) from None
+    if process.returncode != 0 and "stable measurement" in stdout and stability < 60:
         LOG.warning("c=%d not stable within %d %%: again with 60 %%", concurrency, stability)
         return perf_analyzer(binary, env, url, data, concurrency, csv_path, interval_ms,
-                             shared_memory, 60)  # fmt: skip
-    if done.returncode != 0:
+                             shared_memory, 60, timeout, on_hang)  # fmt: skip
+    if process.returncode != 0:
         raise RuntimeError(
-            f"perf_analyzer failed (c={concurrency}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+            f"perf_analyzer failed (c={concurrency}):\n{stdout[-3000:]}{stderr[-3000:]}"
         )
     with open(csv_path, newline="") as handle:
         return list(csv.DictReader(handle))[-1]
+
+
+def perf_sweep_point(servers, args, env, data, concurrency, on_hang) -> list:
+    """One concurrency point over every server at once (per-gpu layout: ``concurrency``
+    split evenly, perf_analyzer k pinned to server k's GPU so its CUDA regions live there);
+    infer/s summed, latencies the worst server's."""
+    share = max(1, concurrency // len(servers))
+    rows: list = [None] * len(servers)
+    failures: list = []
+
+    def one(k):
+        try:
+            server_env = dict(env)
+            if servers[k].gpus is not None:
+                server_env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, servers[k].gpus))
+            rows[k] = perf_analyzer(args.perf_analyzer, server_env, servers[k].grpc_url, data,
+                                    share, args.out / f"perf_c{concurrency}_s{k}.csv",
+                                    args.interval_ms, "cuda", timeout=args.perf_timeout,
+                                    on_hang=on_hang)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the others end
+            failures.append(exc)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(servers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+    ms = lambda row, k: float(row.get(k) or "nan") / 1e3  # noqa: E731
+    return [share * len(servers), sum(float(r["Inferences/Second"]) for r in rows),
+            *(max(ms(r, k) for r in rows) for k in ("p50 latency", "p90 latency",
+                                                    "p99 latency", "Server Queue",
+                                                    "Server Compute Infer"))]  # fmt: skip
 
 
 def read_stats(url: str) -> dict[str, dict]:
@@ -154,7 +193,8 @@ def stats_table(before: dict, after: dict, seconds: float) -> tuple[list[str], l
     header = ["model", "req/s", "avg batch", "queue ms/req", "in ms/exec", "infer ms/exec",
               "out ms/exec", "busy % (all inst.)"]  # fmt: skip
     rows = []
-    for name in (*STEPS, "tddfa"):
+    steps = sorted(name for name in after if name != ENSEMBLE)  # whatever the build serves
+    for name in (*steps, ENSEMBLE):
         a, b = after.get(name), before.get(name, {})
         if a is None:
             continue
@@ -184,8 +224,9 @@ def in_process(repository: Path, frames: list[np.ndarray], seconds: float) -> di
     device_frames = [cupy.asarray(f) for f in frames]
     pipeline = Pipeline(repository, device="cuda:0")
     sync = cupy.cuda.Device().synchronize
-    names = ("preprocess", "detector", "roi_crop", "regressor", "landmark_to_vertex",
-             "bfm_decoder", "renderer")  # fmt: skip
+    # the steps of tddfa.pipeline.Pipeline.__call__, in its order
+    names = tuple(n for n in ("detector", "aligner", "renderer", "vertices")
+                  if getattr(pipeline, n, None) is not None)  # fmt: skip
 
     def steps(images, times=None):
         t = {"IMAGE": images}
@@ -247,116 +288,6 @@ def in_process(repository: Path, frames: list[np.ndarray], seconds: float) -> di
     return result
 
 
-# --------------------------------------------------------------------------- (c)
-def video_copy(index: int, url: str, video: str, in_flight: int, barrier, results) -> None:
-    """One copy, in its own thread; puts (index, frames, start, end, errors, 1-face frames)."""
-    try:
-        _video_copy(index, url, video, in_flight, barrier, results)
-    except Exception as exc:  # noqa: BLE001 - reported in the table, the others go on
-        barrier.abort()
-        results.put((index, 0, 0.0, 1e-9, [f"{type(exc).__name__}: {exc}"], 0))
-
-
-def _video_copy(index: int, url: str, video: str, in_flight: int, barrier, results) -> None:
-    """Decode -> device -> CUDA shm -> ensemble (RENDERED stays in CUDA shm)."""
-    import cupy
-    import cv2
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-    capture = cv2.VideoCapture(video)
-    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-    nbytes = height * width * 3
-    slots = [(CudaRegion(client, nbytes), CudaRegion(client, nbytes)) for _ in range(in_flight)]
-    free = list(range(in_flight))
-    cond = threading.Condition()
-    errors, faces = [], []
-    stream = cupy.cuda.Stream(non_blocking=True)  # this copy's uploads, apart from the others
-
-    def done(slot, result, error):
-        with cond:  # always free the slot: an exception here would hang the copy
-            try:
-                if error is not None:
-                    errors.append(str(error))
-                else:
-                    faces.append(int(result.as_numpy("FACE_COUNT").reshape(-1)[0]))
-            except Exception as exc:  # noqa: BLE001
-                errors.append(f"{type(exc).__name__}: {exc}")
-            finally:
-                free.append(slot)
-                cond.notify()
-
-    frames = 0
-    barrier.wait(timeout=120)
-    start = time.perf_counter()
-    while True:
-        ok, bgr = capture.read()
-        if not ok:
-            break
-        with cond:
-            if not cond.wait_for(lambda: free, timeout=30):
-                raise TimeoutError(f"copy {index}: no response for 30 s after {frames} frames")
-            slot = free.pop()
-        source, target = slots[slot]
-        with stream:
-            source.view((height, width, 3), cupy.uint8)[...] = cupy.asarray(bgr)[:, :, ::-1]
-        stream.synchronize()
-        tensor = grpcclient.InferInput("IMAGE", [1, height, width, 3], "UINT8")
-        tensor.set_shared_memory(source.name, nbytes)
-        rendered = grpcclient.InferRequestedOutput("RENDERED")
-        rendered.set_shared_memory(target.name, nbytes)
-        outputs = [rendered, grpcclient.InferRequestedOutput("FACE_COUNT")]
-        client.async_infer(
-            "tddfa", [tensor], lambda result, error, s=slot: done(s, result, error), outputs=outputs
-        )
-        frames += 1
-    with cond:
-        cond.wait_for(lambda: len(free) == in_flight, timeout=30)
-    end = time.perf_counter()
-    for pair in slots:
-        for region in pair:
-            region.close()
-    client.close()
-    results.put((index, frames, start, end, errors[:3], sum(1 for f in faces if f == 1)))
-
-
-def video_copies(url: str, video: Path, copies: int, in_flight: int) -> dict:
-    """``copies`` clients in threads of this process (decode and gRPC release the GIL),
-    all started together; aggregate frames/s = all frames / (last end - first start)."""
-    import queue
-
-    barrier, results = threading.Barrier(copies), queue.Queue()
-    workers = [
-        threading.Thread(target=video_copy, args=(i, url, str(video), in_flight, barrier, results))
-        for i in range(copies)
-    ]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=240)
-    got = [results.get_nowait() for _ in range(results.qsize())]
-    if len(got) < copies:
-        raise RuntimeError(f"{copies} copies: only {len(got)} finished within 240 s")
-    frames = sum(g[1] for g in got)
-    ok = [g for g in got if g[1]] or got
-    wall = max(g[3] for g in ok) - min(g[2] for g in ok)
-    errors = [e for g in got for e in g[4]]
-    return {"copies": copies, "frames": frames, "wall_s": wall, "fps": frames / wall,
-            "per_copy_fps": statistics.median(g[1] / (g[3] - g[2]) for g in ok),
-            "one_face_frames": sum(g[5] for g in got), "errors": errors[:3]}  # fmt: skip
-
-
-def decode_only_fps(video: Path) -> float:
-    import cv2
-
-    capture = cv2.VideoCapture(str(video))
-    count, start = 0, time.perf_counter()
-    while capture.read()[0]:
-        count += 1
-    return count / (time.perf_counter() - start)
-
-
 # --------------------------------------------------------------------------- report
 @contextlib.contextmanager
 def guarded(name: str, md: list[str]):
@@ -400,13 +331,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mps", action="store_true", help="serve under CUDA MPS (tddfa serve --cuda-mps)"
     )
+    parser.add_argument(
+        "--layout", choices=("single", "per-gpu"), default="single",
+        help="single: one server over every GPU; per-gpu: one server per GPU (--gpus i)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--perf-timeout", type=float, default=300.0,
+        help="seconds one perf_analyzer run may take before it counts as hung (hang dump)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--request-timeout", type=float, default=60.0,
+        help="(c): seconds a video request may take before its copy reports it stuck",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not os.environ.get("TDDFA_BENCH_SERVER_LOG"):  # set it to see the server's log
-        logging.getLogger("tritonserver").setLevel(logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
+    server_log = logging.getLogger("tritonserver")  # every server line to <out>/server.log
+    server_log.setLevel(logging.INFO)
+    server_log.addHandler(logging.FileHandler(args.out / "server.log"))
+    if not os.environ.get("TDDFA_BENCH_SERVER_LOG"):  # set it to see the log on the console too
+        server_log.propagate = False
     parts = set(args.parts.split(","))
     frames = read_frames(args.video, args.frames)
     report = {"machine": subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
@@ -431,11 +377,42 @@ def main(argv: list[str] | None = None) -> int:
 
     server_parts = parts & {"a", "c", "d"}
     if server_parts:
-        from tddfa_tools.serve import TritonServer, cuda_memory_pool_args
+        from tddfa_tools.serve import TritonServer, cuda_memory_pool_args, visible_gpu_count
 
-        with TritonServer(args.repository, startup_timeout=600,
-                          extra_args=cuda_memory_pool_args(args.pool_mb), cuda_mps=args.mps) as server:  # fmt: skip
-            url = server.grpc_url
+        with contextlib.ExitStack() as stack:
+            if args.layout == "per-gpu":
+                servers = [
+                    stack.enter_context(
+                        TritonServer(
+                            args.repository,
+                            startup_timeout=600,
+                            gpus=[gpu],
+                            cuda_mps=args.mps,
+                            extra_args=cuda_memory_pool_args(args.pool_mb, gpus=1),
+                        )
+                    )  # fmt: skip
+                    for gpu in range(visible_gpu_count())
+                ]
+                targets = [Target(srv.grpc_url, device=srv.gpus[0], server_device=0)
+                           for srv in servers]  # fmt: skip
+            else:
+                servers = [stack.enter_context(TritonServer(
+                    args.repository, startup_timeout=600, cuda_mps=args.mps,
+                    extra_args=cuda_memory_pool_args(args.pool_mb),
+                ))]  # fmt: skip
+                targets = [Target(servers[0].grpc_url)]
+            layout = (f"{len(servers)} server(s), layout {args.layout}, "
+                      f"{'MPS' if args.mps else 'no MPS'}")  # fmt: skip
+            report["layout"] = layout
+
+            def on_hang(label: str) -> None:
+                for k, srv in enumerate(servers):
+                    mps = srv._mps.log_problems() if srv._mps is not None else None
+                    text = dump(srv.pid, srv.metrics_url, mps)
+                    (args.out / f"hang_{label}_s{k}.txt").write_text(text)
+                    LOG.error("hang dump of server %d:\n%s", k, text)
+
+            url = servers[0].grpc_url
             env = perf_env(args.site)
             data = args.out / "input_data.json"
             write_input_data(frames, data)
@@ -443,37 +420,37 @@ def main(argv: list[str] | None = None) -> int:
                 with guarded("(a)", md):
                     rows = []
                     for c in args.concurrency:
-                        row = perf_analyzer(args.perf_analyzer, env, url, data, c,
-                                            args.out / f"perf_c{c}.csv", args.interval_ms, "cuda")  # fmt: skip
-                        ms = lambda k, row=row: float(row.get(k) or "nan") / 1e3  # noqa: E731
-                        rows.append([c, float(row["Inferences/Second"]), ms("p50 latency"),
-                                     ms("p90 latency"), ms("p99 latency"), ms("Server Queue"),
-                                     ms("Server Compute Infer")])  # fmt: skip
-                        LOG.info("c=%d: %.1f infer/s p50 %.2f ms", c, rows[-1][1], rows[-1][2])
+                        rows.append(perf_sweep_point(servers, args, env, data, c, on_hang))
+                        LOG.info(
+                            "c=%d: %.1f infer/s p50 %.2f ms", rows[-1][0], rows[-1][1], rows[-1][2]
+                        )
                     report["a"] = rows
                     best = max(rows, key=lambda r: r[1])
                     md += ["**(a) perf_analyzer, gRPC, CUDA shared memory in and out**", "",
-                           f"{len(frames)} distinct {frames[0].shape[1]}x{frames[0].shape[0]} frames of "
-                           f"{args.video.name} (one face), batch 1 per request, time windows of "
-                           f"{args.interval_ms} ms; server columns are perf_analyzer's per-request "
-                           "sums over the ensemble's steps", "", "```",
+                           f"{layout}; {len(frames)} distinct {frames[0].shape[1]}x{frames[0].shape[0]} "
+                           f"frames of {args.video.name} (one face), batch 1 per request, time "
+                           f"windows of {args.interval_ms} ms; several servers: concurrency split "
+                           "evenly, infer/s summed, latencies of the slowest server; server columns "
+                           "are perf_analyzer's per-request sums over the ensemble's steps", "", "```",
                            table(["conc", "infer/s", "p50 ms", "p90 ms", "p99 ms", "queue ms",
                                   "compute ms"], rows),
                            f"best: {best[1]:.1f} infer/s at concurrency {best[0]}; "
-                           f"p50 at concurrency 1: {rows[0][2]:.2f} ms", "```", ""]  # fmt: skip
+                           f"p50 at concurrency {rows[0][0]}: {rows[0][2]:.2f} ms", "```", ""]  # fmt: skip
                     (args.out / "gpu_results.md").write_text("\n".join(md))
             if "d" in parts:
                 with guarded("(d)", md):
                     c = args.stats_concurrency
                     before, t0 = read_stats(url), time.perf_counter()
                     row = perf_analyzer(args.perf_analyzer, env, url, data, c,
-                                        args.out / f"perf_stats_c{c}.csv", args.interval_ms, "cuda")  # fmt: skip
+                                        args.out / f"perf_stats_c{c}.csv", args.interval_ms, "cuda",
+                                        timeout=args.perf_timeout, on_hang=on_hang)  # fmt: skip
                     seconds = time.perf_counter() - t0
                     after = read_stats(url)
                     header, rows = stats_table(before, after, seconds)
                     report["d"] = {"concurrency": c, "rows": rows}
                     md += [f"**(d) per-step statistics (v2/models/stats) during perf_analyzer at "
-                           f"concurrency {c} ({float(row['Inferences/Second']):.1f} infer/s)**", "",
+                           f"concurrency {c} ({float(row['Inferences/Second']):.1f} infer/s; server 0 "
+                           f"of {layout})**", "",
                            "busy % = compute time of all instances / wall time (200 % = two "
                            "instances always busy)", "", "```", table(header, rows), "```", ""]  # fmt: skip
                     (args.out / "gpu_results.md").write_text("\n".join(md))
@@ -483,20 +460,23 @@ def main(argv: list[str] | None = None) -> int:
                     rows = []
                     for copies in args.copies:
                         LOG.info("(c) %d copies", copies)
-                        res = video_copies(url, args.video, copies, args.in_flight)
+                        res = video_copies(targets, args.video, copies, args.in_flight,
+                                           args.request_timeout)  # fmt: skip
                         LOG.info("video x%d: %s", copies, res)
+                        if res["failed_copies"]:
+                            on_hang(f"video_x{copies}")
                         rows.append([copies, res["frames"], res["wall_s"], res["fps"],
                                      res["per_copy_fps"], res["one_face_frames"],
-                                     "; ".join(res["errors"]) or "-"])  # fmt: skip
+                                     res["failed_copies"], "; ".join(res["errors"]) or "-"])  # fmt: skip
                     report["c"] = {"decode_only_fps": decode, "rows": rows}
                     md += ["**(c) end-to-end video: N parallel copies of emma720.mp4 (300 frames each)**", "",
-                           "decode: OpenCV/FFmpeg on the CPU (no PyNvVideoCodec on the machine) -> "
-                           "CuPy -> CUDA shared memory -> ensemble -> RENDERED left in CUDA shared "
-                           f"memory, no encode (no NVENC on the H100); {args.in_flight} frames in "
+                           f"{layout}; decode: OpenCV/FFmpeg on the CPU -> CuPy -> CUDA shared "
+                           "memory on the server's GPU -> ensemble -> RENDERED left in CUDA shared "
+                           f"memory, no encode (no NVENC on the H100/H200); {args.in_flight} frames in "
                            f"flight per copy; one client thread per copy; decode alone: {decode:.0f} frames/s "
                            "for one stream", "", "```",
                            table(["copies", "frames", "wall s", "frames/s", "per copy", "1-face frames",
-                                  "errors"], rows), "```", ""]  # fmt: skip
+                                  "failed copies", "errors"], rows), "```", ""]  # fmt: skip
                     (args.out / "gpu_results.md").write_text("\n".join(md))
     (args.out / "gpu_results.json").write_text(json.dumps(report, indent=1, default=str))
     sys.stdout.write("\n".join(md) + "\n")

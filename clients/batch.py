@@ -1,8 +1,10 @@
 """``tddfa batch INPUTS... --out DIR``: many images and videos, resumable.
 
 * Inputs: files, folders (searched recursively for images and videos) and globs.
-* ``--jobs N`` files in flight; ``--url`` repeatable: files are spread over the servers,
-  a server that stops answering is taken out of rotation and tried again later.
+* ``--jobs N`` files in flight; ``--url`` repeatable, and a name that resolves to several
+  addresses (a Kubernetes headless Service) counts as all of them: frames are spread over
+  every server, a server that stops answering is taken out of rotation (its frames go to
+  another) and tried again later; names are resolved again every 30 s.
 * ``DIR/manifest.jsonl`` (JSON Lines, append-only, the last record of an input wins):
   input, output, status (done | failed | skipped), error, frames, seconds. A rerun skips
   inputs whose output is recorded done and still exists, and retries the rest.
@@ -30,6 +32,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tddfa.contract import STATELESS_ENSEMBLE, UV_MODE
+from tddfa_clients.endpoints import Endpoints
 from tddfa_clients.image import (
     IMAGE_SUFFIXES,
     ImageError,
@@ -38,14 +42,20 @@ from tddfa_clients.image import (
     read_image,
     render_parameters,
 )
+from tddfa_clients.replicas import ReplicaFrameClient
 from tddfa_clients.triton_client import (
     ClientError,
-    FrameClient,
     InferenceError,
     ServerUnavailable,
     normalize_url,
 )
-from tddfa_clients.video import VIDEO_SUFFIXES, process_video
+from tddfa_clients.video import (
+    VIDEO_SUFFIXES,
+    add_mode_arguments,
+    model_for,
+    process_video,
+    uv_refusal,
+)
 from tddfa_clients.video_io import VideoError, is_temporary, probe
 
 LOG = logging.getLogger(__name__)
@@ -164,47 +174,6 @@ class Manifest:
         return record
 
 
-# -- servers --------------------------------------------------------------------------
-
-
-class ServerPool:
-    """Round-robin over server URLs; a dead one is skipped until ``retry_after`` passes."""
-
-    def __init__(self, urls: list[str], retry_after: float = 15.0, clock=time.monotonic):
-        if not urls:
-            raise ValueError("at least one server URL is needed")
-        self.urls = list(dict.fromkeys(urls))
-        self.retry_after = retry_after
-        self._clock = clock
-        self._dead_until: dict[str, float] = {}
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def acquire(self) -> str:
-        """The next live server, or the one that comes back soonest when all are dead."""
-        with self._lock:
-            now = self._clock()
-            for _ in range(len(self.urls)):
-                url = self.urls[self._next % len(self.urls)]
-                self._next += 1
-                if self._dead_until.get(url, 0.0) <= now:
-                    return url
-            return min(self.urls, key=lambda u: self._dead_until.get(u, 0.0))
-
-    def mark_dead(self, url: str) -> None:
-        with self._lock:
-            if url not in self._dead_until or self._dead_until[url] <= self._clock():
-                LOG.warning(
-                    "server %s is not answering; out of rotation for %.0f s", url, self.retry_after
-                )
-            self._dead_until[url] = self._clock() + self.retry_after
-
-    def mark_alive(self, url: str) -> None:
-        with self._lock:
-            if self._dead_until.pop(url, None) is not None:
-                LOG.info("server %s is back in rotation", url)
-
-
 # -- one input ------------------------------------------------------------------------
 
 
@@ -245,24 +214,33 @@ class Settings:
     backoff: float = 0.5
     backoff_max: float = 10.0
     progress: bool = False
+    mode: str = "track"  # videos: tracked sequences (tddfa_track) or independent frames
+    smoothing: bool | None = None  # track mode: the sequences' smoothing (None: server default)
     render_mode: str | None = None  # --render MODE (None: the server's default)
 
 
-def run_job(job: Job, servers: ServerPool, settings: Settings) -> tuple[int, float]:
-    """Process one input; returns (frames, seconds). Raises BadInput or ClientError."""
+def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, float]:
+    """Process one input; returns (frames, seconds). Raises BadInput or ClientError.
+
+    The frames of a video go to every live server of ``servers`` (a server that fails is
+    taken out and its frames sent elsewhere); the whole file is retried with backoff only
+    when no server answers at all."""
     check_input(job)
+    if settings.render_mode == UV_MODE and not job.is_image:
+        raise BadInput(uv_refusal(job.source))
     job.output.parent.mkdir(parents=True, exist_ok=True)
     attempt = 0
     while True:
-        url = servers.acquire()
         start = time.perf_counter()
         try:
             outputs = ("RENDERED", "FACE_COUNT")
-            with FrameClient(
-                url,
+            model = STATELESS_ENSEMBLE if job.is_image else model_for(settings.mode)
+            with ReplicaFrameClient(
+                servers,
                 settings.protocol,
-                outputs=outputs,
                 in_flight=settings.in_flight,
+                outputs=outputs,
+                model=model,
                 parameters=render_parameters(settings.render_mode),
             ) as client:
                 if job.is_image:
@@ -275,16 +253,15 @@ def run_job(job: Job, servers: ServerPool, settings: Settings) -> tuple[int, flo
                         job.output,
                         progress=settings.progress,
                         description=job.source.name,
+                        smoothing=settings.smoothing,
                     )
                     frames = stats.frames
-            servers.mark_alive(url)
             return frames, time.perf_counter() - start
         except (ImageError, VideoError) as exc:
             raise BadInput(str(exc)) from exc
         except InferenceError as exc:  # the server refused this input: not transient
             raise BadInput(f"server rejected it: {exc}") from exc
         except (ServerUnavailable, ConnectionError) as exc:
-            servers.mark_dead(url)
             attempt += 1
             if attempt > settings.retries:
                 raise ServerUnavailable(f"gave up after {attempt} attempts: {exc}") from exc
@@ -321,7 +298,7 @@ def run_batch(
     if stale:
         LOG.info("removed %d temporary file(s) left by an interrupted run", stale)
     manifest = Manifest(out_dir / MANIFEST)
-    servers = ServerPool([normalize_url(u, settings.protocol) for u in urls])
+    servers = Endpoints([normalize_url(u, settings.protocol) for u in urls])
     counts = {"done": 0, "already_done": 0, "skipped": 0, "failed": 0, "frames": 0}
     todo = []
     for job in plan_jobs(inputs, out_dir):
@@ -370,10 +347,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--url",
         action="append",
         metavar="HOST[:PORT]",
-        help="server; repeat for several (default: localhost)",
+        help="server; repeat for several, or give a name that resolves to several addresses "
+        "(a Kubernetes headless Service): work is spread over all (default: localhost)",
     )
     parser.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
-    add_render_argument(parser)
     parser.add_argument("--jobs", type=int, default=2, metavar="N", help="files in flight")
     parser.add_argument(
         "--in-flight", type=int, default=4, metavar="N", help="frames in flight per video"
@@ -386,6 +363,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace outputs that exist but are not recorded done",
     )
+    add_mode_arguments(parser)
+    add_render_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -395,6 +374,8 @@ def run(args: argparse.Namespace) -> int:
         in_flight=args.in_flight,
         retries=args.retries,
         progress=args.jobs == 1,
+        mode=args.mode,
+        smoothing=args.smoothing,
         render_mode=args.render,
     )
     counts = run_batch(

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from tddfa.contract import DEFAULT_OUTPUTS, RENDER_MODE_PARAMETER, RENDER_MODES
 from tddfa_clients.mesh import MESH_SUFFIXES, bfm_triangles, write_faces
+from tddfa_clients.replicas import open_frame_client
 from tddfa_clients.triton_client import ClientError, FrameClient, FrameResult
 from tddfa_clients.video_io import atomic_output
 from tddfa_tools.assets import AssetError
@@ -75,20 +76,22 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
 
 
 def faces_json(result: FrameResult) -> list[dict[str, Any]]:
-    """Per face: box [x1, y1, x2, y2], score, landmarks (3 x 68), pose, params (62)."""
+    """Per face: box [x1, y1, x2, y2], score, landmarks (3 x 68), pose, params (62), and
+    track_id when the result came from the sequence ensemble."""
     faces = []
     for i in range(result.face_count):
         box = result.boxes[i]
         yaw, pitch, roll = (float(v) for v in result.pose[i])
-        faces.append(
-            {
-                "box": [round(float(v), 2) for v in box[:4]],
-                "score": round(float(box[4]), 4),
-                "landmarks": np.round(result.landmarks[i], 2).tolist(),
-                "pose": {"yaw": round(yaw, 3), "pitch": round(pitch, 3), "roll": round(roll, 3)},
-                "params": [float(v) for v in result.params[i]],
-            }
-        )
+        face = {
+            "box": [round(float(v), 2) for v in box[:4]],
+            "score": round(float(box[4]), 4),
+            "landmarks": np.round(result.landmarks[i], 2).tolist(),
+            "pose": {"yaw": round(yaw, 3), "pitch": round(pitch, 3), "roll": round(roll, 3)},
+            "params": [float(v) for v in result.params[i]],
+        }
+        if result.track_ids is not None:
+            face["track_id"] = int(result.track_ids[i])
+        faces.append(face)
     return faces
 
 
@@ -133,7 +136,10 @@ def process_image(
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """--url and --protocol, shared by the clients."""
     parser.add_argument(
-        "--url", default="localhost", help="server HOST[:PORT] (default: localhost, default port)"
+        "--url",
+        default="localhost",
+        help="server HOST[:PORT] (default: localhost, default port); a name that resolves to "
+        "several addresses (a Kubernetes headless Service) spreads frames over all of them",
     )
     parser.add_argument(
         "--protocol", choices=("http", "grpc"), default="grpc", help="transport (default: grpc)"
@@ -190,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = (*DEFAULT_OUTPUTS, "VERTICES") if mesh is not None else DEFAULT_OUTPUTS
     try:
         triangles = bfm_triangles(args.assets) if mesh is not None else None
-        with FrameClient(
+        with open_frame_client(
             args.url,
             args.protocol,
             outputs=outputs,

@@ -24,12 +24,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tddfa.contract import STATELESS_ENSEMBLE
 from tddfa_clients.triton_client import normalize_url
+from tddfa_clients.video import model_for
 from tddfa_clients.video_io import open_decoder
 
 LOG = logging.getLogger(__name__)
 
-MODEL = "tddfa"
+MODEL = STATELESS_ENSEMBLE
 SAMPLE_VIDEO = "video/emma720.mp4"
 
 
@@ -85,11 +87,15 @@ def perf_environment() -> dict[str, str]:
     return env
 
 
-def write_input_data(video: Path, frames: int, path: Path, stride: int = 1) -> tuple[int, ...]:
+def write_input_data(
+    video: Path, frames: int, path: Path, stride: int = 1, sequence: bool = False
+) -> tuple[int, ...]:
     """Write ``frames`` frames of ``video`` as perf_analyzer JSON; returns the frame shape.
 
     Format: {"data": [{"IMAGE": {"content": {"b64": <raw uint8 bytes>}, "shape": [H, W, 3]}}]}
-    (shape without the batch dimension; perf_analyzer adds it with -b).
+    (shape without the batch dimension; perf_analyzer adds it with -b). With ``sequence``
+    the frames form one stream, {"data": [[frame 0, frame 1, ...]]}, which perf_analyzer
+    replays in order as the steps of each sequence.
     """
     entries, shape = [], None
     with open_decoder(video, "cpu") as decoder:
@@ -104,7 +110,7 @@ def write_input_data(video: Path, frames: int, path: Path, stride: int = 1) -> t
                 break
     if not entries:
         raise PerfError(f"{video}: no frames decoded")
-    path.write_text(json.dumps({"data": entries}))
+    path.write_text(json.dumps({"data": [entries] if sequence else entries}))
     return shape
 
 
@@ -121,8 +127,11 @@ def perf_command(
     model: str = MODEL,
     stability_percentage: int = 25,
     max_trials: int = 5,
+    sequence_length: int | None = None,
 ) -> list[str]:
-    """The perf_analyzer command line (interval and trials sized for a CPU server)."""
+    """The perf_analyzer command line (interval and trials sized for a CPU server).
+    ``sequence_length``: frames per sequence for the sequence ensemble (each concurrent
+    perf_analyzer context runs one sequence at a time, with its own sequence id)."""
     command = [
         str(binary),
         "-m", model,
@@ -137,6 +146,12 @@ def perf_command(
         "-f", str(csv_path),
         "--shared-memory", shared_memory,
     ]  # fmt: skip
+    if sequence_length is not None:
+        command += [
+            "--sequence-length", str(sequence_length),
+            "--sequence-length-variation", "0",
+            "--sequence-id-range", "1:1000000",
+        ]  # fmt: skip
     if shared_memory != "none":
         # the largest output is RENDERED, the same size as the frame
         size = 1
@@ -179,15 +194,16 @@ def run_perf(args: argparse.Namespace) -> list[tuple[str, list[dict[str, str]]]]
     results = []
     with tempfile.TemporaryDirectory(prefix="tddfa-perf-") as tmp:
         data = Path(tmp) / "input_data.json"
-        shape = write_input_data(args.video, args.frames, data)
+        sequence = args.mode == "track"
+        shape = write_input_data(args.video, args.frames, data, sequence=sequence)
         LOG.info("input data: %d frames of %s, shape %s", args.frames, args.video.name, shape)
         for protocol in protocols:
             url = args.grpc_url if protocol == "grpc" and args.grpc_url else args.url
             csv_path = _csv_path(args.csv, protocol, len(protocols) > 1) or Path(tmp) / "out.csv"
             command = perf_command(
                 binary, url, protocol, args.concurrency, data, csv_path, shape,
-                args.shared_memory, args.measurement_interval, args.model,
-                args.stability_percentage, args.max_trials,
+                args.shared_memory, args.measurement_interval, args.model or model_for(args.mode),
+                args.stability_percentage, args.max_trials, args.frames if sequence else None,
             )  # fmt: skip
             LOG.info("running: %s", " ".join(command))
             completed = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -226,7 +242,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="gRPC endpoint for --protocol both (default: --url's host, port 8001)",
     )
     parser.add_argument("--protocol", choices=("http", "grpc", "both"), default="grpc")
-    parser.add_argument("--model", default=MODEL, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--mode",
+        choices=("detect", "track"),
+        default="detect",
+        help="detect (default): independent frames to tddfa; track: sequences of --frames "
+        "consecutive frames to tddfa_track (perf_analyzer's sequence mode)",
+    )
     parser.add_argument(
         "--concurrency", default="1:4:1", metavar="START:END:STEP", help="default 1:4:1"
     )

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import os
+import secrets
 import socket
 import uuid
 from collections import deque
@@ -28,9 +30,38 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+from tritonclient.utils import triton_to_np_dtype
 
 from tddfa.contract import RENDER_MODE_PARAMETER, UV_MODE
+from tddfa_clients.errors import (
+    ClientError,
+    InferenceError,
+    ModelMismatch,
+    ServerUnavailable,
+    translate_error,
+)
+from tddfa_clients.shared_memory import (
+    CUDA_ALIGNMENT,
+    CUDA_SHM_HINT,
+    CudaSharedMemorySlot,
+    SharedMemorySlot,
+    cuda_shm,
+    is_device_array,
+    request_ended,
+)
+
+__all__ = [  # the errors and constants live beside; importers keep using this module
+    "CUDA_ALIGNMENT",
+    "CUDA_SHM_HINT",
+    "ClientError",
+    "FrameClient",
+    "FrameResult",
+    "InferenceError",
+    "ModelMismatch",
+    "ServerUnavailable",
+    "served_on_gpu",
+    "translate_error",
+]
 
 LOG = logging.getLogger(__name__)
 
@@ -49,44 +80,21 @@ DEFAULT_OUTPUTS = ("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 PROTOCOLS = ("http", "grpc")
 SHARED_MEMORY = ("auto", "system", "cuda", "none")
-CUDA_ALIGNMENT = 256  # bytes: output offsets in a CUDA region (cudaMalloc's alignment)
-CUDA_SHM_HINT = (
-    "CUDA shared memory needs tritonclient[cuda] with cuda-python 12.x (tritonclient 2.51 "
-    "imports cuda.cudart, which cuda-python 13 removed): pip install 'cuda-python>=12,<13' "
-    "'setuptools<81'"
-)
-_TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "502", "503", "504")
-_TRANSIENT_TEXT = (
-    "failed to connect",
-    "connection refused",
-    "socket closed",
-    "connect failed",
-    "has no available versions",  # the model is (re)loading or the server is stopping
-    "is not ready",
-    "server is stopping",
-)
+
+# gRPC keepalive: while a request waits, ping the server every 60 s and drop the connection
+# when a ping goes unanswered for 20 s (a replica that vanished without closing its
+# connections: node failure, network partition); the request then fails as unavailable and
+# goes to another replica. No pings on an idle channel and at most 2 without data: within
+# tritonserver's default ping policy (5 min between data-less pings, 2 strikes), so the
+# server never closes the channel for "too many pings".
+GRPC_KEEPALIVE = {
+    "keepalive_time_ms": 60_000,
+    "keepalive_timeout_ms": 20_000,
+    "keepalive_permit_without_calls": False,
+    "http2_max_pings_without_data": 2,
+}
 
 Key = TypeVar("Key")
-
-
-class ClientError(RuntimeError):
-    """Base of the errors this client raises."""
-
-
-class ServerUnavailable(ClientError):
-    """The server cannot be reached or is not ready; retrying later may succeed."""
-
-
-class InferenceError(ClientError):
-    """The server answered the request with an error (bad input, model failure)."""
-
-    def __init__(self, message: str, status: str = ""):
-        super().__init__(message)
-        self.status = status
-
-
-class ModelMismatch(ClientError):
-    """The served model's inputs/outputs differ from what this client needs."""
 
 
 @dataclasses.dataclass
@@ -107,6 +115,7 @@ class FrameResult:
     pose: np.ndarray
     params: np.ndarray
     vertices: np.ndarray | None = None
+    track_ids: np.ndarray | None = None  # (F,) int32 from the sequence ensemble
 
     @classmethod
     def from_outputs(cls, outputs: dict[str, np.ndarray]) -> FrameResult:
@@ -119,6 +128,7 @@ class FrameResult:
             return np.ascontiguousarray(outputs[name][:count])
 
         vertices = outputs.get("VERTICES")
+        track_ids = outputs.get("TRACK_IDS")
         return cls(
             rendered=outputs.get("RENDERED"),
             face_count=count,
@@ -127,6 +137,7 @@ class FrameResult:
             pose=rows("POSE", (3,)),
             params=rows("PARAMS", (62,)),
             vertices=None if vertices is None else np.ascontiguousarray(vertices[:count]),
+            track_ids=None if track_ids is None else np.asarray(track_ids[:count], np.int32),
         )
 
 
@@ -166,22 +177,6 @@ def is_local(url: str) -> bool:
     return host in (socket.gethostname(), socket.getfqdn())
 
 
-def translate_error(exc: BaseException) -> ClientError:
-    """Map a tritonclient/socket exception to ServerUnavailable or InferenceError."""
-    if isinstance(exc, ClientError):
-        return exc
-    if isinstance(exc, InferenceServerException):
-        status = str(exc.status() or "")
-        message = exc.message() or str(exc)
-        text = message.lower()
-        if any(s in status for s in _TRANSIENT_STATUS) or any(t in text for t in _TRANSIENT_TEXT):
-            return ServerUnavailable(f"server unavailable: {message}")
-        return InferenceError(message, status)
-    if isinstance(exc, (ConnectionError, socket.timeout, socket.gaierror, OSError)):
-        return ServerUnavailable(f"server unavailable: {exc}")
-    return ClientError(f"{type(exc).__name__}: {exc}")
-
-
 def _dims(values: Iterable[Any]) -> tuple[int, ...]:
     return tuple(int(v) for v in values)  # gRPC JSON gives int64 as strings
 
@@ -200,8 +195,12 @@ class _Protocol:
         else:
             import tritonclient.grpc as module
 
-            self.client = module.InferenceServerClient(url)
+            keepalive = module.KeepAliveOptions(**GRPC_KEEPALIVE)
+            self.client = module.InferenceServerClient(url, keepalive_options=keepalive)
         self.module = module
+        self.timeout = timeout  # per request: HTTP's network_timeout, gRPC's client_timeout
+        self._stream: dict[str, concurrent.futures.Future] | None = None  # gRPC sequences
+        self._request_ids = itertools.count(1)
 
     def model_config(self, model: str) -> dict:
         if self.name == "http":
@@ -218,11 +217,24 @@ class _Protocol:
         return _dims(output["shape"] if self.name == "http" else output.shape)
 
     def submit(
-        self, model: str, inputs: list, outputs: list, parameters: dict | None = None
+        self,
+        model: str,
+        inputs: list,
+        outputs: list,
+        sequence: SequenceFrame | None = None,
+        parameters: dict | None = None,
     ) -> concurrent.futures.Future:
         """Start one async request (with request ``parameters``, e.g. render_mode); the
-        future resolves to the InferResult."""
+        future resolves to the InferResult.
+
+        Frames of a sequence go over one gRPC stream, which keeps them in order; over HTTP
+        the caller keeps one frame of a sequence in flight."""
         future: concurrent.futures.Future = concurrent.futures.Future()
+        if self.name == "grpc" and sequence is not None:
+            return self._submit_stream(model, inputs, outputs, sequence)
+        extra = {} if sequence is None else sequence.request_arguments()
+        if parameters:
+            extra["parameters"] = {**parameters, **extra.get("parameters", {})}
         if self.name == "grpc":
 
             def done(result: Any, error: Any) -> None:
@@ -231,16 +243,71 @@ class _Protocol:
                 else:
                     future.set_result(result)
 
-            self.client.async_infer(model, inputs, done, outputs=outputs, parameters=parameters)
+            self.client.async_infer(
+                model, inputs, done, outputs=outputs, client_timeout=self.timeout, **extra
+            )
             return future
-        handle = self.client.async_infer(model, inputs, outputs=outputs, parameters=parameters)
+        handle = self.client.async_infer(model, inputs, outputs=outputs, **extra)
         import gevent
 
         gevent.sleep(0)  # let the request greenlet send now, not when we first wait
         return _HttpFuture(handle)
 
+    def _submit_stream(
+        self, model: str, inputs: list, outputs: list, sequence: SequenceFrame
+    ) -> concurrent.futures.Future:
+        if self._stream is None:
+            self._stream = {}
+            self.client.start_stream(callback=self._stream_done)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        request_id = str(next(self._request_ids))
+        self._stream[request_id] = future
+        self.client.async_stream_infer(
+            model, inputs, outputs=outputs, request_id=request_id, **sequence.request_arguments()
+        )
+        return future
+
+    def _stream_done(self, result: Any, error: Any) -> None:
+        if error is None:
+            future = self._stream.pop(result.get_response().id, None)
+            if future is not None:
+                future.set_result(result)
+            return
+        # a stream error does not say which request failed: fail every pending one
+        pending, self._stream = list(self._stream.values()), {}
+        for future in pending:
+            future.set_exception(error)
+
     def close(self) -> None:
+        if self._stream is not None:
+            self.client.stop_stream()
+            self._stream = None
         self.client.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceFrame:
+    """One frame's place in a Triton sequence (the ``tddfa_track`` ensemble)."""
+
+    sequence_id: int
+    start: bool = False
+    end: bool = False
+    parameters: dict | None = None  # request parameters, e.g. {"smoothing": False}
+
+    def request_arguments(self) -> dict[str, Any]:
+        arguments = {
+            "sequence_id": self.sequence_id,
+            "sequence_start": self.start,
+            "sequence_end": self.end,
+        }
+        if self.parameters:
+            arguments["parameters"] = self.parameters
+        return arguments
+
+
+def new_sequence_id() -> int:
+    """A random non-zero 63-bit sequence id (Triton's CORRID is uint64)."""
+    return secrets.randbits(63) or 1
 
 
 class _HttpFuture(concurrent.futures.Future):
@@ -252,159 +319,6 @@ class _HttpFuture(concurrent.futures.Future):
 
     def result(self, timeout: float | None = None) -> Any:
         return self._handle.get_result(timeout=timeout)
-
-
-class _RegionSlot:
-    """One input region and one output region, registered with the server and reused;
-    created on first use, grown when a frame needs more, released strictly
-    (unregister, then destroy) by :meth:`close`. Subclasses say how regions are made."""
-
-    def __init__(self, protocol: _Protocol, tag: str):
-        self._protocol = protocol
-        self._tag = tag
-        self.regions: dict[str, tuple[str, Any, int]] = {}  # role -> (name, handle, size)
-
-    def _create(self, name: str, size: int) -> Any:
-        """Create and register region ``name``; return its handle (destroyed on failure)."""
-        raise NotImplementedError
-
-    def _unregister(self, name: str) -> None:
-        raise NotImplementedError
-
-    def _destroy(self, handle: Any) -> None:
-        raise NotImplementedError
-
-    def ensure(self, role: str, size: int) -> str:
-        """The region name for ``role`` holding at least ``size`` bytes."""
-        current = self.regions.get(role)
-        if current is not None and current[2] >= size:
-            return current[0]
-        if current is not None:
-            self._release(role)
-        name = f"{self._tag}_{role}"
-        self.regions[role] = (name, self._create(name, size), size)
-        return name
-
-    def handle(self, role: str) -> Any:
-        return self.regions[role][1]
-
-    def _release(self, role: str) -> None:
-        name, handle, _ = self.regions.pop(role)
-        try:
-            self._unregister(name)
-        except Exception as exc:  # the server may be gone; still free our side
-            LOG.warning("could not unregister shared memory %s: %s", name, exc)
-        finally:
-            self._destroy(handle)
-
-    def close(self) -> None:
-        for role in list(self.regions):
-            self._release(role)
-
-
-class _SharedMemorySlot(_RegionSlot):
-    """System (POSIX) shared memory regions."""
-
-    def _create(self, name: str, size: int) -> Any:
-        import tritonclient.utils.shared_memory as shm
-
-        handle = shm.create_shared_memory_region(name, "/" + name, size)
-        try:
-            self._protocol.client.register_system_shared_memory(name, "/" + name, size)
-        except BaseException:
-            shm.destroy_shared_memory_region(handle)
-            raise
-        return handle
-
-    def _unregister(self, name: str) -> None:
-        self._protocol.client.unregister_system_shared_memory(name)
-
-    def _destroy(self, handle: Any) -> None:
-        import tritonclient.utils.shared_memory as shm
-
-        shm.destroy_shared_memory_region(handle)
-
-
-def _cuda_shm() -> Any:
-    """tritonclient.utils.cuda_shared_memory, or ClientError naming the fix."""
-    try:
-        import tritonclient.utils.cuda_shared_memory as cudashm
-    except (ImportError, RuntimeError) as exc:
-        raise ClientError(f"CUDA shared memory unavailable ({exc}). {CUDA_SHM_HINT}") from exc
-    return cudashm
-
-
-def _is_device_array(image: Any) -> bool:
-    """True for arrays that live on a CUDA device (DLPack device type 2: kDLCUDA)."""
-    if isinstance(image, np.ndarray) or not hasattr(image, "__dlpack_device__"):
-        return False
-    return int(image.__dlpack_device__()[0]) == 2
-
-
-class _CudaSharedMemorySlot(_RegionSlot):
-    """One CUDA input region and one CUDA output region on ``device_id``, registered with
-    the server and reused; the CUDA counterpart of :class:`_SharedMemorySlot`.
-
-    ``write`` fills the input region from a numpy array (one host-to-device copy) or a
-    CUDA array through DLPack (one device-to-device copy, no host memory); ``read``
-    copies one output out of the region, to the host or (``on_device``) into a new CuPy
-    array on the device.
-    """
-
-    def __init__(self, protocol: _Protocol, tag: str, device_id: int):
-        super().__init__(protocol, tag)
-        self.device_id = device_id
-
-    def _create(self, name: str, size: int) -> Any:
-        cudashm = _cuda_shm()
-        handle = cudashm.create_shared_memory_region(name, size, self.device_id)
-        try:
-            self._protocol.client.register_cuda_shared_memory(
-                name, cudashm.get_raw_handle(handle), self.device_id, size
-            )
-        except BaseException:
-            cudashm.destroy_shared_memory_region(handle)
-            raise
-        return handle
-
-    def _unregister(self, name: str) -> None:
-        self._protocol.client.unregister_cuda_shared_memory(name)
-
-    def _destroy(self, handle: Any) -> None:
-        _cuda_shm().destroy_shared_memory_region(handle)
-
-    def write(self, image: Any) -> None:
-        """Copy a C-contiguous (H, W, 3) uint8 image (numpy or CUDA array) into "input"."""
-        cudashm = _cuda_shm()
-        if _is_device_array(image):
-            cudashm.set_shared_memory_region_from_dlpack(self.handle("input"), [image])
-        else:
-            cudashm.set_shared_memory_region(self.handle("input"), [image])
-
-    def read(
-        self, offset: int, dtype: np.dtype, shape: tuple[int, ...], on_device: bool = False
-    ) -> Any:
-        """Copy ``shape`` ``dtype`` values at byte ``offset`` of "output" out of the region.
-
-        Returns numpy (one device-to-host copy; CuPy when importable, else tritonclient's
-        whole-region read) or, with ``on_device``, a CuPy array (device-to-device copy).
-        """
-        cudashm = _cuda_shm()
-        handle = self.handle("output")
-        dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        try:
-            import cupy
-        except ImportError:
-            if on_device:
-                raise ClientError("device outputs need CuPy: pip install cupy-cuda12x") from None
-            whole = cudashm.get_contents_as_numpy(handle, np.uint8, [self.regions["output"][2]])
-            return whole[offset : offset + nbytes].view(dtype).reshape(shape).copy()
-        size = self.regions["output"][2]
-        with cupy.cuda.Device(self.device_id):
-            region = cupy.from_dlpack(cudashm.as_shared_memory_tensor(handle, "UINT8", [size]))
-            view = region[offset : offset + nbytes].view(dtype).reshape(shape)
-            return view.copy() if on_device else cupy.asnumpy(view)
 
 
 class FrameClient:
@@ -420,8 +334,14 @@ class FrameClient:
             works), ``system`` (required), ``cuda`` (CUDA shared memory on ``cuda_device``,
             required; frames may then be CUDA arrays: CuPy, torch, any DLPack producer) or
             ``none``.
-        timeout: connection/network timeout in seconds (HTTP).
-        cuda_device: the GPU of the CUDA shared memory regions (``shared_memory="cuda"``).
+        timeout: seconds a request may take (gRPC: its deadline; HTTP: the network
+            timeout), and how long :meth:`close` waits for requests still in flight before it
+            releases their shared memory (a region is never unregistered while a request
+            that uses it may be in the server).
+        cuda_device: the GPU of the CUDA shared memory regions (``shared_memory="cuda"``),
+            numbered as this process sees it.
+        server_cuda_device: the same GPU as the server numbers it (default: ``cuda_device``);
+            a server started with ``tddfa serve --gpus N`` sees its one GPU as 0.
         rendered_on_device: with ``shared_memory="cuda"``, return RENDERED as a CuPy array
             on ``cuda_device`` (copied device to device out of the region) instead of numpy.
         parameters: request parameters sent with every frame, e.g.
@@ -439,6 +359,7 @@ class FrameClient:
         timeout: float = 600.0,
         cuda_device: int = 0,
         rendered_on_device: bool = False,
+        server_cuda_device: int | None = None,
         parameters: Mapping[str, Any] | None = None,
     ):
         if shared_memory not in SHARED_MEMORY:
@@ -450,15 +371,17 @@ class FrameClient:
         self.url = normalize_url(url, protocol)
         self.model = model
         self.in_flight = in_flight
+        self.timeout = timeout
         self.outputs = tuple(dict.fromkeys(("FACE_COUNT", *outputs)))
         self.parameters = dict(parameters or {})
         try:
             self._protocol = _Protocol(protocol, self.url, in_flight, timeout)
         except Exception as exc:
             raise translate_error(exc) from exc
-        self._slots: list[_SharedMemorySlot | _CudaSharedMemorySlot] = []
+        self._slots: list[SharedMemorySlot | CudaSharedMemorySlot] = []
         self._cuda = shared_memory == "cuda"
         self.cuda_device = cuda_device
+        self.server_cuda_device = server_cuda_device
         self.rendered_on_device = rendered_on_device
         try:
             self._read_model()
@@ -504,7 +427,7 @@ class FrameClient:
         self.specs = specs
 
     def served_models(self) -> dict[str, str]:
-        """{"regressor": mb05|mb1, "bfm": exact|approximate} from landmark_to_vertex's config."""
+        """{"regressor": mb05|mb1, "bfm": exact|approximate} from face_aligner's config."""
         return served_models_from(self._protocol)
 
     # -- shared memory ----------------------------------------------------------------
@@ -526,7 +449,7 @@ class FrameClient:
             return False
         tag = f"tddfa_client_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self._slots = [
-            _SharedMemorySlot(self._protocol, f"{tag}_{i}") for i in range(self.in_flight)
+            SharedMemorySlot(self._protocol, f"{tag}_{i}") for i in range(self.in_flight)
         ]
         if mode == "auto":  # probe once: a server in a container may not see our /dev/shm
             try:
@@ -543,10 +466,12 @@ class FrameClient:
                 f"CUDA shared memory needs the server on this host, got {self.url}; use "
                 "shared_memory='none' for a remote server"
             )
-        _cuda_shm()
+        cuda_shm()
         tag = f"tddfa_client_cuda_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self._slots = [
-            _CudaSharedMemorySlot(self._protocol, f"{tag}_{i}", self.cuda_device)
+            CudaSharedMemorySlot(
+                self._protocol, f"{tag}_{i}", self.cuda_device, self.server_cuda_device
+            )
             for i in range(self.in_flight)
         ]
         try:  # fail now, with the server's reason, not on the first frame
@@ -561,10 +486,11 @@ class FrameClient:
         return True
 
     def close_shared_memory(self) -> None:
-        """Unregister and destroy every shared memory region (they are recreated on demand)."""
+        """Unregister and destroy every shared memory region once the requests that use
+        them have ended (up to ``timeout`` s each); regions are recreated on demand."""
         slots, self._slots = self._slots, []
         for slot in slots:
-            slot.close()
+            slot.close(wait=self.timeout)
 
     @property
     def uses_shared_memory(self) -> bool:
@@ -586,7 +512,7 @@ class FrameClient:
                 f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {tuple(image.shape)}"
             )
         module = self._protocol.module
-        if _is_device_array(image):
+        if is_device_array(image):
             if not (self._use_shm and self._cuda):
                 raise ValueError(
                     "the image is a CUDA array: pass shared_memory='cuda' to send it from the "
@@ -604,13 +530,13 @@ class FrameClient:
             tensor.set_data_from_numpy(image.reshape(*batch, *image.shape))
             return [tensor], outputs, placement
         region = self._slots[slot]
+        if not region.wait_idle(self.timeout):
+            raise ServerUnavailable(
+                f"a request sent {self.timeout:.0f} s ago through shared memory slot {slot} "
+                "has not come back: the server holds a stuck request"
+            )
         in_name = region.ensure("input", nbytes)
-        if isinstance(region, _CudaSharedMemorySlot):
-            region.write(image)
-        else:
-            import tritonclient.utils.shared_memory as shm
-
-            shm.set_shared_memory_region(region.handle("input"), [image])
+        region.write(image)  # complete on return: the caller may reuse the image's memory
         tensor.set_shared_memory(in_name, nbytes)
         sizes = {n: self.specs[n].byte_size(shape) for n in self.outputs}
         if self.parameters.get(RENDER_MODE_PARAMETER) == UV_MODE and "RENDERED" in sizes:
@@ -633,20 +559,14 @@ class FrameClient:
         arrays = {}
         region = self._slots[slot] if placement else None
         for name in self.outputs:
-            if name in placement and isinstance(region, _CudaSharedMemorySlot):
+            if name in placement:  # a copy: the region is reused by the next frame
                 dtype = triton_to_np_dtype(self.specs[name].datatype)
                 shape = self._protocol.output_shape(result, name)
-                on_device = self.rendered_on_device and name == "RENDERED"
-                array = region.read(placement[name], dtype, shape, on_device=on_device)
-            elif name in placement:
-                import tritonclient.utils.shared_memory as shm
-
-                dtype = triton_to_np_dtype(self.specs[name].datatype)
-                shape = self._protocol.output_shape(result, name)
-                view = shm.get_contents_as_numpy(
-                    self._slots[slot].handle("output"), dtype, shape, offset=placement[name]
-                )
-                array = np.array(view, copy=True)  # the region is reused by the next frame
+                if isinstance(region, CudaSharedMemorySlot):
+                    on_device = self.rendered_on_device and name == "RENDERED"
+                    array = region.read(placement[name], dtype, shape, on_device=on_device)
+                else:
+                    array = region.read(placement[name], dtype, shape)
             else:
                 array = result.as_numpy(name)
             if array is None:
@@ -662,35 +582,75 @@ class FrameClient:
         raise AssertionError("unreachable")
 
     def infer_stream(
-        self, items: Iterable[tuple[Key, np.ndarray]], in_flight: int | None = None
+        self,
+        items: Iterable[tuple[Key, Any]],
+        in_flight: int | None = None,
+        sequence_id: int | None = None,
+        sequence_parameters: dict | None = None,
     ) -> Iterator[tuple[Key, FrameResult]]:
         """Send (key, image) pairs with up to ``in_flight`` requests pending; yield
-        (key, FrameResult) in input order. The first failed request raises."""
+        (key, FrameResult) in input order. The first failed request raises.
+
+        Each image is copied into its request (its shared memory slot, or the request body)
+        before the next item is pulled from ``items``: a producer may reuse the image's
+        memory for its next item (NVDEC surfaces are reused that way).
+
+        With ``sequence_id`` the frames form one Triton sequence (first frame START, last
+        frame END; ``sequence_parameters`` go with every frame): send them to the sequence
+        ensemble. gRPC keeps them in order on one stream; HTTP sends one at a time. A
+        sequence frame is copied, then sent once the next item shows whether it was the
+        last (the copy comes first, so the look-ahead never reads a reused buffer)."""
         limit = min(in_flight or self.in_flight, self.in_flight)
+        if sequence_id is not None and self._protocol.name == "http":
+            limit = 1  # separate HTTP connections could reorder a sequence's frames
         pending: deque[tuple[Key, int, dict, concurrent.futures.Future]] = deque()
-        sent = 0
+        prepared = 0  # frames copied into their requests
+        sent = 0  # frames submitted
+        held: tuple | None = None  # a copied sequence frame waiting to learn if it is the last
+
+        def submit(frame: tuple, last: bool) -> None:
+            nonlocal sent
+            key, slot, inputs, outputs, placement = frame
+            sequence = None
+            if sequence_id is not None:
+                merged = {**self.parameters, **(sequence_parameters or {})} or None
+                sequence = SequenceFrame(sequence_id, sent == 0, last, merged)
+            try:
+                future = self._protocol.submit(
+                    self.model, inputs, outputs, sequence, self.parameters or None
+                )
+            except Exception as exc:
+                raise translate_error(exc) from exc
+            if self._use_shm:
+                self._slots[slot].in_flight = future
+            pending.append((key, slot, placement, future))
+            sent += 1
+
         try:
             for key, image in items:
+                if held is not None:
+                    submit(held, last=False)
+                    held = None
                 if len(pending) >= limit:
                     yield self._finish(*pending.popleft())
-                slot = sent % limit
-                inputs, outputs, placement = self._request(image, slot)
-                try:
-                    future = self._protocol.submit(
-                        self.model, inputs, outputs, self.parameters or None
-                    )
-                except Exception as exc:
-                    raise translate_error(exc) from exc
-                pending.append((key, slot, placement, future))
-                sent += 1
+                slot = prepared % limit
+                frame = (key, slot, *self._request(image, slot))
+                prepared += 1
+                if sequence_id is None:
+                    submit(frame, last=False)
+                else:
+                    held = frame
+            if held is not None:
+                submit(held, last=True)
+                held = None
             while pending:
                 yield self._finish(*pending.popleft())
         finally:
-            for *_, future in pending:  # on error/early exit: let outstanding requests end
-                try:
-                    future.result()
-                except Exception:  # noqa: BLE001  (already failing; only draining here)
-                    LOG.debug("dropping the result of an abandoned request", exc_info=True)
+            # on error/early exit: let outstanding requests end (bounded: `timeout`); a slot
+            # whose request is still pending stays marked busy, so close() waits for it
+            for _, slot, _, future in pending:
+                if request_ended(future, self.timeout) and self._use_shm:
+                    self._slots[slot].in_flight = None
 
     def _finish(
         self, key: Key, slot: int, placement: dict, future: concurrent.futures.Future
@@ -698,8 +658,36 @@ class FrameClient:
         try:
             result = future.result()
         except Exception as exc:
+            if self._use_shm:
+                self._slots[slot].in_flight = None  # the request has ended (with an error)
             raise translate_error(exc) from exc
-        return key, self._collect(result, slot, placement)
+        try:
+            return key, self._collect(result, slot, placement)
+        finally:
+            if self._use_shm:
+                self._slots[slot].in_flight = None
+
+    def submit(self, image: Any, slot: int = 0) -> tuple[int, dict, concurrent.futures.Future]:
+        """Start one request in in-flight slot ``slot`` (0 <= slot < in_flight; the slot's
+        previous request must have been collected); finish it with :meth:`collect`. For
+        callers that schedule requests themselves (tddfa_clients.replicas)."""
+        if not 0 <= slot < self.in_flight:
+            raise ValueError(f"slot must be in [0, {self.in_flight}), got {slot}")
+        inputs, outputs, placement = self._request(image, slot)
+        try:
+            future = self._protocol.submit(
+                self.model, inputs, outputs, parameters=self.parameters or None
+            )
+        except Exception as exc:
+            raise translate_error(exc) from exc
+        if self._use_shm:
+            self._slots[slot].in_flight = future  # close() waits for it
+        return slot, placement, future
+
+    def collect(self, pending: tuple[int, dict, concurrent.futures.Future]) -> FrameResult:
+        """Wait for a request started by :meth:`submit`; raises a ClientError on failure."""
+        slot, placement, future = pending
+        return self._finish(None, slot, placement, future)[1]
 
     # -- lifetime ---------------------------------------------------------------------
 
@@ -717,7 +705,7 @@ class FrameClient:
         self.close()
 
 
-def served_models_from(protocol: _Protocol, model: str = "landmark_to_vertex") -> dict[str, str]:
+def served_models_from(protocol: _Protocol, model: str = "face_aligner") -> dict[str, str]:
     """Read the ``regressor`` and ``bfm`` parameters of ``model``'s config ("unknown" if unset)."""
     try:
         config = protocol.model_config(model)
@@ -740,5 +728,38 @@ def served_models(url: str = "localhost", protocol: str = "http") -> dict[str, s
     client = _Protocol(protocol, normalize_url(url, protocol), 1, 60.0)
     try:
         return served_models_from(client)
+    finally:
+        client.close()
+
+
+def served_on_gpu_from(protocol: _Protocol, model: str = "tddfa") -> bool:
+    """True when every step that reads the ensemble's IMAGE has GPU instances only
+    (KIND_GPU): CUDA shared memory then hands the frame to them without a host copy. A
+    model that is not an ensemble is judged by its own instance groups."""
+    config = protocol.model_config(model)
+    steps = (config.get("ensemble_scheduling") or {}).get("step") or []
+    if steps:
+        readers = [
+            step["model_name"] for step in steps if INPUT in (step.get("input_map") or {}).values()
+        ]
+        configs = [protocol.model_config(name) for name in readers]
+    else:
+        configs = [config]
+    groups = [group for c in configs for group in (c.get("instance_group") or [])]
+    return bool(groups) and all(group.get("kind") == "KIND_GPU" for group in groups)
+
+
+def served_on_gpu(url: str = "localhost", protocol: str = "http", model: str = "tddfa") -> bool:
+    """:func:`served_on_gpu_from` for the server at ``url``; False when it cannot tell."""
+    try:
+        client = _Protocol(protocol, normalize_url(url, protocol), 1, 60.0)
+    except Exception as exc:  # noqa: BLE001  (the caller falls back to host transport)
+        LOG.debug("cannot ask %s for its instance groups: %s", url, exc)
+        return False
+    try:
+        return served_on_gpu_from(client, model)
+    except Exception as exc:  # noqa: BLE001
+        LOG.debug("cannot read the instance groups of %s at %s: %s", model, url, exc)
+        return False
     finally:
         client.close()

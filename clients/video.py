@@ -1,9 +1,16 @@
 """``tddfa video IN OUT``: render every frame of a video through the server.
 
-Decode (NVDEC or PyAV) -> the ensemble, several frames in flight -> encode (NVENC or
+Decode (NVDEC or the CPU) -> the ensemble, several frames in flight -> encode (NVENC or
 libx264) with the input's timestamps, audio copied. The output (and the ``--json``
 JSON Lines file) is written under a temporary name and renamed when complete, so an
 error or Ctrl-C leaves no half-written file.
+
+Transport: with NVDEC and a local server whose models run on the GPU, frames never visit
+the host: each decoded frame is copied device to device into its CUDA shared memory slot
+(before the decoder is asked for the next one: it reuses its surfaces), the ensemble reads
+it there, RENDERED comes back through CUDA shared memory and goes to NVENC on the device
+(or, on GPUs without NVENC, to the host and libx264, said once). Otherwise frames go
+through system shared memory (local server) or the request body.
 """
 
 from __future__ import annotations
@@ -15,12 +22,12 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 from tqdm import tqdm
 
-from tddfa.contract import RENDER_MODE_PARAMETER, UV_MODE
+from tddfa.contract import DEFAULT_OUTPUTS, SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE, UV_MODE
 from tddfa_clients.image import (
     ImageError,
     add_render_argument,
@@ -28,19 +35,31 @@ from tddfa_clients.image import (
     faces_json,
     render_parameters,
 )
-from tddfa_clients.triton_client import ClientError, FrameClient
+from tddfa_clients.replicas import open_frame_client
+from tddfa_clients.shared_memory import cuda_shm
+from tddfa_clients.triton_client import (
+    SHARED_MEMORY,
+    ClientError,
+    FrameClient,
+    is_local,
+    new_sequence_id,
+    normalize_url,
+    served_on_gpu,
+)
 from tddfa_clients.video_io import (
     DECODERS,
     ENCODERS,
     Decoder,
     VideoError,
     atomic_output,
+    nvidia_codec_available,
     open_decoder,
     open_encoder,
     probe,
 )
 
 LOG = logging.getLogger(__name__)
+MODES = ("track", "detect")
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 
@@ -51,6 +70,7 @@ class VideoStats:
     seconds: float
     decoder: str
     encoder: str
+    transport: str = "none"  # shared memory: cuda, system or none
 
     @property
     def fps(self) -> float:
@@ -58,13 +78,33 @@ class VideoStats:
 
 
 def host_frames(decoder: Decoder) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
-    """((index, pts), host RGB image) for each frame: the CPU transport path.
-
-    The CUDA path (NVDEC frames written straight into CUDA shared memory) belongs
-    beside this function and is chosen by the client when the server is local on a GPU.
-    """
+    """((index, pts), host RGB image) for each frame: the host transport path (an NVDEC
+    frame is copied to the host here, before the decoder reuses its surface)."""
     for frame in decoder:
         yield (frame.index, frame.pts), frame.host_image()
+
+
+def device_frames(decoder: Decoder) -> Iterator[tuple[tuple[int, int], Any]]:
+    """((index, pts), image) with NVDEC frames left on the GPU: CuPy views of surfaces
+    the decoder reuses, valid until the next frame is pulled. Only for a FrameClient in
+    CUDA shared memory mode, whose ``infer_stream`` copies each frame into its slot before
+    pulling the next."""
+    for frame in decoder:
+        yield (frame.index, frame.pts), frame.image
+
+
+def frames_for(client: FrameClient, decoder: Decoder) -> Iterator[tuple[tuple[int, int], Any]]:
+    """Device frames when both the decoder and the client's transport are on the GPU,
+    else host frames."""
+    if decoder.on_device and transport_of(client) == "cuda":
+        return device_frames(decoder)
+    return host_frames(decoder)
+
+
+def transport_of(client: Any) -> str:
+    """``cuda``, ``system`` or ``none``; a client over several replicas is always "none"
+    (shared memory needs one local server)."""
+    return getattr(client, "shared_memory_kind", "none")
 
 
 def process_video(
@@ -76,21 +116,33 @@ def process_video(
     encoder: str = "auto",
     progress: bool = True,
     description: str | None = None,
+    gpu_id: int = 0,
+    smoothing: bool | None = None,
 ) -> VideoStats:
-    """Render ``source`` into ``output``; raises VideoError/ClientError on failure."""
-    if client.parameters.get(RENDER_MODE_PARAMETER) == UV_MODE:
-        raise VideoError(
-            f"{source}: render mode {UV_MODE} returns each face's UV map, not the frame: "
-            "use `tddfa image --render uv` on single frames"
-        )
+    """Render ``source`` into ``output``; raises VideoError/ClientError on failure.
+
+    ``gpu_id``: the GPU of NVDEC and NVENC (with a CUDA shared memory client: its
+    ``cuda_device``, so frames are copied within one GPU). A client of the sequence
+    ensemble (:func:`model_for` ``("track")``) sends the video as one Triton sequence, with
+    ``smoothing`` as the sequence's choice (None: the server's default); a client of
+    ``tddfa`` sends independent frames.
+    """
     info = probe(source)
+    if transport_of(client) == "cuda":
+        gpu_id = client.cuda_device
+    audio = source if info.has_audio else None
     start = time.perf_counter()
     with atomic_output(output) as temp_video, _json_lines(json_path) as lines:
         with (
-            open_decoder(source, decoder) as dec,
-            open_encoder(temp_video, info, encoder, source if info.has_audio else None) as enc,
+            open_decoder(source, decoder, gpu_id=gpu_id) as dec,
+            open_encoder(temp_video, info, encoder, audio, gpu_id=gpu_id) as enc,
         ):
-            LOG.debug("decoder: %s, encoder: %s", dec.name, enc.name)
+            LOG.debug(
+                "decoder: %s, transport: %s shared memory, encoder: %s",
+                dec.name,
+                transport_of(client),
+                enc.name,
+            )
             bar = tqdm(
                 total=info.frame_count or None,
                 unit="frame",
@@ -99,7 +151,13 @@ def process_video(
                 leave=False,
             )
             with bar:
-                for (index, pts), result in client.infer_stream(host_frames(dec)):
+                sequence = {}
+                if client.model == SEQUENCE_ENSEMBLE:
+                    sequence["sequence_id"] = new_sequence_id()
+                    if smoothing is not None:
+                        sequence["sequence_parameters"] = {"smoothing": smoothing}
+                frames = frames_for(client, dec)
+                for (index, pts), result in client.infer_stream(frames, **sequence):
                     enc.write(result.rendered, pts)
                     if lines is not None:
                         record = {
@@ -111,7 +169,7 @@ def process_video(
                         lines.write(json.dumps(record) + "\n")
                     bar.update(1)
             frames = enc.frames_written
-            names = (dec.name, enc.name)
+            names = (dec.name, enc.name, transport_of(client))
     if info.frame_count and frames != info.frame_count:
         LOG.warning("%s: header says %d frames, decoded %d", source, info.frame_count, frames)
     return VideoStats(frames, time.perf_counter() - start, *names)
@@ -151,43 +209,158 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", type=Path, help="rendered video (.mp4, .mov or .mkv)")
     add_server_arguments(parser)
     parser.add_argument("--json", type=Path, help="per-frame results as JSON Lines")
-    add_render_argument(parser)
     parser.add_argument(
         "--in-flight", type=int, default=4, metavar="N", help="requests in flight (default 4)"
     )
     parser.add_argument(
-        "--no-shm", action="store_true", help="never use shared memory, even on localhost"
+        "--shared-memory",
+        choices=SHARED_MEMORY,
+        default="auto",
+        help="how frames reach a local server: cuda (NVDEC frames copied device to device "
+        "into CUDA shared memory, RENDERED back the same way), system, none (request body); "
+        "auto (default): cuda when the decoder is NVDEC, the server local and its models on "
+        "the GPU, else system when local, else none",
+    )
+    parser.add_argument("--no-shm", action="store_true", help="same as --shared-memory none")
+    parser.add_argument(
+        "--gpu",
+        type=int,
+        default=0,
+        metavar="N",
+        help="GPU of NVDEC, NVENC and the CUDA shared memory (default 0; numbered as this "
+        "process sees it: for a server started with --gpus N, run with CUDA_VISIBLE_DEVICES=N)",
     )
     parser.add_argument("--decoder", choices=DECODERS, default="auto", help="default: auto")
     parser.add_argument("--encoder", choices=ENCODERS, default="auto", help="default: auto")
+    add_mode_arguments(parser)
+    add_render_argument(parser)
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def model_for(mode: str) -> str:
+    """The ensemble a video mode talks to: ``track`` -> tddfa_track, ``detect`` -> tddfa."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return SEQUENCE_ENSEMBLE if mode == "track" else STATELESS_ENSEMBLE
+
+
+def outputs_for(mode: str, json_wanted: bool) -> tuple[str, ...]:
+    """What a video asks for: the rendered frame, plus the JSON fields when wanted."""
+    if not json_wanted:
+        return ("RENDERED", "FACE_COUNT")
+    names = DEFAULT_OUTPUTS + (("TRACK_IDS",) if mode == "track" else ())
+    return names
+
+
+def add_mode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="track",
+        help="track (default): the video is one sequence; faces are tracked from frame to "
+        "frame (detector only when needed), keep a track_id and are smoothed. detect: every "
+        "frame is detected anew, as a still image",
+    )
+    parser.add_argument(
+        "--no-smoothing",
+        dest="smoothing",
+        action="store_const",
+        const=False,
+        default=None,
+        help="--mode track without temporal smoothing",
+    )
+
+
+def choose_transport(
+    shared_memory: str, decoder: str, url: str, protocol: str, model: str = "tddfa"
+) -> str:
+    """``--shared-memory auto`` resolved: "cuda" when frames can stay on the GPU end to end
+    (NVDEC decodes, the server is on this host and the steps that read the frame run on the
+    GPU, tritonclient's CUDA shared memory imports), else "auto" (system shared memory when
+    local). An explicit choice is returned as given."""
+    if shared_memory != "auto":
+        return shared_memory
+    nvdec = decoder == "nvdec" or (decoder == "auto" and nvidia_codec_available())
+    if not nvdec or not is_local(normalize_url(url, protocol)):
+        return "auto"
+    if not served_on_gpu(url, protocol, model):
+        LOG.debug("the server's models are not on the GPU: frames go through the host")
+        return "auto"
     try:
-        with FrameClient(
+        cuda_shm()
+    except ClientError as exc:
+        LOG.warning("NVDEC frames go through the host: %s", exc)
+        return "auto"
+    return "cuda"
+
+
+def open_client(args: argparse.Namespace, outputs: tuple[str, ...]) -> FrameClient:
+    """The FrameClient of ``tddfa video``; CUDA shared memory chosen automatically falls
+    back to the host transport (with the reason) when the server refuses it."""
+    transport = "none" if args.no_shm else args.shared_memory
+    transport = choose_transport(
+        transport, args.decoder, args.url, args.protocol, model_for(args.mode)
+    )
+
+    def client(mode: str) -> FrameClient:
+        # a name behind which several servers answer (headless Service): frames go to all
+        return open_frame_client(
             args.url,
             args.protocol,
-            outputs=("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS")
-            if args.json
-            else ("RENDERED", "FACE_COUNT"),
+            model=model_for(args.mode),
+            outputs=outputs,
             in_flight=args.in_flight,
-            shared_memory="none" if args.no_shm else "auto",
+            shared_memory=mode,
+            cuda_device=args.gpu,
+            rendered_on_device=mode == "cuda",
             parameters=render_parameters(args.render),
-        ) as client:
+        )
+
+    if transport == "cuda" and args.shared_memory == "auto" and not args.no_shm:
+        try:
+            return client("cuda")
+        except ClientError as exc:
+            LOG.warning("CUDA shared memory refused (%s): frames go through the host", exc)
+            return client("auto")
+    return client(transport)
+
+
+def uv_refusal(source: Path) -> str:
+    """Why a video cannot be rendered in the uv mode, and what to do instead."""
+    return (
+        f"{source}: render mode {UV_MODE} returns each face's UV map, not the frame: use "
+        "`tddfa image --render uv` on single frames"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.render == UV_MODE:
+        LOG.error("%s", uv_refusal(args.input))
+        return 1
+    outputs = outputs_for(args.mode, args.json is not None)
+    try:
+        with open_client(args, outputs) as client:
             stats = process_video(
-                client, args.input, args.output, args.json, args.decoder, args.encoder
+                client,
+                args.input,
+                args.output,
+                args.json,
+                args.decoder,
+                args.encoder,
+                gpu_id=args.gpu,
+                smoothing=args.smoothing,
             )
-    except (VideoError, ImageError, ClientError, OSError) as exc:
+    except (VideoError, ImageError, ClientError, OSError, RuntimeError) as exc:
         LOG.error("%s", exc)
         return 1
     LOG.info(
-        "%s: %d frames in %.1f s (%.1f frames/s; %s -> %s) -> %s",
+        "%s: %d frames in %.1f s (%.1f frames/s; %s -> %s shared memory -> %s) -> %s",
         args.input,
         stats.frames,
         stats.seconds,
         stats.fps,
         stats.decoder,
+        stats.transport,
         stats.encoder,
         args.output,
     )

@@ -1,20 +1,20 @@
-"""Video decode and encode for the clients: PyAV on the CPU, PyNvVideoCodec on NVIDIA GPUs.
+"""Video decode and encode for the clients: the interface, and which implementation runs.
 
 Decoders yield :class:`Frame` objects (an RGB image plus its presentation timestamp);
 encoders take the rendered images back with the same timestamps, so the output keeps the
-input's frame count, frame rate and timing. The audio stream of the input is copied
-packet by packet (no re-encoding) and interleaved with the video as it is written.
+input's frame count, frame rate and timing. The implementations live beside this module:
 
-Choosing an implementation (``open_decoder`` / ``open_encoder``):
+* ``video_pyav``: FFmpeg through PyAV on the CPU (decode, libx264 encode, muxing, the audio
+  stream copied packet by packet);
+* ``video_nvidia``: NVDEC/NVENC through PyNvVideoCodec; decoded frames stay on the GPU;
+* ``video_opencv``: OpenCV's FFmpeg, for machines without PyAV (the GPU machines here):
+  probe, decode and an MPEG-4 encoder, constant frame rate and no audio, said once.
 
-* decoder ``auto``: NVDEC through PyNvVideoCodec when it imports and a GPU is usable,
-  else PyAV (FFmpeg, CPU).
-* encoder ``auto``: NVENC through PyNvVideoCodec when an encoder can be created (the
-  only reliable test: H100, H200 and A100 have no NVENC), else PyAV/libx264 with one
-  notice in the log.
+Choosing (``open_decoder`` / ``open_encoder``):
 
-The NVIDIA classes keep their GPU specifics (device arrays, NVENC bitstreams) inside
-this module; the rest of the client sees the same interface for both.
+* decoder ``auto``: NVDEC when PyNvVideoCodec imports and a GPU is usable, else the CPU;
+* encoder ``auto``: NVENC when an encoder can be created (the only reliable test: H100,
+  H200 and A100 have no NVENC) and PyAV can mux it, else the CPU with one notice.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import secrets
@@ -30,13 +31,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 
 LOG = logging.getLogger(__name__)
 
 DECODERS = ("auto", "nvdec", "cpu")
 ENCODERS = ("auto", "nvenc", "cpu")
+NO_PYAV_HINT = "install PyAV (pip install av) for audio and exact timestamps"
 
 
 class VideoError(RuntimeError):
@@ -60,8 +61,9 @@ class VideoInfo:
 class Frame:
     """One decoded frame.
 
-    image: (H, W, 3) uint8 RGB; a numpy array (CPU decoders) or a device array that
-    supports DLPack (NVDEC). ``host_image()`` gives numpy in both cases.
+    image: (H, W, 3) uint8 RGB; a numpy array (CPU decoders) or a CuPy array on the GPU
+    (NVDEC; valid until the decoder's next frame: the decoder reuses its surfaces).
+    ``host_image()`` gives numpy in both cases.
     pts: presentation timestamp in ``VideoInfo.time_base`` units.
     """
 
@@ -71,39 +73,40 @@ class Frame:
 
     def host_image(self) -> np.ndarray:
         """The image as a C-contiguous numpy (H, W, 3) uint8 array."""
-        if isinstance(self.image, np.ndarray):
-            return np.ascontiguousarray(self.image)
-        import cupy  # only device arrays reach this line, so CuPy is there
+        return host_array(self.image)
 
-        return cupy.asnumpy(cupy.from_dlpack(self.image))
+
+def host_array(image: Any) -> np.ndarray:
+    """numpy for a numpy or any CUDA image (CuPy, or a DLPack producer): a device-to-host
+    copy for the latter."""
+    if isinstance(image, np.ndarray):
+        return np.ascontiguousarray(image)
+    import cupy  # only device arrays reach this line, so CuPy is there
+
+    if not isinstance(image, cupy.ndarray):
+        image = cupy.from_dlpack(image)
+    return cupy.asnumpy(image)
+
+
+def have_pyav() -> bool:
+    return importlib.util.find_spec("av") is not None
 
 
 def probe(path: str | Path) -> VideoInfo:
-    """Read the video stream's geometry and timing; raises VideoError on a bad file."""
-    try:
-        with av.open(str(path)) as container:
-            return _info(container)
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise VideoError(f"{path}: cannot open as a video ({_reason(exc)})") from exc
+    """Read the video stream's geometry and timing; raises VideoError on a bad file.
 
+    PyAV when installed; else OpenCV (frame rate and count from the header, pts = frame
+    index, no audio); else VideoError naming the fix.
+    """
+    if have_pyav():
+        from tddfa_clients.video_pyav import probe_pyav
 
-def _info(container: av.container.InputContainer) -> VideoInfo:
-    if not container.streams.video:
-        raise VideoError(f"{container.name}: no video stream")
-    stream = container.streams.video[0]
-    ctx = stream.codec_context
-    if not ctx.width or not ctx.height:
-        raise VideoError(f"{container.name}: video stream has no frame size (unsupported codec?)")
-    rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-    return VideoInfo(
-        width=ctx.width,
-        height=ctx.height,
-        frame_count=int(stream.frames or 0),
-        average_rate=Fraction(rate),
-        time_base=Fraction(stream.time_base),
-        codec=ctx.name,
-        has_audio=bool(container.streams.audio),
-    )
+        return probe_pyav(path)
+    if importlib.util.find_spec("cv2") is not None:
+        from tddfa_clients.video_opencv import probe_opencv
+
+        return probe_opencv(path)
+    raise VideoError(f"{path}: no video library to read it: {NO_PYAV_HINT}")
 
 
 @contextlib.contextmanager
@@ -128,7 +131,7 @@ def is_temporary(path: str | Path) -> bool:
     return name.startswith(".") and ".part" in name
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """One line describing ``exc`` without repeating the file name."""
     strerror = getattr(exc, "strerror", None)  # OSError and av.FFmpegError
     if strerror:
@@ -138,17 +141,18 @@ def _reason(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Decoders
+# Interfaces
 
 
 class Decoder(abc.ABC):
     """Iterate over the frames of a video file in presentation order."""
 
     name = "decoder"
+    on_device = False  # True: Frame.image is a CuPy array on the GPU
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, info: VideoInfo | None = None):
         self.path = Path(path)
-        self.info = probe(self.path)
+        self.info = info or probe(self.path)
 
     @abc.abstractmethod
     def __iter__(self) -> Iterator[Frame]: ...
@@ -164,158 +168,33 @@ class Decoder(abc.ABC):
         self.close()
 
 
-class PyAVDecoder(Decoder):
-    """FFmpeg software decoding through PyAV; frames are numpy RGB."""
-
-    name = "cpu (PyAV)"
-
-    def __init__(self, path: str | Path, threads: int = 0):
-        super().__init__(path)
-        self._container = av.open(str(self.path))
-        stream = self._container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if threads:
-            stream.codec_context.thread_count = threads
-
-    def __iter__(self) -> Iterator[Frame]:
-        index = 0
-        try:
-            for frame in self._container.decode(video=0):
-                yield Frame(frame.to_ndarray(format="rgb24"), int(frame.pts or 0), index)
-                index += 1
-        except av.FFmpegError as exc:
-            raise VideoError(
-                f"{self.path}: decoding failed at frame {index}: {_reason(exc)}"
-            ) from exc
-        if index == 0:
-            raise VideoError(f"{self.path}: the video stream holds no decodable frame")
-
-    def close(self) -> None:
-        self._container.close()
-
-
-class NvDecoder(Decoder):
-    """NVDEC decoding through PyNvVideoCodec; frames stay on the GPU (DLPack, RGB).
-
-    Timestamps come from demuxing the container with PyAV (cheap, no decoding): the
-    sorted packet pts are the frames' presentation times.
-    """
-
-    name = "nvdec (PyNvVideoCodec)"
-
-    def __init__(self, path: str | Path, gpu_id: int = 0):
-        super().__init__(path)
-        import PyNvVideoCodec as nvc
-
-        self._decoder = nvc.SimpleDecoder(
-            str(self.path),
-            gpu_id=gpu_id,
-            use_device_memory=True,
-            output_color_type=nvc.OutputColorType.RGB,
-        )
-        self._pts = _packet_pts(self.path)
-
-    def __iter__(self) -> Iterator[Frame]:
-        for index, frame in enumerate(self._decoder):
-            pts = self._pts[index] if index < len(self._pts) else index
-            yield Frame(frame, int(pts), index)
-
-    def close(self) -> None:
-        self._decoder = None
-
-
-def _packet_pts(path: Path) -> list[int]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return sorted(p.pts for p in container.demux(stream) if p.pts is not None)
-
-
-def nvidia_codec_available() -> bool:
-    """True when PyNvVideoCodec imports (a GPU may still be missing)."""
-    try:
-        import PyNvVideoCodec  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def open_decoder(path: str | Path, kind: str = "auto") -> Decoder:
-    """A decoder for ``path``: ``nvdec``, ``cpu`` or ``auto`` (NVDEC when usable)."""
-    if kind not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {kind!r}")
-    if kind == "cpu" or (kind == "auto" and not nvidia_codec_available()):
-        return PyAVDecoder(path)
-    try:
-        return NvDecoder(path)
-    except VideoError:
-        raise
-    except Exception as exc:  # no GPU, driver or codec support: fall back unless forced
-        if kind == "nvdec":
-            raise RuntimeError(f"NVDEC decoder unavailable: {_reason(exc)}") from exc
-        LOG.info("NVDEC unavailable (%s); decoding on the CPU with PyAV", _reason(exc))
-        return PyAVDecoder(path)
-
-
-# ---------------------------------------------------------------------------------------
-# Encoders
-
-
 class Encoder(abc.ABC):
-    """Write RGB frames with their timestamps to ``path``; copy audio from ``audio_from``.
+    """Write RGB frames with their timestamps to ``path``.
 
     ``close()`` finishes the file; ``abort()`` stops without finishing it (the caller
     deletes the partial file). Used as a context manager, an exception aborts.
+    ``on_device``: True when ``write`` takes CUDA images without a host copy.
     """
 
     name = "encoder"
+    on_device = False
 
-    def __init__(self, path: str | Path, info: VideoInfo, audio_from: str | Path | None = None):
+    def __init__(self, path: str | Path, info: VideoInfo):
         self.path = Path(path)
         self.info = info
         self.frames_written = 0
-        self._container = av.open(str(self.path), mode="w", format=_format_for(self.path))
-        self._audio_from = audio_from
-        self._audio: _AudioCopier | None = None
-
-    def _add_audio(self) -> None:
-        """Add the copied audio stream; subclasses call this after adding the video stream."""
-        if self._audio_from is not None:
-            self._audio = _AudioCopier(self._container, self._audio_from)
 
     @abc.abstractmethod
     def write(self, image: Any, pts: int) -> None:
-        """Encode one (H, W, 3) uint8 RGB frame at ``pts`` (input time_base units)."""
+        """Encode one (H, W, 3) uint8 RGB frame (numpy, or CuPy) at ``pts``."""
 
     @abc.abstractmethod
-    def _flush(self) -> None: ...
-
-    def _mux_video(self, packets: list[av.Packet]) -> None:
-        for packet in packets:
-            if self._audio is not None and packet.pts is not None:
-                self._audio.copy_until(float(packet.pts * packet.time_base))
-            self._container.mux(packet)
-
     def close(self) -> None:
-        """Flush the encoder, copy the remaining audio and finish the container."""
-        if self._container is None:
-            return
-        self._flush()
-        if self._audio is not None:
-            self._audio.copy_until(None)
-            self._audio.close()
-        self._container.close()
-        self._container = None
+        """Flush and finish the file."""
 
+    @abc.abstractmethod
     def abort(self) -> None:
-        """Close without flushing (the file is incomplete; the caller removes it)."""
-        if self._audio is not None:
-            self._audio.close()
-        if self._container is not None:
-            try:
-                self._container.close()
-            except (av.FFmpegError, OSError, ValueError):
-                LOG.debug("error while aborting %s", self.path, exc_info=True)
-            self._container = None
+        """Stop without finishing the file."""
 
     def __enter__(self) -> Encoder:
         return self
@@ -327,168 +206,97 @@ class Encoder(abc.ABC):
             self.abort()
 
 
-def _format_for(path: Path) -> str | None:
-    # temporary names like out.mp4.part-1234 still get the real container format
-    for suffix in reversed(path.suffixes):
-        name = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}.get(suffix)
-        if name:
-            return name
-    return None
+# ---------------------------------------------------------------------------------------
+# Choice
 
 
-class PyAVEncoder(Encoder):
-    """libx264 (CPU) through PyAV, yuv420p, the input's time base and frame rate."""
-
-    name = "cpu (PyAV libx264)"
-
-    def __init__(
-        self,
-        path: str | Path,
-        info: VideoInfo,
-        audio_from: str | Path | None = None,
-        crf: int = 20,
-        preset: str = "veryfast",
-    ):
-        super().__init__(path, info, audio_from)
-        stream = self._container.add_stream(
-            "libx264", rate=info.average_rate, options={"crf": str(crf), "preset": preset}
-        )
-        stream.width = info.width - info.width % 2  # yuv420p needs even sizes
-        stream.height = info.height - info.height % 2
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = info.time_base
-        stream.codec_context.time_base = info.time_base
-        self._stream = stream
-        self._add_audio()
-
-    def write(self, image: Any, pts: int) -> None:
-        if not isinstance(image, np.ndarray):
-            image = Frame(image, pts, 0).host_image()
-        frame = av.VideoFrame.from_ndarray(
-            image[: self._stream.height, : self._stream.width], format="rgb24"
-        )
-        frame.pts = pts
-        frame.time_base = self.info.time_base
-        self._mux_video(self._stream.encode(frame))
-        self.frames_written += 1
-
-    def _flush(self) -> None:
-        self._mux_video(self._stream.encode(None))
+def nvidia_codec_available() -> bool:
+    """True when PyNvVideoCodec imports (a GPU may still be missing)."""
+    try:
+        import PyNvVideoCodec  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
 
 
-class NvEncoder(Encoder):
-    """NVENC H.264 through PyNvVideoCodec (host ARGB input), muxed with PyAV.
+def _cpu_decoder(path: str | Path) -> Decoder:
+    if have_pyav():
+        from tddfa_clients.video_pyav import PyAVDecoder
 
-    The constructor raises when the GPU has no NVENC (H100, H200, A100): that is how
-    ``open_encoder`` detects it.
-    """
+        return PyAVDecoder(path)
+    from tddfa_clients.video_opencv import OpenCVDecoder
 
-    name = "nvenc (PyNvVideoCodec)"
+    return OpenCVDecoder(path)
 
-    def __init__(
-        self,
-        path: str | Path,
-        info: VideoInfo,
-        audio_from: str | Path | None = None,
-        gpu_id: int = 0,
-    ):
-        import PyNvVideoCodec as nvc
 
-        fps = float(info.average_rate)
-        self._nvenc = nvc.CreateEncoder(
-            info.width, info.height, "ARGB", True, codec="h264", fps=f"{fps:g}", gpuid=gpu_id
-        )
-        super().__init__(path, info, audio_from)
-        stream = self._container.add_stream("h264", rate=info.average_rate)
-        stream.width, stream.height = info.width, info.height
-        stream.time_base = info.time_base
-        self._stream = stream
-        self._add_audio()
-        self._parser = av.CodecContext.create("h264", "r")
-        self._pending_pts: list[int] = []
+def open_decoder(path: str | Path, kind: str = "auto", gpu_id: int = 0) -> Decoder:
+    """A decoder for ``path``: ``nvdec``, ``cpu`` or ``auto`` (NVDEC when usable)."""
+    if kind not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {kind!r}")
+    if kind == "cpu" or (kind == "auto" and not nvidia_codec_available()):
+        return _cpu_decoder(path)
+    try:
+        from tddfa_clients.video_nvidia import NvDecoder
 
-    def write(self, image: Any, pts: int) -> None:
-        if not isinstance(image, np.ndarray):
-            image = Frame(image, pts, 0).host_image()
-        # NVENC "ARGB" is a little-endian 32-bit word: bytes B, G, R, A in memory.
-        bgra = np.empty((*image.shape[:2], 4), np.uint8)
-        bgra[..., :3] = image[..., ::-1]
-        bgra[..., 3] = 255
-        self._pending_pts.append(pts)
-        self._mux_bitstream(self._nvenc.Encode(bgra))
-        self.frames_written += 1
+        return NvDecoder(path, gpu_id=gpu_id)
+    except VideoError:
+        raise
+    except Exception as exc:  # no GPU, driver or codec support: fall back unless forced
+        if kind == "nvdec":
+            raise RuntimeError(f"NVDEC decoder unavailable: {reason(exc)}") from exc
+        LOG.info("NVDEC unavailable (%s); decoding on the CPU", reason(exc))
+        return _cpu_decoder(path)
 
-    def _mux_bitstream(self, bitstream: bytes) -> None:
-        packets = []
-        for packet in self._parser.parse(bytes(bitstream)):
-            # NVENC's default preset emits no B-frames: packets come out in display order
-            pts = self._pending_pts.pop(0) if self._pending_pts else None
-            packet.pts = packet.dts = pts
-            packet.time_base = self.info.time_base
-            packet.stream = self._stream
-            packets.append(packet)
-        self._mux_video(packets)
 
-    def _flush(self) -> None:
-        self._mux_bitstream(self._nvenc.EndEncode())
-        self._mux_bitstream(b"")  # drain the parser
+def _cpu_encoder(path: str | Path, info: VideoInfo, audio_from: str | Path | None) -> Encoder:
+    if have_pyav():
+        from tddfa_clients.video_pyav import PyAVEncoder
+
+        return PyAVEncoder(path, info, audio_from)
+    from tddfa_clients.video_opencv import OpenCVEncoder
+
+    LOG.warning(
+        "PyAV is not installed: encoding MPEG-4 with OpenCV at a constant %s frames/s, "
+        "without audio (%s)",
+        info.average_rate,
+        NO_PYAV_HINT,
+    )
+    return OpenCVEncoder(path, info)
 
 
 def open_encoder(
-    path: str | Path, info: VideoInfo, kind: str = "auto", audio_from: str | Path | None = None
+    path: str | Path,
+    info: VideoInfo,
+    kind: str = "auto",
+    audio_from: str | Path | None = None,
+    gpu_id: int = 0,
 ) -> Encoder:
     """An encoder for ``path``: ``nvenc``, ``cpu`` or ``auto`` (NVENC when the GPU has one)."""
     if kind not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
     if kind == "cpu":
-        return PyAVEncoder(path, info, audio_from)
-    if not nvidia_codec_available():
+        return _cpu_encoder(path, info, audio_from)
+    missing = (
+        "PyNvVideoCodec is not installed"
+        if not nvidia_codec_available()
+        else "PyAV (which muxes the NVENC stream) is not installed"
+        if not have_pyav()
+        else None
+    )
+    if missing:
         if kind == "nvenc":
-            raise RuntimeError("NVENC requested but PyNvVideoCodec is not installed")
-        return PyAVEncoder(path, info, audio_from)
+            raise RuntimeError(f"NVENC requested but {missing}")
+        return _cpu_encoder(path, info, audio_from)
     try:
-        return NvEncoder(path, info, audio_from)
+        from tddfa_clients.video_nvidia import NvEncoder
+
+        return NvEncoder(path, info, audio_from, gpu_id=gpu_id)
     except Exception as exc:  # no NVENC on this GPU (H100/H200/A100), or no GPU at all
         if kind == "nvenc":
-            raise RuntimeError(f"NVENC encoder unavailable: {_reason(exc)}") from exc
+            raise RuntimeError(f"NVENC encoder unavailable: {reason(exc)}") from exc
         LOG.warning(
             "No NVENC encoder on this GPU (%s; H100, H200 and A100 have none): "
-            "encoding on the CPU with libx264",
-            _reason(exc),
+            "encoding on the CPU (rendered frames copied to the host)",
+            reason(exc),
         )
-        return PyAVEncoder(path, info, audio_from)
-
-
-class _AudioCopier:
-    """Copy the first audio stream of ``source`` into ``output`` packet by packet."""
-
-    def __init__(self, output: av.container.OutputContainer, source: str | Path):
-        self._input = av.open(str(source))
-        self._packets: Iterator[av.Packet] | None = None
-        self._held: av.Packet | None = None
-        if self._input.streams.audio:
-            in_stream = self._input.streams.audio[0]
-            self._stream = output.add_stream_from_template(in_stream)
-            self._packets = iter(self._input.demux(in_stream))
-        self._output = output
-
-    def copy_until(self, seconds: float | None) -> None:
-        """Mux audio packets that start before ``seconds`` (all when None)."""
-        while self._packets is not None:
-            packet = self._held or next(self._packets, None)
-            self._held = None
-            if packet is None:
-                self._packets = None
-                return
-            if packet.dts is None:  # the demuxer's flush packet
-                continue
-            if seconds is not None and float(packet.pts * packet.time_base) > seconds:
-                self._held = packet
-                return
-            packet.stream = self._stream
-            self._output.mux(packet)
-
-    def close(self) -> None:
-        self._packets = None
-        self._held = None
-        self._input.close()
+        return _cpu_encoder(path, info, audio_from)

@@ -23,8 +23,9 @@ def asset_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """../shared/reference beside the repository (outputs of the original 3DDFA_V2)."""
-    path = SHARED / "reference"
+    """$TDDFA_REFERENCE_DIR, else ../shared/reference beside the repository (outputs of the
+    original 3DDFA_V2)."""
+    path = Path(os.environ.get("TDDFA_REFERENCE_DIR") or SHARED / "reference")
     if not (path / "emma.json").is_file():
         pytest.skip(f"reference outputs not found in {path}")
     return path

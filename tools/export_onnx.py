@@ -2,7 +2,12 @@
 
 Graph I/O (fixed here, used by every config.pbtxt):
   face_detector : DETECTOR_INPUT float32 (N, 3, H, W) RGB 0..255 -> LOC (N, P, 4), CONF (N, P, 2)
-  face_regressor: CROPS float32 (N, K, 3, 120, 120) RGB 0..255 -> PARAMS_NORM (N, K, 62)
+                  (the network alone: the python flavour's runner, under tddfa.detector.Detector)
+  face_detector (whole, :func:`export_detector_graph`, onnxruntime/tensorrt flavours):
+                  IMAGE uint8 (N, H, W, 3) -> FACE_BOXES (N, K, 5), FACE_COUNT (N, 1) int32,
+                  DETECTIONS, NUM_FACES (tools/detector_graph.py)
+  face_regressor: CROPS float32 (N, K, 3, 120, 120) RGB 0..255 -> PARAMS_NORM (N, K, 62); the
+                  face axis K is dynamic, so (1, F, ...) runs only F filled faces
 The input is float32 (not uint8): the detector canvas is padded with the mean colour and the
 crops come out of a bilinear resize, both float already. Each export is compared with the
 PyTorch module on a random input (relative error <= 1e-5, else :class:`ExportError`) and
@@ -20,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tddfa.config import REGRESSOR_SIZE
+from tddfa.config import REGRESSOR_SIZE, PipelineConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -167,3 +172,51 @@ def export_face_regressor(weights: str | os.PathLike, out_path: str | os.PathLik
         REGRESSOR_OUTPUTS,
         axes,
     )
+
+
+def export_detector_graph(
+    weights: str | os.PathLike, out_path: str | os.PathLike, cfg: PipelineConfig
+) -> Path:
+    """``FaceBoxesProd.pth`` -> the whole ``face_detector`` as one ONNX graph (frames in, the
+    K best faces out; tools/detector_graph.py) for ``cfg``'s canvas, rule, thresholds and K.
+
+    The network part is checked against PyTorch like the other exports; the whole graph is
+    checked by ``onnx.checker`` and run once by onnxruntime on a small frame. Written
+    atomically; returns the path.
+    """
+    import onnx
+
+    from tddfa.networks.faceboxes import load_faceboxes
+    from tddfa_tools.detector_graph import (
+        FACE_BOXES,
+        FACE_COUNT,
+        NETWORK_INPUT,
+        NETWORK_OUTPUTS,
+        build_detector_graph,
+    )
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    module = load_faceboxes(weights).eval()
+    example = _random_input((1, 3, cfg.canvas_height, cfg.canvas_width)) - 117.0
+    axes = {name: {0: "batch"} for name in (NETWORK_INPUT, *NETWORK_OUTPUTS)}
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        network = _export(
+            module, example, Path(tmp) / "faceboxes.onnx", (NETWORK_INPUT,), NETWORK_OUTPUTS, axes
+        )
+        model = build_detector_graph(onnx.load(os.fspath(network)), cfg)
+        whole = Path(tmp) / "face_detector.onnx"
+        onnx.save(model, os.fspath(whole))
+        frame = np.zeros((1, 48, 64, 3), np.uint8)
+        boxes, count = run_onnx(whole, {"IMAGE": frame})[:2]
+        if boxes.shape != (1, cfg.max_faces, 5) or count.shape != (1, 1) or count[0, 0] != 0:
+            raise ExportError(
+                f"{out_path}: the detector graph gave {FACE_BOXES} {boxes.shape}, "
+                f"{FACE_COUNT} {count.tolist()} on a blank frame; expected "
+                f"(1, {cfg.max_faces}, 5) and [[0]]"
+            )
+        os.chmod(whole, 0o644)
+        os.replace(whole, out_path)
+    LOG.info("exported %s (whole detector, K=%d, canvas %dx%d)", out_path, cfg.max_faces,
+             cfg.canvas_height, cfg.canvas_width)  # fmt: skip
+    return out_path

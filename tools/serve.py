@@ -35,6 +35,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -204,11 +205,21 @@ class CudaMps:
     seven context switches (measured on one H100: ~120 frames/s with 8 or 16 instances,
     480-570 with MPS). The daemon gets its own pipe/log folders, so only processes started
     with :meth:`environment` (the server and its stubs) use it; ``stop`` quits it.
+
+    Several GPUs: ONE daemon serves every GPU its server sees. A control daemon spawns one
+    MPS server per user that manages all the devices visible to the daemon, and the choice
+    is forced anyway: tritonserver and all its stub processes share one environment, so
+    they can reach only one ``CUDA_MPS_PIPE_DIRECTORY``, and a stub that receives a tensor
+    from another GPU opens a context there too. ``devices`` pins the daemon to the same
+    ``CUDA_VISIBLE_DEVICES`` as its server (a client may only use devices its daemon sees).
+    One daemon per GPU happens naturally with one server per GPU (``TritonServer(gpus=[i])``
+    per GPU, each with its own private daemon): docs/multi_gpu.md.
     """
 
     BINARY = "nvidia-cuda-mps-control"
+    READY_TIMEOUT = 10.0  # seconds for the daemon's control pipe to appear
 
-    def __init__(self) -> None:
+    def __init__(self, devices: Sequence[int] | None = None) -> None:
         found = shutil.which(self.BINARY) or shutil.which(
             self.BINARY, path="/usr/local/nvidia/bin:/usr/bin"
         )
@@ -217,15 +228,20 @@ class CudaMps:
                 f"--cuda-mps needs {self.BINARY} (NVIDIA driver utilities) on PATH"
             )
         self.binary = found
+        self.devices = None if devices is None else tuple(int(d) for d in devices)
         self.directory: Path | None = None
 
     def environment(self) -> dict[str, str]:
+        """The variables of the daemon's clients (empty while it is not running)."""
         if self.directory is None:
             return {}
-        return {
+        env = {
             "CUDA_MPS_PIPE_DIRECTORY": str(self.directory / "pipe"),
             "CUDA_MPS_LOG_DIRECTORY": str(self.directory / "log"),
         }
+        if self.devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(self.devices)
+        return env
 
     def start(self) -> dict[str, str]:
         """Start the daemon; returns the variables its clients need."""
@@ -248,12 +264,58 @@ class CudaMps:
             raise TritonServerError(
                 f"{self.BINARY} -d failed with status {done.returncode}: see {log}"
             )
-        LOGGER.info("CUDA MPS daemon started (%s)", self.directory)
+        self._wait_for_pipe()
+        LOGGER.info(
+            "CUDA MPS daemon started (%s) for %s",
+            self.directory,
+            "GPUs " + cuda_visible_devices(self.devices)
+            if self.devices is not None
+            else "every visible GPU",
+        )
         return self.environment()
+
+    def _wait_for_pipe(self) -> None:
+        """The daemon creates its control pipe when it listens; clients started before that
+        silently run without MPS. Missing after READY_TIMEOUT: a warning, not an error (a
+        driver may name it differently)."""
+        assert self.directory is not None
+        pipe = self.directory / "pipe"
+        deadline = time.monotonic() + self.READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if any(pipe.iterdir()):
+                return
+            time.sleep(0.05)
+        LOGGER.warning(
+            "the CUDA MPS daemon made no control pipe in %s within %.0f s: the server may run "
+            "without MPS (see %s)",
+            pipe,
+            self.READY_TIMEOUT,
+            self.directory / "log",
+        )
+
+    def log_problems(self, limit: int = 20) -> list[str]:
+        """Lines of the daemon's and MPS server's logs that report a failure (client limit,
+        a fatal GPU fault, a refused client...): evidence when a served request hangs."""
+        if self.directory is None:
+            return []
+        lines: list[str] = []
+        for log in sorted((self.directory / "log").glob("*.log")):
+            try:
+                text = log.read_text(errors="replace")
+            except OSError:
+                continue
+            lines += [
+                f"{log.name}: {line.strip()}"
+                for line in text.splitlines()
+                if any(word in line.lower() for word in ("error", "fail", "fault", "exceed"))
+            ]
+        return lines[-limit:]
 
     def stop(self) -> None:
         if self.directory is None:
             return
+        for line in self.log_problems():
+            LOGGER.warning("CUDA MPS: %s", line)
         env = {**os.environ, **self.environment()}
         try:
             subprocess.run([self.binary], input="quit\n", env=env, text=True, timeout=30)
@@ -277,6 +339,10 @@ class TritonServer:
             so leaks can be attributed to this server).
         extra_args: more ``tritonserver`` flags, appended as given.
         log_level: level at which server log lines are forwarded to the ``tritonserver`` logger.
+        cuda_mps: run the model instances under a private CUDA MPS daemon (:class:`CudaMps`).
+        gpus: physical GPU indices the server may use (its ``CUDA_VISIBLE_DEVICES``; the
+            server numbers them 0..n-1); None: every GPU of the host. One server per GPU
+            (``gpus=[i]`` each) keeps every request on one GPU: docs/multi_gpu.md.
     """
 
     def __init__(
@@ -294,9 +360,11 @@ class TritonServer:
         extra_args: list[str] | tuple[str, ...] = (),
         log_level: int = logging.INFO,
         cuda_mps: bool = False,
+        gpus: Sequence[int] | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.cuda_mps = cuda_mps
+        self.gpus = None if gpus is None else tuple(int(g) for g in gpus)
         self._mps: CudaMps | None = None
         self.host = host
         self.http_port = http_port or free_port(host)
@@ -375,8 +443,10 @@ class TritonServer:
         backends = prepare_backends(dist)
         cmd = self.command(backends, dist)
         env = server_environment(dist)
+        if self.gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(self.gpus)
         if self.cuda_mps:
-            self._mps = CudaMps()
+            self._mps = CudaMps(self.gpus)
             env.update(self._mps.start())
         LOGGER.info("starting %s", " ".join(cmd))
         # Own session: a terminal Ctrl-C reaches only us, and stop() decides how the server ends.
@@ -484,7 +554,7 @@ class TritonServer:
 
 
 def gpu_count() -> int:
-    """Visible NVIDIA GPUs (``nvidia-smi -L``), 0 when there is none or no driver."""
+    """NVIDIA GPUs of the host (``nvidia-smi -L``), 0 when there is none or no driver."""
     if shutil.which("nvidia-smi") is None:
         return 0
     try:
@@ -496,18 +566,62 @@ def gpu_count() -> int:
     return sum(1 for line in listed.splitlines() if line.startswith("GPU "))
 
 
+def cuda_visible_devices(gpus: Sequence[int]) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for physical GPU indices; refuses negative or repeated ones."""
+    gpus = [int(g) for g in gpus]
+    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus) or not gpus:
+        raise ValueError(f"GPU indices must be distinct and >= 0, got {gpus}")
+    return ",".join(str(g) for g in gpus)
+
+
+def visible_gpu_count(environ: dict[str, str] | None = None, host_gpus: int | None = None) -> int:
+    """GPUs a CUDA process started with ``environ`` sees (Triton numbers them 0..n-1).
+
+    ``CUDA_VISIBLE_DEVICES`` counts as CUDA reads it: entries up to the first invalid one
+    (an index beyond the host's GPUs, or anything that is neither an index nor a
+    ``GPU-``/``MIG-`` UUID); unset means every GPU of the host.
+    """
+    environ = os.environ if environ is None else environ
+    host = gpu_count() if host_gpus is None else host_gpus
+    value = environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return host
+    count = 0
+    for entry in value.split(","):
+        entry = entry.strip()
+        if (entry.isdigit() and int(entry) < host) or entry.startswith(("GPU-", "MIG-")):
+            count += 1
+        else:
+            break
+    return min(count, host)
+
+
 def cuda_memory_pool_args(megabytes: int | None, gpus: int | None = None) -> list[str]:
     """``--cuda-memory-pool-byte-size`` flags giving each GPU a pool of ``megabytes`` MB.
 
     Tensors that a GPU step hands to the next one live in this pool; when it is exhausted
-    Triton falls back to slower allocations (or host copies).
+    Triton falls back to slower allocations (or host copies). ``gpus``: how many GPUs the
+    server sees (default: :func:`visible_gpu_count`, so a server restricted with
+    ``CUDA_VISIBLE_DEVICES`` or ``--gpus`` gets no flag for a device it cannot see, which
+    Triton would refuse).
     """
     if megabytes is None:
         return []
     if megabytes < 0:
         raise ValueError(f"--cuda-memory-pool-mb must be >= 0, got {megabytes}")
-    count = gpu_count() if gpus is None else gpus
+    count = visible_gpu_count() if gpus is None else gpus
     return [f"--cuda-memory-pool-byte-size={i}:{megabytes << 20}" for i in range(count)]
+
+
+def _gpu_list(text: str) -> tuple[int, ...]:
+    try:
+        gpus = tuple(int(part) for part in text.split(",") if part.strip())
+        cuda_visible_devices(gpus)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--gpus takes distinct GPU indices separated by commas, e.g. 0,1 ({exc})"
+        ) from None
+    return gpus
 
 
 # -- CLI ---------------------------------------------------------------------------------------
@@ -552,7 +666,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cuda-mps",
         action="store_true",
         help="run the GPU model instances under a private CUDA MPS daemon (no GPU "
-        "time-slicing between the instances' processes; ~4x the frames/s of a GPU build)",
+        "time-slicing between the instances' processes; ~4x the frames/s of a GPU build); "
+        "one daemon serves every GPU this server uses",
+    )
+    parser.add_argument(
+        "--gpus",
+        type=_gpu_list,
+        default=None,
+        metavar="LIST",
+        help="GPUs this server may use, e.g. 0 or 0,1 (its CUDA_VISIBLE_DEVICES; default: "
+        "all). One server per GPU (--gpus 0 and --gpus 1 on other ports) keeps every "
+        "request on one GPU",
     )
     parser.set_defaults(func=run)
 
@@ -579,8 +703,11 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         log_verbose=args.log_verbose,
         startup_timeout=args.startup_timeout,
-        extra_args=cuda_memory_pool_args(args.cuda_memory_pool_mb),
+        extra_args=cuda_memory_pool_args(
+            args.cuda_memory_pool_mb, gpus=len(args.gpus) if args.gpus else None
+        ),
         cuda_mps=args.cuda_mps,
+        gpus=args.gpus,
     )
     try:
         try:

@@ -6,8 +6,9 @@ the tritonserver image that serves them. The file name says both
 precision and the optimisation profiles.
 
 Profiles (see :func:`default_profiles`) keep the batch axis of every network in
-1..max_batch_size (frames, Triton's dynamic batching), the face axis in 1..K and the
-detector canvas between half and the full configured canvas.
+1..max_batch_size (frames, Triton's dynamic batching), the face axis in 1..K, and the
+detector's uint8 frames between the smallest and the largest accepted frame size (the whole
+detector graph) or at the canvas (the bare network of the python flavour).
 """
 
 from __future__ import annotations
@@ -49,25 +50,50 @@ def import_tensorrt() -> Any:
     return tensorrt
 
 
+DETECTOR_KINDS = ("graph", "network")
+
+
 def default_profiles(
-    cfg: PipelineConfig, max_batch_size: int, opt_batch_size: int = 1
+    cfg: PipelineConfig,
+    max_batch_size: int,
+    opt_batch_size: int = 1,
+    *,
+    detector: str = "graph",
 ) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
     """Optimisation profiles of the three networks: {model: {input: (min, opt, max)}}.
 
     Batch (frames) 1..max_batch_size, optimised for ``opt_batch_size``; faces 1..K, optimised
-    for K; detector canvas from half the configured canvas up to the canvas (optimum).
+    for K. The detector:
+
+    - ``detector="graph"`` (tensorrt flavour, tools/detector_graph.py): ``IMAGE`` uint8
+      (N, H, W, 3) of any frame size the service accepts: from ``min_image_size`` square up
+      to ``max_image_height`` x ``max_image_width``, optimised for the canvas size (the
+      usual frame: 720x1280 by default);
+    - ``detector="network"`` (the bare FaceBoxes the python flavour's runner feeds with the
+      canvas): ``DETECTOR_INPUT`` (N, 3, Hc, Wc), the canvas only.
     """
     if max_batch_size < 1 or not 1 <= opt_batch_size <= max_batch_size:
         raise ValueError(
             f"need 1 <= opt_batch_size ({opt_batch_size}) <= max_batch_size ({max_batch_size})"
         )
+    if detector not in DETECTOR_KINDS:
+        raise ValueError(f"detector must be one of {DETECTOR_KINDS}, got {detector!r}")
     k, b, o = cfg.max_faces, max_batch_size, opt_batch_size
     h, w = cfg.canvas_height, cfg.canvas_width
     crop = (3, REGRESSOR_SIZE, REGRESSOR_SIZE)
+    if detector == "graph":
+        side = cfg.min_image_size
+        detector_profile = {
+            "IMAGE": (
+                (1, side, side, 3),
+                (o, h, w, 3),
+                (b, cfg.max_image_height, cfg.max_image_width, 3),
+            )
+        }
+    else:
+        detector_profile = {"DETECTOR_INPUT": ((1, 3, h, w), (o, 3, h, w), (b, 3, h, w))}
     return {
-        "face_detector": {
-            "DETECTOR_INPUT": ((1, 3, max(1, h // 2), max(1, w // 2)), (o, 3, h, w), (b, 3, h, w))
-        },
+        "face_detector": detector_profile,
         "face_regressor": {"CROPS": ((1, 1, *crop), (o, k, *crop), (b, k, *crop))},
         "bfm_decoder": {
             "ALPHA_SHP": ((1, 1, NUM_SHAPE), (o, k, NUM_SHAPE), (b, k, NUM_SHAPE)),

@@ -19,6 +19,7 @@ import numpy as np
 from tddfa import params, roi
 from tddfa.bfm import BFM
 from tddfa.config import NUM_EXP, NUM_PARAMS, NUM_SHAPE, PipelineConfig
+from tddfa.face_slots import run_filled_slots
 from tddfa.xp import get_xp
 
 # What :meth:`Aligner.align` returns, per frame and face slot (empty slots are zeros).
@@ -59,21 +60,17 @@ class Aligner:
         )
 
     def regress(self, crops: Any, counts: Any) -> Any:
-        """(B,K,3,120,120) crops -> (B,K,62) normalised params (zeros in empty slots)."""
-        xp = get_xp(crops)
-        batch, k = crops.shape[:2]
-        if xp is not np:  # static shapes on the GPU: all K slots, no host sync
-            return self.regressor.run({"CROPS": crops})["PARAMS_NORM"]
-        mask = slot_mask(counts, k)
-        out = np.zeros((batch, k, NUM_PARAMS), np.float32)
-        if mask.any():
-            filled = crops[mask][None]  # (1, faces, 3, 120, 120): one call for the batch
-            out[mask] = self.regressor.run({"CROPS": filled})["PARAMS_NORM"][0]
-        return out
+        """(B,K,3,120,120) crops -> (B,K,62) normalised params (zeros in empty slots): the
+        filled slots only on the CPU, all K (static shapes, no host sync) on the GPU."""
+        return run_filled_slots(self.regressor, {"CROPS": crops}, counts)["PARAMS_NORM"]
 
     def parameters(self, params_norm: Any, rois: Any, counts: Any) -> dict[str, Any]:
         """(B,K,62) normalised params + (B,K,4) ROI boxes -> the :data:`ALIGNED` outputs."""
         xp = get_xp(params_norm)
+        if xp is not np:  # one fused kernel instead of ~100 launch-bound tiny ones
+            from tddfa import gpu_params
+
+            return gpu_params.face_parameters(params_norm, rois, counts, self.bfm)
         batch, k = params_norm.shape[:2]
         flat = params.denormalize(
             params_norm.reshape(batch * k, NUM_PARAMS),

@@ -1,8 +1,16 @@
 """FaceBoxes post-processing: decode, score filter, greedy NMS, top-K (MODELS.md 1).
 
-Decoding and the score filter run on the array module of the inputs (numpy or CuPy);
-NMS runs on the host over the few candidates left, which costs less than a GPU kernel
-launch per kept box.
+Two forms of the same selection:
+
+- :func:`select_faces`: one frame, the candidates above the threshold gathered first, NMS
+  on the host (numpy) over those few: the fastest form on the CPU.
+- :func:`select_faces_batch`: a batch of frames with static shapes and no data-dependent
+  indexing (no host synchronisation on CuPy): greedy NMS as ``max_faces`` rounds of
+  "take the best live candidate, suppress its overlaps". It is the reference of the fused
+  CUDA kernel (:mod:`tddfa.gpu_detection`) and its fallback.
+
+Both give the same boxes bit for bit (float32 arithmetic in the same order; the ``exp`` of
+the size decoding is evaluated in float64 and rounded, so that numpy, CuPy and CUDA agree).
 """
 
 from __future__ import annotations
@@ -19,22 +27,25 @@ def decode_boxes(loc: Any, priors: Any, input_size: tuple[int, int], scale: floa
     """Turn regression offsets into corner boxes in original image pixels.
 
     Args:
-        loc: (P, 4) float32 offsets (dx, dy, dw, dh) from the detector.
+        loc: (..., P, 4) float32 offsets (dx, dy, dw, dh) from the detector.
         priors: (P, 4) float32 (cx, cy, w, h) normalised by the detector input size.
         input_size: (height, width) of the detector input the priors were made for.
         scale: the factor the frame was rescaled by before detection.
 
     Returns:
-        (P, 4) float32 (x1, y1, x2, y2) = decoded corners * input size / scale.
+        (..., P, 4) float32 (x1, y1, x2, y2) = decoded corners * input size / scale.
+        Every operation is float32 except ``exp``, computed in float64 and rounded to
+        float32 (correctly rounded, hence the same on every device).
     """
     xp = get_xp(loc)
     loc = loc.astype(xp.float32, copy=False)
     priors = priors.astype(xp.float32, copy=False)
     centre_var, size_var = (xp.float32(v) for v in DETECTOR_VARIANCES)
-    centre = priors[:, :2] + loc[:, :2] * centre_var * priors[:, 2:]
-    size = priors[:, 2:] * xp.exp(loc[:, 2:] * size_var)
+    centre = priors[..., :2] + loc[..., :2] * centre_var * priors[..., 2:]
+    growth = xp.exp((loc[..., 2:] * size_var).astype(xp.float64)).astype(xp.float32)
+    size = priors[..., 2:] * growth
     top_left = centre - size / 2
-    corners = xp.concatenate([top_left, top_left + size], axis=1)
+    corners = xp.concatenate([top_left, top_left + size], axis=-1)
     height, width = input_size
     to_pixels = xp.asarray([width, height, width, height], dtype=xp.float32)
     return (corners * to_pixels / xp.float32(scale)).astype(xp.float32, copy=False)
@@ -132,3 +143,99 @@ def select_faces(
         out[:count, :4] = boxes[keep]
         out[:count, 4] = cand_scores[keep]
     return out, count
+
+
+def candidate_keys(scores: Any, threshold: float, max_candidates: int) -> Any:
+    """Sort keys of the NMS candidates: one uint64 per prior, 0 for a non-candidate.
+
+    A candidate has score > ``threshold`` (float32 comparison) and is among the best
+    ``max_candidates`` of them. Its key is ``score bits << 32 | (2**32 - 1 - index)``: keys
+    order candidates by descending score, ties by ascending prior index (the order of a
+    stable sort), and are unique, so "the best live candidate" is one ``argmax``.
+
+    Args:
+        scores: (B, P) float32 face scores (non-negative), numpy or cupy.
+        threshold: candidates score strictly above it.
+        max_candidates: keep at most this many per frame (``pre_nms_top_k``).
+
+    Returns:
+        (B, P) uint64 keys on the array module of ``scores``.
+    """
+    xp = get_xp(scores)
+    scores = xp.ascontiguousarray(scores, dtype=xp.float32)
+    count = scores.shape[-1]
+    bits = scores.view(xp.uint32).astype(xp.uint64) << xp.uint64(32)
+    rank = xp.uint64(0xFFFFFFFF) - xp.arange(count, dtype=xp.uint64)
+    keys = xp.where(scores > xp.float32(threshold), bits | rank, xp.uint64(0))
+    if count > max_candidates:  # the max_candidates-th largest key is the cut-off
+        cutoff = xp.sort(keys, axis=-1)[..., count - max_candidates]
+        keys = xp.where(keys >= cutoff[..., None], keys, xp.uint64(0))
+    return keys
+
+
+def select_faces_batch(
+    loc: Any,
+    conf: Any,
+    priors: Any,
+    scale: float,
+    cfg: PipelineConfig,
+    input_size: tuple[int, int] | None = None,
+) -> tuple[Any, Any]:
+    """:func:`select_faces` for a batch, with static shapes and no host synchronisation.
+
+    Greedy NMS as ``min(max_faces, post_nms_top_k)`` rounds over all priors at once: take
+    each frame's live candidate with the largest key (:func:`candidate_keys`), report it,
+    suppress the live candidates whose IoU (+1-pixel convention) with it is
+    >= ``nms_iou_threshold``. The same boxes as the sorted greedy NMS of :func:`nms`.
+
+    Args:
+        loc: (B, P, 4) float32 detector offsets, numpy or cupy.
+        conf: (B, P, 2) float32 softmaxed scores; column 1 is "face".
+        priors: (P, 4) float32 priors (same array module as ``loc``).
+        scale: rescale factor of the frames (all frames of a batch share their size).
+        cfg: thresholds, limits and K (``max_faces``).
+        input_size: (height, width) the priors were made for; default the canvas.
+
+    Returns:
+        ``(boxes, counts)``: boxes (B, K, 5) float32 (x1, y1, x2, y2, score) in original
+        image pixels, best first, rows >= count zero; counts (B,) int32.
+    """
+    xp = get_xp(loc)
+    if input_size is None:
+        input_size = (cfg.canvas_height, cfg.canvas_width)
+    if loc.shape[1] != priors.shape[0] or conf.shape[1] != priors.shape[0]:
+        raise ValueError(
+            f"LOC {tuple(loc.shape)}, CONF {tuple(conf.shape)} and priors "
+            f"{tuple(priors.shape)} disagree on the number of priors: build the priors "
+            "for the detector input size"
+        )
+    batch = loc.shape[0]
+    scores = conf[..., 1].astype(xp.float32)
+    threshold = max(cfg.pre_nms_threshold, cfg.score_threshold)
+    keys = candidate_keys(scores, threshold, cfg.pre_nms_top_k)
+    boxes = decode_boxes(loc, priors, input_size, scale)  # (B, P, 4)
+    one = xp.float32(1)
+    x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+    areas = (x2 - x1 + one) * (y2 - y1 + one)
+    rows = xp.arange(batch)
+    out = xp.zeros((batch, cfg.max_faces, 5), dtype=xp.float32)
+    counts = xp.zeros(batch, dtype=xp.int32)
+    for k in range(min(cfg.max_faces, cfg.post_nms_top_k)):
+        best = keys.argmax(axis=1)
+        found = keys[rows, best] > 0
+        box = boxes[rows, best]  # (B, 4)
+        out[:, k, :4] = xp.where(found[:, None], box, xp.float32(0))
+        out[:, k, 4] = xp.where(found, scores[rows, best], xp.float32(0))
+        counts += found.astype(xp.int32)
+        width = xp.maximum(
+            xp.minimum(box[:, 2:3], x2) - xp.maximum(box[:, 0:1], x1) + one, xp.float32(0)
+        )
+        height = xp.maximum(
+            xp.minimum(box[:, 3:4], y2) - xp.maximum(box[:, 1:2], y1) + one, xp.float32(0)
+        )
+        inter = width * height
+        iou = inter / (areas[rows, best][:, None] + areas - inter)
+        suppressed = iou.astype(xp.float64) >= cfg.nms_iou_threshold
+        keys = xp.where(suppressed, xp.uint64(0), keys)
+        keys[rows, best] = 0
+    return out, counts

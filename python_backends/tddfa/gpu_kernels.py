@@ -6,7 +6,8 @@ launch- and Python-bound (~3 ms per 720p frame for the canvas, ~4 ms for the cro
 Here each is one kernel for a whole batch of frames, reading the uint8 frames once:
 
 - :func:`detector_canvas`: B frames (H, W, 3) -> (B, 3, Hc, Wc) float32 canvases;
-- :func:`face_crops`: B frames and (B, K, 4) host ROI boxes -> (B, K, 3, 120, 120) crops;
+- :func:`face_crops`: B frames and (B, K, 4) ROI boxes (host or device) -> (B, K, 3, 120, 120)
+  crops;
 - :func:`vertex_normals`: the renderer's per-vertex normals, one scatter kernel.
 
 The arithmetic is OpenCV's fixed-point INTER_LINEAR of :mod:`tddfa.resize` (11-bit
@@ -192,20 +193,21 @@ def detector_canvas(frames: Any, cfg: PipelineConfig) -> tuple[Any, float]:
 
 
 def crop_tap_table(rois: Any, height: int, width: int, size: int) -> Any:
-    """(B, K, 4) ROI boxes (numpy or CuPy) -> (8, B * K, size) int32 taps for
-    :func:`face_crops`, in the same array module (device boxes never visit the host).
+    """(B, K, 4) ROI boxes -> (8, B * K, size) int32 taps for :func:`face_crops`, on the
+    boxes' device (numpy boxes: host taps; CuPy boxes: device taps, no host round trip).
 
     Empty slots must be all-zero boxes (their weights come out 0: black crops).
     """
     xp = get_xp(rois)
-    flat = rois.reshape(-1, 4).astype(xp.float32)
+    flat = xp.asarray(rois, dtype=xp.float32).reshape(-1, 4)
     return xp.stack([t.astype(xp.int32) for t in crop_taps(flat, height, width, size)])
 
 
 def face_crops(frames: Any, rois: Any, size: int = REGRESSOR_SIZE) -> Any:
-    """(B, H, W, 3) uint8 CuPy frames, (B, K, 4) ROI boxes (CuPy or numpy) -> (B, K, 3, size, size)
-    float32 CuPy crops, equal to :func:`tddfa.roi.crop_and_resize` per frame (zero rows for
-    all-zero boxes)."""
+    """(B, H, W, 3) uint8 CuPy frames, (B, K, 4) ROI boxes (numpy, or CuPy to stay on the
+    device, e.g. ``roi_from_box`` of the Detector's boxes) -> (B, K, 3, size, size) float32
+    CuPy crops, equal to :func:`tddfa.roi.crop_and_resize` per frame (zero rows for all-zero
+    boxes)."""
     import cupy
 
     frames = cupy.ascontiguousarray(frames)

@@ -3,9 +3,13 @@
 Every runner has ``input_names``, ``output_names`` and ``run({name: array}) -> {name: array}``.
 :func:`make_runner` picks the fastest one a model folder and the machine allow:
 
-  TensorRT (``model.plan`` present, ``import tensorrt`` works, CUDA device)
+  TensorRT (``import tensorrt`` works, CUDA device, and ``model.plan`` present or an engine
+  built from ``model.onnx`` + ``tensorrt_profiles.json`` by :mod:`tddfa.engine_cache`)
   > PyTorch CUDA (weights beside the ONNX file, torch with CUDA)
   > onnxruntime (``model.onnx``; CPU, or CUDA when onnxruntime-gpu is installed).
+
+:func:`tddfa.face_slots.run_filled_slots` runs a per-face network (the regressor) on the
+filled face slots only on the CPU, and on all K slots (static shapes) on the GPU.
 
 Array types: :class:`OnnxRuntimeRunner` takes and returns numpy. The GPU runners accept
 numpy, torch or any DLPack-capable CUDA array (CuPy, Triton's ``to_dlpack``) and return the
@@ -25,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tddfa.xp import to_numpy
 
 LOG = logging.getLogger(__name__)
 
@@ -89,9 +95,13 @@ class OnnxRuntimeRunner:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """{input name: array} -> {output name: float32 numpy array}."""
+        """{input name: array} -> {output name: float32 numpy array}.
+
+        Inputs may be numpy or CuPy (copied to the host: a fallback, not a GPU path)."""
         _check_inputs(self.input_names, inputs)
-        feed = {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self.input_names}
+        feed = {
+            n: np.ascontiguousarray(to_numpy(inputs[n]), dtype=np.float32) for n in self.input_names
+        }
         outputs = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, outputs, strict=True))
 
@@ -419,20 +429,29 @@ def make_runner(
     fp16: bool = True,
     max_graphs: int = 8,
     torch_factory: Callable[[], Any] | None = None,
+    tensorrt_profile: Mapping[str, Any] | None = None,
+    engine_cache: str | os.PathLike | None = None,
 ):
     """The fastest runner for the model in ``model_dir`` (a Triton version folder) on ``device``.
 
-    TensorRT (``model.plan`` + tensorrt importable + CUDA) > PyTorch CUDA (weights in the folder,
+    TensorRT (tensorrt importable + CUDA; ``model.plan``, or an engine built from
+    ``model.onnx`` with ``tensorrt_profile`` / ``tensorrt_profiles.json`` and cached in
+    ``engine_cache``, see :mod:`tddfa.engine_cache`) > PyTorch CUDA (weights in the folder,
     see :func:`torch_module_for`, or ``torch_factory``) > onnxruntime (``model.onnx``).
+    ``fp16`` is the precision of the PyTorch runner and of a built engine.
     Logs which one was chosen. Raises FileNotFoundError when the folder has nothing runnable.
     """
     model_dir = Path(model_dir)
-    kind, _ = parse_device(device)
+    kind, index = parse_device(device)
     plan, onnx_path = model_dir / MODEL_PLAN, model_dir / MODEL_ONNX
     if kind == "cuda":
-        if plan.is_file() and tensorrt_available():
-            LOG.info("%s: TensorRT runner on %s", model_dir, device)
-            return TensorRTRunner(plan, device)
+        if tensorrt_available():
+            from tddfa.engine_cache import engine_for
+
+            engine = engine_for(model_dir, index, fp16, tensorrt_profile, engine_cache)
+            if engine is not None:
+                LOG.info("%s: TensorRT runner on %s (%s)", model_dir, device, engine.name)
+                return TensorRTRunner(engine, device)
         if _torch_cuda_available():
             graph = torch_module_for(model_dir)
             if torch_factory is not None:

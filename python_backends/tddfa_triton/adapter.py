@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import triton_python_backend_utils as pb_utils
 from tddfa.batching import run_batched
 from tddfa.config import PipelineConfig
 from tddfa.xp import get_xp
+from tddfa_triton.diagnostics import CrossDeviceNotice, install_stack_dump
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,12 +86,18 @@ def _device_array(tensor):
     return cupy.from_dlpack(_DLPackView(tensor, (int(kind), int(index))))
 
 
-def _to_array(tensor, device: int | None = None) -> Any:
+_CROSS_DEVICE = CrossDeviceNotice()
+
+
+def _to_array(tensor, device: int | None = None, name: str = "") -> Any:
     """A Triton tensor as an array: numpy on CPU instances; CuPy on GPU instance ``device``.
 
-    GPU tensors stay where they are (DLPack, zero-copy); a host tensor reaching a GPU
-    instance (a client that sent the frame without CUDA shared memory) is copied to the
-    instance's device once, here, so every step after it sees device memory only.
+    GPU tensors on the instance's GPU stay where they are (DLPack, zero-copy). A host tensor
+    reaching a GPU instance (a client that sent the frame without CUDA shared memory) is
+    copied to the instance's device once, here, so every step after it sees device memory
+    only. A tensor on ANOTHER GPU (Triton hands a step the upstream step's buffer on the GPU
+    that produced it, or a client's CUDA shared memory region, wherever it lives) is copied
+    peer to peer onto this instance's GPU (:func:`_peer_copy`), never used in place.
     """
     if device is None:
         if tensor.is_cpu():
@@ -103,7 +111,45 @@ def _to_array(tensor, device: int | None = None) -> Any:
         if tensor.is_cpu():
             return cupy.asarray(_host_array(tensor))
         array = _device_array(tensor)
-        return array if array.device.id == device else cupy.asarray(array)
+        if array.device.id == device:
+            return array
+        if _CROSS_DEVICE.first(name, array.device.id):
+            pb_utils.Logger.log_warn(
+                f"input {name or '?'} arrived on cuda:{array.device.id} at an instance on "
+                f"cuda:{device}: copied peer to peer (the request crossed GPUs; one server "
+                "per GPU avoids it: docs/multi_gpu.md). Said once per input and GPU."
+            )
+        return _peer_copy(array, device)
+
+
+def _peer_copy(array, device: int):
+    """A copy of CuPy ``array`` (on another GPU) on ``device``, complete on return.
+
+    cudaMemcpyPeerAsync needs no peer access to be enabled (the driver stages the copy
+    through the host when P2P is off or refused, e.g. under MPS), unlike CuPy's own
+    cross-device copy, which enables peer access first. The wait makes the copy independent
+    of how long Triton keeps the source (another process's memory, mapped by CUDA IPC);
+    it costs one synchronisation per crossing, and crossings only happen in the layout
+    docs/multi_gpu.md advises against.
+    """
+    import cupy
+
+    if not array.flags.c_contiguous:
+        with cupy.cuda.Device(array.device.id):
+            array = cupy.ascontiguousarray(array)
+    with cupy.cuda.Device(device):
+        out = cupy.empty(array.shape, array.dtype)
+        if array.nbytes:
+            cupy.cuda.runtime.memcpyPeerAsync(
+                out.data.ptr,
+                device,
+                array.data.ptr,
+                array.device.id,
+                array.nbytes,
+                cupy.cuda.get_current_stream().ptr,
+            )
+            cupy.cuda.get_current_stream().synchronize()
+    return out
 
 
 def _to_tensor(name: str, array, dtype) -> Any:
@@ -148,6 +194,11 @@ class StepModel:
             import cupy  # every CuPy allocation of this instance lands on its device
 
             cupy.cuda.Device(self.device_id).use()
+        if install_stack_dump():  # evidence for a hung instance: docs/multi_gpu.md
+            pb_utils.Logger.log_info(
+                f"{args['model_name']} instance {args.get('model_instance_name', '?')}: pid "
+                f"{os.getpid()}; `kill -USR1 {os.getpid()}` writes its Python stacks to this log"
+            )
         self.context = LoadContext(
             model_name=args["model_name"],
             model_dir=Path(args["model_repository"]) / args["model_version"],
@@ -183,7 +234,7 @@ class StepModel:
                 if optional:
                     continue
                 return ValueError(f"input {name} is missing")
-            inputs[name] = _to_array(tensor, self.device_id)
+            inputs[name] = _to_array(tensor, self.device_id, name)
         return inputs
 
     def execute(self, requests):

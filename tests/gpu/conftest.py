@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-NETWORKS = ("face_detector", "face_regressor", "bfm_decoder")
 POOL_MB = 4096  # Triton's CUDA memory pool per GPU for the step-to-step tensors
 
 
@@ -75,18 +74,20 @@ def gpu_repository(asset_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def fp32_variant(repository: Path, out: Path) -> Path:
-    """``repository`` with the network configs set to fp32; other files are symlinks."""
+    """``repository`` with every network precision set to fp32; other files are symlinks."""
+    switched = 0
     for source in repository.rglob("*"):
         target = out / source.relative_to(repository)
         if source.is_dir():
             target.mkdir(parents=True, exist_ok=True)
-        elif source.name == "config.pbtxt" and source.parent.name in NETWORKS:
+        elif source.name == "config.pbtxt" and "_precision" in source.read_text():
             text = source.read_text()
-            if 'key: "precision"' not in text:
-                raise AssertionError(f"{source} has no precision parameter to switch")
             target.write_text(text.replace('string_value: "fp16"', 'string_value: "fp32"'))
+            switched += 'string_value: "fp16"' in text
         elif "__pycache__" not in source.parts:
             target.symlink_to(source.resolve())
+    if not switched:
+        raise AssertionError(f"{repository} has no fp16 network precision to switch")
     return out
 
 

@@ -110,3 +110,33 @@ def test_cuda_shared_memory_in_and_out(gpu_server, test_images):
     assert int(shm["FACE_COUNT"][0]) == int(plain["FACE_COUNT"][0]) == 2
     diff = np.abs(cupy.asnumpy(shm["RENDERED"]).astype(int) - plain["RENDERED"].astype(int))
     assert diff.max() <= 1, f"CUDA shared memory and plain requests differ by {diff.max()}"
+
+
+def test_sequence_tracks_on_the_gpu(gpu_server, test_images):
+    """tddfa_track on the GPU build: the first frame is detected, the others are tracked,
+    and on still frames the tracked landmarks equal the stateless ones (no drift)."""
+    import tritonclient.grpc as grpcclient
+
+    image = test_images["trump_hillary.jpg"]
+    stateless = infer(gpu_server, image, ("FACE_COUNT", "LANDMARKS"))
+    outputs = ("FACE_COUNT", "LANDMARKS", "TRACK_IDS", "DETECTED")
+    with grpcclient.InferenceServerClient(gpu_server) as client:
+        results = []
+        for i in range(6):
+            tensor = grpcclient.InferInput("IMAGE", [1, *image.shape], "UINT8")
+            tensor.set_data_from_numpy(image[None])
+            result = client.infer(
+                "tddfa_track",
+                [tensor],
+                outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
+                sequence_id=4242,
+                sequence_start=i == 0,
+                sequence_end=i == 5,
+            )
+            results.append({n: result.as_numpy(n)[0] for n in outputs})
+    assert [bool(r["DETECTED"][0]) for r in results] == [True] + [False] * 5
+    for r in results:
+        assert int(r["FACE_COUNT"][0]) == 2 and sorted(r["TRACK_IDS"][:2]) == [1, 2]
+        order = np.argsort(r["TRACK_IDS"][:2])
+        error = np.abs(r["LANDMARKS"][:2][order] - stateless["LANDMARKS"][:2])
+        assert error.max() < 0.05, f"tracked landmarks drift by {error.max():.3f} px"

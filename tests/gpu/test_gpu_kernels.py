@@ -44,6 +44,9 @@ def test_face_crops_equal_numpy():
     for b, count in enumerate((3, 1)):
         want = roi.crop_and_resize(frames[b], rois[b], count=count)
         np.testing.assert_array_equal(got[b], want)
+    # device ROI boxes (no host round trip): the same crops
+    on_device = face_crops(cupy.asarray(frames), cupy.asarray(rois))
+    np.testing.assert_array_equal(cupy.asnumpy(on_device), got)
 
 
 def test_vertex_normals_match_numpy():
@@ -57,3 +60,25 @@ def test_vertex_normals_match_numpy():
     want = VertexNormals(triangles)(vertices)
     got = cupy.asnumpy(VertexNormals(triangles)(cupy.asarray(vertices)))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_fused_parameters_equal_numpy(gpu_repository):
+    import cupy
+
+    from tddfa.aligner import Aligner
+    from tddfa.bfm import load_bfm
+
+    bfm = load_bfm(gpu_repository / "face_aligner" / "1" / "bfm.npz")
+    aligner = Aligner(PipelineConfig(), None, bfm)
+    rng = np.random.default_rng(3)
+    norm = rng.normal(0, 1, (4, 8, 62)).astype(np.float32)
+    starts = rng.uniform(0, 500, (4, 8, 2))
+    rois = np.concatenate([starts, starts + rng.uniform(40, 300, (4, 8, 1))], axis=2)
+    rois = rois.astype(np.float32)
+    counts = np.array([8, 0, 1, 5], np.int32)
+    want = aligner.parameters(norm, rois, counts)
+    got = aligner.parameters(cupy.asarray(norm), cupy.asarray(rois), cupy.asarray(counts))
+    for name, array in want.items():
+        np.testing.assert_allclose(
+            cupy.asnumpy(got[name]), array, rtol=1e-4, atol=1e-3, err_msg=name
+        )

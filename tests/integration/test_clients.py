@@ -18,10 +18,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import tritonclient.http as httpclient
 
 from tddfa_clients.batch import MANIFEST, Manifest, Settings, run_batch
 from tddfa_clients.triton_client import FrameClient, InferenceError, served_models
-from tddfa_clients.video import process_video
+from tddfa_clients.video import model_for, outputs_for, process_video
 from tddfa_clients.video_io import probe
 
 pytestmark = pytest.mark.server
@@ -70,8 +71,34 @@ class TritonPythonModel:
                 [pb_utils.Tensor(k, v) for k, v in tensors.items()]))
         return responses
 """
+# The sequence ensemble's stand-in: the same answers plus TRACK_IDS, behind Triton's real
+# sequence batcher (a frame without a sequence id, or a first frame without START, fails).
+TRACK_CONFIG = (
+    STANDIN_CONFIG.replace('name: "tddfa"', 'name: "tddfa_track"')
+    .replace(
+        '{ name: "PARAMS", data_type: TYPE_FP32, dims: [ 2, 62 ] }',
+        '{ name: "PARAMS", data_type: TYPE_FP32, dims: [ 2, 62 ] },\n'
+        '  { name: "TRACK_IDS", data_type: TYPE_INT32, dims: [ 2 ] }',
+    )
+    .replace(
+        "instance_group",
+        """sequence_batching {
+  max_sequence_idle_microseconds: 5000000
+  oldest { max_candidate_sequences: 64 }
+  control_input [
+    { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] }
+  ]
+}
+instance_group""",
+    )
+)
+TRACK_MODEL = STANDIN_MODEL.replace(
+    '"PARAMS": np.zeros((n, 2, 62), np.float32),',
+    '"PARAMS": np.zeros((n, 2, 62), np.float32),\n'
+    '                "TRACK_IDS": np.ones((n, 2), np.int32),',
+)
 L2V_CONFIG = """
-name: "landmark_to_vertex"
+name: "face_aligner"
 backend: "python"
 input [ { name: "X", data_type: TYPE_FP32, dims: [ 1 ] } ]
 output [ { name: "Y", data_type: TYPE_FP32, dims: [ 1 ] } ]
@@ -100,7 +127,8 @@ def _write_model(root: Path, name: str, config: str, model: str) -> None:
 def standin_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("standin_repository")
     _write_model(root, "tddfa", STANDIN_CONFIG, STANDIN_MODEL)
-    _write_model(root, "landmark_to_vertex", L2V_CONFIG, L2V_MODEL)
+    _write_model(root, "face_aligner", L2V_CONFIG, L2V_MODEL)
+    _write_model(root, "tddfa_track", TRACK_CONFIG, TRACK_MODEL)
     return root
 
 
@@ -261,10 +289,15 @@ def test_perf_analyzer_reports_throughput(standin_server, asset_dir, tmp_path) -
 # -- the real ensemble ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["two_faces_360p.mp4", "emma720.mp4"])
-def test_sample_videos_round_trip(ensemble_server, asset_dir, tmp_path, name) -> None:
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [("two_faces_360p.mp4", "detect"), ("two_faces_360p.mp4", "track"), ("emma720.mp4", "track")],
+)
+def test_sample_videos_round_trip(ensemble_server, asset_dir, tmp_path, name, mode) -> None:
     source = asset_dir / "video" / name
-    with FrameClient(ensemble_server.grpc_url, "grpc", in_flight=4) as client:
+    with FrameClient(
+        ensemble_server.grpc_url, "grpc", model=model_for(mode), outputs=outputs_for(mode, True)
+    ) as client:
         process_video(client, source, tmp_path / name, tmp_path / "out.jsonl", progress=False)
     info, out = probe(source), probe(tmp_path / name)
     assert out.frame_count == info.frame_count
@@ -282,7 +315,39 @@ def test_sample_videos_round_trip(ensemble_server, asset_dir, tmp_path, name) ->
         x1, y1, x2, y2 = (int(v) for v in face["box"])
         region = np.abs(frame_out[y1:y2, x1:x2] - frame_in[y1:y2, x1:x2]).mean()
         assert region > 5, f"face region {face['box']} barely changed ({region:.1f})"
+    if mode == "track":  # every face of every frame keeps the id it was first given
+        records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        ids = [{face["track_id"] for face in record["faces"]} for record in records]
+        first_ids = {face["track_id"] for face in faces}
+        assert first_ids == set(range(1, len(faces) + 1))
+        for track_id in first_ids:  # (emma720 also has a half face entering at the edge)
+            assert sum(track_id in frame_ids for frame_ids in ids) >= 0.9 * len(ids), ids
 
 
 def test_no_client_shm_left() -> None:
     assert not _client_regions(), "shared memory regions leaked by the clients"
+
+
+def test_perf_analyzer_drives_the_sequence_ensemble(ensemble_server, asset_dir, tmp_path) -> None:
+    from tddfa_clients.perf import PerfError, find_perf_analyzer, perf_environment
+
+    try:
+        find_perf_analyzer()
+        perf_environment()
+    except PerfError as exc:
+        pytest.skip(str(exc))
+    from tddfa_tools.cli import main
+
+    code = main([
+        "perf", "--url", ensemble_server.grpc_url, "--protocol", "grpc", "--mode", "track",
+        "--concurrency", "1:1:1", "--frames", "6",
+        "--video", str(asset_dir / "video" / "two_faces_360p.mp4"),
+        "--measurement-interval", "3000", "--csv", str(tmp_path / "perf.csv"),
+        "--stability-percentage", "100", "--max-trials", "10",
+    ])  # fmt: skip
+    assert code == 0
+    header, row = (tmp_path / "perf.csv").read_text().strip().splitlines()[:2]
+    assert float(row.split(",")[header.split(",").index("Inferences/Second")]) > 0
+    with httpclient.InferenceServerClient(ensemble_server.http_url) as client:
+        stats = client.get_inference_statistics("face_tracker")["model_stats"][0]
+    assert int(stats["inference_stats"]["success"]["count"]) >= 6  # sequences really ran

@@ -1,5 +1,5 @@
-"""FrameClient with CUDA shared memory against the real ensemble (needs a GPU, CuPy and
-tritonclient's cuda_shared_memory with cuda-python 12.x; skipped otherwise).
+"""FrameClient with CUDA shared memory against the real ensemble (needs a GPU and CuPy, which
+makes the regions; skipped otherwise).
 
 The CUDA path must give the same results as the network path, from a host frame and
 from a frame already on the GPU (written device to device through DLPack), and leave no
@@ -24,10 +24,6 @@ def cupy():
             pytest.skip("no CUDA device")
     except Exception as exc:  # noqa: BLE001  (no driver: the reason is in the message)
         pytest.skip(f"no CUDA device: {exc}")
-    try:
-        import tritonclient.utils.cuda_shared_memory  # noqa: F401
-    except (ImportError, RuntimeError) as exc:
-        pytest.skip(f"tritonclient cuda_shared_memory unusable: {exc} (needs cuda-python<13)")
     return cupy
 
 

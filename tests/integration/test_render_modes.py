@@ -182,15 +182,18 @@ def test_image_client_renders_a_mode_and_writes_the_meshes(server, asset_dir, tm
         assert (part.face_normals[:, 2] > 0).mean() > 0.6, "normals towards the camera"
 
 
-def test_video_client_refuses_uv_and_draws_a_mode(server, asset_dir, tmp_path):
+def test_video_client_refuses_uv_and_draws_a_mode(server, asset_dir, tmp_path, caplog):
     from tddfa_clients.triton_client import FrameClient
     from tddfa_clients.video import process_video
-    from tddfa_clients.video_io import VideoError
+    from tddfa_tools.cli import main
 
     source = asset_dir / "video" / "two_faces_360p.mp4"
-    with FrameClient(server.grpc_url, "grpc", parameters={RENDER_MODE_PARAMETER: UV_MODE}) as c:
-        with pytest.raises(VideoError, match="tddfa image --render uv"):
-            process_video(c, source, tmp_path / "uv.mp4", progress=False)
+    code = main(
+        ["video", str(source), str(tmp_path / "uv.mp4"), "--render", "uv", "--mode", "detect",
+         "--url", server.grpc_url]
+    )  # fmt: skip
+    assert code == 1 and not (tmp_path / "uv.mp4").exists()
+    assert "tddfa image --render uv" in caplog.text
     with FrameClient(
         server.grpc_url, "grpc", in_flight=4, parameters={RENDER_MODE_PARAMETER: "pose"}
     ) as client:

@@ -1,4 +1,5 @@
-"""Batch client pieces that need no server: discovery, manifest, rotation, error classes."""
+"""Batch client pieces that need no server: discovery, manifest, error classes (the
+rotation over servers: test_endpoints.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from tddfa_clients.batch import (
     BadInput,
     Job,
     Manifest,
-    ServerPool,
     check_input,
     discover,
     plan_jobs,
@@ -73,22 +73,6 @@ def test_manifest_last_record_wins_and_survives_damage(tmp_path: Path) -> None:
     assert reloaded.is_done(job)
     lines = path.read_text().splitlines()
     assert [json.loads(x)["status"] for x in lines[:2]] == [FAILED, DONE]  # append-only
-
-
-def test_server_pool_rotates_and_takes_dead_servers_out() -> None:
-    now = [0.0]
-    pool = ServerPool(["a:1", "b:1", "a:1"], retry_after=10, clock=lambda: now[0])
-    assert [pool.acquire() for _ in range(4)] == ["a:1", "b:1", "a:1", "b:1"]
-    pool.mark_dead("a:1")
-    assert {pool.acquire() for _ in range(3)} == {"b:1"}
-    now[0] = 3.0
-    pool.mark_dead("b:1")  # dead until 13
-    now[0] = 5.0
-    assert pool.acquire() == "a:1"  # all dead: the one back soonest
-    now[0] = 10.5
-    assert {pool.acquire() for _ in range(4)} == {"a:1"}  # a's penalty is over, b's is not
-    pool.mark_alive("b:1")
-    assert {pool.acquire() for _ in range(4)} == {"a:1", "b:1"}
 
 
 def _bad(tmp_path: Path, asset_dir: Path, kind: str) -> Path:

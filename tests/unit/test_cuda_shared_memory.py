@@ -10,12 +10,14 @@ from __future__ import annotations
 import concurrent.futures
 import sys
 import types
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.utils
 
-from tddfa_clients import triton_client
+from tddfa_clients import shared_memory, triton_client, video, video_io
 from tddfa_clients.triton_client import ClientError, FrameClient
 
 OUTPUTS = {  # name: (datatype, shape without batch; -1 = the frame's dims)
@@ -57,9 +59,10 @@ class FakeCudaShm(types.ModuleType):
         self.log.append(("write_host", region.name))
         self._write(region, np.concatenate([v.reshape(-1).view(np.uint8) for v in values]))
 
-    def set_shared_memory_region_from_dlpack(self, region, values):
-        self.log.append(("write_dlpack", region.name))
-        self._write(region, np.concatenate([v.host.reshape(-1) for v in values]))
+    def write_device(self, region, image):
+        """Stands in for CudaSharedMemorySlot._write_device (CuPy on a GPU)."""
+        self.log.append(("write_device", region.name))
+        self._write(region, image.host.reshape(-1).copy())
 
     def _write(self, region, flat):
         assert region in self.live, f"write to destroyed region {region.name}"
@@ -105,7 +108,14 @@ class FakeServer:
         self.shm.log.append(("register", name))
         self.registered[name] = region
 
+    in_use_answers = 0  # how many unregister calls answer "currently in use" first
+
     def unregister_cuda_shared_memory(self, name):
+        if self.in_use_answers:
+            self.in_use_answers -= 1
+            raise tritonclient.utils.InferenceServerException(
+                f"Cannot unregister shared memory region '{name}', it is currently in use."
+            )
         self.shm.log.append(("unregister", name))
         del self.registered[name]
 
@@ -160,13 +170,27 @@ class FakeProtocol:
     def output_shape(self, result, name):
         return result[name]
 
-    def submit(self, model, inputs, outputs):
-        future = concurrent.futures.Future()
-        future.set_result(self.server.infer(inputs, outputs))
-        return future
+    sequences: list = []  # the SequenceFrame of every submitted request (None outside one)
+
+    def submit(self, model, inputs, outputs, sequence=None):
+        """Answered when the result is first asked for: the server reads the input region
+        late, as a real one may, so a slot overwritten too early shows."""
+        self.sequences.append(sequence)
+        return LazyFuture(lambda: self.server.infer(inputs, outputs))
 
     def close(self):
         pass
+
+
+class LazyFuture(concurrent.futures.Future):
+    def __init__(self, answer):
+        super().__init__()
+        self._answer = answer
+
+    def result(self, timeout=None):
+        if not self.done():
+            self.set_result(self._answer())
+        return super().result(timeout)
 
 
 @pytest.fixture
@@ -178,6 +202,11 @@ def fake(monkeypatch):
     monkeypatch.setattr(tritonclient.utils, "cuda_shared_memory", shm, raising=False)
     FakeProtocol.server = FakeServer(shm)
     monkeypatch.setattr(triton_client, "_Protocol", FakeProtocol)
+    monkeypatch.setattr(
+        shared_memory.CudaSharedMemorySlot,
+        "_write_device",
+        lambda slot, image: shm.write_device(slot.handle("input"), image),
+    )
     return shm
 
 
@@ -227,7 +256,7 @@ def test_stream_results_and_region_reuse(fake):
     creates = [name for event, name in fake.log if event == "create"]
     # the probe's small region of slot 0 is replaced once; then every region is reused
     assert len(creates) == 7, creates
-    assert not any(event == "write_dlpack" for event, _ in fake.log)
+    assert not any(event == "write_device" for event, _ in fake.log)
 
 
 def test_output_offsets_are_aligned(fake, monkeypatch):
@@ -246,13 +275,121 @@ def test_output_offsets_are_aligned(fake, monkeypatch):
     assert offsets and all(o % triton_client.CUDA_ALIGNMENT == 0 for o in offsets)
 
 
-def test_device_array_is_written_through_dlpack(fake):
+def test_device_array_is_copied_device_to_device(fake):
     image = frames(1)[0]
     with FrameClient("localhost", "grpc", in_flight=2, shared_memory="cuda") as client:
         result = client.infer(FakeDeviceArray(image))
     np.testing.assert_array_equal(result.rendered, 255 - image)
     events = [event for event, _ in fake.log]
-    assert "write_dlpack" in events and "write_host" not in events
+    assert "write_device" in events and "write_host" not in events
+
+
+def reused_surface(images):
+    """Yields every image through ONE device buffer, overwritten for each frame, the way
+    PyNvVideoCodec's SimpleDecoder reuses its output surfaces."""
+    surface = FakeDeviceArray(np.zeros_like(images[0]))
+    for index, image in enumerate(images):
+        surface.host[...] = image
+        yield index, surface
+
+
+def test_reused_decoder_surface_is_copied_before_the_next_frame(fake):
+    """With 3 requests in flight and the server reading its inputs late, every result
+    still belongs to its own frame: each frame went into its slot before the surface was
+    overwritten by the next one."""
+    images = frames(8, (19, 29, 3))
+    with FrameClient("localhost", "grpc", in_flight=3, shared_memory="cuda") as client:
+        results = list(client.infer_stream(reused_surface(images)))
+    for (index, result), image in zip(results, images, strict=True):
+        np.testing.assert_array_equal(result.rendered, 255 - image, err_msg=f"frame {index}")
+    lifecycle_ok(fake.log)
+
+
+def test_sequence_look_ahead_never_reads_a_reused_surface(fake):
+    """A sequence frame is sent once the next frame shows it was not the last: each frame
+    is copied into its slot before that next frame is pulled, START and END are right."""
+    images = frames(6, (19, 29, 3))
+    FakeProtocol.sequences = []
+    with FrameClient("localhost", "grpc", in_flight=3, shared_memory="cuda") as client:
+        results = list(client.infer_stream(reused_surface(images), sequence_id=7))
+    for (index, result), image in zip(results, images, strict=True):
+        np.testing.assert_array_equal(result.rendered, 255 - image, err_msg=f"frame {index}")
+    flags = [(s.sequence_id, s.start, s.end) for s in FakeProtocol.sequences]
+    assert flags == [(7, True, False)] + [(7, False, False)] * 4 + [(7, False, True)]
+    lifecycle_ok(fake.log)
+
+
+def test_close_waits_for_requests_in_flight_before_unregistering(fake):
+    """A consumer that stops early leaves requests in the server: their regions are
+    unregistered only after those requests ended."""
+    images = frames(6, (19, 29, 3))
+    with FrameClient("localhost", "grpc", in_flight=3, shared_memory="cuda") as client:
+        stream = client.infer_stream(enumerate(images))
+        next(stream)
+        stream.close()  # 2 requests still pending: drained here, before any unregister
+    events = [event for event, _ in fake.log]
+    assert events.count("infer_input") == 3  # the answered one and the two drained
+    assert events.index("unregister") > max(i for i, e in enumerate(events) if e == "infer_input")
+    lifecycle_ok(fake.log)
+
+
+def test_region_freed_late_by_the_server_is_unregistered_after_retries(fake):
+    FakeProtocol.server.in_use_answers = 2
+    with FrameClient("localhost", "grpc", in_flight=1, shared_memory="cuda") as client:
+        client.infer(frames(1)[0])
+    assert fake.live == []
+    lifecycle_ok(fake.log)
+
+
+def test_region_held_by_a_stuck_request_is_never_freed(fake, monkeypatch, caplog):
+    """The server keeps saying "in use" (a request stuck inside it): after the grace
+    period the region stays registered and allocated, with a warning that names it."""
+    monkeypatch.setattr(shared_memory.RegionSlot, "UNREGISTER_GRACE", 0.2)
+    FakeProtocol.server.in_use_answers = 10**6
+    client = FrameClient("localhost", "grpc", in_flight=1, shared_memory="cuda")
+    client.infer(frames(1)[0])
+    with caplog.at_level("WARNING"):
+        client.close()
+    assert len(fake.live) == 2  # input and output regions: not destroyed
+    assert not any(event == "destroy" for event, _ in fake.log)
+    assert "still held by a request inside the server" in caplog.text
+
+
+def test_stuck_request_blocks_its_slot_instead_of_overwriting_it(fake):
+    """A slot whose request never answered is not reused for a new frame."""
+    client = FrameClient("localhost", "grpc", in_flight=1, shared_memory="cuda", timeout=0.1)
+    slot = client._slots[0]
+    slot.in_flight = concurrent.futures.Future()  # never resolves
+    with pytest.raises(triton_client.ServerUnavailable, match="has not come back"):
+        client.infer(frames(1)[0])
+    slot.in_flight = None
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("kinds", "expected"),
+    [
+        ({"preprocess": ["KIND_GPU"], "face_renderer": ["KIND_GPU", "KIND_GPU"]}, True),
+        ({"preprocess": ["KIND_GPU"], "face_renderer": ["KIND_CPU"]}, False),
+        ({"preprocess": []}, False),
+    ],
+)
+def test_served_on_gpu_reads_the_steps_that_take_the_image(kinds, expected):
+    configs = {
+        "tddfa": {
+            "ensemble_scheduling": {
+                "step": [{"model_name": name, "input_map": {"IMAGE": "IMAGE"}} for name in kinds]
+                + [{"model_name": "face_regressor", "input_map": {"CROPS": "CROPS"}}]
+            }
+        },
+        "face_regressor": {"instance_group": [{"kind": "KIND_CPU"}]},  # never asked
+        **{
+            name: {"instance_group": [{"kind": kind} for kind in group]}
+            for name, group in kinds.items()
+        },
+    }
+    protocol = types.SimpleNamespace(model_config=configs.__getitem__)
+    assert triton_client.served_on_gpu_from(protocol) is expected
 
 
 def test_device_array_without_cuda_mode_is_refused(fake):
@@ -296,3 +433,123 @@ def test_missing_cuda_python_names_the_fix(monkeypatch):
 def test_rendered_on_device_needs_cuda_mode():
     with pytest.raises(ValueError, match="shared_memory='cuda'"):
         FrameClient("localhost", "grpc", shared_memory="system", rendered_on_device=True)
+
+
+# -- tddfa video over CUDA shared memory -------------------------------------------------
+
+
+class FakeNvDecoder:
+    """Stands in for video_nvidia.NvDecoder: device frames through one reused surface."""
+
+    name = "nvdec (fake)"
+    on_device = True
+
+    def __init__(self, images):
+        self.images = images
+
+    def __iter__(self):
+        for index, surface in reused_surface(self.images):
+            yield video_io.Frame(surface, 100 + index, index)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+class RecordingEncoder:
+    name = "recording"
+
+    def __init__(self):
+        self.written = []
+        self.frames_written = 0
+        self.path = None
+
+    def open(self, path, *args, **kwargs):
+        self.path = Path(path)
+        return self
+
+    def write(self, image, pts):
+        self.written.append((pts, np.array(image, copy=True)))
+        self.frames_written += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.path.write_bytes(b"")  # the file the atomic rename expects
+
+
+def test_video_frames_go_device_to_device_and_back(fake, monkeypatch, tmp_path):
+    """process_video with an NVDEC decoder and a CUDA shared memory client: every frame is
+    written device to device into its slot (never through the host), each rendered frame
+    reaches the encoder in order with its pts, although the decoder reuses one surface."""
+    images = frames(7, (19, 29, 3))
+    info = video_io.VideoInfo(29, 19, 7, Fraction(25), Fraction(1, 25), "h264", False)
+    encoder = RecordingEncoder()
+    monkeypatch.setattr(video, "probe", lambda path: info)
+    monkeypatch.setattr(video, "open_decoder", lambda *a, **k: FakeNvDecoder(images))
+    monkeypatch.setattr(video, "open_encoder", encoder.open)
+    with FrameClient("localhost", "grpc", in_flight=3, shared_memory="cuda") as client:
+        stats = video.process_video(
+            client, tmp_path / "in.mp4", tmp_path / "out.mp4", progress=False
+        )
+    assert (stats.frames, stats.transport) == (7, "cuda")
+    assert [pts for pts, _ in encoder.written] == list(range(100, 107))
+    for (_, rendered), image in zip(encoder.written, images, strict=True):
+        np.testing.assert_array_equal(rendered, 255 - image)
+    events = [event for event, _ in fake.log]
+    assert events.count("write_device") == 7 and "write_host" not in events
+    lifecycle_ok(fake.log)
+
+
+def test_video_host_transport_copies_nvdec_frames_to_the_host(monkeypatch):
+    """Without CUDA shared memory, NVDEC frames are copied to the host one by one."""
+    monkeypatch.setattr(video_io, "host_array", lambda image: image.host.copy())
+    decoder = FakeNvDecoder(frames(2))
+    client = types.SimpleNamespace(shared_memory_kind="system")
+    pulled = list(video.frames_for(client, decoder))
+    assert all(isinstance(image, np.ndarray) for _, image in pulled)  # host copies
+    np.testing.assert_array_equal(pulled[0][1], decoder.images[0])  # not overwritten
+
+
+@pytest.mark.parametrize(
+    ("decoder", "url", "on_gpu", "cuda_ok", "expected"),
+    [
+        ("nvdec", "localhost:8001", True, True, "cuda"),
+        ("nvdec", "localhost:8001", False, True, "auto"),  # server's models on the CPU
+        ("nvdec", "203.0.113.7:8001", True, True, "auto"),  # remote server
+        ("cpu", "localhost:8001", True, True, "auto"),  # frames decoded on the host
+        ("nvdec", "localhost:8001", True, False, "auto"),  # no CUDA shared memory client
+    ],
+)
+def test_auto_transport(monkeypatch, decoder, url, on_gpu, cuda_ok, expected):
+    monkeypatch.setattr(video, "served_on_gpu", lambda *a, **k: on_gpu)
+
+    def fake_cuda_shm():
+        if not cuda_ok:
+            raise ClientError("CUDA shared memory unavailable")
+
+    monkeypatch.setattr(video, "cuda_shm", fake_cuda_shm)
+    assert video.choose_transport("auto", decoder, url, "grpc") == expected
+    assert video.choose_transport("system", decoder, url, "grpc") == "system"
+
+
+def test_regions_registered_under_the_servers_gpu_number(fake, monkeypatch):
+    """A server pinned to physical GPU 1 (``tddfa serve --gpus 1``) calls it 0: the client
+    allocates on its GPU 1 and registers the region as the server's device 0."""
+    seen = []
+    original = FakeServer.register_cuda_shared_memory
+
+    def spy(self, name, raw_handle, device_id, byte_size):
+        seen.append(device_id)
+        return original(self, name, raw_handle, device_id, byte_size)
+
+    monkeypatch.setattr(FakeServer, "register_cuda_shared_memory", spy)
+    with FrameClient(
+        "localhost", "grpc", in_flight=1, shared_memory="cuda", cuda_device=1, server_cuda_device=0
+    ) as client:
+        client.infer(frames(1)[0])
+        assert {region.device_id for region in fake.live} == {1}  # allocated on our GPU 1
+    assert seen and set(seen) == {0}  # registered as the server's GPU 0

@@ -3,11 +3,19 @@ the server and quit after it, here with a stand-in nvidia-cuda-mps-control."""
 
 from __future__ import annotations
 
+import argparse
 import stat
 
 import pytest
 
-from tddfa_tools.serve import CudaMps, TritonServerError, cuda_memory_pool_args
+from tddfa_tools.serve import (
+    CudaMps,
+    TritonServer,
+    TritonServerError,
+    _gpu_list,
+    cuda_memory_pool_args,
+    visible_gpu_count,
+)
 
 
 @pytest.fixture()
@@ -17,7 +25,9 @@ def fake_control(tmp_path, monkeypatch):
     script.parent.mkdir()
     script.write_text(
         f'#!/bin/sh\necho "$* pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$(cat)" >> {calls}\n'
-        'test "$FAIL_MPS" != 1\n'
+        'test "$FAIL_MPS" != 1 || exit 1\n'
+        # the real daemon creates its control pipe once it listens
+        'test "$NO_PIPE" = 1 || touch "$CUDA_MPS_PIPE_DIRECTORY/control"\n'
     )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")
@@ -41,6 +51,16 @@ def test_failed_start_names_the_log(fake_control, monkeypatch):
         CudaMps().start()
 
 
+def test_daemon_without_control_pipe_is_a_warning(fake_control, monkeypatch, caplog):
+    monkeypatch.setenv("NO_PIPE", "1")
+    monkeypatch.setattr(CudaMps, "READY_TIMEOUT", 0.2)
+    mps = CudaMps()
+    with caplog.at_level("WARNING"):
+        mps.start()
+    mps.stop()
+    assert "may run without MPS" in caplog.text
+
+
 def test_missing_binary_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr("shutil.which", lambda *a, **k: None)
@@ -56,3 +76,82 @@ def test_memory_pool_flags_per_gpu():
     ]
     with pytest.raises(ValueError, match=">= 0"):
         cuda_memory_pool_args(-1, gpus=1)
+
+
+def test_daemon_sees_the_servers_gpus(fake_control):
+    """A server restricted to GPUs gets a daemon restricted to the same GPUs (a client
+    may only use devices its daemon sees); the clients get the same variable."""
+    script = fake_control.parent / "bin" / "nvidia-cuda-mps-control"
+    script.write_text(
+        f'#!/bin/sh\necho "$* visible=$CUDA_VISIBLE_DEVICES" >> {fake_control}\n'
+        'mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" && touch "$CUDA_MPS_PIPE_DIRECTORY/control"\n'
+    )
+    mps = CudaMps(devices=[1, 0])
+    env = mps.start()
+    assert env["CUDA_VISIBLE_DEVICES"] == "1,0"
+    mps.stop()
+    assert fake_control.read_text().splitlines() == ["-d visible=1,0", " visible=1,0"]
+
+
+def test_daemon_log_failures_are_reported(fake_control, caplog):
+    mps = CudaMps()
+    mps.start()
+    (mps.directory / "log" / "server.log").write_text(
+        "[2026-11-30] INFO started\n[2026-11-30] ERROR client limit exceeded\n"
+    )
+    assert mps.log_problems() == ["server.log: [2026-11-30] ERROR client limit exceeded"]
+    with caplog.at_level("WARNING"):
+        mps.stop()
+    assert "client limit exceeded" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("visible", "expected"),
+    [
+        (None, 4),  # unset: every GPU of the host
+        ("1", 1),
+        ("2,0", 2),
+        ("", 0),
+        ("0,7,1", 1),  # CUDA stops at the first invalid entry (7 of 4 GPUs)
+        ("GPU-0b1c,1", 2),
+    ],
+)
+def test_visible_gpu_count_reads_cuda_visible_devices(visible, expected):
+    environ = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    assert visible_gpu_count(environ, host_gpus=4) == expected
+
+
+def test_pool_flags_follow_the_visible_gpus(monkeypatch):
+    """A server pinned to GPU 1 sees one device, numbered 0: no flag for a device 1 it
+    cannot see (Triton refuses that)."""
+    monkeypatch.setattr("tddfa_tools.serve.gpu_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert cuda_memory_pool_args(4) == ["--cuda-memory-pool-byte-size=0:4194304"]
+
+
+def test_gpu_list_argument():
+    assert _gpu_list("0,1") == (0, 1)
+    for bad in ("0,0", "-1", "a", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="--gpus"):
+            _gpu_list(bad)
+
+
+def test_server_environment_pins_gpus(tmp_path, monkeypatch):
+    """TritonServer(gpus=...) hands CUDA_VISIBLE_DEVICES to the server process."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_popen(cmd, env, **kwargs):
+        seen.update(env)
+        raise Stop
+
+    (tmp_path / "repo").mkdir()
+    monkeypatch.setattr("tddfa_tools.serve.tritonserver_dist", lambda: tmp_path)
+    monkeypatch.setattr("tddfa_tools.serve.prepare_backends", lambda dist: tmp_path)
+    monkeypatch.setattr("tddfa_tools.serve.server_environment", lambda dist: {"A": "1"})
+    monkeypatch.setattr("subprocess.Popen", fake_popen)
+    with pytest.raises(Stop):
+        TritonServer(tmp_path / "repo", gpus=[1]).start()
+    assert seen["CUDA_VISIBLE_DEVICES"] == "1" and seen["A"] == "1"

@@ -34,9 +34,13 @@ def test_default_profiles_follow_config(cfg: PipelineConfig, max_batch: int) -> 
     k, h, w = cfg.max_faces, cfg.canvas_height, cfg.canvas_width
     profiles = default_profiles(cfg, max_batch)
     assert set(profiles) == {"face_detector", "face_regressor", "bfm_decoder"}
-    lo, opt, hi = profiles["face_detector"]["DETECTOR_INPUT"]
-    assert hi == (max_batch, 3, h, w) and opt == (1, 3, h, w)
-    assert lo == (1, 3, h // 2, w // 2)
+    # the whole detector graph: uint8 frames of any accepted size, optimised for the canvas
+    lo, opt, hi = profiles["face_detector"]["IMAGE"]
+    assert lo == (1, cfg.min_image_size, cfg.min_image_size, 3) and opt == (1, h, w, 3)
+    assert hi == (max_batch, cfg.max_image_height, cfg.max_image_width, 3)
+    # the bare network (python flavour): the canvas only
+    network = default_profiles(cfg, max_batch, detector="network")["face_detector"]
+    assert network == {"DETECTOR_INPUT": ((1, 3, h, w), (1, 3, h, w), (max_batch, 3, h, w))}
     crop = (3, REGRESSOR_SIZE, REGRESSOR_SIZE)
     assert profiles["face_regressor"]["CROPS"] == (
         (1, 1, *crop),
@@ -53,6 +57,23 @@ def test_default_profiles_follow_config(cfg: PipelineConfig, max_batch: int) -> 
 def test_default_profiles_reject_bad_batch() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         default_profiles(PipelineConfig(), 0)
+    with pytest.raises(ValueError, match="detector must be one of"):
+        default_profiles(PipelineConfig(), 1, detector="canvas")
+
+
+def test_detector_graph_profile_fits_the_graph(tmp_path: Path) -> None:
+    """The IMAGE profile matches the exported graph's input (rank, fixed channel axis)."""
+    pytest.importorskip("onnx")
+    import onnx
+
+    from tddfa_tools.detector_graph import build_rescale_graph
+
+    path = tmp_path / "rescale.onnx"
+    onnx.save(build_rescale_graph(PipelineConfig()), str(path))
+    graph = onnx.load(str(path)).graph
+    dims = tuple(d.dim_value or -1 for d in graph.input[0].type.tensor_type.shape.dim)
+    network = _FakeNetwork([_FakeInput("IMAGE", dims)])
+    _check_profiles(network, default_profiles(PipelineConfig(), 8)["face_detector"])
 
 
 def test_trtexec_command_matches_profiles() -> None:
@@ -126,7 +147,9 @@ def test_missing_tensorrt_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 # ---- real engines (only where TensorRT and a CUDA GPU are available) ----
 
-TINY = PipelineConfig(max_faces=2, canvas_height=128, canvas_width=192)
+TINY = PipelineConfig(
+    max_faces=2, canvas_height=128, canvas_width=192, max_image_height=256, max_image_width=384
+)
 TINY_BATCH = 2
 
 
@@ -136,12 +159,27 @@ def tiny_onnx(
 ) -> dict[str, Path]:
     from tddfa_tools.assets import resolve_assets
     from tddfa_tools.bfm_builder import BFM_ASSET_NAMES, build_bfm, export_bfm_decoder
+    from tddfa_tools.export_onnx import export_detector_graph
 
     out = tmp_path_factory.mktemp("trt_onnx")
     bfm = build_bfm(
         resolve_assets(BFM_ASSET_NAMES, asset_dir=asset_dir, download=False), out / "bfm.npz"
     )
-    return {**onnx_models, "bfm_decoder": export_bfm_decoder(bfm, out / "bfm_decoder.onnx")}
+    graph = export_detector_graph(
+        asset_dir / "3ddfa_v2" / "FaceBoxesProd.pth", out / "face_detector_graph.onnx", TINY
+    )
+    return {
+        **onnx_models,
+        "bfm_decoder": export_bfm_decoder(bfm, out / "bfm_decoder.onnx"),
+        "face_detector_graph": graph,
+    }
+
+
+def _tiny_profiles(model: str) -> dict:
+    """Profiles of the test engines: the bare detector network, or the whole graph."""
+    if model == "face_detector_graph":
+        return default_profiles(TINY, TINY_BATCH)["face_detector"]
+    return default_profiles(TINY, TINY_BATCH, detector="network")[model]
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +190,9 @@ def engines(
     if not torch.cuda.is_available():
         pytest.skip("TensorRT engines need a CUDA GPU")
     out = tmp_path_factory.mktemp("engines")
-    profiles = default_profiles(TINY, TINY_BATCH)
     return {
         name: build_engine(
-            path, out, profiles=profiles[name], fp16=False, timing_cache=out / "timing.cache"
+            path, out, profiles=_tiny_profiles(name), fp16=False, timing_cache=out / "timing.cache"
         )
         for name, path in tiny_onnx.items()
     }
@@ -174,11 +211,14 @@ def _run_engine(engine_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, n
         context.set_input_shape(name, array.shape)
         context.set_tensor_address(name, buffers[name].data_ptr())
     outputs = {}
+    dtypes = {trt.float32: torch.float32, trt.int32: torch.int32}
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
             outputs[name] = torch.empty(
-                tuple(context.get_tensor_shape(name)), dtype=torch.float32, device="cuda"
+                tuple(context.get_tensor_shape(name)),
+                dtype=dtypes[engine.get_tensor_dtype(name)],
+                device="cuda",
             )
             context.set_tensor_address(name, outputs[name].data_ptr())
     stream = torch.cuda.Stream()
@@ -206,9 +246,7 @@ def test_engine_matches_onnxruntime(
 ) -> None:
     import onnxruntime as ort
 
-    shapes = {
-        name: shape[which] for name, shape in default_profiles(TINY, TINY_BATCH)[model].items()
-    }
+    shapes = {name: shape[which] for name, shape in _tiny_profiles(model).items()}
     inputs = _inputs(model, shapes)
     session = ort.InferenceSession(str(tiny_onnx[model]), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
@@ -222,6 +260,40 @@ def test_engine_matches_onnxruntime(
 
 @needs_tensorrt
 @pytest.mark.gpu
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["min", "opt", "max"])
+def test_detector_graph_engine_matches_onnxruntime(
+    engines: dict[str, Path], tiny_onnx: dict[str, Path], asset_dir: Path, which: int
+) -> None:
+    """The whole detector (uint8 frames of the profile's min/opt/max size, photos resized to
+    it) in TensorRT vs onnxruntime: same face counts, boxes within 2 px (TensorRT evaluates
+    the rescale rule in float32 and the network with its own tactics)."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    shape = _tiny_profiles("face_detector_graph")["IMAGE"][which]
+    batch, height, width, _ = shape
+    photos = sorted((asset_dir / "images").glob("*.jpg"))
+    frames = np.stack(
+        [
+            np.asarray(Image.open(photos[i % len(photos)]).convert("RGB").resize((width, height)))
+            for i in range(batch)
+        ]
+    )
+    session = ort.InferenceSession(
+        str(tiny_onnx["face_detector_graph"]), providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in session.get_outputs()]
+    expected = dict(zip(names, session.run(names, {"IMAGE": frames}), strict=True))
+    got = _run_engine(engines["face_detector_graph"], {"IMAGE": frames})
+    np.testing.assert_array_equal(got["FACE_COUNT"], expected["FACE_COUNT"])
+    np.testing.assert_array_equal(got["NUM_FACES"], expected["FACE_COUNT"])
+    np.testing.assert_allclose(got["FACE_BOXES"][..., :4], expected["FACE_BOXES"][..., :4], atol=2)
+    np.testing.assert_allclose(got["FACE_BOXES"][..., 4], expected["FACE_BOXES"][..., 4], atol=1e-2)
+    np.testing.assert_array_equal(got["DETECTIONS"], got["FACE_BOXES"])
+
+
+@needs_tensorrt
+@pytest.mark.gpu
 def test_engine_files_are_described(engines: dict[str, Path]) -> None:
     import tensorrt as trt
 
@@ -230,7 +302,7 @@ def test_engine_files_are_described(engines: dict[str, Path]) -> None:
         record = json.loads(path.with_suffix(".json").read_text())
         assert record["tensorrt_version"] == trt.__version__ and record["precision"] == "fp32"
         assert record["profiles"][0] == {
-            k: [list(s) for s in v] for k, v in default_profiles(TINY, TINY_BATCH)[name].items()
+            k: [list(s) for s in v] for k, v in _tiny_profiles(name).items()
         }
     assert (path.parent / "timing.cache").stat().st_size > 0
 

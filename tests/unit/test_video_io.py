@@ -149,3 +149,32 @@ def test_text_file_is_not_an_image(tmp_path: Path) -> None:
     (tmp_path / "x.jpg").write_text("hello")
     with pytest.raises(ImageError, match="cannot decode"):
         read_image(tmp_path / "x.jpg")
+
+
+def test_without_pyav_opencv_reads_and_writes(av_video: Path, tmp_path: Path, monkeypatch, caplog):
+    """The GPU machines have OpenCV but not PyAV: probe, decode and encode still work, with
+    frame-index timestamps at the average rate, no audio, and one notice saying so."""
+    from tddfa_clients import video_io
+
+    monkeypatch.setattr(video_io, "have_pyav", lambda: False)
+    info = video_io.probe(av_video)
+    assert (info.width, info.height, info.frame_count) == (64, 48, 20)
+    assert info.average_rate == 25 and info.time_base == Fraction(1, 25)
+    assert not info.has_audio
+    target = tmp_path / "out.mp4"
+    with caplog.at_level("WARNING"):
+        with (
+            video_io.open_decoder(av_video, "cpu") as decoder,
+            video_io.open_encoder(target, info, "auto") as encoder,
+        ):
+            assert decoder.name == "cpu (OpenCV)" and encoder.name == "cpu (OpenCV mpeg4)"
+            pts = []
+            for frame in decoder:
+                encoder.write(255 - frame.host_image(), frame.pts)
+                pts.append(frame.pts)
+    assert pts == list(range(20))
+    assert "without audio" in caplog.text
+    with av.open(str(target)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == 20
+    assert abs(float(decoded[3].mean()) - (255 - 30)) < 8  # frame 3 was grey 30, inverted

@@ -1,0 +1,390 @@
+"""The FrameClient's shared memory: one input and one output region per in-flight slot,
+system (POSIX) or CUDA, registered with the server once and reused from frame to frame.
+
+Life cycle, strictly (tritonclient's ``simple_*_shm_client`` examples): create -> register
+-> use -> unregister -> destroy. A region is never unregistered while a request that uses it
+may still be inside the server: :meth:`RegionSlot.close` first waits for the slot's request
+to end (its answer, its error or its client-side timeout). A server that still holds the
+region after that ("Cannot unregister shared memory region ..., it is currently in use": the
+request is stuck in the server) gets :attr:`RegionSlot.UNREGISTER_GRACE` seconds more; then
+the region is left registered and allocated, with a warning naming it, because freeing
+memory the server still maps would turn a stuck request into memory corruption.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import dataclasses
+import importlib.util
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from tritonclient.utils import InferenceServerException
+
+from tddfa_clients.errors import ClientError
+
+LOG = logging.getLogger(__name__)
+
+CUDA_ALIGNMENT = 256  # bytes: output offsets in a CUDA region (cudaMalloc's alignment)
+CUDA_SHM_HINT = (
+    "CUDA shared memory needs tritonclient[cuda] with cuda-python 12.x (tritonclient 2.51 "
+    "imports cuda.cudart, which cuda-python 13 removed): pip install 'cuda-python>=12,<13' "
+    "'setuptools<81'"
+)
+_IN_USE = "currently in use"  # Triton's answer to unregistering a region a request holds
+_HTTP_WAIT_TIMEOUT = "failed to obtain inference response"  # tritonclient.http's timeout
+
+
+def request_ended(future: Any, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` s for a request's future; True once it has ended (result or
+    error), False while it is still pending."""
+    try:
+        future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        return False
+    except InferenceServerException as exc:
+        return _HTTP_WAIT_TIMEOUT not in (exc.message() or "")
+    except Exception:  # noqa: BLE001  (a failed request has ended too)
+        return True
+    return True
+
+
+class RegionInUse(ClientError):
+    """The server still uses a region: a request that uses it has not left the server."""
+
+
+class RegionSlot:
+    """One input region and one output region, registered with the server and reused;
+    created on first use, grown when a frame needs more, released by :meth:`close` only
+    once no request uses them. Subclasses say how regions are made.
+
+    ``in_flight`` holds the future of the request that uses the slot (set by the client when
+    it sends, cleared when it has the answer).
+    """
+
+    UNREGISTER_GRACE = 10.0  # s: a region "in use" after its request ended may free up
+
+    def __init__(self, protocol: Any, tag: str):
+        self._protocol = protocol
+        self._tag = tag
+        self.regions: dict[str, tuple[str, Any, int]] = {}  # role -> (name, handle, size)
+        self.in_flight: Any = None
+        self.abandoned: list[tuple[str, Any]] = []  # (name, handle) the server still held
+
+    def _create(self, name: str, size: int) -> Any:
+        """Create and register region ``name``; return its handle (destroyed on failure)."""
+        raise NotImplementedError
+
+    def _unregister(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _destroy(self, handle: Any) -> None:
+        raise NotImplementedError
+
+    def ensure(self, role: str, size: int) -> str:
+        """The region name for ``role`` holding at least ``size`` bytes."""
+        current = self.regions.get(role)
+        if current is not None and current[2] >= size:
+            return current[0]
+        if current is not None:
+            self._release(role)
+        name = f"{self._tag}_{role}"
+        self.regions[role] = (name, self._create(name, size), size)
+        return name
+
+    def handle(self, role: str) -> Any:
+        return self.regions[role][1]
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until the slot's request has ended; False if it is still pending."""
+        if self.in_flight is None:
+            return True
+        if not request_ended(self.in_flight, timeout):
+            return False
+        self.in_flight = None
+        return True
+
+    def _unregister_when_free(self, name: str) -> None:
+        """Unregister ``name``; while the server says it is in use, retry for
+        UNREGISTER_GRACE seconds, then raise RegionInUse."""
+        deadline = time.monotonic() + self.UNREGISTER_GRACE
+        delay = 0.05
+        while True:
+            try:
+                self._unregister(name)
+                return
+            except InferenceServerException as exc:
+                if _IN_USE not in (exc.message() or str(exc)):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise RegionInUse(exc.message() or str(exc)) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _release(self, role: str) -> None:
+        name, handle, _ = self.regions.pop(role)
+        try:
+            self._unregister_when_free(name)
+        except RegionInUse:
+            LOG.warning(
+                "shared memory region %s is still held by a request inside the server %.0f s "
+                "after the client gave up on it: left registered and allocated (freeing it "
+                "could let the server write into freed memory). The server holds a stuck "
+                "request: see docs/multi_gpu.md (hang diagnosis)",
+                name,
+                self.UNREGISTER_GRACE,
+            )
+            self.abandoned.append((name, handle))
+            return
+        except Exception as exc:  # noqa: BLE001  (the server may be gone; free our side)
+            LOG.warning("could not unregister shared memory %s: %s", name, exc)
+        self._destroy(handle)
+
+    def close(self, wait: float | None = 0.0) -> None:
+        """Release both regions once the slot's request has ended (waiting up to ``wait``
+        s for it); a region the server still holds is left alone (see the module doc)."""
+        if not self.wait_idle(wait):
+            LOG.warning(
+                "a request using shared memory %s is still pending after %s s: the server is "
+                "not answering; releasing its regions only if the server lets go of them",
+                self._tag,
+                wait,
+            )
+        for role in list(self.regions):
+            self._release(role)
+
+
+class SharedMemorySlot(RegionSlot):
+    """System (POSIX) shared memory regions."""
+
+    def _create(self, name: str, size: int) -> Any:
+        import tritonclient.utils.shared_memory as shm
+
+        handle = shm.create_shared_memory_region(name, "/" + name, size)
+        try:
+            self._protocol.client.register_system_shared_memory(name, "/" + name, size)
+        except BaseException:
+            shm.destroy_shared_memory_region(handle)
+            raise
+        return handle
+
+    def _unregister(self, name: str) -> None:
+        self._protocol.client.unregister_system_shared_memory(name)
+
+    def _destroy(self, handle: Any) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        shm.destroy_shared_memory_region(handle)
+
+    def write(self, image: np.ndarray) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        shm.set_shared_memory_region(self.handle("input"), [image])
+
+    def read(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        import tritonclient.utils.shared_memory as shm
+
+        view = shm.get_contents_as_numpy(self.handle("output"), dtype, shape, offset=offset)
+        return np.array(view, copy=True)  # the region is reused by the next frame
+
+
+def have_cupy() -> bool:
+    return importlib.util.find_spec("cupy") is not None
+
+
+def cuda_shm() -> Any:
+    """How CUDA regions are made: ``None`` for CuPy (preferred: works with any cuda-python;
+    tritonclient 2.51's helper imports cuda.cudart, gone from cuda-python 13, the GPU
+    machines' version), else tritonclient.utils.cuda_shared_memory; ClientError naming the
+    fix when neither is usable."""
+    if have_cupy():
+        return None
+    try:
+        import tritonclient.utils.cuda_shared_memory as cudashm
+    except (ImportError, RuntimeError) as exc:
+        raise ClientError(
+            f"CUDA shared memory unavailable ({exc}): install CuPy (pip install "
+            f"cupy-cuda12x or cupy-cuda13x), or {CUDA_SHM_HINT}"
+        ) from exc
+    return cudashm
+
+
+@dataclasses.dataclass
+class CupyRegion:
+    """A CUDA shared memory region made with CuPy: its own cudaMalloc (CUDA IPC shares
+    whole allocations, so never a pool block) and the IPC handle Triton opens."""
+
+    memory: Any  # cupy.cuda.Memory; None once destroyed
+    size: int
+    device_id: int
+
+    @classmethod
+    def create(cls, size: int, device_id: int) -> CupyRegion:
+        import cupy
+
+        with cupy.cuda.Device(device_id):
+            return cls(cupy.cuda.Memory(size), size, device_id)
+
+    def raw_handle(self) -> bytes:
+        """The serialized cudaIpcMemHandle in base64, as register_cuda_shared_memory wants."""
+        import cupy
+
+        with cupy.cuda.Device(self.device_id):
+            return base64.b64encode(cupy.cuda.runtime.ipcGetMemHandle(self.memory.ptr))
+
+    def array(self) -> Any:
+        """The whole region as a flat CuPy uint8 array (a view)."""
+        import cupy
+
+        pointer = cupy.cuda.MemoryPointer(self.memory, 0)
+        return cupy.ndarray((self.size,), cupy.uint8, pointer)
+
+    def destroy(self) -> None:
+        self.memory = None  # CuPy frees the allocation with its last reference
+
+
+def is_device_array(image: Any) -> bool:
+    """True for arrays that live on a CUDA device (DLPack device type 2: kDLCUDA)."""
+    if isinstance(image, np.ndarray) or not hasattr(image, "__dlpack_device__"):
+        return False
+    return int(image.__dlpack_device__()[0]) == 2
+
+
+def as_cupy(image: Any) -> Any:
+    """A CuPy view of a CUDA image from any producer (CuPy, torch, PyNvVideoCodec frames):
+    DLPack first (CuPy passes its current stream, so the producer's work is ordered before
+    ours), the CUDA array interface for producers whose ``__dlpack__`` takes no stream."""
+    import cupy
+
+    if isinstance(image, cupy.ndarray):
+        return image
+    try:
+        return cupy.from_dlpack(image)
+    except (TypeError, BufferError):
+        return cupy.asarray(image)
+
+
+class CudaSharedMemorySlot(RegionSlot):
+    """One CUDA input region and one CUDA output region on ``device_id``: the CUDA
+    counterpart of :class:`SharedMemorySlot`.
+
+    ``write`` fills the input region from a numpy array (one host-to-device copy) or from a
+    CUDA array (one device-to-device copy, no host memory), and returns only once the copy
+    is complete: a video decoder that reuses its output surfaces (PyNvVideoCodec's
+    SimpleDecoder does) may overwrite the source as soon as the next frame is pulled.
+    ``read`` copies one output out of the region, to the host or (``on_device``) into a new
+    CuPy array on the device.
+    """
+
+    def __init__(
+        self, protocol: Any, tag: str, device_id: int, server_device_id: int | None = None
+    ):
+        super().__init__(protocol, tag)
+        self.device_id = device_id  # as this process numbers its GPUs
+        # as the server numbers the same GPU (a server started with --gpus N calls it 0)
+        self.server_device_id = device_id if server_device_id is None else server_device_id
+
+    def _create(self, name: str, size: int) -> Any:
+        cudashm = cuda_shm()
+        if cudashm is None:
+            handle = CupyRegion.create(size, self.device_id)
+            raw = handle.raw_handle()
+        else:
+            handle = cudashm.create_shared_memory_region(name, size, self.device_id)
+            raw = cudashm.get_raw_handle(handle)
+        try:
+            self._protocol.client.register_cuda_shared_memory(
+                name, raw, self.server_device_id, size
+            )
+        except BaseException:
+            self._destroy(handle)
+            raise
+        return handle
+
+    def _unregister(self, name: str) -> None:
+        self._protocol.client.unregister_cuda_shared_memory(name)
+
+    def _destroy(self, handle: Any) -> None:
+        if isinstance(handle, CupyRegion):
+            handle.destroy()
+        else:
+            cuda_shm().destroy_shared_memory_region(handle)
+
+    def write(self, image: Any) -> None:
+        """Copy a (H, W, 3) uint8 image (numpy, or a CUDA array) into "input"; the copy is
+        complete when this returns."""
+        if is_device_array(image):
+            self._write_device(image)
+            return
+        handle = self.handle("input")
+        if isinstance(handle, CupyRegion):
+            import cupy
+
+            flat = np.ascontiguousarray(image).reshape(-1).view(np.uint8)
+            with cupy.cuda.Device(self.device_id):
+                handle.array()[: flat.size].set(flat)  # synchronous host-to-device copy
+        else:
+            cuda_shm().set_shared_memory_region(handle, [image])
+
+    def _region_array(self, role: str) -> Any:
+        """The whole ``role`` region as a flat CuPy uint8 array (a view, no copy)."""
+        import cupy
+
+        _, handle, size = self.regions[role]
+        if isinstance(handle, CupyRegion):
+            return handle.array()
+        with cupy.cuda.Device(self.device_id):
+            return cupy.from_dlpack(cuda_shm().as_shared_memory_tensor(handle, "UINT8", [size]))
+
+    def _write_device(self, image: Any) -> None:
+        """Device-to-device copy of a CUDA image (contiguous or pitched, this GPU or
+        another) into "input", complete when this returns.
+
+        The copy runs on CuPy's current stream of this GPU (after the caller's earlier work
+        there; a DLPack producer orders its own work before it) and is waited for.
+        """
+        import cupy
+
+        with cupy.cuda.Device(self.device_id):
+            stream = cupy.cuda.get_current_stream()
+            source = as_cupy(image)
+            if source.dtype != np.uint8:
+                raise ValueError(f"a CUDA image must be uint8, got {source.dtype}")
+            target = self._region_array("input")[: source.size]
+            if source.flags.c_contiguous:
+                target.data.copy_from_device_async(source.data, source.nbytes, stream)
+            elif source.device.id == self.device_id:
+                target.reshape(source.shape)[...] = source  # strided (pitched) rows
+            else:
+                with cupy.cuda.Device(source.device.id):
+                    packed = cupy.ascontiguousarray(source)
+                    cupy.cuda.get_current_stream().synchronize()
+                target.data.copy_from_device_async(packed.data, packed.nbytes, stream)
+            stream.synchronize()
+
+    def read(
+        self, offset: int, dtype: np.dtype, shape: tuple[int, ...], on_device: bool = False
+    ) -> Any:
+        """Copy ``shape`` ``dtype`` values at byte ``offset`` of "output" out of the region.
+
+        Returns numpy (one device-to-host copy; CuPy when importable, else tritonclient's
+        whole-region read) or, with ``on_device``, a CuPy array (device-to-device copy).
+        """
+        handle = self.handle("output")
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if not have_cupy():
+            if on_device:
+                raise ClientError("device outputs need CuPy: pip install cupy-cuda12x")
+            size = self.regions["output"][2]
+            whole = cuda_shm().get_contents_as_numpy(handle, np.uint8, [size])
+            return whole[offset : offset + nbytes].view(dtype).reshape(shape).copy()
+        import cupy
+
+        with cupy.cuda.Device(self.device_id):
+            view = self._region_array("output")[offset : offset + nbytes].view(dtype)
+            view = view.reshape(shape)
+            return view.copy() if on_device else cupy.asnumpy(view)

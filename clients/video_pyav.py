@@ -1,0 +1,220 @@
+"""PyAV (FFmpeg, CPU): probe, decode, libx264 encode, and the muxing (with the input's audio
+copied packet by packet) that the NVENC encoder shares."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from tddfa_clients.video_io import (
+    Decoder,
+    Encoder,
+    Frame,
+    VideoError,
+    VideoInfo,
+    host_array,
+    reason,
+)
+
+LOG = logging.getLogger(__name__)
+
+
+def probe_pyav(path: str | Path) -> VideoInfo:
+    try:
+        with av.open(str(path)) as container:
+            return _info(container)
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise VideoError(f"{path}: cannot open as a video ({reason(exc)})") from exc
+
+
+def _info(container: av.container.InputContainer) -> VideoInfo:
+    if not container.streams.video:
+        raise VideoError(f"{container.name}: no video stream")
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    if not ctx.width or not ctx.height:
+        raise VideoError(f"{container.name}: video stream has no frame size (unsupported codec?)")
+    rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+    return VideoInfo(
+        width=ctx.width,
+        height=ctx.height,
+        frame_count=int(stream.frames or 0),
+        average_rate=Fraction(rate),
+        time_base=Fraction(stream.time_base),
+        codec=ctx.name,
+        has_audio=bool(container.streams.audio),
+    )
+
+
+def packet_pts(path: Path) -> list[int]:
+    """The video packets' presentation timestamps, sorted: the frames' pts in display
+    order (demuxing only, no decoding)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return sorted(p.pts for p in container.demux(stream) if p.pts is not None)
+
+
+class PyAVDecoder(Decoder):
+    """FFmpeg software decoding through PyAV; frames are numpy RGB."""
+
+    name = "cpu (PyAV)"
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        super().__init__(path)
+        self._container = av.open(str(self.path))
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if threads:
+            stream.codec_context.thread_count = threads
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        try:
+            for frame in self._container.decode(video=0):
+                yield Frame(frame.to_ndarray(format="rgb24"), int(frame.pts or 0), index)
+                index += 1
+        except av.FFmpegError as exc:
+            raise VideoError(
+                f"{self.path}: decoding failed at frame {index}: {reason(exc)}"
+            ) from exc
+        if index == 0:
+            raise VideoError(f"{self.path}: the video stream holds no decodable frame")
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def _format_for(path: Path) -> str | None:
+    # temporary names like out.mp4.part-1234 still get the real container format
+    for suffix in reversed(path.suffixes):
+        name = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}.get(suffix)
+        if name:
+            return name
+    return None
+
+
+class PyAVMuxingEncoder(Encoder):
+    """An encoder whose packets PyAV muxes into ``path``, with the audio of ``audio_from``
+    copied packet by packet and interleaved with the video as it is written."""
+
+    def __init__(self, path: str | Path, info: VideoInfo, audio_from: str | Path | None = None):
+        super().__init__(path, info)
+        self._container = av.open(str(self.path), mode="w", format=_format_for(self.path))
+        self._audio_from = audio_from
+        self._audio: _AudioCopier | None = None
+
+    def _add_audio(self) -> None:
+        """Add the copied audio stream; subclasses call this after adding the video stream."""
+        if self._audio_from is not None:
+            self._audio = _AudioCopier(self._container, self._audio_from)
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+    def _mux_video(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            if self._audio is not None and packet.pts is not None:
+                self._audio.copy_until(float(packet.pts * packet.time_base))
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        """Flush the encoder, copy the remaining audio and finish the container."""
+        if self._container is None:
+            return
+        self._flush()
+        if self._audio is not None:
+            self._audio.copy_until(None)
+            self._audio.close()
+        self._container.close()
+        self._container = None
+
+    def abort(self) -> None:
+        """Close without flushing (the file is incomplete; the caller removes it)."""
+        if self._audio is not None:
+            self._audio.close()
+        if self._container is not None:
+            try:
+                self._container.close()
+            except (av.FFmpegError, OSError, ValueError):
+                LOG.debug("error while aborting %s", self.path, exc_info=True)
+            self._container = None
+
+
+class PyAVEncoder(PyAVMuxingEncoder):
+    """libx264 (CPU) through PyAV, yuv420p, the input's time base and frame rate. CUDA
+    images are copied to the host first."""
+
+    name = "cpu (PyAV libx264)"
+
+    def __init__(
+        self,
+        path: str | Path,
+        info: VideoInfo,
+        audio_from: str | Path | None = None,
+        crf: int = 20,
+        preset: str = "veryfast",
+    ):
+        super().__init__(path, info, audio_from)
+        stream = self._container.add_stream(
+            "libx264", rate=info.average_rate, options={"crf": str(crf), "preset": preset}
+        )
+        stream.width = info.width - info.width % 2  # yuv420p needs even sizes
+        stream.height = info.height - info.height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = info.time_base
+        stream.codec_context.time_base = info.time_base
+        self._stream = stream
+        self._add_audio()
+
+    def write(self, image: Any, pts: int) -> None:
+        image = host_array(image)
+        frame = av.VideoFrame.from_ndarray(
+            image[: self._stream.height, : self._stream.width], format="rgb24"
+        )
+        frame.pts = pts
+        frame.time_base = self.info.time_base
+        self._mux_video(self._stream.encode(frame))
+        self.frames_written += 1
+
+    def _flush(self) -> None:
+        self._mux_video(self._stream.encode(None))
+
+
+class _AudioCopier:
+    """Copy the first audio stream of ``source`` into ``output`` packet by packet."""
+
+    def __init__(self, output: av.container.OutputContainer, source: str | Path):
+        self._input = av.open(str(source))
+        self._packets: Iterator[av.Packet] | None = None
+        self._held: av.Packet | None = None
+        if self._input.streams.audio:
+            in_stream = self._input.streams.audio[0]
+            self._stream = output.add_stream_from_template(in_stream)
+            self._packets = iter(self._input.demux(in_stream))
+        self._output = output
+
+    def copy_until(self, seconds: float | None) -> None:
+        """Mux audio packets that start before ``seconds`` (all when None)."""
+        while self._packets is not None:
+            packet = self._held or next(self._packets, None)
+            self._held = None
+            if packet is None:
+                self._packets = None
+                return
+            if packet.dts is None:  # the demuxer's flush packet
+                continue
+            if seconds is not None and float(packet.pts * packet.time_base) > seconds:
+                self._held = packet
+                return
+            packet.stream = self._stream
+            self._output.mux(packet)
+
+    def close(self) -> None:
+        self._packets = None
+        self._held = None
+        self._input.close()
