@@ -199,3 +199,31 @@ def test_video_client_refuses_uv_and_draws_a_mode(server, asset_dir, tmp_path, c
     ) as client:
         stats = process_video(client, source, tmp_path / "pose.mp4", progress=False)
     assert stats.frames == 50 and (tmp_path / "pose.mp4").stat().st_size > 0
+
+
+def test_render_mode_on_a_tracked_sequence(server, test_images):
+    """tddfa_track forwards the sequence's parameters too: its frames come in the mode."""
+    from tddfa.contract import SEQUENCE_ENSEMBLE
+    from tddfa_clients.triton_client import FrameClient, new_sequence_id
+
+    image = test_images["trump_hillary.jpg"]
+    frames = [(i, image) for i in range(3)]
+    pictures = {}
+    for mode in ("shaded", "depth"):
+        with FrameClient(
+            server.grpc_url,
+            "grpc",
+            model=SEQUENCE_ENSEMBLE,
+            outputs=("RENDERED", "FACE_COUNT"),
+            parameters={RENDER_MODE_PARAMETER: mode},
+        ) as client:
+            results = list(client.infer_stream(frames, sequence_id=new_sequence_id()))
+        pictures[mode] = [r.rendered for _, r in results]
+        assert all(r.face_count == 2 for _, r in results)
+    stateless = infer(server.grpc_url, "grpc", image, "depth")["RENDERED"]
+    drawn = (stateless != image).any(axis=-1)
+    for shaded, depth in zip(pictures["shaded"], pictures["depth"], strict=True):
+        assert (shaded != depth).any(axis=-1).mean() > 0.5 * drawn.mean()
+        # depth pixels are grey where drawn, as the stateless ensemble's
+        changed = (depth != image).any(axis=-1)
+        assert (depth[changed] == depth[changed][:, :1]).all()
