@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tddfa_clients.video_io import atomic_output
+from tddfa.files import atomic_path
 
 MESH_SUFFIXES = (".obj", ".ply")
 
@@ -49,22 +49,23 @@ def write_mesh(
     faces: Sequence[np.ndarray],
     colors: Sequence[np.ndarray],
     triangles: np.ndarray,
+    suffix: str | None = None,
 ) -> Path:
     """Write ``faces`` ((3, N) image-space vertices each) with ``colors`` ((N, 3) uint8 each)
-    and the shared (3, T) ``triangles`` to ``path`` (.obj or .ply), atomically."""
+    and the shared (3, T) ``triangles`` to ``path`` (.obj or .ply: ``suffix``, else the
+    path's), as it is: the caller stages it (tddfa.files)."""
     path = Path(path)
-    suffix = path.suffix.lower()
+    suffix = (suffix or path.suffix).lower()
     if suffix not in MESH_SUFFIXES:
         raise ValueError(f"{path}: the mesh file must end in {' or '.join(MESH_SUFFIXES)}")
     if len(faces) != len(colors):
         raise ValueError(f"{len(faces)} faces but {len(colors)} colour arrays")
     triangles = np.asarray(triangles, np.int64)
     oriented = [facing_triangles(v, triangles) for v in faces]
-    with atomic_output(path) as temp:
-        if suffix == ".obj":
-            _write_obj(temp, faces, colors, oriented)
-        else:
-            _write_ply(temp, faces, colors, oriented)
+    if suffix == ".obj":
+        _write_obj(path, faces, colors, oriented)
+    else:
+        _write_ply(path, faces, colors, oriented)
     return path
 
 
@@ -129,13 +130,30 @@ def bfm_triangles(asset_dir: str | os.PathLike | None = None) -> np.ndarray:
     return np.ascontiguousarray(triangles)
 
 
+def write_faces_to(
+    path: str | os.PathLike,
+    suffix: str,
+    image: np.ndarray,
+    vertices: np.ndarray,
+    triangles: np.ndarray,
+) -> Path:
+    """The (F, 3, N) image-space ``vertices`` of one picture (VERTICES rows of its faces),
+    colours sampled from ``image``, into ``path`` in the ``suffix`` format (a staged file)."""
+    faces = [np.asarray(v, np.float32) for v in vertices]
+    colors = [vertex_colors(image, v) for v in faces]
+    return write_mesh(path, faces, colors, triangles, suffix)
+
+
 def write_faces(
     path: str | os.PathLike,
     image: np.ndarray,
     vertices: np.ndarray,
     triangles: np.ndarray,
 ) -> Path:
-    """Write the (F, 3, N) image-space ``vertices`` of one picture (VERTICES rows of its
-    faces) with colours sampled from ``image`` into one mesh file."""
-    faces = [np.asarray(v, np.float32) for v in vertices]
-    return write_mesh(path, faces, [vertex_colors(image, v) for v in faces], triangles)
+    """:func:`write_faces_to`, atomically, the format from ``path``'s suffix."""
+    path = Path(path)
+    if path.suffix.lower() not in MESH_SUFFIXES:
+        raise ValueError(f"{path}: the mesh file must end in {' or '.join(MESH_SUFFIXES)}")
+    with atomic_path(path) as temp:
+        write_faces_to(temp, path.suffix, image, vertices, triangles)
+    return path

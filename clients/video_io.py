@@ -20,12 +20,9 @@ Choosing (``open_decoder`` / ``open_encoder``):
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import importlib.util
 import logging
-import os
-import secrets
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -33,9 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from tddfa_clients.orientation import IDENTITY, Orientation, frame_orientation
+
 LOG = logging.getLogger(__name__)
 
 DECODERS = ("auto", "nvdec", "cpu")
+OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")  # containers H.264 + copied audio go into
 ENCODERS = ("auto", "nvenc", "cpu")
 NO_PYAV_HINT = "install PyAV (pip install av) for audio and exact timestamps"
 
@@ -44,9 +44,17 @@ class VideoError(RuntimeError):
     """The input is not a decodable video (corrupt, empty, unsupported codec...)."""
 
 
+class CodecUnavailable(VideoError):
+    """A requested decoder or encoder (NVDEC, NVENC) cannot be used on this machine."""
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
-    """What the encoder needs to reproduce the input's timing."""
+    """What the encoder needs to reproduce the input's timing and geometry.
+
+    ``width`` x ``height`` is the *display* size (the stored size turned by
+    ``orientation``): the size of the frames the decoders yield and the output has.
+    """
 
     width: int
     height: int
@@ -55,6 +63,11 @@ class VideoInfo:
     time_base: Fraction  # unit of Frame.pts
     codec: str
     has_audio: bool
+    orientation: Orientation = IDENTITY
+
+    @property
+    def odd_size(self) -> bool:
+        return bool(self.width % 2 or self.height % 2)
 
 
 @dataclasses.dataclass
@@ -109,26 +122,21 @@ def probe(path: str | Path) -> VideoInfo:
     raise VideoError(f"{path}: no video library to read it: {NO_PYAV_HINT}")
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
+def _first_frame_orientation(container: Any) -> Orientation:
+    """The display matrix, read from the first decoded frame (PyAV exposes it on frames,
+    where FFmpeg copies the stream's side data); identity when nothing decodes here (the
+    decoder then reports the problem with its frame number)."""
+    import av
 
-    The temporary name is hidden and keeps the suffix (``.name.<token>.part.mp4``) so
-    format detection still works. On any exception, Ctrl-C included, it is removed.
-    """
-    path = Path(path)
-    temp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.part{path.suffix}")
     try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def is_temporary(path: str | Path) -> bool:
-    """True for names made by :func:`atomic_output`."""
-    name = Path(path).name
-    return name.startswith(".") and ".part" in name
+        for frame in container.decode(video=0):
+            orientation = frame_orientation(frame)
+            if not orientation.is_identity:
+                LOG.info("%s: %s by its metadata", container.name, orientation.describe())
+            return orientation
+    except (av.FFmpegError, ValueError):
+        pass
+    return IDENTITY
 
 
 def reason(exc: BaseException) -> str:

@@ -22,12 +22,13 @@ import hashlib
 import logging
 import os
 import pickle
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from tddfa.files import atomic_path
 
 LOG = logging.getLogger(__name__)
 
@@ -229,12 +230,10 @@ def _download(name: str, asset: Asset, dest: Path) -> None:
     from tqdm import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(dest) as tmp:
         digest = hashlib.sha256()
         with (
-            os.fdopen(fd, "wb") as out,
+            open(tmp, "wb") as out,
             urllib.request.urlopen(asset.url, timeout=DOWNLOAD_TIMEOUT_S) as response,
         ):
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -248,10 +247,6 @@ def _download(name: str, asset: Asset, dest: Path) -> None:
                 f"{name}: download from {asset.url} has sha256 {digest.hexdigest()}, expected "
                 f"{asset.sha256}; the upstream file changed or the transfer was corrupted"
             )
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     if asset.sha256 is None:
         LOG.warning("%s: downloaded to %s without a known sha256 (not verified)", name, dest)
     else:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +28,7 @@ from scipy.spatial import cKDTree
 
 from tddfa.bfm import BFM, save_bfm
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_SHAPE, NUM_VERTICES
+from tddfa.files import atomic_path
 from tddfa_tools.assets import load_pickle
 from tddfa_tools.tensorrt_builder import REQUIRES_FP32_KEY
 
@@ -322,9 +322,7 @@ def export_bfm_decoder(bfm: BFM, out_path: os.PathLike | str) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     module = BFMDecoder(bfm.u, bfm.w_shp, bfm.w_exp).eval()
     example = (torch.zeros(1, 2, NUM_SHAPE), torch.zeros(1, 2, NUM_EXP))
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out_path) as tmp:
         with torch.no_grad():
             torch.onnx.export(
                 module,
@@ -351,10 +349,6 @@ def export_bfm_decoder(bfm: BFM, out_path: os.PathLike | str) -> Path:
             raise RuntimeError(
                 f"bfm_decoder ONNX differs from numpy by {error:.2e} (max {DECODER_MAX_REL_ERROR})"
             )
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     log.info("Exported bfm_decoder to %s (onnxruntime vs numpy rel. error %.1e)", out_path, error)
     return out_path
 

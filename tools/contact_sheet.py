@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from tddfa.config import PipelineConfig
-    from tddfa_clients.video_io import atomic_output
+    from tddfa.files import atomic_path
     from tddfa_tools.assets import asset_path
 
     source = args.image or asset_path("emma.jpg", asset_dir=args.assets)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     pictures, faces, outputs = render_modes(args.repository, image, args.assets)
     crop = face_crop(outputs, *image.shape[:2])
     sheet = contact_sheet(pictures, crop, PipelineConfig().uv_size)
-    with atomic_output(args.out) as temp:
+    with atomic_path(args.out) as temp:
         sheet.save(temp, format="JPEG", quality=82, optimize=True)
     log.info("contact sheet of %s (%d faces) -> %s", source.name, faces, args.out)
     return 0

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_PARAMS, NUM_SHAPE, NUM_VERTICES
+from tddfa.files import atomic_path
 
 _ARRAY_FIELDS = (
     "u",
@@ -135,14 +135,8 @@ def save_bfm(bfm: BFM, path: str | os.PathLike) -> Path:
     arrays["exact"] = np.array(bool(bfm.exact))
     arrays["metadata_json"] = np.array(json.dumps(bfm.metadata, sort_keys=True))
     arrays["format_version"] = np.array(_FORMAT_VERSION, dtype=np.int32)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp, open(temp, "wb") as f:
+        np.savez(f, **arrays)
     return path
 
 

@@ -65,6 +65,32 @@ class PipelineConfig:
     smoothing_beta: float = 0.15
     smoothing_frame_rate: float = 30.0
 
+    def __post_init__(self) -> None:
+        """Refuse values no pipeline can run with, naming the option and the fix."""
+        counts = (
+            "max_faces",
+            "canvas_height",
+            "canvas_width",
+            "rescale_max_height",
+            "rescale_max_width",
+            "max_image_height",
+            "max_image_width",
+            "min_image_size",
+            "pre_nms_top_k",
+            "post_nms_top_k",
+        )
+        for name in counts:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("pre_nms_threshold", "nms_iou_threshold", "score_threshold", "render_alpha"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
+        if self.min_image_size > min(self.max_image_height, self.max_image_width):
+            raise ValueError(
+                f"min_image_size {self.min_image_size} exceeds the largest image allowed "
+                f"({self.max_image_height}x{self.max_image_width})"
+            )
+
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, Any]) -> PipelineConfig:
         """Build from Triton ``parameters`` ({name: {"string_value": ...}}) or plain values.

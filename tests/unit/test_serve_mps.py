@@ -8,14 +8,9 @@ import stat
 
 import pytest
 
-from tddfa_tools.serve import (
-    CudaMps,
-    TritonServer,
-    TritonServerError,
-    _gpu_list,
-    cuda_memory_pool_args,
-    visible_gpu_count,
-)
+from tddfa_tools.cuda_mps import CudaMps, MpsError, cuda_memory_pool_args, visible_gpu_count
+from tddfa_tools.serve import TritonServer
+from tddfa_tools.serve_command import _gpu_list
 
 
 @pytest.fixture()
@@ -47,7 +42,7 @@ def test_daemon_started_and_quit_with_private_folders(fake_control):
 
 def test_failed_start_names_the_log(fake_control, monkeypatch):
     monkeypatch.setenv("FAIL_MPS", "1")
-    with pytest.raises(TritonServerError, match="failed with status 1: see .*/log"):
+    with pytest.raises(MpsError, match="failed with status 1: see .*/log"):
         CudaMps().start()
 
 
@@ -64,7 +59,7 @@ def test_daemon_without_control_pipe_is_a_warning(fake_control, monkeypatch, cap
 def test_missing_binary_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr("shutil.which", lambda *a, **k: None)
-    with pytest.raises(TritonServerError, match="nvidia-cuda-mps-control"):
+    with pytest.raises(MpsError, match="nvidia-cuda-mps-control"):
         CudaMps()
 
 

@@ -56,8 +56,8 @@ class RenderAssets:
 
 
 def save_render_assets(assets: RenderAssets, path: str | os.PathLike) -> Path:
-    """Write ``assets`` as an .npz, atomically (temporary name, then rename)."""
-    import tempfile
+    """Write ``assets`` as an .npz, atomically (tddfa.files)."""
+    from tddfa.files import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,15 +70,8 @@ def save_render_assets(assets: RenderAssets, path: str | os.PathLike) -> Path:
         arrays["texture"] = np.ascontiguousarray(assets.texture, np.uint8)
     if assets.lod_triangles is not None:
         arrays["lod_triangles"] = np.ascontiguousarray(assets.lod_triangles, np.int32)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp, open(temp, "wb") as f:
+        np.savez(f, **arrays)
     return path
 
 
