@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from tddfa_clients.orientation import IDENTITY, Orientation, frame_orientation
+from tddfa_clients.orientation import IDENTITY, Orientation
 
 LOG = logging.getLogger(__name__)
 
@@ -122,23 +122,6 @@ def probe(path: str | Path) -> VideoInfo:
     raise VideoError(f"{path}: no video library to read it: {NO_PYAV_HINT}")
 
 
-def _first_frame_orientation(container: Any) -> Orientation:
-    """The display matrix, read from the first decoded frame (PyAV exposes it on frames,
-    where FFmpeg copies the stream's side data); identity when nothing decodes here (the
-    decoder then reports the problem with its frame number)."""
-    import av
-
-    try:
-        for frame in container.decode(video=0):
-            orientation = frame_orientation(frame)
-            if not orientation.is_identity:
-                LOG.info("%s: %s by its metadata", container.name, orientation.describe())
-            return orientation
-    except (av.FFmpegError, ValueError):
-        pass
-    return IDENTITY
-
-
 def reason(exc: BaseException) -> str:
     """One line describing ``exc`` without repeating the file name."""
     strerror = getattr(exc, "strerror", None)  # OSError and av.FFmpegError
@@ -227,6 +210,25 @@ def nvidia_codec_available() -> bool:
     return True
 
 
+def require_codecs(decoder: str, encoder: str) -> None:
+    """CodecUnavailable at once when ``nvdec``/``nvenc`` is forced and PyNvVideoCodec is not
+    installed (checked before any server is asked; a missing GPU shows when it opens)."""
+    forced = [
+        (name, option)
+        for name, option, wanted in (
+            ("NVDEC", "--decoder", decoder == "nvdec"),
+            ("NVENC", "--encoder", encoder == "nvenc"),
+        )
+        if wanted
+    ]
+    if forced and not nvidia_codec_available():
+        raise CodecUnavailable(
+            f"{' and '.join(n for n, _ in forced)} requested but PyNvVideoCodec is not "
+            "installed (it needs an NVIDIA GPU and driver): use "
+            + " and ".join(f"{option} cpu (or auto)" for _, option in forced)
+        )
+
+
 def _cpu_decoder(path: str | Path) -> Decoder:
     if have_pyav():
         from tddfa_clients.video_pyav import PyAVDecoder
@@ -251,7 +253,9 @@ def open_decoder(path: str | Path, kind: str = "auto", gpu_id: int = 0) -> Decod
         raise
     except Exception as exc:  # no GPU, driver or codec support: fall back unless forced
         if kind == "nvdec":
-            raise RuntimeError(f"NVDEC decoder unavailable: {reason(exc)}") from exc
+            raise CodecUnavailable(
+                f"NVDEC decoder unavailable ({reason(exc)}): use --decoder cpu or auto"
+            ) from exc
         LOG.info("NVDEC unavailable (%s); decoding on the CPU", reason(exc))
         return _cpu_decoder(path)
 
@@ -293,7 +297,14 @@ def open_encoder(
     )
     if missing:
         if kind == "nvenc":
-            raise RuntimeError(f"NVENC requested but {missing}")
+            raise CodecUnavailable(f"NVENC requested but {missing}: use --encoder cpu or auto")
+        return _cpu_encoder(path, info, audio_from)
+    if info.odd_size:  # NVENC is 4:2:0 only
+        if kind == "nvenc":
+            raise CodecUnavailable(
+                f"NVENC codes 4:2:0 only, which needs even sizes; this video is "
+                f"{info.width}x{info.height}: use --encoder cpu (libx264 4:4:4 keeps it)"
+            )
         return _cpu_encoder(path, info, audio_from)
     try:
         from tddfa_clients.video_nvidia import NvEncoder
@@ -301,7 +312,10 @@ def open_encoder(
         return NvEncoder(path, info, audio_from, gpu_id=gpu_id)
     except Exception as exc:  # no NVENC on this GPU (H100/H200/A100), or no GPU at all
         if kind == "nvenc":
-            raise RuntimeError(f"NVENC encoder unavailable: {reason(exc)}") from exc
+            raise CodecUnavailable(
+                f"NVENC encoder unavailable ({reason(exc)}; H100, H200 and A100 have no "
+                "NVENC): use --encoder cpu or auto"
+            ) from exc
         LOG.warning(
             "No NVENC encoder on this GPU (%s; H100, H200 and A100 have none): "
             "encoding on the CPU (rendered frames copied to the host)",

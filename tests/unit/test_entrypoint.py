@@ -1,15 +1,14 @@
 """docker/Dockerfile's entrypoint script, run with bash against stand-in commands.
 
-The script is taken from the Dockerfile's heredoc and run with ``nvidia-smi``, ``tddfa``,
-``tritonserver`` and ``nvidia-cuda-mps-control`` replaced by small recorders on PATH, so the
-choices the Kubernetes overlays rely on (TDDFA_DEVICE, TDDFA_BUILD_ARGS, TDDFA_CUDA_MPS,
-rebuild only when the fingerprint changes, arguments passed on to tritonserver) are checked
-without Docker or a GPU.
+The script is taken from the Dockerfile's heredoc and run with ``nvidia-smi`` and ``tddfa``
+replaced by small recorders on PATH, so the choices the Kubernetes overlays rely on
+(TDDFA_DEVICE, TDDFA_BUILD_ARGS, TDDFA_CUDA_MPS, TDDFA_CUDA_POOL_MB, rebuild only when the
+fingerprint changes, the measured deployment by default, container arguments passed on to
+tritonserver, `tddfa serve` with its supervisor last) are checked without Docker or a GPU.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ echo "$(basename "$0") $* | mps=${CUDA_MPS_PIPE_DIRECTORY:-}" >> "$CALLS"
 FAKE_TDDFA = (
     RECORDER
     + """
+[[ "$1" == build ]] || exit 0
 out=""
 for arg in "$@"; do [[ "$prev" == --out ]] && out="$arg"; prev="$arg"; done
 mkdir -p "$out" && echo '{}' > "$out/BUILD.json"
@@ -54,8 +54,6 @@ def sandbox(tmp_path: Path):
     for name, body in {
         "tddfa": FAKE_TDDFA,
         "nvidia-smi": FAKE_SMI,
-        "tritonserver": RECORDER,
-        "nvidia-cuda-mps-control": RECORDER,
     }.items():
         (bin_dir / name).write_text(body)
         (bin_dir / name).chmod(0o755)
@@ -84,59 +82,75 @@ def sandbox(tmp_path: Path):
 pytestmark = pytest.mark.skipif(BASH is None, reason="bash not installed")
 
 
+def serve_call(calls: list[str]) -> str:
+    """The entrypoint's last act: `tddfa serve` (exec'd, with the supervisor)."""
+    served = [c for c in calls if c.startswith("tddfa serve")]
+    assert len(served) == 1 and calls[-1] == served[0], calls
+    return served[0]
+
+
 def test_gpu_build_once_then_serve_with_the_given_flags(sandbox) -> None:
     code, calls, err = sandbox("--exit-timeout-secs=60", FAKE_GPU="NVIDIA H200")
     assert code == 0, err
     build = next(c for c in calls if c.startswith("tddfa build"))
-    assert "--flavour tensorrt --device gpu" in build
+    # the measured deployment by default (benchmarks/RESULTS.md)
+    assert build.startswith("tddfa build --flavour tensorrt --device gpu --instances 2 ")
     assert f"--out {sandbox.models}/model_repository" in build
-    assert calls[-1].startswith(
-        f"tritonserver --model-repository={sandbox.models}/model_repository"
-    )
-    assert (
-        "--http-port=8000 --grpc-port=8001 --metrics-port=8002 --exit-timeout-secs=60" in calls[-1]
-    )
+    serve = serve_call(calls)
+    assert "--tritonserver /opt/tritonserver/bin/tritonserver" in serve
+    assert f"--model-repository {sandbox.models}/model_repository --host 0.0.0.0" in serve
+    assert "--http-port 8000 --grpc-port 8001 --metrics-port 8002 --supervisor-port 8003" in serve
+    assert "--cuda-memory-pool-mb 4096" in serve
+    assert serve.split(" | ")[0].endswith("-- --exit-timeout-secs=60")  # tritonserver flags
     assert "GPU=NVIDIA H200" in (sandbox.models / "model_repository" / "ENGINES").read_text()
     code, calls, _ = sandbox(FAKE_GPU="NVIDIA H200")  # same GPU: no rebuild
-    assert code == 0 and not any(c.startswith("tddfa") for c in calls)
+    assert code == 0 and not any(c.startswith("tddfa build") for c in calls)
+    assert " -- " not in serve_call(calls)  # no container arguments: no separator
     code, calls, _ = sandbox(FAKE_GPU="NVIDIA H100 80GB HBM3")  # another GPU: rebuild
     assert any(c.startswith("tddfa build") for c in calls)
 
 
 def test_build_args_are_passed_and_part_of_the_fingerprint(sandbox) -> None:
-    args = "--instances 2 --instance-count face_renderer=4"
+    args = "--instances 3 --instance-count face_renderer=4"
     code, calls, err = sandbox(FAKE_GPU="H200", TDDFA_BUILD_ARGS=args)
     assert code == 0, err
     assert any(c.startswith("tddfa build") and args in c for c in calls)
     code, calls, _ = sandbox(FAKE_GPU="H200", TDDFA_BUILD_ARGS=args)
-    assert not any(c.startswith("tddfa") for c in calls)
+    assert not any(c.startswith("tddfa build") for c in calls)
     code, calls, _ = sandbox(FAKE_GPU="H200", TDDFA_BUILD_ARGS="--instances 1")
     assert any(c.startswith("tddfa build") and "--instances 1" in c for c in calls)
 
 
-def test_cpu_needs_no_gpu(sandbox) -> None:
+def test_cpu_needs_no_gpu_mps_or_pool(sandbox) -> None:
     code, calls, err = sandbox(TDDFA_DEVICE="cpu")
     assert code == 0, err
     assert not any(c.startswith("nvidia-smi") for c in calls)
     assert any(c.startswith("tddfa build --flavour onnxruntime --device cpu") for c in calls)
-    assert calls[-1].startswith("tritonserver ")
+    serve = serve_call(calls)
+    assert "--cuda-mps" not in serve and "--cuda-memory-pool-mb" not in serve
 
 
 def test_no_gpu_visible_fails_with_the_fix(sandbox) -> None:
     code, calls, err = sandbox()
     assert code != 0 and "TDDFA_DEVICE=cpu" in err
-    assert not any(c.startswith("tritonserver") for c in calls)
+    assert not any(c.startswith("tddfa serve") for c in calls)
     code, _, err = sandbox(TDDFA_DEVICE="tpu")
     assert code != 0 and "TDDFA_DEVICE must be gpu or cpu" in err
 
 
-def test_mps_daemon_starts_before_tritonserver_with_the_same_pipes(sandbox, tmp_path) -> None:
-    pipes = str(tmp_path / "mps")
-    code, calls, err = sandbox(FAKE_GPU="H200", TDDFA_CUDA_MPS="1", CUDA_MPS_PIPE_DIRECTORY=pipes)
+def test_cuda_mps_choice(sandbox) -> None:
+    # auto: a private daemon (tddfa serve --cuda-mps) when a model instance is on the GPU
+    code, calls, err = sandbox(FAKE_GPU="H200")
     assert code == 0, err
-    daemon = calls.index(f"nvidia-cuda-mps-control -d | mps={pipes}")
-    server = next(i for i, call in enumerate(calls) if call.startswith("tritonserver"))
-    assert calls[server].endswith(f"mps={pipes}")
-    assert daemon < server and os.path.isdir(pipes)
+    assert "--cuda-mps" not in serve_call(calls)  # the fake build wrote no KIND_GPU config
+    config = sandbox.models / "model_repository" / "face_detector" / "config.pbtxt"
+    config.parent.mkdir(parents=True)
+    config.write_text("instance_group [ { count: 1 kind: KIND_GPU } ]\n")
+    code, calls, err = sandbox(FAKE_GPU="H200")
+    assert code == 0 and "--cuda-mps" in serve_call(calls), err
+    code, calls, _ = sandbox(FAKE_GPU="H200", TDDFA_CUDA_MPS="0")
+    assert "--cuda-mps" not in serve_call(calls)
+    code, calls, _ = sandbox(FAKE_GPU="H200", TDDFA_CUDA_MPS="1", TDDFA_CUDA_POOL_MB="512")
+    assert "--cuda-mps" in serve_call(calls) and "--cuda-memory-pool-mb 512" in serve_call(calls)
     code, calls, err = sandbox(TDDFA_DEVICE="cpu", TDDFA_CUDA_MPS="1")
     assert code != 0 and "needs TDDFA_DEVICE=gpu" in err

@@ -119,7 +119,7 @@ def test_visible_gpu_count_reads_cuda_visible_devices(visible, expected):
 def test_pool_flags_follow_the_visible_gpus(monkeypatch):
     """A server pinned to GPU 1 sees one device, numbered 0: no flag for a device 1 it
     cannot see (Triton refuses that)."""
-    monkeypatch.setattr("tddfa_tools.serve.gpu_count", lambda: 2)
+    monkeypatch.setattr("tddfa_tools.cuda_mps.gpu_count", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert cuda_memory_pool_args(4) == ["--cuda-memory-pool-byte-size=0:4194304"]
 
