@@ -182,7 +182,7 @@ def test_image_client_renders_a_mode_and_writes_the_meshes(server, asset_dir, tm
         assert (part.face_normals[:, 2] > 0).mean() > 0.6, "normals towards the camera"
 
 
-def test_video_client_refuses_uv_and_draws_a_mode(server, asset_dir, tmp_path, caplog):
+def test_video_client_refuses_uv_and_draws_a_mode(server, asset_dir, tmp_path, capsys):
     from tddfa_clients.triton_client import FrameClient
     from tddfa_clients.video import process_video
     from tddfa_tools.cli import main
@@ -193,7 +193,7 @@ def test_video_client_refuses_uv_and_draws_a_mode(server, asset_dir, tmp_path, c
          "--url", server.grpc_url]
     )  # fmt: skip
     assert code == 1 and not (tmp_path / "uv.mp4").exists()
-    assert "tddfa image --render uv" in caplog.text
+    assert "tddfa image --render uv" in capsys.readouterr().err
     with FrameClient(
         server.grpc_url, "grpc", in_flight=4, parameters={RENDER_MODE_PARAMETER: "pose"}
     ) as client:
