@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from tddfa.render.modes import MODE_IDS, OWN_IMAGE_MODES
 from tddfa.render.shaders import INSTANCE_FLOATS
 from tddfa.xp import get_xp
 
@@ -82,3 +83,31 @@ def instance_order(groups: np.ndarray) -> np.ndarray:
     """Row order of the faces: by draw group (0 filled, 1 textured, 2 wireframe: each is
     drawn with its own program or state), stable within a group."""
     return np.argsort(np.asarray(groups), kind="stable")
+
+
+def mesh_columns(
+    meshes, index: np.ndarray, plan, modes, frame_size: tuple[int, int], uv_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The host columns of :func:`instance_array` for faces ``index`` of ``meshes`` in
+    ``plan`` (tddfa.render.layout.Pass), and each one's draw group (0 filled, 1 textured,
+    2 wireframe)."""
+    height, width = frame_size
+    host = np.zeros((len(index), 14), np.float32)
+    group = np.zeros(len(index), np.int64)
+    for row, i in enumerate(index):
+        frame = int(meshes.frame[i])
+        mode = modes[frame]
+        tile = plan.tiles.get(frame)
+        host[row, 0] = MODE_IDS[mode]
+        host[row, 1] = row  # its vertices' place in this pass's buffers
+        host[row, 2:4] = tile.offset if tile else (0, 0)
+        if mode in OWN_IMAGE_MODES:
+            atlas = plan.atlases[frame]
+            slot = int(meshes.slot[i])
+            host[row, 4:6] = (atlas.origin[0] + slot * uv_size, atlas.origin[1])
+            host[row, 6:10] = atlas.slot_clip(slot, uv_size)
+        else:
+            host[row, 6:10] = tile.clip
+        host[row, 10:14] = (0, 0, width - 1, height - 1)  # frame sampling stays in the frame
+        group[row] = 2 if mode == "wireframe" else 1 if mode == "texture" else 0
+    return host, group

@@ -28,6 +28,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tddfa.render.modes import OWN_IMAGE_MODES
+from tddfa.xp import to_numpy
+
 MARGIN = 3  # pixels around a region: rasterisation and bilinear sampling reach 1-2 px out
 
 
@@ -142,3 +145,57 @@ def plan_passes(
             used_width = max(used_width, atlas[0])
     flush()
     return passes
+
+
+def spills(plan, modes, meshes, bounds, overlays, geometry) -> bool:
+    """True when a face of this pass reaches beyond its tile (host arrays): the shader must
+    clip it there. A lone tile needs no clipping: the viewport and scissor do it."""
+    if len(plan.tiles) + len(plan.atlases) <= 1:
+        return False
+    boxes = []
+    if meshes is not None:
+        low, high = to_numpy(bounds.low), to_numpy(bounds.high)
+        boxes += [
+            (f, low[i, :2], high[i, :2])
+            for i, f in enumerate(meshes.frame)
+            if f in plan.tiles and modes[f] not in OWN_IMAGE_MODES
+        ]
+    if overlays is not None:
+        low, high = (to_numpy(b) for b in geometry.bounds())
+        boxes += [(f, low[i], high[i]) for i, f in enumerate(overlays.frame) if f in plan.tiles]
+    for frame, low, high in boxes:
+        x, y, w, h = plan.tiles[frame].src
+        if low[0] < x - 0.5 or low[1] < y - 0.5 or high[0] > x + w - 0.5 or high[1] > y + h - 0.5:
+            return True
+    return False
+
+
+def face_boxes(frames: int, meshes, bounds, overlays, geometry) -> list[tuple[np.ndarray, ...]]:
+    """Per frame, the image-space (low, high) x, y boxes of what it draws (host arrays): its
+    mesh faces' bounds and its overlays' extent."""
+    lows: list[list[np.ndarray]] = [[] for _ in range(frames)]
+    highs: list[list[np.ndarray]] = [[] for _ in range(frames)]
+    if meshes is not None:
+        low, high = to_numpy(bounds.low)[:, :2], to_numpy(bounds.high)[:, :2]
+        for i, frame in enumerate(meshes.frame):
+            lows[frame].append(low[i])
+            highs[frame].append(high[i])
+    if overlays is not None:
+        low, high = (to_numpy(b) for b in geometry.bounds())
+        for i, frame in enumerate(overlays.frame):
+            lows[frame].append(low[i])
+            highs[frame].append(high[i])
+    return [
+        (np.array(lows[b]).reshape(-1, 2), np.array(highs[b]).reshape(-1, 2)) for b in range(frames)
+    ]
+
+
+def regions(
+    boxes: list[tuple[np.ndarray, ...]], height: int, width: int, clamped: list[bool]
+) -> list[tuple[int, int, int, int] | None]:
+    """Per frame, the rectangle around its boxes (:func:`region`; ``clamped``: the frame is
+    sampled, as in the uv mode, so its boxes are first moved into it)."""
+    return [
+        region(low, high, height, width, clamp=clamp)
+        for (low, high), clamp in zip(boxes, clamped, strict=True)
+    ]

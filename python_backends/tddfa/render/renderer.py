@@ -31,65 +31,36 @@ from tddfa.contract import DEFAULT_RENDER_MODE
 from tddfa.gl_context import GLContext, GLContextError  # sets PYOPENGL_PLATFORM=egl first
 from tddfa.render import layout as layout_
 from tddfa.render.assets import RenderAssets
-from tddfa.render.instances import FaceBounds, face_bounds, instance_array, instance_order
+from tddfa.render.faces import (
+    MeshFaces,
+    OverlayFaces,
+    Rendered,
+    meshes_on_host,
+    overlay_geometry,
+    overlays_on_host,
+    subset_meshes,
+    subset_overlays,
+    validate_images,
+)
+from tddfa.render.instances import (
+    FaceBounds,
+    face_bounds,
+    instance_array,
+    instance_order,
+    mesh_columns,
+)
 from tddfa.render.interop import InteropError, open_interop
-from tddfa.render.modes import MESH_MODES, MODE_IDS, OVERLAY_MODES, OWN_IMAGE_MODES, parse_mode
+from tddfa.render.modes import MESH_MODES, OVERLAY_MODES, OWN_IMAGE_MODES, parse_mode
 from tddfa.render.normals import VertexNormals
-from tddfa.render.overlays import Overlay, landmark_dots, pose_box_lines
-from tddfa.render.scene import DrawCounts, Lighting, Scene
+from tddfa.render.programs import Lighting
+from tddfa.render.scene import DrawCounts, Scene
 from tddfa.render.shaders import INSTANCE_FLOATS, OVERLAY_FLOATS
-from tddfa.xp import get_xp, to_numpy
+from tddfa.xp import get_xp
 
 logger = logging.getLogger(__name__)
 
 _NEEDS_NORMALS = frozenset({"shaded", "normals"})
 _NEEDS_ASSETS = {"texture": "uv", "uv": "uv", "pncc": "ncc"}
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshFaces:
-    """Faces drawn as meshes.
-
-    Attributes:
-        frame: (F,) host int, the frame of each face.
-        slot: (F,) host int, its face slot (the uv mode's column in the UV atlas).
-        vertices: (F, 3, N) float32 model-space vertices (xp).
-        transforms: (F, 3, 4) model->image affine (xp).
-        shift_z: subtract each face's minimum image z (the pipeline's convention).
-        coarse: (F,) host bool, draw the face with the coarse mesh (small faces; needs
-            ``assets.lod_triangles``), or None (all full).
-    """
-
-    frame: np.ndarray
-    slot: np.ndarray
-    vertices: Any
-    transforms: Any
-    shift_z: bool = True
-    coarse: np.ndarray | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class OverlayFaces:
-    """Faces drawn as 2D overlays (landmarks and pose modes).
-
-    Attributes:
-        frame: (F,) host int.
-        landmarks: (F, 3, 68) image-space landmarks (xp).
-        transforms: (F, 3, 4) model->image affine (xp; the pose box's rotation).
-    """
-
-    frame: np.ndarray
-    landmarks: Any
-    transforms: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class Rendered:
-    """A batch's results: ``frames`` (B, H, W, 3) uint8 (xp) holds every frame drawn over;
-    ``own`` maps the frames whose mode returns an image of its own (uv) to that image."""
-
-    frames: Any
-    own: dict[int, Any]
 
 
 class MeshRenderer:
@@ -211,7 +182,7 @@ class MeshRenderer:
             :class:`Rendered`: frames of the images' kind (CuPy stays on the GPU).
         """
         modes = [parse_mode(m) for m in modes]
-        _validate_images(images, len(modes))
+        validate_images(images, len(modes))
         self.check_modes(modes)
         if meshes is not None:
             self._validate_meshes(meshes, len(modes), slots)
@@ -233,7 +204,12 @@ class MeshRenderer:
                 logger.exception("CUDA-OpenGL interop failed; frames now go through the host")
                 self._drop_interop()
         host = self._draw(
-            xp.asnumpy(images), modes, _host_meshes(meshes), _host_overlays(overlays), slots, False
+            xp.asnumpy(images),
+            modes,
+            meshes_on_host(meshes),
+            overlays_on_host(overlays),
+            slots,
+            False,
         )
         return Rendered(xp.asarray(host.frames), {b: xp.asarray(a) for b, a in host.own.items()})
 
@@ -252,7 +228,7 @@ class MeshRenderer:
         """
         count = int(count)
         if image.ndim != 3:
-            _validate_images(image, 1)
+            validate_images(image, 1)
         if vertices.ndim != 3 or not 0 <= count <= vertices.shape[0]:
             raise ValueError(
                 f"count must be in 0..{vertices.shape[0] if vertices.ndim == 3 else 0} "
@@ -299,19 +275,21 @@ class MeshRenderer:
         xp = get_xp(images)
         batch, height, width, _ = images.shape
         if meshes is not None:
-            meshes = _subset_meshes(meshes, [modes[f] in MESH_MODES for f in meshes.frame])
+            meshes = subset_meshes(meshes, [modes[f] in MESH_MODES for f in meshes.frame])
         if overlays is not None:
-            overlays = _subset_overlays(
+            overlays = subset_overlays(
                 overlays, [modes[f] in OVERLAY_MODES for f in overlays.frame]
             )
         bounds = face_bounds(meshes.vertices, meshes.transforms) if meshes else None
-        geometry = _overlay_geometry(overlays, modes) if overlays else None
+        geometry = overlay_geometry(overlays, modes) if overlays else None
         side = self.uv_size
         atlas = [(slots * side, side) if m in OWN_IMAGE_MODES else None for m in modes]
         if interop or self.layout == "frames":  # whole frames, stacked as the batch is
             rects = [(0, 0, width, height)] * batch
         else:
-            rects = self._regions(modes, height, width, meshes, bounds, overlays, geometry)
+            boxes = layout_.face_boxes(len(modes), meshes, bounds, overlays, geometry)
+            clamped = [m in OWN_IMAGE_MODES for m in modes]
+            rects = layout_.regions(boxes, height, width, clamped)
         passes = layout_.plan_passes((height, width), rects, atlas, self._scene.max_size)
         frames = None if interop else np.array(images, copy=True)
         own: dict[int, Any] = {}
@@ -329,31 +307,6 @@ class MeshRenderer:
             frames = parts[0] if len(parts) == 1 else xp.concatenate(parts)
         return Rendered(frames, own)
 
-    def _regions(self, modes, height, width, meshes, bounds, overlays, geometry):
-        """Per frame, the rectangle around what it draws (host path)."""
-        lows: list[list[np.ndarray]] = [[] for _ in modes]
-        highs: list[list[np.ndarray]] = [[] for _ in modes]
-        if meshes is not None:
-            low, high = to_numpy(bounds.low)[:, :2], to_numpy(bounds.high)[:, :2]
-            for i, frame in enumerate(meshes.frame):
-                lows[frame].append(low[i])
-                highs[frame].append(high[i])
-        if overlays is not None:
-            low, high = (to_numpy(b) for b in geometry.bounds())
-            for i, frame in enumerate(overlays.frame):
-                lows[frame].append(low[i])
-                highs[frame].append(high[i])
-        return [
-            layout_.region(
-                np.array(lows[b]).reshape(-1, 2),
-                np.array(highs[b]).reshape(-1, 2),
-                height,
-                width,
-                clamp=modes[b] in OWN_IMAGE_MODES,
-            )  # fmt: skip
-            for b in range(len(modes))
-        ]
-
     def _pass(self, images, modes, plan, meshes, bounds, overlays, geometry, interop: bool):
         """Upload, draw and read back one pass: (host: the pass's result area (plan.height,
         plan.width, 3); interop: its frames (b, H, W, 3)), {frame: UV atlas}."""
@@ -365,7 +318,7 @@ class MeshRenderer:
         chosen = [] if meshes is None else [i for i, f in enumerate(meshes.frame) if f in drawn]
         if chosen:
             index = np.asarray(chosen)
-            host, group = self._mesh_columns(meshes, index, plan, modes, height, width)
+            host, group = mesh_columns(meshes, index, plan, modes, (height, width), self.uv_size)
             device_index = xp.asarray(index)
             positions = xp.ascontiguousarray(meshes.vertices[device_index], dtype=xp.float32)
             if any(modes[meshes.frame[i]] in _NEEDS_NORMALS for i in chosen):
@@ -396,7 +349,7 @@ class MeshRenderer:
             )
             counts = dataclasses.replace(counts, overlay_vertices=int(overlay_rows.shape[0]))
         if not interop:  # the host knows every bound: clip only if something spills over
-            spill = _spills(plan, modes, meshes, bounds, overlays, geometry)
+            spill = layout_.spills(plan, modes, meshes, bounds, overlays, geometry)
             counts = dataclasses.replace(counts, clip=spill)
         first, last = plan.frames[0], plan.frames[-1] + 1
         atlases = sorted(plan.atlases.items())
@@ -441,30 +394,6 @@ class MeshRenderer:
             at = xp.asarray(np.flatnonzero(chosen))
             normals[at] = compute(positions[at])
         return normals
-
-    def _mesh_columns(self, meshes, index, plan, modes, height, width):
-        """Host instance columns (mode, face index, offsets, clip, sampling bounds) of the
-        chosen faces, and each one's draw group (0 filled, 1 textured, 2 wireframe)."""
-        host = np.zeros((len(index), 14), np.float32)
-        group = np.zeros(len(index), np.int64)
-        for row, i in enumerate(index):
-            frame = int(meshes.frame[i])
-            mode = modes[frame]
-            tile = plan.tiles.get(frame)
-            offset = tile.offset if tile else (0, 0)
-            host[row, 0] = MODE_IDS[mode]
-            host[row, 1] = row  # its vertices' place in this pass's buffers
-            host[row, 2:4] = offset
-            if mode in OWN_IMAGE_MODES:
-                atlas = plan.atlases[frame]
-                slot = int(meshes.slot[i])
-                host[row, 4:6] = (atlas.origin[0] + slot * self.uv_size, atlas.origin[1])
-                host[row, 6:10] = atlas.slot_clip(slot, self.uv_size)
-            else:
-                host[row, 6:10] = tile.clip
-            host[row, 10:14] = (0, 0, width - 1, height - 1)
-            group[row] = 2 if mode == "wireframe" else 1 if mode == "texture" else 0
-        return host, group
 
     def _prepare(self, plan, positions, instances, overlay_rows) -> None:
         """Grow the GL objects for this pass (unregistering them from CUDA first)."""
@@ -518,115 +447,6 @@ class MeshRenderer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# ----------------------------------------------------------------------------- helpers
-def _validate_images(images: Any, batch: int) -> None:
-    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
-        shape = tuple(images.shape)[1:] if images.ndim == 4 else tuple(images.shape)
-        raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {images.dtype} {shape}")
-    if images.shape[1] < 1 or images.shape[2] < 1:
-        raise ValueError(f"image must be at least 1x1 pixels, got {tuple(images.shape[1:])}")
-    if images.shape[0] != batch:
-        raise ValueError(f"{images.shape[0]} frames but {batch} render modes")
-
-
-def _spills(plan, modes, meshes, bounds, overlays, geometry) -> bool:
-    """True when a face of this pass reaches beyond its tile (host arrays): the shader must
-    clip it there. A lone tile needs no clipping: the viewport and scissor do it."""
-    if len(plan.tiles) + len(plan.atlases) <= 1:
-        return False
-    boxes = []
-    if meshes is not None:
-        low, high = to_numpy(bounds.low), to_numpy(bounds.high)
-        boxes += [
-            (f, low[i, :2], high[i, :2])
-            for i, f in enumerate(meshes.frame)
-            if f in plan.tiles and modes[f] not in OWN_IMAGE_MODES
-        ]
-    if overlays is not None:
-        low, high = (to_numpy(b) for b in geometry.bounds())
-        boxes += [(f, low[i], high[i]) for i, f in enumerate(overlays.frame) if f in plan.tiles]
-    for frame, low, high in boxes:
-        x, y, w, h = plan.tiles[frame].src
-        if low[0] < x - 0.5 or low[1] < y - 0.5 or high[0] > x + w - 0.5 or high[1] > y + h - 0.5:
-            return True
-    return False
-
-
-def _subset_meshes(meshes: MeshFaces, keep: list[bool]) -> MeshFaces | None:
-    if all(keep):
-        return meshes
-    if not any(keep):
-        return None
-    xp = get_xp(meshes.vertices)
-    index = np.flatnonzero(keep)
-    device_index = xp.asarray(index)
-    return dataclasses.replace(
-        meshes,
-        frame=meshes.frame[index],
-        slot=meshes.slot[index],
-        vertices=meshes.vertices[device_index],
-        transforms=meshes.transforms[device_index],
-        coarse=None if meshes.coarse is None else meshes.coarse[index],
-    )
-
-
-def _subset_overlays(overlays: OverlayFaces, keep: list[bool]) -> OverlayFaces | None:
-    if all(keep):
-        return overlays
-    if not any(keep):
-        return None
-    xp = get_xp(overlays.landmarks)
-    index = np.flatnonzero(keep)
-    device_index = xp.asarray(index)
-    return OverlayFaces(
-        overlays.frame[index], overlays.landmarks[device_index], overlays.transforms[device_index]
-    )
-
-
-def _overlay_geometry(overlays: OverlayFaces, modes: Sequence[str]) -> Overlay:
-    """One :class:`Overlay` for all overlay faces: dots or a pose box per face, padded to
-    one vertex count (the padding repeats a vertex: degenerate triangles draw nothing)."""
-    xp = get_xp(overlays.landmarks)
-    is_pose = np.array([modes[f] == "pose" for f in overlays.frame])
-    parts = {
-        "dots": landmark_dots(overlays.landmarks) if not is_pose.all() else None,
-        "box": pose_box_lines(overlays.transforms, overlays.landmarks) if is_pose.any() else None,
-    }
-    count = max(p.position.shape[1] for p in parts.values() if p is not None)
-
-    def pad(array: Any) -> Any:
-        extra = count - array.shape[1]
-        if extra == 0:
-            return array
-        return xp.concatenate([array, xp.repeat(array[:, -1:], extra, axis=1)], axis=1)
-
-    if parts["box"] is None:
-        return parts["dots"]
-    if parts["dots"] is None:
-        return parts["box"]
-    dots, box = parts["dots"], parts["box"]
-    pose = xp.asarray(is_pose)
-    return Overlay(
-        xp.where(pose[:, None, None], pad(box.position), pad(dots.position)),
-        xp.where(pose[:, None, None], pad(box.disc), pad(dots.disc)),
-        xp.where(pose[:, None], box.color, dots.color),
-    )
-
-
-def _host_meshes(meshes: MeshFaces | None) -> MeshFaces | None:
-    if meshes is None:
-        return None
-    return dataclasses.replace(
-        meshes, vertices=to_numpy(meshes.vertices), transforms=to_numpy(meshes.transforms)
-    )
-
-
-def _host_overlays(overlays: OverlayFaces | None) -> OverlayFaces | None:
-    if overlays is None:
-        return None
-    return OverlayFaces(overlays.frame, to_numpy(overlays.landmarks), to_numpy(overlays.transforms))
 
 
 __all__ = [

@@ -26,6 +26,7 @@ import numpy as np
 from tddfa.gl_context import GL_MIN_VERSION, GLContextError  # sets PYOPENGL_PLATFORM=egl
 from tddfa.render import shaders
 from tddfa.render.layout import Pass
+from tddfa.render.programs import Lighting, Programs
 
 # isort: split
 # OpenGL only after tddfa.gl_context has chosen the EGL platform
@@ -34,22 +35,7 @@ from OpenGL.raw.GL.VERSION import GL_1_0 as _raw_gl10
 from OpenGL.raw.GL.VERSION import GL_1_1 as _raw_gl11
 
 _FLOAT = 4
-_UNITS = {"u_background": 0, "u_texture": 1, "u_ncc": 2, "u_uv": 3}
 _COMMAND = 5  # uint32 per indirect draw: count, instances, first index, base vertex, base instance
-
-
-@dataclasses.dataclass(frozen=True)
-class Lighting:
-    """Light model of 3DDFA_V2's renderer (Sim3DR defaults); positions in its normalised
-    per-face frame (face centred, longest side 2, z towards the camera)."""
-
-    ambient: float = 0.3
-    diffuse: float = 0.6
-    specular: float = 0.1
-    specular_exponent: float = 5.0
-    light_position: tuple[float, float, float] = (0.0, 0.0, 5.0)
-    view_position: tuple[float, float, float] = (0.0, 0.0, 5.0)
-    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,32 +52,6 @@ class DrawCounts:
     clip: bool = True  # clip faces to their tiles (off when none reaches beyond its tile)
     textured: int = 0
     coarse: np.ndarray | None = None  # (F,) bool in row order: drawn with the coarse mesh
-
-
-def _compile(vertex: str, fragment: str, what: str) -> int:
-    def compile_shader(kind: int, source: str) -> int:
-        shader = GL.glCreateShader(kind)
-        GL.glShaderSource(shader, source)
-        GL.glCompileShader(shader)
-        if not GL.glGetShaderiv(shader, GL.GL_COMPILE_STATUS):
-            log = GL.glGetShaderInfoLog(shader).decode(errors="replace")
-            raise GLContextError(f"{what} shader failed to compile: {log}")
-        return shader
-
-    stages = [
-        compile_shader(GL.GL_VERTEX_SHADER, vertex),
-        compile_shader(GL.GL_FRAGMENT_SHADER, fragment),
-    ]
-    program = GL.glCreateProgram()
-    for shader in stages:
-        GL.glAttachShader(program, shader)
-    GL.glLinkProgram(program)
-    for shader in stages:
-        GL.glDeleteShader(shader)
-    if not GL.glGetProgramiv(program, GL.GL_LINK_STATUS):
-        log = GL.glGetProgramInfoLog(program).decode(errors="replace")
-        raise GLContextError(f"{what} shader program failed to link: {log}")
-    return program
 
 
 class Scene:
@@ -136,37 +96,7 @@ class Scene:
             int(GL.glGetIntegerv(GL.GL_MAX_RENDERBUFFER_SIZE)),
             *(int(v) for v in GL.glGetIntegerv(GL.GL_MAX_VIEWPORT_DIMS)),
         )
-        # the mesh programs: without / with clipping faces to their tiles, plain / textured
-        self.mesh_programs = {
-            (clip, textured): _compile(
-                shaders.with_tile_clipping(shaders.MESH_VERTEX) if clip else shaders.MESH_VERTEX,
-                shaders.MESH_TEXTURE_FRAGMENT if textured else shaders.MESH_FRAGMENT,
-                "mesh",
-            )
-            for clip in (False, True)
-            for textured in (False, True)
-        }
-        self.overlay_program = _compile(shaders.OVERLAY_VERTEX, shaders.OVERLAY_FRAGMENT, "overlay")
-        self.composite_program = _compile(
-            shaders.COMPOSITE_VERTEX, shaders.COMPOSITE_FRAGMENT, "composite"
-        )
-        GL.glUseProgram(self.composite_program)
-        GL.glUniform1i(GL.glGetUniformLocation(self.composite_program, "u_drawn"), 0)
-        GL.glUniform1i(GL.glGetUniformLocation(self.composite_program, "u_frames"), 1)
-        self._composite = {
-            name: GL.glGetUniformLocation(self.composite_program, name)
-            for name in ("u_rect", "u_target")
-        }
-        self._uniforms = {
-            key: {
-                name: GL.glGetUniformLocation(program, name)
-                for name in ("u_vertices", "u_target", "u_background_size", "u_texture_size")
-            }
-            for key, program in self.mesh_programs.items()
-        }
-        self._overlay_target = GL.glGetUniformLocation(self.overlay_program, "u_target")
-        for program in self.mesh_programs.values():
-            self._set_constants(program, lighting, alpha, uv_size, wire_color)
+        self.programs = Programs(lighting, alpha, uv_size, wire_color)
 
         # -- per-vertex constants: planar float texture buffers (3, V) and (2, V)
         self.ncc_buffer, self.uv_buffer = (int(b) for b in GL.glGenBuffers(2))
@@ -234,27 +164,6 @@ class Scene:
         self.set_texture(np.full((1, 1, 3), 128, np.uint8))
         GL.glPixelStorei(GL.GL_UNPACK_ALIGNMENT, 1)
         GL.glPixelStorei(GL.GL_PACK_ALIGNMENT, 1)
-
-    @staticmethod
-    def _set_constants(program: int, lighting: Lighting, alpha: float, uv_size: int, wire) -> None:
-        GL.glUseProgram(program)
-
-        def loc(name: str) -> int:
-            return GL.glGetUniformLocation(program, name)
-
-        GL.glUniform4f(
-            loc("u_light"), lighting.ambient, lighting.diffuse, lighting.specular,
-            lighting.specular_exponent,
-        )  # fmt: skip
-        GL.glUniform3f(loc("u_light_position"), *lighting.light_position)
-        GL.glUniform3f(loc("u_view_position"), *lighting.view_position)
-        GL.glUniform3f(loc("u_color"), *lighting.color)
-        GL.glUniform3f(loc("u_wire_color"), *wire)
-        GL.glUniform1f(loc("u_alpha"), alpha)
-        GL.glUniform1f(loc("u_uv_size"), float(uv_size))
-        for name, unit in _UNITS.items():
-            if loc(name) >= 0:
-                GL.glUniform1i(loc(name), unit)
 
     # -- capacity -------------------------------------------------------------------------
     def ensure_target(self, height: int, width: int) -> bool:
@@ -432,16 +341,13 @@ class Scene:
         GL.glDisable(GL.GL_DEPTH_TEST)
         GL.glBindVertexArray(self.overlay_vao)
         if counts.overlay_vertices:
-            GL.glUseProgram(self.overlay_program)
-            GL.glUniform2f(self._overlay_target, float(capacity_w), float(capacity_h))
+            self.programs.use_overlay((capacity_w, capacity_h))
             GL.glDrawArrays(GL.GL_TRIANGLES, 0, counts.overlay_vertices)
         # the result: the drawing blended over the frames, every pixel once
         for i in range(4):
             GL.glDisable(GL.GL_CLIP_DISTANCE0 + i)
         GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self.result_fbo)
-        GL.glUseProgram(self.composite_program)
-        GL.glUniform4f(self._composite["u_rect"], 0.0, 0.0, float(width), float(height))
-        GL.glUniform2f(self._composite["u_target"], float(capacity_w), float(capacity_h))
+        self.programs.use_composite((0, 0, width, height), (capacity_w, capacity_h))
         for unit, texture in ((0, self.target), (1, self.background)):
             GL.glActiveTexture(GL.GL_TEXTURE0 + unit)
             GL.glBindTexture(GL.GL_TEXTURE_2D, texture)
@@ -451,12 +357,7 @@ class Scene:
         GL.glBindVertexArray(0)
 
     def _use(self, clip: bool, textured: bool, n: int, capacity_w: int, capacity_h: int) -> None:
-        GL.glUseProgram(self.mesh_programs[clip, textured])
-        uniforms = self._uniforms[clip, textured]
-        GL.glUniform1i(uniforms["u_vertices"], n)
-        GL.glUniform2f(uniforms["u_target"], float(capacity_w), float(capacity_h))
-        GL.glUniform2f(uniforms["u_background_size"], float(capacity_w), float(capacity_h))
-        GL.glUniform2f(uniforms["u_texture_size"], *(float(v) for v in self.texture_size))
+        self.programs.use_mesh(clip, textured, n, (capacity_w, capacity_h), self.texture_size)
 
     def _draw_meshes(self, counts: DrawCounts, capacity_w: int, capacity_h: int) -> None:
         n = counts.vertices_per_face
@@ -533,5 +434,4 @@ class Scene:
         ]  # fmt: skip
         GL.glDeleteBuffers(len(buffers), buffers)
         GL.glDeleteVertexArrays(2, [self.mesh_vao, self.overlay_vao])
-        for program in (*self.mesh_programs.values(), self.overlay_program, self.composite_program):
-            GL.glDeleteProgram(program)
+        self.programs.delete()
