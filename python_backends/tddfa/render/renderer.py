@@ -10,7 +10,8 @@ target (tiles, :mod:`tddfa.render.layout`), is drawn with one multi-draw call pe
   are uploaded, drawn and read back, then pasted into a copy of the frames;
 - CUDA-OpenGL interop path (``device="cuda:N"`` with CuPy arrays): the batch's frames go in
   with one device copy and come out with one, all per-face numbers are computed on the GPU,
-  one mapping of all resources each way per batch; no host copy and no host sync.
+  one mapping of all resources each way per batch; no host copy of pixels or vertices (the
+  step reads NUM_FACES and the faces' scale to the host once per batch).
 
 The look of ``shaded`` follows 3DDFA_V2's renders: a white mesh lit by ambient 0.3 +
 Lambert diffuse 0.6 + specular 0.1 (exponent 5) per vertex, blended over the frame with
