@@ -32,10 +32,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tddfa.contract import STATELESS_ENSEMBLE
+from tddfa.contract import STATELESS_ENSEMBLE, UV_MODE
 from tddfa.files import is_temporary
 from tddfa_clients.endpoints import Endpoints
-from tddfa_clients.image import IMAGE_SUFFIXES, ImageError, process_image, read_image
+from tddfa_clients.image import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    add_render_argument,
+    process_image,
+    read_image,
+    render_parameters,
+)
 from tddfa_clients.replicas import ReplicaFrameClient
 from tddfa_clients.triton_client import (
     DEFAULT_TIMEOUT,
@@ -47,7 +54,13 @@ from tddfa_clients.triton_client import (
     normalize_url,
     protocol_hint,
 )
-from tddfa_clients.video import VIDEO_SUFFIXES, add_mode_arguments, model_for, process_video
+from tddfa_clients.video import (
+    VIDEO_SUFFIXES,
+    add_mode_arguments,
+    model_for,
+    process_video,
+    uv_refusal,
+)
 from tddfa_clients.video_io import VideoError, probe
 from tddfa_tools.arguments import non_negative_int, positive_float, positive_int
 
@@ -210,6 +223,7 @@ class Settings:
     mode: str = "track"  # videos: tracked sequences (tddfa_track) or independent frames
     smoothing: bool | None = None  # track mode: the sequences' smoothing (None: server default)
     timeout: float = DEFAULT_TIMEOUT
+    render_mode: str | None = None  # --render MODE (None: the server's default)
 
 
 def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, float]:
@@ -219,6 +233,8 @@ def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, floa
     taken out and its frames sent elsewhere); the whole file is retried with backoff only
     when no server answers at all."""
     check_input(job)
+    if settings.render_mode == UV_MODE and not job.is_image:
+        raise BadInput(uv_refusal(job.source))
     job.output.parent.mkdir(parents=True, exist_ok=True)
     attempt = 0
     while True:
@@ -233,6 +249,7 @@ def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, floa
                 outputs=outputs,
                 model=model,
                 timeout=settings.timeout,
+                parameters=render_parameters(settings.render_mode),
             ) as client:
                 if job.is_image:
                     process_image(client, job.source, job.output, None)
@@ -379,6 +396,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace outputs that exist but are not recorded done",
     )
     add_mode_arguments(parser)
+    add_render_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -391,6 +409,7 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode,
         smoothing=args.smoothing,
         timeout=args.timeout,
+        render_mode=args.render,
     )
     counts = run_batch(
         args.inputs, args.out, args.url or ["localhost"], args.jobs, args.overwrite, settings

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tddfa.contract import DEFAULT_OUTPUTS, RENDER_MODE_PARAMETER, RENDER_MODES
 from tddfa.files import atomic_path, atomic_paths
+from tddfa_clients.mesh import MESH_SUFFIXES, bfm_triangles, write_faces_to
 from tddfa_clients.replicas import open_frame_client
 from tddfa_clients.triton_client import DEFAULT_TIMEOUT, FrameClient, FrameResult
 from tddfa_tools.arguments import positive_float
@@ -136,14 +138,17 @@ def process_image(
     output: Path,
     json_path: Path | None,
     image: np.ndarray | None = None,
+    mesh_path: Path | None = None,
+    triangles: np.ndarray | None = None,
 ) -> int:
     """Render one image (``image``: ``source`` already decoded); returns the face count.
 
-    The output and the JSON are staged together before the image is sent (a missing folder
-    or a bad output name fails first) and appear together only when both are written.
+    The output, the JSON and the mesh file (``mesh_path``: the client must ask for VERTICES;
+    ``triangles``: the BFM's) are staged together before the image is sent (a missing folder
+    or a bad output name fails first) and appear together only when all are written.
     """
     fmt = output_format(output)
-    targets = [output] if json_path is None else [output, json_path]
+    targets = [output] + [p for p in (json_path, mesh_path) if p is not None]
     with atomic_paths(targets) as temps:
         image = read_image(source) if image is None else image
         result = client.infer(image)
@@ -155,6 +160,10 @@ def process_image(
                 result, image.shape[1], image.shape[0], client.served_models()
             )
             temps[1].write_text(json_text(document))
+        if mesh_path is not None:
+            if result.vertices is None or triangles is None:
+                raise ImageError("--mesh needs the VERTICES output and the BFM triangles")
+            write_faces_to(temps[-1], mesh_path.suffix, image, result.vertices, triangles)
     return result.face_count
 
 
@@ -190,15 +199,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("input", type=Path, help="image to process")
     parser.add_argument("output", type=Path, help="rendered image (.png or .jpg)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--mesh",
+        type=Path,
+        metavar="MESH.obj|.ply",
+        help="also write every face's mesh (image space, colours from the image) to one file",
+    )
+    add_render_argument(parser)
     add_server_arguments(parser)
+    parser.add_argument(
+        "--assets", type=Path, default=None, help="asset folder for --mesh's triangles"
+    )
     parser.set_defaults(func=run)
+
+
+def add_render_argument(parser: argparse.ArgumentParser) -> None:
+    """--render MODE, shared by the clients."""
+    parser.add_argument(
+        "--render",
+        choices=RENDER_MODES,
+        default=None,
+        metavar="MODE",
+        help=f"how faces are drawn: {', '.join(RENDER_MODES)} (default: the server's, shaded); "
+        "uv returns each face's UV texture map instead of the frame",
+    )
+
+
+def render_parameters(mode: str | None) -> dict[str, str]:
+    """The request parameters of ``--render MODE``."""
+    return {} if mode is None else {RENDER_MODE_PARAMETER: mode}
 
 
 def run(args: argparse.Namespace) -> int:
     """Errors (ImageError, ClientError, OSError) reach the CLI's one-line error boundary."""
     output_format(args.output)  # a bad output name or input fails before the server is asked
+    mesh = args.mesh
+    if mesh is not None and mesh.suffix.lower() not in MESH_SUFFIXES:
+        raise ValueError(f"--mesh {mesh}: the file must end in {' or '.join(MESH_SUFFIXES)}")
     image = read_image(args.input)
-    with open_frame_client(args.url, args.protocol, in_flight=1, timeout=args.timeout) as client:
-        count = process_image(client, args.input, args.output, args.json, image)
+    triangles = bfm_triangles(args.assets) if mesh is not None else None
+    outputs = (*DEFAULT_OUTPUTS, "VERTICES") if mesh is not None else DEFAULT_OUTPUTS
+    with open_frame_client(
+        args.url,
+        args.protocol,
+        in_flight=1,
+        timeout=args.timeout,
+        outputs=outputs,
+        parameters=render_parameters(args.render),
+    ) as client:
+        count = process_image(client, args.input, args.output, args.json, image, mesh, triangles)
     LOG.info("%s: %d face(s) -> %s", args.input, count, args.output)
     return 0

@@ -33,12 +33,13 @@ import secrets
 import socket
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 from tritonclient.utils import triton_to_np_dtype
 
+from tddfa.contract import RENDER_MODE_PARAMETER, UV_MODE
 from tddfa_clients.errors import (
     ClientError,
     InferenceError,
@@ -251,9 +252,15 @@ class _Protocol:
         return _dims(output["shape"] if self.name == "http" else output.shape)
 
     def submit(
-        self, model: str, inputs: list, outputs: list, sequence: SequenceFrame | None = None
+        self,
+        model: str,
+        inputs: list,
+        outputs: list,
+        sequence: SequenceFrame | None = None,
+        parameters: dict | None = None,
     ) -> concurrent.futures.Future:
-        """Start one async request; the future resolves to the InferResult.
+        """Start one async request (with request ``parameters``, e.g. render_mode); the
+        future resolves to the InferResult.
 
         Frames of a sequence go over one gRPC stream, which keeps them in order; over HTTP
         the caller keeps one frame of a sequence in flight."""
@@ -261,6 +268,8 @@ class _Protocol:
         if self.name == "grpc" and sequence is not None:
             return self._submit_stream(model, inputs, outputs, sequence)
         extra = {} if sequence is None else sequence.request_arguments()
+        if parameters:
+            extra["parameters"] = {**parameters, **extra.get("parameters", {})}
         if self.name == "grpc":
 
             def done(result: Any, error: Any) -> None:
@@ -371,6 +380,8 @@ class FrameClient:
             a server started with ``tddfa serve --gpus N`` sees its one GPU as 0.
         rendered_on_device: with ``shared_memory="cuda"``, return RENDERED as a CuPy array
             on ``cuda_device`` (copied device to device out of the region) instead of numpy.
+        parameters: request parameters sent with every frame, e.g.
+            ``{"render_mode": "depth"}`` (tddfa.contract.RENDER_MODE_PARAMETER).
     """
 
     def __init__(
@@ -385,6 +396,7 @@ class FrameClient:
         cuda_device: int = 0,
         rendered_on_device: bool = False,
         server_cuda_device: int | None = None,
+        parameters: Mapping[str, Any] | None = None,
     ):
         if shared_memory not in SHARED_MEMORY:
             raise ValueError(f"shared_memory must be one of {SHARED_MEMORY}, got {shared_memory!r}")
@@ -397,6 +409,7 @@ class FrameClient:
         self.in_flight = in_flight
         self.timeout = timeout
         self.outputs = tuple(dict.fromkeys(("FACE_COUNT", *outputs)))
+        self.parameters = dict(parameters or {})
         try:
             self._protocol = _Protocol(protocol, self.url, in_flight, timeout)
         except Exception as exc:
@@ -576,6 +589,8 @@ class FrameClient:
         region.write(image)  # complete on return: the caller may reuse the image's memory
         tensor.set_shared_memory(in_name, nbytes)
         sizes = {n: self.specs[n].byte_size(shape) for n in self.outputs}
+        if self.parameters.get(RENDER_MODE_PARAMETER) == UV_MODE and "RENDERED" in sizes:
+            sizes["RENDERED"] = None  # not the frame's size: it comes back in the response
         offset = 0
         align = CUDA_ALIGNMENT if self._cuda else 1  # device views need aligned offsets
         for name, size in sizes.items():
@@ -648,9 +663,12 @@ class FrameClient:
             key, slot, inputs, outputs, placement = frame
             sequence = None
             if sequence_id is not None:
-                sequence = SequenceFrame(sequence_id, sent == 0, last, sequence_parameters)
+                merged = {**self.parameters, **(sequence_parameters or {})} or None
+                sequence = SequenceFrame(sequence_id, sent == 0, last, merged)
             try:
-                future = self._protocol.submit(self.model, inputs, outputs, sequence)
+                future = self._protocol.submit(
+                    self.model, inputs, outputs, sequence, self.parameters or None
+                )
             except Exception as exc:
                 raise translate_error(exc) from exc
             if self._use_shm:
@@ -707,7 +725,9 @@ class FrameClient:
             raise ValueError(f"slot must be in [0, {self.in_flight}), got {slot}")
         inputs, outputs, placement = self._request(image, slot)
         try:
-            future = self._protocol.submit(self.model, inputs, outputs)
+            future = self._protocol.submit(
+                self.model, inputs, outputs, parameters=self.parameters or None
+            )
         except Exception as exc:
             raise translate_error(exc) from exc
         if self._use_shm:

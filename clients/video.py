@@ -30,9 +30,14 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from tddfa.contract import DEFAULT_OUTPUTS, SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE
+from tddfa.contract import DEFAULT_OUTPUTS, SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE, UV_MODE
 from tddfa.files import atomic_paths
-from tddfa_clients.image import add_server_arguments, faces_json
+from tddfa_clients.image import (
+    add_render_argument,
+    add_server_arguments,
+    faces_json,
+    render_parameters,
+)
 from tddfa_clients.replicas import open_frame_client
 from tddfa_clients.shared_memory import cuda_shm
 from tddfa_clients.triton_client import (
@@ -238,6 +243,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--decoder", choices=DECODERS, default="auto", help="default: auto")
     parser.add_argument("--encoder", choices=ENCODERS, default="auto", help="default: auto")
     add_mode_arguments(parser)
+    add_render_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -318,6 +324,7 @@ def open_client(args: argparse.Namespace, outputs: tuple[str, ...]) -> FrameClie
             cuda_device=args.gpu,
             rendered_on_device=mode == "cuda",
             timeout=args.timeout,
+            parameters=render_parameters(args.render),
         )
 
     if transport == "cuda" and args.shared_memory == "auto" and not args.no_shm:
@@ -329,8 +336,18 @@ def open_client(args: argparse.Namespace, outputs: tuple[str, ...]) -> FrameClie
     return client(transport)
 
 
+def uv_refusal(source: Path) -> str:
+    """Why a video cannot be rendered in the uv mode, and what to do instead."""
+    return (
+        f"{source}: render mode {UV_MODE} returns each face's UV map, not the frame: use "
+        "`tddfa image --render uv` on single frames"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Errors (VideoError, ClientError, OSError) reach the CLI's one-line error boundary."""
+    if args.render == UV_MODE:
+        raise VideoError(uv_refusal(args.input))
     check_output_name(args.output)  # bad names, inputs, codecs fail before the server is asked
     probe(args.input)
     require_codecs(args.decoder, args.encoder)

@@ -108,6 +108,15 @@ ASSETS: dict[str, Asset] = {
         "60be915f601563e274d9737abd54c6b925e8e737fa1c89d3cd64933315629ce1",
         description="BFM texture coordinates",
     ),
+    "color.1024x1024.jpg": Asset(
+        "ffmpeg_gpu_demo/color.1024x1024.jpg",
+        "https://raw.githubusercontent.com/NVIDIA-AI-IOT/FFmpeg-GPU-Demo/master/ffmpeg-gpu/3ddfa/"
+        "color.1024x1024.jpg",
+        "f6363781b0fb985420932a818d442559443b3b3c74ae2f0e663bf8c6668b80a2",
+        optional=True,
+        description="the FFmpeg GPU demo's face texture (a vertical rainbow), the texture "
+        "render mode's default (optional: a deployment may configure its own image)",
+    ),
     "bfm_noneck_v3.pkl": Asset(
         "3ddfa_v2/bfm_noneck_v3.pkl",
         V2_RAW + "configs/bfm_noneck_v3.pkl",

@@ -42,6 +42,14 @@ class PipelineConfig:
     post_nms_top_k: int = 750
     score_threshold: float = 0.5
     render_alpha: float = 0.6
+    # face_renderer: the side S of each face's map in the "uv" render mode, and the image of
+    # the "texture" mode (a file, absolute or relative to the model's version folder; "":
+    # the FFmpeg GPU demo's color.1024x1024.jpg, from render_assets.npz)
+    uv_size: int = 256
+    texture_image: str = ""
+    # faces narrower than this (pixels) are drawn with the coarse mesh (37 % of the
+    # triangles; within a grey level on average at that size); 0: always the full mesh
+    render_coarse_below: float = 400.0
     # Sequences (tddfa_track): the detector runs on the first frame, every N frames (0 =
     # only when a track is lost) and when a track is lost; a tracked crop smaller than
     # this area (px^2, the original's rule) is lost; IoU that matches a detection to a track.

@@ -70,7 +70,7 @@ class Pipeline:
         )
         self.renderer = None
         if render:
-            from tddfa.renderer import MeshRenderer
+            from tddfa.render import MeshRenderer
 
             self.renderer = RenderStep(
                 MeshRenderer(bfm.tri, device=device, alpha=cfg.render_alpha), decoder
