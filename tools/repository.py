@@ -85,6 +85,7 @@ class BuiltModels:
 
     networks: dict[str, Path]  # network name -> ONNX file
     bfm: Path
+    render_assets: Path  # UV, PNCC and texture tables of the render modes
     regressor_name: str  # mb05 | mb1
     bfm_exact: bool
     torch_weights: dict[str, Path]  # per network: what the PyTorch CUDA runner rebuilds it from
@@ -128,6 +129,7 @@ def export_models(options: BuildOptions) -> BuiltModels:
     from tddfa.bfm import load_bfm
     from tddfa_tools.bfm_builder import build_bfm
     from tddfa_tools.export_onnx import export_face_detector, export_face_regressor
+    from tddfa_tools.render_assets import build_render_assets, render_asset_paths
 
     assets = _build_assets(options.asset_dir)
     regressor = options.regressor
@@ -152,12 +154,19 @@ def export_models(options: BuildOptions) -> BuiltModels:
     )
     bfm_sources = [p for p in assets.values() if p is not None and p.suffix != ".pth"]
     bfm = _cached(out / "bfm.npz", bfm_sources, lambda p: build_bfm(assets, p))
+    render_sources = list(render_asset_paths(options.asset_dir).values())
+    render_assets = _cached(
+        out / "render_assets.npz",
+        render_sources,
+        lambda p: build_render_assets(options.asset_dir, p),
+    )
     model = load_bfm(bfm)
     if not model.exact:
         log.warning("BFM: %s", model.description())
     return BuiltModels(
         networks={"face_detector": detector, "face_regressor": regressor_onnx},
         bfm=bfm,
+        render_assets=render_assets,
         regressor_name=regressor,
         bfm_exact=model.exact,
         torch_weights={"face_detector": assets["FaceBoxesProd.pth"], "face_regressor": weights},
@@ -273,6 +282,7 @@ def build_repository(options: BuildOptions) -> Path:
                 _network_files(network, models, repo / model / "1" / network, options)
         for model in BFM_MODELS:
             _link(models.bfm, repo / model / "1" / "bfm.npz")
+        _link(models.render_assets, repo / "face_renderer" / "1" / "render_assets.npz")
 
         configs = load_repository(repo)
         configure(configs, options, models)

@@ -167,9 +167,7 @@ def run(args: argparse.Namespace) -> int:
         log_verbose=args.log_verbose,
         startup_timeout=args.startup_timeout,
         extra_args=[
-            *cuda_memory_pool_args(
-                args.cuda_memory_pool_mb, len(args.gpus) if args.gpus else None
-            ),
+            *cuda_memory_pool_args(args.cuda_memory_pool_mb, len(args.gpus) if args.gpus else None),
             *args.tritonserver_args,
         ],
         cuda_mps=args.cuda_mps,
