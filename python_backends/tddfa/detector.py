@@ -26,12 +26,13 @@ import numpy as np
 from tddfa import detection, preprocess
 from tddfa.config import PipelineConfig
 from tddfa.priors import prior_boxes
+from tddfa.runners import NETWORK_IO
 from tddfa.xp import get_xp
 
 LOG = logging.getLogger(__name__)
 
-DETECTOR_INPUT = "DETECTOR_INPUT"  # (B, 3, Hc, Wc) float32 RGB 0..255, the runner's input
-DETECTOR_OUTPUTS = ("LOC", "CONF")  # (B, P, 4) offsets, (B, P, 2) softmaxed scores
+# the runner's input (B, 3, Hc, Wc) float32 RGB 0..255 -> (B, P, 4) offsets, (B, P, 2) scores
+(DETECTOR_INPUT,), DETECTOR_OUTPUTS = NETWORK_IO["face_detector"]
 
 
 class Detector:

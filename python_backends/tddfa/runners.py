@@ -39,7 +39,12 @@ MODEL_PLAN = "model.plan"
 # Weight files that let make_runner rebuild the PyTorch module of a model folder.
 FACEBOXES_WEIGHTS = "FaceBoxesProd.pth"
 REGRESSOR_WEIGHTS = ("mb1_120x120.pth", "mb05_120x120.pth")
-BFM_NPZ = "bfm.npz"
+# (input names, output names) of the two networks, fixed at ONNX export
+# (tools/export_onnx.py): the PyTorch rebuild and BLS calls to a served network use them.
+NETWORK_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "face_detector": (("DETECTOR_INPUT",), ("LOC", "CONF")),  # the bare FaceBoxes
+    "face_regressor": (("CROPS",), ("PARAMS_NORM",)),
+}
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -165,8 +170,7 @@ class TorchCudaRunner:
 
     ``module`` takes the inputs positionally in ``input_names`` order and returns a tensor or
     a tuple in ``output_names`` order. ``fp16`` runs the weights and inputs in half precision
-    (outputs are returned as float32); keep it False for the BFM decoder (its values exceed
-    the float16 range). ``cuda_graphs`` captures one CUDA graph per input shape seen (up to
+    (outputs are returned as float32). ``cuda_graphs`` captures one CUDA graph per input shape seen (up to
     ``max_graphs``) and replays it; other shapes run eagerly.
     """
 
@@ -374,10 +378,9 @@ def _onnxruntime_has_cuda() -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class TorchGraph:
-    """A network rebuilt in PyTorch with the I/O names of its ONNX graph (INTERFACES.md)."""
+    """A network rebuilt in PyTorch with the I/O names of its ONNX graph (NETWORK_IO)."""
 
     module: Any
-    half_ok: bool  # float16 keeps the accuracy (False: the BFM decoder exceeds its range)
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
 
@@ -385,27 +388,20 @@ class TorchGraph:
 def torch_module_for(model_dir: Path) -> TorchGraph | None:
     """The PyTorch graph module rebuilt from the weights in ``model_dir``, or None.
 
-    face_detector: FaceBoxesProd.pth; face_regressor: mb1/mb05_120x120.pth; bfm_decoder:
-    bfm.npz (float32 only). No ONNX file is needed: the names are fixed at export.
+    face_detector: FaceBoxesProd.pth; face_regressor: mb1/mb05_120x120.pth. No ONNX file is
+    needed: the names are fixed at export.
     """
     if (model_dir / FACEBOXES_WEIGHTS).is_file():
         from tddfa.networks.faceboxes import FaceDetectorGraph, load_faceboxes
 
         module = FaceDetectorGraph(load_faceboxes(model_dir / FACEBOXES_WEIGHTS))
-        return TorchGraph(module, True, ("DETECTOR_INPUT",), ("LOC", "CONF"))
+        return TorchGraph(module, *NETWORK_IO["face_detector"])
     for name in REGRESSOR_WEIGHTS:
         if (model_dir / name).is_file():
             from tddfa.networks.mobilenet_v1 import FaceRegressorGraph, load_mobilenet
 
             module = FaceRegressorGraph(load_mobilenet(model_dir / name))
-            return TorchGraph(module, True, ("CROPS",), ("PARAMS_NORM",))
-    if (model_dir / BFM_NPZ).is_file():
-        from tddfa.bfm import load_bfm
-        from tddfa.networks.bfm_decoder import BFMDecoder
-
-        bfm = load_bfm(model_dir / BFM_NPZ)
-        module = BFMDecoder(bfm.u, bfm.w_shp, bfm.w_exp)
-        return TorchGraph(module, False, ("ALPHA_SHP", "ALPHA_EXP"), ("MODEL_VERTICES",))
+            return TorchGraph(module, *NETWORK_IO["face_regressor"])
     return None
 
 
@@ -458,14 +454,13 @@ def make_runner(
                 if not onnx_path.is_file():
                     raise FileNotFoundError(f"{onnx_path} is needed for the graph's I/O names")
                 inputs, outputs = onnx_io_names(onnx_path)
-                graph = TorchGraph(torch_factory(), True, tuple(inputs), tuple(outputs))
+                graph = TorchGraph(torch_factory(), tuple(inputs), tuple(outputs))
             if graph is not None:
-                half = fp16 and graph.half_ok
                 LOG.info(
                     "%s: PyTorch CUDA runner on %s (%s%s)",
                     model_dir,
                     device,
-                    "fp16" if half else "fp32",
+                    "fp16" if fp16 else "fp32",
                     ", CUDA graphs" if cuda_graphs else "",
                 )
                 return TorchCudaRunner(
@@ -473,7 +468,7 @@ def make_runner(
                     graph.input_names,
                     graph.output_names,
                     device,
-                    fp16=half,
+                    fp16=fp16,
                     cuda_graphs=cuda_graphs,
                     max_graphs=max_graphs,
                 )
