@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import shlex
@@ -11,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+# tests/ is on sys.path (the rootdir conftest's folder): the shared stand-in of tensorrt
+from tensorrt_stand_in import FakeInput, FakeNetwork, FakeTensorRT
 
 from tddfa.config import NUM_PARAMS, REGRESSOR_SIZE, PipelineConfig
 from tddfa_tools import tensorrt_builder
@@ -70,7 +72,7 @@ def test_detector_graph_profile_fits_the_graph(tmp_path: Path) -> None:
     onnx.save(build_rescale_graph(PipelineConfig()), str(path))
     graph = onnx.load(str(path)).graph
     dims = tuple(d.dim_value or -1 for d in graph.input[0].type.tensor_type.shape.dim)
-    network = _FakeNetwork([_FakeInput("IMAGE", dims)])
+    network = FakeNetwork([FakeInput("IMAGE", dims)])
     _check_profiles(network, default_profiles(PipelineConfig(), 8)["face_detector"])
 
 
@@ -104,26 +106,8 @@ def test_gpu_tag(name: str, tag: str) -> None:
     assert gpu_tag(name) == tag
 
 
-@dataclasses.dataclass
-class _FakeInput:
-    name: str
-    shape: tuple[int, ...]
-
-
-@dataclasses.dataclass
-class _FakeNetwork:
-    inputs: list[_FakeInput]
-
-    @property
-    def num_inputs(self) -> int:
-        return len(self.inputs)
-
-    def get_input(self, i: int) -> _FakeInput:
-        return self.inputs[i]
-
-
 def test_profile_check_names_each_problem() -> None:
-    network = _FakeNetwork([_FakeInput("CROPS", (-1, -1, 3, 120, 120))])
+    network = FakeNetwork([FakeInput("CROPS", (-1, -1, 3, 120, 120))])
     good = default_profiles(PipelineConfig(), 4)["face_regressor"]
     _check_profiles(network, good)
     bad = {
@@ -294,104 +278,6 @@ def test_engine_files_are_described(engines: dict[str, Path]) -> None:
 # ---- build_engine's flow against a stand-in of the tensorrt module (runs everywhere) ----
 
 
-class _FakeTensorRT:
-    """The slice of the tensorrt API that build_engine uses; records what it was asked."""
-
-    __version__ = "10.0.0"
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, severity: int) -> None:
-            self.severity = severity
-
-    class NetworkDefinitionCreationFlag:
-        EXPLICIT_BATCH = 0
-
-    class MemoryPoolType:
-        WORKSPACE = "workspace"
-
-    class BuilderFlag:
-        FP16 = "fp16"
-
-    def __init__(self, parse_errors: list[str] | None = None) -> None:
-        self.parse_errors = parse_errors or []
-        self.calls: dict[str, object] = {"flags": set(), "profiles": []}
-        fake = self
-
-        class Builder:
-            def __init__(self, logger: object) -> None:
-                pass
-
-            def create_network(self, flags: int) -> _FakeNetwork:
-                fake.calls["network_flags"] = flags
-                fake.network = _FakeNetwork([])
-                return fake.network
-
-            def create_builder_config(self) -> Config:
-                return Config()
-
-            def create_optimization_profile(self) -> dict[str, tuple]:
-                profile: dict[str, tuple] = {}
-                fake.calls["profiles"].append(profile)
-                return _Profile(profile)
-
-            def build_serialized_network(self, network: object, config: object) -> bytes:
-                return b"PLAN"
-
-        class _Profile:
-            def __init__(self, store: dict) -> None:
-                self.store = store
-
-            def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
-                self.store[name] = (lo, opt, hi)
-
-        class Cache:
-            def __init__(self, data: bytes) -> None:
-                fake.calls["cache_in"] = data
-
-            def serialize(self) -> bytes:
-                return b"CACHE"
-
-        class Config:
-            def set_memory_pool_limit(self, pool: str, size: int) -> None:
-                fake.calls["workspace"] = size
-
-            def set_flag(self, flag: str) -> None:
-                fake.calls["flags"].add(flag)
-
-            def add_optimization_profile(self, profile: object) -> None:
-                pass
-
-            def create_timing_cache(self, data: bytes) -> Cache:
-                return Cache(data)
-
-            def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> None:
-                self.cache = cache
-
-            def get_timing_cache(self) -> Cache:
-                return self.cache
-
-        class OnnxParser:
-            def __init__(self, network: _FakeNetwork, logger: object) -> None:
-                self.network = network
-                self.num_errors = len(fake.parse_errors)
-
-            def parse_from_file(self, path: str) -> bool:
-                import onnx
-
-                graph = onnx.load(path, load_external_data=False).graph
-                for value in graph.input:
-                    dims = tuple(d.dim_value or -1 for d in value.type.tensor_type.shape.dim)
-                    self.network.inputs.append(_FakeInput(value.name, dims))
-                return not fake.parse_errors
-
-            def get_error(self, i: int) -> str:
-                return fake.parse_errors[i]
-
-        self.Builder, self.OnnxParser = Builder, OnnxParser
-
-
 @pytest.fixture()
 def tiny_regressor_onnx(tmp_path: Path) -> Path:
     """A one-node stand-in graph with the face_regressor's input and output names."""
@@ -425,7 +311,7 @@ def tiny_regressor_onnx(tmp_path: Path) -> Path:
 def test_build_engine_flow(
     monkeypatch: pytest.MonkeyPatch, tiny_regressor_onnx: Path, tmp_path: Path
 ) -> None:
-    fake = _FakeTensorRT()
+    fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(tensorrt_builder, "gpu_name", lambda device=0: "NVIDIA H100 80GB HBM3")
     cache = tmp_path / "cache" / "timing.cache"
@@ -453,7 +339,7 @@ def test_build_engine_flow(
 def test_build_engine_reports_parser_errors(
     monkeypatch: pytest.MonkeyPatch, tiny_regressor_onnx: Path, tmp_path: Path
 ) -> None:
-    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTensorRT(["node 3: unsupported op Foo"]))
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT(["node 3: unsupported op Foo"]))
     profile = default_profiles(PipelineConfig(), 8)["face_regressor"]
     with pytest.raises(RuntimeError, match="unsupported op Foo"):
         build_engine(tiny_regressor_onnx, tmp_path, profiles=profile)
@@ -463,7 +349,7 @@ def test_build_engine_reports_parser_errors(
 def test_build_engine_is_fp16_by_default(
     monkeypatch: pytest.MonkeyPatch, tiny_regressor_onnx: Path, tmp_path: Path
 ) -> None:
-    fake = _FakeTensorRT()
+    fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(tensorrt_builder, "gpu_name", lambda device=0: "Tesla T4")
     profile = default_profiles(PipelineConfig(), 2)["face_regressor"]
