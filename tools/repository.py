@@ -50,7 +50,7 @@ TEMPLATE_MODELS = tuple(
     sorted(p.parent.name for p in TEMPLATE.glob("*/config.pbtxt") if p.parent.name not in ENSEMBLES)
 )
 # Bump when an export changes, so cached ONNX files are rebuilt.
-EXPORT_VERSION = 2
+EXPORT_VERSION = 1
 MAX_BATCH_SIZE_LIMIT = 32
 
 

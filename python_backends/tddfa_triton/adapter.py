@@ -45,12 +45,17 @@ class LoadContext:
 
         return self.parameters.get(bls_parameter(network)) or None
 
-    def network(self, name: str, warmup_dims: dict[str, tuple[int, ...]] | None = None):
+    def network(
+        self,
+        name: str,
+        warmup_dims: dict[str, tuple[int, ...]] | None = None,
+        folder: Path | None = None,
+    ):
         """The runner of network ``name``: a BLS call to the served model when the config
-        names one (:meth:`served_model`), else the network from ``<version>/<name>/`` (or the
-        version folder itself when this model IS the network): the fastest runner present
-        (tddfa.runners.make_runner), in the precision the build chose (``<name>_precision``),
-        with CUDA graphs of every batch size made now on the GPU."""
+        names one (:meth:`served_model`), else the network from ``folder`` (default
+        ``<version>/<name>/``): the fastest runner present (tddfa.runners.make_runner), in the
+        precision the build chose (``<name>_precision``), with CUDA graphs of every batch
+        size made now on the GPU."""
         served = self.served_model(name)
         if served is not None:
             from tddfa.contract import SERVED_NETWORKS
@@ -70,7 +75,7 @@ class LoadContext:
         from tddfa.runners import make_runner
 
         runner = make_runner(
-            self.model_dir if name == self.model_name else self.model_dir / name,
+            folder if folder is not None else self.model_dir / name,
             self.device,
             cuda_graphs=self.device != "cpu",  # one graph per batch size, replayed
             fp16=self.parameters.get(f"{name}_precision", "fp16") == "fp16",
@@ -325,7 +330,7 @@ class NetworkModel(StepModel):
             name: tuple(k if d == -1 else d for d in shape)
             for name, shape in context.input_dims.items()
         }
-        return NetworkStep(context.network(context.model_name, dims))
+        return NetworkStep(context.network(context.model_name, dims, folder=context.model_dir))
 
 
 class SequenceModel(StepModel):
