@@ -135,6 +135,59 @@ _GRAPH_PARAMETERS = (
 )
 
 
+def check_native_models(configs: dict, layout: Layout, models: Any) -> list[str]:
+    """Problems between each natively served model's config and the ONNX graph it is served
+    from (names, dtypes, ranks, fixed dims); an empty list when they agree. Triton would
+    refuse such a model at load time, in a container; this finds it at build time."""
+    problems = []
+    for name in layout.native:
+        onnx = models.detector_graph if name == "face_detector" else models.networks[name]
+        problems += [f"{name}: {p}" for p in graph_io_problems(configs[name], onnx)]
+    return problems
+
+
+_ONNX_TO_TRITON = {
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    9: "TYPE_BOOL",
+}
+
+
+def graph_io_problems(config: Any, onnx_path: Path) -> list[str]:
+    """What ``config`` (a ModelConfig with a batch axis) declares that the ONNX graph at
+    ``onnx_path`` does not have: every input and output with its dtype, rank and fixed dims."""
+    import onnx
+    from tritonclient.grpc import model_config_pb2
+
+    graph = onnx.load(os.fspath(onnx_path), load_external_data=False).graph
+    initialisers = {i.name for i in graph.initializer}
+    found = {v.name: v for v in (*graph.input, *graph.output) if v.name not in initialisers}
+    problems = []
+    for tensor in (*config.input, *config.output):
+        value = found.get(tensor.name)
+        if value is None:
+            problems.append(f"{tensor.name} is not an input or output of {onnx_path.name}")
+            continue
+        kind = value.type.tensor_type
+        dtype = _ONNX_TO_TRITON.get(kind.elem_type, f"ONNX type {kind.elem_type}")
+        declared = model_config_pb2.DataType.Name(tensor.data_type)
+        if dtype != declared:
+            problems.append(
+                f"{tensor.name} is {dtype} in {onnx_path.name}, {declared} in the config"
+            )
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in kind.shape.dim]
+        wanted = ([-1] if config.max_batch_size > 0 else []) + list(tensor.dims)
+        if len(dims) != len(wanted) or any(
+            a != b and -1 not in (a, b) for a, b in zip(dims, wanted, strict=False)
+        ):
+            problems.append(
+                f"{tensor.name} has dims {dims} in {onnx_path.name}, {wanted} in the config"
+            )
+    return problems
+
+
 def place_network_files(repo: Path, layout: Layout, options: Any, models: Any) -> None:
     """Write what serves each network into the staged repository ``repo``.
 

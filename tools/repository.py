@@ -24,6 +24,7 @@ from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_PARAMS, NUM_SHAPE, NUM_VERT
 from tddfa.contract import SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE
 from tddfa_tools.flavours import (
     NETWORK_CHOICES,
+    check_native_models,
     configure_networks,
     layout_for,
     link,
@@ -275,6 +276,7 @@ def build_repository(options: BuildOptions) -> Path:
         configure(configs, options, models)
         problems = [p for ensemble in ENSEMBLES for p in check_ensemble(configs, ensemble)]
         problems += check_contract(configs) + check_bls(configs)
+        problems += check_native_models(configs, layout, models)
         if problems:
             raise RuntimeError("built repository is inconsistent:\n  " + "\n  ".join(problems))
         for name, config in configs.items():

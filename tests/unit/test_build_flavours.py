@@ -23,17 +23,22 @@ MAX_BATCH = 4
 PIPELINE = PipelineConfig(max_faces=3)
 
 
-def _identity_onnx(path: Path, inputs: dict[str, tuple[list, int]], outputs: list[str]) -> Path:
-    """A graph with the given inputs ({name: (dims, onnx dtype)}) copied to ``outputs``: all the
-    builder reads of a network is its file and its input names and dims."""
+def _stand_in_onnx(path: Path, inputs: dict, outputs: dict) -> Path:
+    """A graph that declares ``inputs`` and ``outputs`` ({name: (dims, onnx dtype)}), each
+    output a Cast of the first input: all the builder reads of a network is its file and the
+    I/O it declares (it never runs it)."""
     import onnx
     from onnx import helper
 
-    values = [helper.make_tensor_value_info(n, t, d) for n, (d, t) in inputs.items()]
     first = next(iter(inputs))
-    nodes = [helper.make_node("Identity", [first], [name]) for name in outputs]
-    results = [helper.make_tensor_value_info(name, inputs[first][1], None) for name in outputs]
-    onnx.save(helper.make_model(helper.make_graph(nodes, path.stem, values, results)), path)
+    nodes = [helper.make_node("Cast", [first], [name], to=t) for name, (_, t) in outputs.items()]
+    graph = helper.make_graph(
+        nodes,
+        path.stem,
+        [helper.make_tensor_value_info(n, t, d) for n, (d, t) in inputs.items()],
+        [helper.make_tensor_value_info(n, t, d) for n, (d, t) in outputs.items()],
+    )
+    onnx.save(helper.make_model(graph), path)
     return path
 
 
@@ -44,22 +49,28 @@ def stand_in_exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[st
 
     src = tmp_path / "exports"
     src.mkdir()
-    f32, u8 = TensorProto.FLOAT, TensorProto.UINT8
+    f32, u8, i32 = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT32
+    k = PIPELINE.max_faces
     files = {
-        "face_detector": _identity_onnx(
+        "face_detector": _stand_in_onnx(
             src / "face_detector.onnx",
             {"DETECTOR_INPUT": (["batch", 3, "h", "w"], f32)},
-            ["LOC", "CONF"],
+            {"LOC": (["batch", "p", 4], f32), "CONF": (["batch", "p", 2], f32)},
         ),
-        "face_regressor": _identity_onnx(
+        "face_regressor": _stand_in_onnx(
             src / "face_regressor_mb05.onnx",
             {"CROPS": (["batch", "faces", 3, 120, 120], f32)},
-            ["PARAMS_NORM"],
+            {"PARAMS_NORM": (["batch", "faces", 62], f32)},
         ),
-        "graph": _identity_onnx(
+        "graph": _stand_in_onnx(
             src / "face_detector_graph.onnx",
             {"IMAGE": (["batch", "h", "w", 3], u8)},
-            ["FACE_BOXES", "FACE_COUNT", "DETECTIONS", "NUM_FACES"],
+            {
+                "FACE_BOXES": (["batch", k, 5], f32),
+                "FACE_COUNT": (["batch", 1], i32),
+                "DETECTIONS": (["batch", k, 5], f32),
+                "NUM_FACES": (["batch", 1], i32),
+            },
         ),
     }
     for name in ("bfm.npz", "FaceBoxesProd.pth", "mb05_120x120.pth"):
@@ -196,3 +207,25 @@ def test_tensorrt_without_the_builder_says_so(stand_in_exports, monkeypatch, tmp
     with pytest.raises(ImportError, match="TensorRT builder not installed"):
         build(tmp_path, flavour="tensorrt", device="gpu")
     assert not (tmp_path / "repo").exists()  # nothing half-written
+
+
+def test_a_graph_that_does_not_fit_its_config_fails_the_build(stand_in_exports, tmp_path):
+    """What Triton's onnxruntime backend would refuse at load time, found at build time."""
+    from onnx import TensorProto
+
+    _stand_in_onnx(
+        stand_in_exports["graph"],
+        {"IMAGE": (["batch", "h", "w", 3], TensorProto.UINT8)},
+        {
+            "FACE_BOXES": (["batch", 8, 5], TensorProto.FLOAT),  # K = 8, the build's K is 3
+            "FACE_COUNT": (["batch", 1], TensorProto.INT64),
+            "DETECTIONS": (["batch", 8, 5], TensorProto.FLOAT),
+        },
+    )
+    with pytest.raises(RuntimeError) as error:
+        build(tmp_path, flavour="onnxruntime")
+    message = str(error.value)
+    assert "face_detector: FACE_BOXES has dims [-1, 8, 5] in face_detector_graph.onnx" in message
+    assert "FACE_COUNT is TYPE_INT64 in face_detector_graph.onnx, TYPE_INT32" in message
+    assert "NUM_FACES is not an input or output of face_detector_graph.onnx" in message
+    assert not (tmp_path / "repo").exists()
