@@ -66,6 +66,10 @@ def _check_inputs(names: Sequence[str], inputs: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------- onnxruntime
 
 
+# onnxruntime's input type names -> what the feed is cast to (float32 for anything else)
+_ORT_FEED_DTYPES = {"tensor(uint8)": np.uint8, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
 class OnnxRuntimeRunner:
     """An onnxruntime session: numpy in, numpy out.
 
@@ -98,14 +102,20 @@ class OnnxRuntimeRunner:
         self.session = ort.InferenceSession(os.fspath(onnx_path), options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._feed_dtypes = {
+            i.name: _ORT_FEED_DTYPES.get(i.type, np.float32) for i in self.session.get_inputs()
+        }
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """{input name: array} -> {output name: float32 numpy array}.
+        """{input name: array} -> {output name: numpy array of the graph's output type}.
 
-        Inputs may be numpy or CuPy (copied to the host: a fallback, not a GPU path)."""
+        Inputs are cast to the graph's input types (float32 for the two networks; uint8 frames
+        for the whole detector graph). They may be numpy or CuPy (copied to the host: a
+        fallback, not a GPU path)."""
         _check_inputs(self.input_names, inputs)
         feed = {
-            n: np.ascontiguousarray(to_numpy(inputs[n]), dtype=np.float32) for n in self.input_names
+            n: np.ascontiguousarray(to_numpy(inputs[n]), dtype=self._feed_dtypes[n])
+            for n in self.input_names
         }
         outputs = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, outputs, strict=True))
