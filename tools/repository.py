@@ -267,18 +267,17 @@ def build_repository(options: BuildOptions) -> Path:
         shutil.copytree(TEMPLATE, repo, ignore=shutil.ignore_patterns("__pycache__"))
         for ensemble in ENSEMBLES:  # ensembles need an (empty) version folder
             (repo / ensemble / "1").mkdir(exist_ok=True)
-        place_network_files(repo, layout, options, models)
-        for model in BFM_MODELS:
-            link(models.bfm, repo / model / "1" / "bfm.npz")
-
         configs = load_repository(repo)
         configure_networks(configs, layout, gpu=options.device == "gpu", fp16=options.fp16)
         configure(configs, options, models)
         problems = [p for ensemble in ENSEMBLES for p in check_ensemble(configs, ensemble)]
         problems += check_contract(configs) + check_bls(configs)
         problems += check_native_models(configs, layout, models)
-        if problems:
+        if problems:  # checked before the files are placed: engine builds take minutes
             raise RuntimeError("built repository is inconsistent:\n  " + "\n  ".join(problems))
+        place_network_files(repo, layout, options, models)
+        for model in BFM_MODELS:
+            link(models.bfm, repo / model / "1" / "bfm.npz")
         for name, config in configs.items():
             save_config(config, repo / name / "config.pbtxt")
         (repo / "BUILD.json").write_text(
