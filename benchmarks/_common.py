@@ -171,12 +171,17 @@ def first_frames_clip(video: Path, frames: int) -> Path:
         return video
     import av
 
+    from tddfa.files import atomic_path
+
     out = WORK_DIR / f"{video.stem}_first{frames}.mp4"
     if out.is_file() and out.stat().st_mtime >= video.stat().st_mtime:
         return out
     WORK_DIR.mkdir(parents=True, exist_ok=True)
-    temp = out.with_suffix(".tmp.mp4")
-    with av.open(str(video)) as source, av.open(str(temp), "w") as sink:
+    with (
+        atomic_path(out) as temp,
+        av.open(str(video)) as source,
+        av.open(str(temp), "w") as sink,
+    ):
         stream_in = source.streams.video[0]
         stream_out = sink.add_stream("libx264", rate=stream_in.average_rate)
         stream_out.width = stream_in.codec_context.width
@@ -190,7 +195,6 @@ def first_frames_clip(video: Path, frames: int) -> Path:
             if written >= frames:
                 break
         sink.mux(stream_out.encode(None))
-    temp.replace(out)
     return out
 
 

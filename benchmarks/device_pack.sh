@@ -78,7 +78,7 @@ fi
 
 # -- assets (the repository is built from them on the device), reference, CPU outputs ----------
 tar -C "$SHARED" -cJf .carry/shared.tar.xz assets/3ddfa_v2 assets/3ddfa_v1 assets/images \
-    assets/video/emma720.mp4 reference
+    assets/ffmpeg_gpu_demo/color.1024x1024.jpg assets/video/emma720.mp4 reference
 test -f build/gpu_expected.npz || (cd tests/gpu && ../../.venv/bin/python make_expected.py --out ../../build/gpu_expected.npz)
 cp build/gpu_expected.npz .carry/gpu_expected.npz
 

@@ -399,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                             gpus=[gpu],
                             cuda_mps=args.mps,
                             extra_args=cuda_memory_pool_args(args.pool_mb, gpus=1),
+                            restrict_admin=False,  # perf_analyzer registers CUDA regions
                         )
                     )  # fmt: skip
                     for gpu in range(visible_gpu_count())
@@ -409,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                 servers = [stack.enter_context(TritonServer(
                     args.repository, startup_timeout=600, cuda_mps=args.mps,
                     extra_args=cuda_memory_pool_args(args.pool_mb),
+                    restrict_admin=False,  # perf_analyzer registers CUDA regions
                 ))]  # fmt: skip
                 targets = [Target(servers[0].grpc_url)]
             layout = (f"{len(servers)} server(s), layout {args.layout}, "

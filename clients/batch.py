@@ -32,18 +32,37 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tddfa.contract import STATELESS_ENSEMBLE
+from tddfa.contract import STATELESS_ENSEMBLE, UV_MODE
+from tddfa.files import is_temporary
 from tddfa_clients.endpoints import Endpoints
-from tddfa_clients.image import IMAGE_SUFFIXES, ImageError, process_image, read_image
+from tddfa_clients.image import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    add_render_argument,
+    process_image,
+    read_image,
+    render_parameters,
+)
 from tddfa_clients.replicas import ReplicaFrameClient
 from tddfa_clients.triton_client import (
+    DEFAULT_TIMEOUT,
     ClientError,
     InferenceError,
+    ProtocolMismatch,
     ServerUnavailable,
+    detect_protocol,
     normalize_url,
+    protocol_hint,
 )
-from tddfa_clients.video import VIDEO_SUFFIXES, add_mode_arguments, model_for, process_video
-from tddfa_clients.video_io import VideoError, is_temporary, probe
+from tddfa_clients.video import (
+    VIDEO_SUFFIXES,
+    add_mode_arguments,
+    model_for,
+    process_video,
+    uv_refusal,
+)
+from tddfa_clients.video_io import VideoError, probe
+from tddfa_tools.arguments import non_negative_int, positive_float, positive_int
 
 LOG = logging.getLogger(__name__)
 
@@ -203,6 +222,8 @@ class Settings:
     progress: bool = False
     mode: str = "track"  # videos: tracked sequences (tddfa_track) or independent frames
     smoothing: bool | None = None  # track mode: the sequences' smoothing (None: server default)
+    timeout: float = DEFAULT_TIMEOUT
+    render_mode: str | None = None  # --render MODE (None: the server's default)
 
 
 def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, float]:
@@ -212,6 +233,8 @@ def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, floa
     taken out and its frames sent elsewhere); the whole file is retried with backoff only
     when no server answers at all."""
     check_input(job)
+    if settings.render_mode == UV_MODE and not job.is_image:
+        raise BadInput(uv_refusal(job.source))
     job.output.parent.mkdir(parents=True, exist_ok=True)
     attempt = 0
     while True:
@@ -225,6 +248,8 @@ def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, floa
                 in_flight=settings.in_flight,
                 outputs=outputs,
                 model=model,
+                timeout=settings.timeout,
+                parameters=render_parameters(settings.render_mode),
             ) as client:
                 if job.is_image:
                     process_image(client, job.source, job.output, None)
@@ -266,6 +291,16 @@ def remove_stale_temporaries(out_dir: Path) -> int:
     return count
 
 
+def check_protocols(urls: list[str], protocol: str) -> None:
+    """ProtocolMismatch (one line with the fix) when a server URL answers in the other
+    protocol: every file would fail the same way, so the batch does not start. Servers that
+    do not answer at all are left to the retry logic (they may come up later)."""
+    for url in urls:
+        hint = protocol_hint(url, protocol, detect_protocol(url))
+        if hint is not None:
+            raise ProtocolMismatch(hint)
+
+
 def run_batch(
     inputs: list[str],
     out_dir: Path,
@@ -276,12 +311,14 @@ def run_batch(
 ) -> dict[str, int]:
     """Process everything; returns counts {done, skipped, failed, already_done, frames}."""
     settings = settings or Settings()
+    addresses = [normalize_url(u, settings.protocol) for u in urls]
+    check_protocols(addresses, settings.protocol)  # before anything is written
+    servers = Endpoints(addresses)
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(out_dir)
     if stale:
         LOG.info("removed %d temporary file(s) left by an interrupted run", stale)
     manifest = Manifest(out_dir / MANIFEST)
-    servers = Endpoints([normalize_url(u, settings.protocol) for u in urls])
     counts = {"done": 0, "already_done": 0, "skipped": 0, "failed": 0, "frames": 0}
     todo = []
     for job in plan_jobs(inputs, out_dir):
@@ -334,12 +371,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(a Kubernetes headless Service): work is spread over all (default: localhost)",
     )
     parser.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
-    parser.add_argument("--jobs", type=int, default=2, metavar="N", help="files in flight")
     parser.add_argument(
-        "--in-flight", type=int, default=4, metavar="N", help="frames in flight per video"
+        "--jobs", type=positive_int, default=2, metavar="N", help="files in flight (default 2)"
     )
     parser.add_argument(
-        "--retries", type=int, default=5, help="retries per file when no server answers (default 5)"
+        "--in-flight", type=positive_int, default=4, metavar="N", help="frames in flight per video"
+    )
+    parser.add_argument(
+        "--retries",
+        type=non_negative_int,
+        default=5,
+        help="retries per file when no server answers (default 5)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help="seconds any one server call may take (default: %(default)s)",
     )
     parser.add_argument(
         "--overwrite",
@@ -347,6 +396,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace outputs that exist but are not recorded done",
     )
     add_mode_arguments(parser)
+    add_render_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -358,6 +408,8 @@ def run(args: argparse.Namespace) -> int:
         progress=args.jobs == 1,
         mode=args.mode,
         smoothing=args.smoothing,
+        timeout=args.timeout,
+        render_mode=args.render,
     )
     counts = run_batch(
         args.inputs, args.out, args.url or ["localhost"], args.jobs, args.overwrite, settings

@@ -38,6 +38,10 @@ class ModelMismatch(ClientError):
     """The served model's inputs/outputs differ from what this client needs."""
 
 
+class ProtocolMismatch(ClientError):
+    """The port answers, but in another protocol (HTTP vs gRPC, or Triton's metrics port)."""
+
+
 def translate_error(exc: BaseException) -> ClientError:
     """Map a tritonclient/socket exception to ServerUnavailable or InferenceError."""
     if isinstance(exc, ClientError):
@@ -46,6 +50,11 @@ def translate_error(exc: BaseException) -> ClientError:
         status = str(exc.status() or "")
         message = exc.message() or str(exc)
         text = message.lower()
+        if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in text:
+            return ServerUnavailable(
+                f"no answer within the client's timeout ({message}): the server is stuck or "
+                "overloaded; raise --timeout if it is only slow"
+            )
         if any(s in status for s in _TRANSIENT_STATUS) or any(t in text for t in _TRANSIENT_TEXT):
             return ServerUnavailable(f"server unavailable: {message}")
         return InferenceError(message, status)

@@ -1,7 +1,10 @@
 """``tddfa image IN OUT``: one image through the ensemble, the rendered image and JSON out.
 
-Images are read and written with PyAV (FFmpeg's PNG/JPEG codecs), so the client needs
-no imaging library beyond what video already needs.
+Images are read and written with Pillow. A photo is turned to its display orientation
+(EXIF Orientation) before it is sent, so boxes and landmarks are where a viewer sees them
+and the output is stored upright. Animated images (GIF, APNG, WebP) are refused with the
+command that processes them frame by frame (``tddfa video``). The rendered image and the
+JSON are written together or not at all.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tddfa.contract import DEFAULT_OUTPUTS, RENDER_MODE_PARAMETER, RENDER_MODES
+from tddfa.files import atomic_path, atomic_paths
+from tddfa_clients.mesh import MESH_SUFFIXES, bfm_triangles, write_faces_to
 from tddfa_clients.replicas import open_frame_client
-from tddfa_clients.triton_client import ClientError, FrameClient, FrameResult
-from tddfa_clients.video_io import atomic_output
+from tddfa_clients.triton_client import DEFAULT_TIMEOUT, FrameClient, FrameResult
+from tddfa_tools.arguments import positive_float
 
 LOG = logging.getLogger(__name__)
 
@@ -32,7 +38,8 @@ class ImageError(ValueError):
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB; raises ImageError naming the problem.
+    """Decode an image file to (H, W, 3) uint8 RGB in display orientation (EXIF Orientation
+    applied); raises ImageError naming the problem (not an image, 16-bit, animated).
 
     Pillow decodes JPEG with libjpeg exactly as OpenCV (and so the original 3DDFA_V2) does;
     FFmpeg's JPEG decoder differs by up to 20 grey levels, which moves landmarks.
@@ -45,7 +52,14 @@ def read_image(path: str | Path) -> np.ndarray:
                 raise ImageError(
                     f"{path}: {bits}-bit image ({image.mode}); convert it to 8-bit RGB first"
                 )
-            return np.asarray(image.convert("RGB"))
+            frames = int(getattr(image, "n_frames", 1) or 1)
+            if frames > 1:
+                raise ImageError(
+                    f"{path}: animated {image.format} with {frames} frames; render it frame "
+                    f"by frame with `tddfa video {path.name} OUT.mp4`"
+                )
+            upright = ImageOps.exif_transpose(image) or image
+            return np.asarray(upright.convert("RGB"))
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
         raise ImageError(f"{path}: cannot decode as an image ({reason})") from exc
@@ -61,15 +75,28 @@ def _bits_per_channel(path: Path, image: Image.Image) -> int:
     return 8 if image.mode in _EIGHT_BIT_MODES else 16
 
 
+def output_format(path: str | Path) -> str:
+    """The Pillow format for an output name (by suffix); ImageError for anything else."""
+    fmt = OUTPUT_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ImageError(
+            f"{path}: cannot write {Path(path).suffix or 'a file without suffix'}; name the "
+            f"output {' or '.join(sorted(OUTPUT_FORMATS))}"
+        )
+    return fmt
+
+
+def encode_image(path: str | Path, image: np.ndarray, fmt: str) -> None:
+    """Encode (H, W, 3) uint8 RGB to ``path`` as ``fmt`` (not atomic: give it a temporary)."""
+    options = {"quality": 95} if fmt == "JPEG" else {}
+    Image.fromarray(np.ascontiguousarray(image)).save(path, format=fmt, **options)
+
+
 def write_image(path: str | Path, image: np.ndarray) -> None:
     """Encode (H, W, 3) uint8 RGB as PNG or JPEG (by suffix), atomically."""
-    path = Path(path)
-    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"{path}: output must end in {sorted(OUTPUT_FORMATS)}")
-    options = {"quality": 95} if fmt == "JPEG" else {}
-    with atomic_output(path) as temp:
-        Image.fromarray(np.ascontiguousarray(image)).save(temp, format=fmt, **options)
+    fmt = output_format(path)
+    with atomic_path(path) as temp:
+        encode_image(temp, image, fmt)
 
 
 def faces_json(result: FrameResult) -> list[dict[str, Any]]:
@@ -101,25 +128,47 @@ def image_document(result: FrameResult, width: int, height: int, models: dict) -
     }
 
 
-def write_json(path: str | Path, document: Any) -> None:
-    """Write ``document`` as indented JSON, atomically."""
-    with atomic_output(path) as temp:
-        temp.write_text(json.dumps(document, indent=1) + "\n")
+def json_text(document: Any) -> str:
+    return json.dumps(document, indent=1) + "\n"
 
 
-def process_image(client: FrameClient, source: Path, output: Path, json_path: Path | None) -> int:
-    """Render one image; returns the number of faces."""
-    image = read_image(source)
-    result = client.infer(image)
-    write_image(output, result.rendered)
-    if json_path is not None:
-        document = image_document(result, image.shape[1], image.shape[0], client.served_models())
-        write_json(json_path, document)
+def process_image(
+    client: FrameClient,
+    source: Path,
+    output: Path,
+    json_path: Path | None,
+    image: np.ndarray | None = None,
+    mesh_path: Path | None = None,
+    triangles: np.ndarray | None = None,
+) -> int:
+    """Render one image (``image``: ``source`` already decoded); returns the face count.
+
+    The output, the JSON and the mesh file (``mesh_path``: the client must ask for VERTICES;
+    ``triangles``: the BFM's) are staged together before the image is sent (a missing folder
+    or a bad output name fails first) and appear together only when all are written.
+    """
+    fmt = output_format(output)
+    targets = [output] + [p for p in (json_path, mesh_path) if p is not None]
+    with atomic_paths(targets) as temps:
+        image = read_image(source) if image is None else image
+        result = client.infer(image)
+        if result.rendered is None:
+            raise ImageError("the server returned no RENDERED image")
+        encode_image(temps[0], result.rendered, fmt)
+        if json_path is not None:
+            document = image_document(
+                result, image.shape[1], image.shape[0], client.served_models()
+            )
+            temps[1].write_text(json_text(document))
+        if mesh_path is not None:
+            if result.vertices is None or triangles is None:
+                raise ImageError("--mesh needs the VERTICES output and the BFM triangles")
+            write_faces_to(temps[-1], mesh_path.suffix, image, result.vertices, triangles)
     return result.face_count
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """--url and --protocol, shared by the clients."""
+    """--url, --protocol and --timeout, shared by the clients."""
     parser.add_argument(
         "--url",
         default="localhost",
@@ -128,6 +177,14 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--protocol", choices=("http", "grpc"), default="grpc", help="transport (default: grpc)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help="seconds any one server call may take before the client gives up "
+        "(default: %(default)s)",
     )
 
 
@@ -142,16 +199,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("input", type=Path, help="image to process")
     parser.add_argument("output", type=Path, help="rendered image (.png or .jpg)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--mesh",
+        type=Path,
+        metavar="MESH.obj|.ply",
+        help="also write every face's mesh (image space, colours from the image) to one file",
+    )
+    add_render_argument(parser)
     add_server_arguments(parser)
+    parser.add_argument(
+        "--assets", type=Path, default=None, help="asset folder for --mesh's triangles"
+    )
     parser.set_defaults(func=run)
 
 
+def add_render_argument(parser: argparse.ArgumentParser) -> None:
+    """--render MODE, shared by the clients."""
+    parser.add_argument(
+        "--render",
+        choices=RENDER_MODES,
+        default=None,
+        metavar="MODE",
+        help=f"how faces are drawn: {', '.join(RENDER_MODES)} (default: the server's, shaded); "
+        "uv returns each face's UV texture map instead of the frame",
+    )
+
+
+def render_parameters(mode: str | None) -> dict[str, str]:
+    """The request parameters of ``--render MODE``."""
+    return {} if mode is None else {RENDER_MODE_PARAMETER: mode}
+
+
 def run(args: argparse.Namespace) -> int:
-    try:
-        with open_frame_client(args.url, args.protocol, in_flight=1) as client:
-            count = process_image(client, args.input, args.output, args.json)
-    except (ImageError, ClientError, OSError) as exc:
-        LOG.error("%s", exc)
-        return 1
+    """Errors (ImageError, ClientError, OSError) reach the CLI's one-line error boundary."""
+    output_format(args.output)  # a bad output name or input fails before the server is asked
+    mesh = args.mesh
+    if mesh is not None and mesh.suffix.lower() not in MESH_SUFFIXES:
+        raise ValueError(f"--mesh {mesh}: the file must end in {' or '.join(MESH_SUFFIXES)}")
+    image = read_image(args.input)
+    triangles = bfm_triangles(args.assets) if mesh is not None else None
+    outputs = (*DEFAULT_OUTPUTS, "VERTICES") if mesh is not None else DEFAULT_OUTPUTS
+    with open_frame_client(
+        args.url,
+        args.protocol,
+        in_flight=1,
+        timeout=args.timeout,
+        outputs=outputs,
+        parameters=render_parameters(args.render),
+    ) as client:
+        count = process_image(client, args.input, args.output, args.json, image, mesh, triangles)
     LOG.info("%s: %d face(s) -> %s", args.input, count, args.output)
     return 0

@@ -27,7 +27,9 @@ from pathlib import Path
 from tddfa.contract import STATELESS_ENSEMBLE
 from tddfa_clients.triton_client import normalize_url
 from tddfa_clients.video import model_for
-from tddfa_clients.video_io import open_decoder
+from tddfa_clients.video_io import open_decoder, probe
+from tddfa_tools import admin_token
+from tddfa_tools.arguments import positive_int
 
 LOG = logging.getLogger(__name__)
 
@@ -158,6 +160,10 @@ def perf_command(
         for dim in frame_shape:
             size *= dim
         command += ["--output-shared-memory-size", str(max(size, 1 << 20))]
+        # region registration is a restricted API of servers started by `tddfa serve`
+        token = admin_token.find_token(normalize_url(url, protocol))
+        for key, value in (admin_token.headers(token, protocol) or {}).items():
+            command += ["-H", f"{key}:{value}"]
     return command
 
 
@@ -253,7 +259,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--concurrency", default="1:4:1", metavar="START:END:STEP", help="default 1:4:1"
     )
-    parser.add_argument("--frames", type=int, default=16, help="distinct frames (default 16)")
+    parser.add_argument(
+        "--frames", type=positive_int, default=16, help="distinct frames (default 16)"
+    )
     parser.add_argument(
         "--video", type=Path, default=_default_video(),
         help=f"source of the frames (default: $TDDFA_ASSET_DIR/{SAMPLE_VIDEO})",
@@ -263,29 +271,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="how perf_analyzer passes tensors (system/cuda: server on this host)",
     )  # fmt: skip
     parser.add_argument(
-        "--measurement-interval", type=int, default=8000, metavar="MS",
+        "--measurement-interval", type=positive_int, default=8000, metavar="MS",
         help="perf_analyzer window in ms (default 8000, sized for a CPU server)",
     )  # fmt: skip
     parser.add_argument(
-        "--stability-percentage", type=int, default=25, metavar="PCT",
+        "--stability-percentage", type=positive_int, default=25, metavar="PCT",
         help="windows count as stable within this spread (default 25; raise it on a busy host)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-trials", type=int, default=5, help="windows tried per concurrency (default 5)"
+        "--max-trials",
+        type=positive_int,
+        default=5,
+        help="windows tried per concurrency (default 5)",
     )
     parser.add_argument("--csv", type=Path, help="write perf_analyzer's CSV here")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Errors (PerfError, VideoError, OSError) reach the CLI's one-line error boundary."""
     if args.video is None:
-        LOG.error("no video: pass --video or set TDDFA_ASSET_DIR")
-        return 2
-    try:
-        results = run_perf(args)
-    except (PerfError, OSError) as exc:
-        LOG.error("%s", exc)
-        return 1
+        raise PerfError("no video to take frames from: pass --video FILE or set TDDFA_ASSET_DIR")
+    probe(args.video)  # a missing or broken video is named before perf_analyzer is looked for
+    results = run_perf(args)
     for protocol, rows in results:
         sys.stdout.write(summary_table(rows, protocol) + "\n")
     return 0

@@ -165,14 +165,14 @@ class SharedMemorySlot(RegionSlot):
 
         handle = shm.create_shared_memory_region(name, "/" + name, size)
         try:
-            self._protocol.client.register_system_shared_memory(name, "/" + name, size)
+            self._protocol.shared_memory("register_system_shared_memory", name, "/" + name, size)
         except BaseException:
             shm.destroy_shared_memory_region(handle)
             raise
         return handle
 
     def _unregister(self, name: str) -> None:
-        self._protocol.client.unregister_system_shared_memory(name)
+        self._protocol.shared_memory("unregister_system_shared_memory", name)
 
     def _destroy(self, handle: Any) -> None:
         import tritonclient.utils.shared_memory as shm
@@ -296,8 +296,8 @@ class CudaSharedMemorySlot(RegionSlot):
             handle = cudashm.create_shared_memory_region(name, size, self.device_id)
             raw = cudashm.get_raw_handle(handle)
         try:
-            self._protocol.client.register_cuda_shared_memory(
-                name, raw, self.server_device_id, size
+            self._protocol.shared_memory(
+                "register_cuda_shared_memory", name, raw, self.server_device_id, size
             )
         except BaseException:
             self._destroy(handle)
@@ -305,7 +305,7 @@ class CudaSharedMemorySlot(RegionSlot):
         return handle
 
     def _unregister(self, name: str) -> None:
-        self._protocol.client.unregister_cuda_shared_memory(name)
+        self._protocol.shared_memory("unregister_cuda_shared_memory", name)
 
     def _destroy(self, handle: Any) -> None:
         if isinstance(handle, CupyRegion):

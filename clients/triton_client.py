@@ -10,9 +10,16 @@ as CUDA arrays are copied device to device, never through the host), one input/o
 region pair per in-flight slot, reused from frame to frame, following
 create -> register -> use -> unregister -> destroy strictly.
 
+Every call has a deadline (``timeout``, default :data:`DEFAULT_TIMEOUT` s; gRPC calls
+included), so a stuck server cannot hang a client. A port that speaks the other protocol
+(``--url host:8000`` with gRPC) is recognised at once (:func:`detect_protocol`) and named.
+Shared-memory registration carries the server's admin token when this user's server
+published one (:mod:`tddfa_tools.admin_token`); without it, frames go over the network.
+
 Errors: :class:`ServerUnavailable` (connection refused, server down: worth retrying),
 :class:`InferenceError` (the server refused the request; carries the server's message),
-:class:`ModelMismatch` (the served model does not match the contract).
+:class:`ModelMismatch` (the served model does not match the contract),
+:class:`ProtocolMismatch` (the port speaks another protocol: retrying cannot help).
 """
 
 from __future__ import annotations
@@ -26,16 +33,18 @@ import secrets
 import socket
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 from tritonclient.utils import triton_to_np_dtype
 
+from tddfa.contract import RENDER_MODE_PARAMETER, UV_MODE
 from tddfa_clients.errors import (
     ClientError,
     InferenceError,
     ModelMismatch,
+    ProtocolMismatch,
     ServerUnavailable,
     translate_error,
 )
@@ -57,10 +66,20 @@ __all__ = [  # the errors and constants live beside; importers keep using this m
     "FrameResult",
     "InferenceError",
     "ModelMismatch",
+    "ProtocolMismatch",
     "ServerUnavailable",
     "served_on_gpu",
     "translate_error",
 ]
+
+from tddfa_clients.port_probe import (  # noqa: F401  (re-exported)
+    DEFAULT_PORTS,
+    PROBE_TIMEOUT,
+    PROTOCOLS,
+    detect_protocol,
+    protocol_hint,
+)
+from tddfa_tools import admin_token
 
 LOG = logging.getLogger(__name__)
 
@@ -76,8 +95,7 @@ EXPECTED_DTYPES = {
     "VERTICES": "FP32",
 }
 DEFAULT_OUTPUTS = ("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS")
-DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
-PROTOCOLS = ("http", "grpc")
+DEFAULT_TIMEOUT = 120.0  # seconds one call may take (a CPU server under load: ~1 s a frame)
 SHARED_MEMORY = ("auto", "system", "cuda", "none")
 
 # gRPC keepalive: while a request waits, ping the server every 60 s and drop the connection
@@ -168,6 +186,12 @@ def normalize_url(url: str, protocol: str) -> str:
     return url
 
 
+def client_shm_prefix(pid: int | None = None) -> str:
+    """Name prefix of the shared-memory regions this process's clients create (system and
+    CUDA): ``tddfa_client_<pid>_``, so a leak can be traced to its process."""
+    return f"tddfa_client_{os.getpid() if pid is None else pid}_"
+
+
 def is_local(url: str) -> bool:
     """True when ``url`` names this host (shared memory can work)."""
     host = url.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
@@ -181,10 +205,14 @@ def _dims(values: Iterable[Any]) -> tuple[int, ...]:
 
 
 class _Protocol:
-    """The differences between the HTTP and gRPC tritonclient modules."""
+    """The differences between the HTTP and gRPC tritonclient modules. Every call has a
+    deadline: HTTP through the connection/network timeouts, gRPC through ``client_timeout``
+    on each call (tritonclient's gRPC calls wait forever without it)."""
 
     def __init__(self, protocol: str, url: str, concurrency: int, timeout: float):
         self.name = protocol
+        self.timeout = timeout
+        self.admin_headers = admin_token.headers(admin_token.find_token(url), protocol)
         if protocol == "http":
             import tritonclient.http as module
 
@@ -201,24 +229,38 @@ class _Protocol:
         self._stream: dict[str, concurrent.futures.Future] | None = None  # gRPC sequences
         self._request_ids = itertools.count(1)
 
+    def _deadline(self) -> dict:
+        return {"client_timeout": self.timeout} if self.name == "grpc" else {}
+
     def model_config(self, model: str) -> dict:
         if self.name == "http":
             return self.client.get_model_config(model)
-        return self.client.get_model_config(model, as_json=True)["config"]
+        return self.client.get_model_config(model, as_json=True, **self._deadline())["config"]
 
     def model_metadata(self, model: str) -> dict:
         if self.name == "http":
             return self.client.get_model_metadata(model)
-        return self.client.get_model_metadata(model, as_json=True)
+        return self.client.get_model_metadata(model, as_json=True, **self._deadline())
+
+    def shared_memory(self, call: str, *args: Any) -> Any:
+        """A shared-memory (un)registration call, with the admin token and the deadline."""
+        method = getattr(self.client, call)
+        return method(*args, headers=self.admin_headers, **self._deadline())
 
     def output_shape(self, result: Any, name: str) -> tuple[int, ...]:
         output = result.get_output(name)
         return _dims(output["shape"] if self.name == "http" else output.shape)
 
     def submit(
-        self, model: str, inputs: list, outputs: list, sequence: SequenceFrame | None = None
+        self,
+        model: str,
+        inputs: list,
+        outputs: list,
+        sequence: SequenceFrame | None = None,
+        parameters: dict | None = None,
     ) -> concurrent.futures.Future:
-        """Start one async request; the future resolves to the InferResult.
+        """Start one async request (with request ``parameters``, e.g. render_mode); the
+        future resolves to the InferResult.
 
         Frames of a sequence go over one gRPC stream, which keeps them in order; over HTTP
         the caller keeps one frame of a sequence in flight."""
@@ -226,6 +268,8 @@ class _Protocol:
         if self.name == "grpc" and sequence is not None:
             return self._submit_stream(model, inputs, outputs, sequence)
         extra = {} if sequence is None else sequence.request_arguments()
+        if parameters:
+            extra["parameters"] = {**parameters, **extra.get("parameters", {})}
         if self.name == "grpc":
 
             def done(result: Any, error: Any) -> None:
@@ -326,15 +370,18 @@ class FrameClient:
             required; frames may then be CUDA arrays: CuPy, torch, any DLPack producer) or
             ``none``.
         timeout: seconds a request may take (gRPC: its deadline; HTTP: the network
-            timeout), and how long :meth:`close` waits for requests still in flight before it
-            releases their shared memory (a region is never unregistered while a request
-            that uses it may be in the server).
+            timeout; a stuck server raises ServerUnavailable instead of hanging), and how long
+            :meth:`close` waits for requests still in flight before it releases their shared
+            memory (a region is never unregistered while a request that uses it may be in the
+            server).
         cuda_device: the GPU of the CUDA shared memory regions (``shared_memory="cuda"``),
             numbered as this process sees it.
         server_cuda_device: the same GPU as the server numbers it (default: ``cuda_device``);
             a server started with ``tddfa serve --gpus N`` sees its one GPU as 0.
         rendered_on_device: with ``shared_memory="cuda"``, return RENDERED as a CuPy array
             on ``cuda_device`` (copied device to device out of the region) instead of numpy.
+        parameters: request parameters sent with every frame, e.g.
+            ``{"render_mode": "depth"}`` (tddfa.contract.RENDER_MODE_PARAMETER).
     """
 
     def __init__(
@@ -345,10 +392,11 @@ class FrameClient:
         outputs: Sequence[str] = DEFAULT_OUTPUTS,
         in_flight: int = 4,
         shared_memory: str = "auto",
-        timeout: float = 600.0,
+        timeout: float = DEFAULT_TIMEOUT,
         cuda_device: int = 0,
         rendered_on_device: bool = False,
         server_cuda_device: int | None = None,
+        parameters: Mapping[str, Any] | None = None,
     ):
         if shared_memory not in SHARED_MEMORY:
             raise ValueError(f"shared_memory must be one of {SHARED_MEMORY}, got {shared_memory!r}")
@@ -361,6 +409,7 @@ class FrameClient:
         self.in_flight = in_flight
         self.timeout = timeout
         self.outputs = tuple(dict.fromkeys(("FACE_COUNT", *outputs)))
+        self.parameters = dict(parameters or {})
         try:
             self._protocol = _Protocol(protocol, self.url, in_flight, timeout)
         except Exception as exc:
@@ -390,6 +439,11 @@ class FrameClient:
                     f"model {self.model!r} is not served at {self.url} ({error}); "
                     "build and serve the repository with `tddfa build` and `tddfa serve`"
                 ) from exc
+            # no Triton answer: maybe the port speaks the other protocol (one quick probe
+            # instead of retrying a port that will never answer in this protocol)
+            hint = protocol_hint(self.url, self._protocol.name, detect_protocol(self.url))
+            if hint is not None:
+                raise ProtocolMismatch(hint) from exc
             raise error from exc
         self.config = config
         self.batched = int(config.get("max_batch_size", 0) or 0) > 0
@@ -434,17 +488,26 @@ class FrameClient:
                 ) from exc
             LOG.warning("shared memory disabled (%s); sending frames over the network", exc)
             return False
-        tag = f"tddfa_client_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        tag = f"{client_shm_prefix()}{uuid.uuid4().hex[:8]}"
         self._slots = [
             SharedMemorySlot(self._protocol, f"{tag}_{i}") for i in range(self.in_flight)
         ]
-        if mode == "auto":  # probe once: a server in a container may not see our /dev/shm
-            try:
-                self._slots[0].ensure("input", 4096)
-            except Exception as exc:
-                self._slots = []
-                LOG.warning("shared memory disabled (%s); sending frames over the network", exc)
+        # probe once, now: a server in a container may not see our /dev/shm, and a server
+        # started by `tddfa serve` registers regions only for holders of its admin token
+        try:
+            self._slots[0].ensure("input", 4096)
+        except Exception as exc:
+            self.close_shared_memory()
+            reason = translate_error(exc)
+            if mode == "auto":
+                LOG.warning("shared memory disabled (%s); sending frames over the network", reason)
                 return False
+            raise ClientError(
+                f"the server at {self.url} refused system shared memory ({reason}). Servers "
+                "started by `tddfa serve` allow it to the user who started them (admin token "
+                f"in {admin_token.token_dir()}, or ${admin_token.ENV_TOKEN}); else send "
+                "frames over the network (--no-shm)"
+            ) from exc
         return True
 
     def _setup_cuda_shared_memory(self) -> bool:
@@ -454,7 +517,7 @@ class FrameClient:
                 "shared_memory='none' for a remote server"
             )
         cuda_shm()
-        tag = f"tddfa_client_cuda_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        tag = f"{client_shm_prefix()}cuda_{uuid.uuid4().hex[:8]}"
         self._slots = [
             CudaSharedMemorySlot(
                 self._protocol, f"{tag}_{i}", self.cuda_device, self.server_cuda_device
@@ -526,6 +589,8 @@ class FrameClient:
         region.write(image)  # complete on return: the caller may reuse the image's memory
         tensor.set_shared_memory(in_name, nbytes)
         sizes = {n: self.specs[n].byte_size(shape) for n in self.outputs}
+        if self.parameters.get(RENDER_MODE_PARAMETER) == UV_MODE and "RENDERED" in sizes:
+            sizes["RENDERED"] = None  # not the frame's size: it comes back in the response
         offset = 0
         align = CUDA_ALIGNMENT if self._cuda else 1  # device views need aligned offsets
         for name, size in sizes.items():
@@ -598,9 +663,12 @@ class FrameClient:
             key, slot, inputs, outputs, placement = frame
             sequence = None
             if sequence_id is not None:
-                sequence = SequenceFrame(sequence_id, sent == 0, last, sequence_parameters)
+                merged = {**self.parameters, **(sequence_parameters or {})} or None
+                sequence = SequenceFrame(sequence_id, sent == 0, last, merged)
             try:
-                future = self._protocol.submit(self.model, inputs, outputs, sequence)
+                future = self._protocol.submit(
+                    self.model, inputs, outputs, sequence, self.parameters or None
+                )
             except Exception as exc:
                 raise translate_error(exc) from exc
             if self._use_shm:
@@ -657,7 +725,9 @@ class FrameClient:
             raise ValueError(f"slot must be in [0, {self.in_flight}), got {slot}")
         inputs, outputs, placement = self._request(image, slot)
         try:
-            future = self._protocol.submit(self.model, inputs, outputs)
+            future = self._protocol.submit(
+                self.model, inputs, outputs, parameters=self.parameters or None
+            )
         except Exception as exc:
             raise translate_error(exc) from exc
         if self._use_shm:

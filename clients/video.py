@@ -1,9 +1,11 @@
 """``tddfa video IN OUT``: render every frame of a video through the server.
 
 Decode (NVDEC or the CPU) -> the ensemble, several frames in flight -> encode (NVENC or
-libx264) with the input's timestamps, audio copied. The output (and the ``--json``
-JSON Lines file) is written under a temporary name and renamed when complete, so an
-error or Ctrl-C leaves no half-written file.
+libx264) with the input's timestamps, audio copied. Frames are sent in display orientation
+(the input's rotation metadata applied) at their exact size, so the output plays upright
+and odd sizes come back unchanged. The output and the ``--json`` JSON Lines file are
+staged together under temporary names and renamed only when both are complete, so an
+error or Ctrl-C leaves no file at all.
 
 Transport: with NVDEC and a local server whose models run on the GPU, frames never visit
 the host: each decoded frame is copied device to device into its CUDA shared memory slot
@@ -16,6 +18,7 @@ through system shared memory (local server) or the request body.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,8 +30,14 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from tddfa.contract import DEFAULT_OUTPUTS, SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE
-from tddfa_clients.image import ImageError, add_server_arguments, faces_json
+from tddfa.contract import DEFAULT_OUTPUTS, SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE, UV_MODE
+from tddfa.files import atomic_paths
+from tddfa_clients.image import (
+    add_render_argument,
+    add_server_arguments,
+    faces_json,
+    render_parameters,
+)
 from tddfa_clients.replicas import open_frame_client
 from tddfa_clients.shared_memory import cuda_shm
 from tddfa_clients.triton_client import (
@@ -43,14 +52,16 @@ from tddfa_clients.triton_client import (
 from tddfa_clients.video_io import (
     DECODERS,
     ENCODERS,
+    OUTPUT_SUFFIXES,
     Decoder,
     VideoError,
-    atomic_output,
     nvidia_codec_available,
     open_decoder,
     open_encoder,
     probe,
+    require_codecs,
 )
+from tddfa_tools.arguments import positive_int
 
 LOG = logging.getLogger(__name__)
 MODES = ("track", "detect")
@@ -113,7 +124,8 @@ def process_video(
     gpu_id: int = 0,
     smoothing: bool | None = None,
 ) -> VideoStats:
-    """Render ``source`` into ``output``; raises VideoError/ClientError on failure.
+    """Render ``source`` into ``output`` (and ``json_path``); raises VideoError/ClientError.
+    Nothing is written unless every output is complete.
 
     ``gpu_id``: the GPU of NVDEC and NVENC (with a CUDA shared memory client: its
     ``cuda_device``, so frames are copied within one GPU). A client of the sequence
@@ -121,12 +133,15 @@ def process_video(
     ``smoothing`` as the sequence's choice (None: the server's default); a client of
     ``tddfa`` sends independent frames.
     """
+    check_output_name(output)
     info = probe(source)
     if transport_of(client) == "cuda":
         gpu_id = client.cuda_device
     audio = source if info.has_audio else None
     start = time.perf_counter()
-    with atomic_output(output) as temp_video, _json_lines(json_path) as lines:
+    targets = [output] if json_path is None else [output, json_path]
+    with atomic_paths(targets) as temps, _json_lines(temps[1:]) as lines:
+        temp_video = temps[0]
         with (
             open_decoder(source, decoder, gpu_id=gpu_id) as dec,
             open_encoder(temp_video, info, encoder, audio, gpu_id=gpu_id) as enc,
@@ -169,26 +184,23 @@ def process_video(
     return VideoStats(frames, time.perf_counter() - start, *names)
 
 
-class _json_lines:  # noqa: N801  (used like contextlib's lower-case managers)
-    """Atomic JSON Lines writer (or a no-op when ``path`` is None)."""
+def check_output_name(output: Path) -> None:
+    """VideoError unless ``output`` ends in a container this client writes."""
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise VideoError(
+            f"{output}: cannot write {output.suffix or 'a file without suffix'} video; name the "
+            f"output {', '.join(OUTPUT_SUFFIXES)}"
+        )
 
-    def __init__(self, path: Path | None):
-        self._path = path
-        self._atomic = atomic_output(path) if path is not None else None
-        self._file: TextIO | None = None
 
-    def __enter__(self) -> TextIO | None:
-        if self._atomic is None:
-            return None
-        temp = self._atomic.__enter__()
-        self._file = open(temp, "w")  # noqa: SIM115  (closed in __exit__)
-        return self._file
-
-    def __exit__(self, *exc: object) -> bool | None:
-        if self._atomic is None:
-            return None
-        self._file.close()
-        return self._atomic.__exit__(*exc)
+@contextlib.contextmanager
+def _json_lines(paths: list[Path]) -> Iterator[TextIO | None]:
+    """The JSON Lines file open for writing at ``paths[0]`` (None when there is none)."""
+    if not paths:
+        yield None
+        return
+    with open(paths[0], "w") as handle:
+        yield handle
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -204,7 +216,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_server_arguments(parser)
     parser.add_argument("--json", type=Path, help="per-frame results as JSON Lines")
     parser.add_argument(
-        "--in-flight", type=int, default=4, metavar="N", help="requests in flight (default 4)"
+        "--in-flight",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="requests in flight (default 4)",
     )
     parser.add_argument(
         "--shared-memory",
@@ -227,6 +243,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--decoder", choices=DECODERS, default="auto", help="default: auto")
     parser.add_argument("--encoder", choices=ENCODERS, default="auto", help="default: auto")
     add_mode_arguments(parser)
+    add_render_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -306,6 +323,8 @@ def open_client(args: argparse.Namespace, outputs: tuple[str, ...]) -> FrameClie
             shared_memory=mode,
             cuda_device=args.gpu,
             rendered_on_device=mode == "cuda",
+            timeout=args.timeout,
+            parameters=render_parameters(args.render),
         )
 
     if transport == "cuda" and args.shared_memory == "auto" and not args.no_shm:
@@ -317,23 +336,33 @@ def open_client(args: argparse.Namespace, outputs: tuple[str, ...]) -> FrameClie
     return client(transport)
 
 
+def uv_refusal(source: Path) -> str:
+    """Why a video cannot be rendered in the uv mode, and what to do instead."""
+    return (
+        f"{source}: render mode {UV_MODE} returns each face's UV map, not the frame: use "
+        "`tddfa image --render uv` on single frames"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    """Errors (VideoError, ClientError, OSError) reach the CLI's one-line error boundary."""
+    if args.render == UV_MODE:
+        raise VideoError(uv_refusal(args.input))
+    check_output_name(args.output)  # bad names, inputs, codecs fail before the server is asked
+    probe(args.input)
+    require_codecs(args.decoder, args.encoder)
     outputs = outputs_for(args.mode, args.json is not None)
-    try:
-        with open_client(args, outputs) as client:
-            stats = process_video(
-                client,
-                args.input,
-                args.output,
-                args.json,
-                args.decoder,
-                args.encoder,
-                gpu_id=args.gpu,
-                smoothing=args.smoothing,
-            )
-    except (VideoError, ImageError, ClientError, OSError, RuntimeError) as exc:
-        LOG.error("%s", exc)
-        return 1
+    with open_client(args, outputs) as client:
+        stats = process_video(
+            client,
+            args.input,
+            args.output,
+            args.json,
+            args.decoder,
+            args.encoder,
+            gpu_id=args.gpu,
+            smoothing=args.smoothing,
+        )
     LOG.info(
         "%s: %d frames in %.1f s (%.1f frames/s; %s -> %s shared memory -> %s) -> %s",
         args.input,

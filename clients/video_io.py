@@ -20,12 +20,9 @@ Choosing (``open_decoder`` / ``open_encoder``):
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import importlib.util
 import logging
-import os
-import secrets
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -33,9 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from tddfa_clients.orientation import IDENTITY, Orientation
+
 LOG = logging.getLogger(__name__)
 
 DECODERS = ("auto", "nvdec", "cpu")
+OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")  # containers H.264 + copied audio go into
 ENCODERS = ("auto", "nvenc", "cpu")
 NO_PYAV_HINT = "install PyAV (pip install av) for audio and exact timestamps"
 
@@ -44,9 +44,17 @@ class VideoError(RuntimeError):
     """The input is not a decodable video (corrupt, empty, unsupported codec...)."""
 
 
+class CodecUnavailable(VideoError):
+    """A requested decoder or encoder (NVDEC, NVENC) cannot be used on this machine."""
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
-    """What the encoder needs to reproduce the input's timing."""
+    """What the encoder needs to reproduce the input's timing and geometry.
+
+    ``width`` x ``height`` is the *display* size (the stored size turned by
+    ``orientation``): the size of the frames the decoders yield and the output has.
+    """
 
     width: int
     height: int
@@ -55,6 +63,11 @@ class VideoInfo:
     time_base: Fraction  # unit of Frame.pts
     codec: str
     has_audio: bool
+    orientation: Orientation = IDENTITY
+
+    @property
+    def odd_size(self) -> bool:
+        return bool(self.width % 2 or self.height % 2)
 
 
 @dataclasses.dataclass
@@ -107,28 +120,6 @@ def probe(path: str | Path) -> VideoInfo:
 
         return probe_opencv(path)
     raise VideoError(f"{path}: no video library to read it: {NO_PYAV_HINT}")
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
-
-    The temporary name is hidden and keeps the suffix (``.name.<token>.part.mp4``) so
-    format detection still works. On any exception, Ctrl-C included, it is removed.
-    """
-    path = Path(path)
-    temp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.part{path.suffix}")
-    try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def is_temporary(path: str | Path) -> bool:
-    """True for names made by :func:`atomic_output`."""
-    name = Path(path).name
-    return name.startswith(".") and ".part" in name
 
 
 def reason(exc: BaseException) -> str:
@@ -219,6 +210,25 @@ def nvidia_codec_available() -> bool:
     return True
 
 
+def require_codecs(decoder: str, encoder: str) -> None:
+    """CodecUnavailable at once when ``nvdec``/``nvenc`` is forced and PyNvVideoCodec is not
+    installed (checked before any server is asked; a missing GPU shows when it opens)."""
+    forced = [
+        (name, option)
+        for name, option, wanted in (
+            ("NVDEC", "--decoder", decoder == "nvdec"),
+            ("NVENC", "--encoder", encoder == "nvenc"),
+        )
+        if wanted
+    ]
+    if forced and not nvidia_codec_available():
+        raise CodecUnavailable(
+            f"{' and '.join(n for n, _ in forced)} requested but PyNvVideoCodec is not "
+            "installed (it needs an NVIDIA GPU and driver): use "
+            + " and ".join(f"{option} cpu (or auto)" for _, option in forced)
+        )
+
+
 def _cpu_decoder(path: str | Path) -> Decoder:
     if have_pyav():
         from tddfa_clients.video_pyav import PyAVDecoder
@@ -243,7 +253,9 @@ def open_decoder(path: str | Path, kind: str = "auto", gpu_id: int = 0) -> Decod
         raise
     except Exception as exc:  # no GPU, driver or codec support: fall back unless forced
         if kind == "nvdec":
-            raise RuntimeError(f"NVDEC decoder unavailable: {reason(exc)}") from exc
+            raise CodecUnavailable(
+                f"NVDEC decoder unavailable ({reason(exc)}): use --decoder cpu or auto"
+            ) from exc
         LOG.info("NVDEC unavailable (%s); decoding on the CPU", reason(exc))
         return _cpu_decoder(path)
 
@@ -285,7 +297,14 @@ def open_encoder(
     )
     if missing:
         if kind == "nvenc":
-            raise RuntimeError(f"NVENC requested but {missing}")
+            raise CodecUnavailable(f"NVENC requested but {missing}: use --encoder cpu or auto")
+        return _cpu_encoder(path, info, audio_from)
+    if info.odd_size:  # NVENC is 4:2:0 only
+        if kind == "nvenc":
+            raise CodecUnavailable(
+                f"NVENC codes 4:2:0 only, which needs even sizes; this video is "
+                f"{info.width}x{info.height}: use --encoder cpu (libx264 4:4:4 keeps it)"
+            )
         return _cpu_encoder(path, info, audio_from)
     try:
         from tddfa_clients.video_nvidia import NvEncoder
@@ -293,7 +312,10 @@ def open_encoder(
         return NvEncoder(path, info, audio_from, gpu_id=gpu_id)
     except Exception as exc:  # no NVENC on this GPU (H100/H200/A100), or no GPU at all
         if kind == "nvenc":
-            raise RuntimeError(f"NVENC encoder unavailable: {reason(exc)}") from exc
+            raise CodecUnavailable(
+                f"NVENC encoder unavailable ({reason(exc)}; H100, H200 and A100 have no "
+                "NVENC): use --encoder cpu or auto"
+            ) from exc
         LOG.warning(
             "No NVENC encoder on this GPU (%s; H100, H200 and A100 have none): "
             "encoding on the CPU (rendered frames copied to the host)",

@@ -86,6 +86,9 @@ class NvDecoder(Decoder):
                         "expected uint8 (H, W, 3) RGB (output_color_type=RGB)"
                     )
                 pts = self._pts[index] if index < len(self._pts) else index
+                if not self.info.orientation.is_identity:  # turned on the device (one copy)
+                    with self._device:
+                        image = self.info.orientation.apply(image)
                 yield Frame(image, int(pts), index)
                 index += 1
         if index == 0:

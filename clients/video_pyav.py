@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 
+from tddfa_clients.orientation import IDENTITY, Orientation, frame_orientation
 from tddfa_clients.video_io import (
     Decoder,
     Encoder,
@@ -40,15 +42,33 @@ def _info(container: av.container.InputContainer) -> VideoInfo:
     if not ctx.width or not ctx.height:
         raise VideoError(f"{container.name}: video stream has no frame size (unsupported codec?)")
     rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+    orientation = first_frame_orientation(container)
+    width, height = orientation.display_size(ctx.width, ctx.height)
     return VideoInfo(
-        width=ctx.width,
-        height=ctx.height,
+        width=width,
+        height=height,
         frame_count=int(stream.frames or 0),
         average_rate=Fraction(rate),
         time_base=Fraction(stream.time_base),
         codec=ctx.name,
         has_audio=bool(container.streams.audio),
+        orientation=orientation,
     )
+
+
+def first_frame_orientation(container: av.container.InputContainer) -> Orientation:
+    """The display matrix, read from the first decoded frame (PyAV exposes it on frames,
+    where FFmpeg copies the stream's side data); identity when nothing decodes here (the
+    decoder then reports the problem with its frame number)."""
+    try:
+        for frame in container.decode(video=0):
+            orientation = frame_orientation(frame)
+            if not orientation.is_identity:
+                LOG.info("%s: %s by its metadata", container.name, orientation.describe())
+            return orientation
+    except (av.FFmpegError, ValueError):
+        pass
+    return IDENTITY
 
 
 def packet_pts(path: Path) -> list[int]:
@@ -74,9 +94,10 @@ class PyAVDecoder(Decoder):
 
     def __iter__(self) -> Iterator[Frame]:
         index = 0
+        turn = self.info.orientation.apply  # frames in display orientation
         try:
             for frame in self._container.decode(video=0):
-                yield Frame(frame.to_ndarray(format="rgb24"), int(frame.pts or 0), index)
+                yield Frame(turn(frame.to_ndarray(format="rgb24")), int(frame.pts or 0), index)
                 index += 1
         except av.FFmpegError as exc:
             raise VideoError(
@@ -146,8 +167,11 @@ class PyAVMuxingEncoder(Encoder):
 
 
 class PyAVEncoder(PyAVMuxingEncoder):
-    """libx264 (CPU) through PyAV, yuv420p, the input's time base and frame rate. CUDA
-    images are copied to the host first."""
+    """libx264 (CPU) through PyAV, the input's time base, frame rate and exact size:
+    yuv420p (plays everywhere) for even sizes, yuv444p for odd ones (4:2:0 cannot code an
+    odd width or height; H.264 High 4:4:4 keeps it, though some players, browsers and
+    QuickTime among them, cannot play that profile). CUDA images are copied to the host
+    first."""
 
     name = "cpu (PyAV libx264)"
 
@@ -163,19 +187,22 @@ class PyAVEncoder(PyAVMuxingEncoder):
         stream = self._container.add_stream(
             "libx264", rate=info.average_rate, options={"crf": str(crf), "preset": preset}
         )
-        stream.width = info.width - info.width % 2  # yuv420p needs even sizes
-        stream.height = info.height - info.height % 2
-        stream.pix_fmt = "yuv420p"
+        stream.width, stream.height = info.width, info.height
+        stream.pix_fmt = "yuv444p" if info.odd_size else "yuv420p"
+        if info.odd_size:
+            LOG.warning(
+                "%dx%d is an odd size: encoding H.264 4:4:4 to keep it exactly (4:2:0 needs "
+                "even sizes); some players (browsers, QuickTime) cannot play 4:4:4",
+                info.width,
+                info.height,
+            )
         stream.time_base = info.time_base
         stream.codec_context.time_base = info.time_base
         self._stream = stream
         self._add_audio()
 
     def write(self, image: Any, pts: int) -> None:
-        image = host_array(image)
-        frame = av.VideoFrame.from_ndarray(
-            image[: self._stream.height, : self._stream.width], format="rgb24"
-        )
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(host_array(image)), format="rgb24")
         frame.pts = pts
         frame.time_base = self.info.time_base
         self._mux_video(self._stream.encode(frame))

@@ -4,10 +4,15 @@ One server per model repository per test session (:class:`ServerPool`), started 
 :class:`tddfa_tools.serve.TritonServer` on free ports, ready on HTTP *and* gRPC before a test
 sees it, and checked for leaked ``/dev/shm`` regions when the session ends.
 
-Shared-memory names: the Python backend's regions of our servers and the clients' regions
-(``tddfa_tools`` / ``tddfa_clients`` name them ``tddfa_<pid>_...``) start with
-:data:`OWNED_SHM_PREFIX` when created by this test process, so the leak check can tell them
-from regions of other processes on the host (other sessions, other servers), which it ignores.
+Every server runs under a :class:`tddfa_tools.supervisor.Supervisor` (as ``tddfa serve``
+runs it; no canary: tests send their own requests), so a test that kills a stub finds the
+model reloaded, and the fixture's readiness wait covers it.
+
+Shared-memory names: the Python backend's regions of our servers start with
+:data:`OWNED_SHM_PREFIX` and the clients' regions with
+``tddfa_clients.triton_client.client_shm_prefix()`` (both carry this process's pid), so the
+leak check counts exactly the regions this test process created and ignores other
+processes on the host (other sessions, other servers).
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from pathlib import Path
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from tddfa_clients.triton_client import client_shm_prefix
 from tddfa_tools.serve import TritonServer, TritonServerError
+from tddfa_tools.supervisor import Supervisor, SupervisorSettings
 
 LOGGER = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")
 OWNED_SHM_PREFIX = f"tddfa_{os.getpid()}_"
+OWNED_PREFIXES = (OWNED_SHM_PREFIX, client_shm_prefix())
 
 
 def shm_entries() -> set[str]:
@@ -46,6 +54,7 @@ class RunningServer:
     metrics_url: str
     model_repository: Path
     process: TritonServer
+    supervisor: Supervisor
 
     def is_alive(self) -> bool:
         return self.process.is_alive()
@@ -120,21 +129,25 @@ class ServerPool:
         try:
             server.start()
             wait_until_ready(server)
+            supervisor = Supervisor(server, SupervisorSettings(canary_interval=0)).start()
         except TritonServerError as exc:
             server.stop()
             self._failures[key] = exc
             raise
-        running = RunningServer(server.url, server.grpc_url, server.metrics_url, key, server)
+        running = RunningServer(
+            server.url, server.grpc_url, server.metrics_url, key, server, supervisor
+        )
         self._servers[key] = running
         return running
 
     def close(self) -> list[str]:
         """Stop every server; return the leaked /dev/shm entries this process owned."""
         for running in self._servers.values():
+            running.supervisor.stop()
             running.process.stop()
         self._servers.clear()
         new = shm_entries() - self._shm_before
-        leaked = sorted(name for name in new if name.startswith(OWNED_SHM_PREFIX))
+        leaked = sorted(name for name in new if name.startswith(OWNED_PREFIXES))
         foreign = sorted(set(new) - set(leaked))
         if foreign:
             LOGGER.info("new /dev/shm entries of other processes (ignored): %s", foreign)

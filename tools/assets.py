@@ -22,12 +22,13 @@ import hashlib
 import logging
 import os
 import pickle
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from tddfa.files import atomic_path
 
 LOG = logging.getLogger(__name__)
 
@@ -106,6 +107,15 @@ ASSETS: dict[str, Asset] = {
         V2_RAW + "configs/BFM_UV.mat",
         "60be915f601563e274d9737abd54c6b925e8e737fa1c89d3cd64933315629ce1",
         description="BFM texture coordinates",
+    ),
+    "color.1024x1024.jpg": Asset(
+        "ffmpeg_gpu_demo/color.1024x1024.jpg",
+        "https://raw.githubusercontent.com/NVIDIA-AI-IOT/FFmpeg-GPU-Demo/master/ffmpeg-gpu/3ddfa/"
+        "color.1024x1024.jpg",
+        "f6363781b0fb985420932a818d442559443b3b3c74ae2f0e663bf8c6668b80a2",
+        optional=True,
+        description="the FFmpeg GPU demo's face texture (a vertical rainbow), the texture "
+        "render mode's default (optional: a deployment may configure its own image)",
     ),
     "bfm_noneck_v3.pkl": Asset(
         "3ddfa_v2/bfm_noneck_v3.pkl",
@@ -220,12 +230,10 @@ def _download(name: str, asset: Asset, dest: Path) -> None:
     from tqdm import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(dest) as tmp:
         digest = hashlib.sha256()
         with (
-            os.fdopen(fd, "wb") as out,
+            open(tmp, "wb") as out,
             urllib.request.urlopen(asset.url, timeout=DOWNLOAD_TIMEOUT_S) as response,
         ):
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -239,10 +247,6 @@ def _download(name: str, asset: Asset, dest: Path) -> None:
                 f"{name}: download from {asset.url} has sha256 {digest.hexdigest()}, expected "
                 f"{asset.sha256}; the upstream file changed or the transfer was corrupted"
             )
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     if asset.sha256 is None:
         LOG.warning("%s: downloaded to %s without a known sha256 (not verified)", name, dest)
     else:

@@ -2,6 +2,12 @@
 
 Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets
 ``func`` to the function that runs it (returning the process exit status).
+
+One error boundary (:func:`main`): an expected failure (bad input or output, missing
+assets, server down or refusing, codec unavailable...) prints ONE line,
+``tddfa: error: <problem and fix>`` (plus indented details where the error lists several
+items), and exits 1; argparse refuses bad arguments with exit status 2; Ctrl-C exits 130.
+Anything else is a bug: one line saying so, exit 1. ``--debug`` prints the traceback.
 """
 
 from __future__ import annotations
@@ -15,12 +21,24 @@ import sys
 SUBCOMMANDS = (
     "tddfa_tools.assets",
     "tddfa_tools.repository",
-    "tddfa_tools.serve",
+    "tddfa_tools.serve_command",
+    "tddfa_tools.guard",
     "tddfa_clients.image",
     "tddfa_clients.video",
     "tddfa_clients.batch",
     "tddfa_clients.perf",
 )
+
+# Errors that are the user's or the environment's, not the program's: (module, class).
+EXPECTED_ERRORS = (
+    ("tddfa_clients.triton_client", "ClientError"),
+    ("tddfa_clients.image", "ImageError"),
+    ("tddfa_clients.video_io", "VideoError"),
+    ("tddfa_clients.perf", "PerfError"),
+    ("tddfa_tools.serve", "TritonServerError"),
+    ("tddfa_tools.assets", "AssetError"),
+)
+LOG = logging.getLogger("tddfa")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         "repository, serve it, and send images and videos through it.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the Python traceback of an error (implies --verbose)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
@@ -42,16 +65,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def expected_error_types() -> tuple[type[BaseException], ...]:
+    """The exception classes :func:`main` reports as one line (OSError and ValueError
+    included: missing files, permissions, refused values), importing only loaded modules."""
+    types: list[type[BaseException]] = [OSError, ValueError]
+    for module_name, class_name in EXPECTED_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None:
+            types.append(getattr(module, class_name))
+    return tuple(types)
+
+
+def error_line(exc: BaseException) -> str:
+    """``exc`` as the boundary prints it: its message, continuation lines indented."""
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        text = f"{exc.filename}: {exc.strerror}"
+    if not text:
+        text = type(exc).__name__
+    first, *rest = text.splitlines()
+    return "\n".join([first, *(f"    {line.strip()}" for line in rest if line.strip())])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere, also after the subcommand
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose or args.debug else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the one error boundary: a line, not a stack
+        if args.debug:
+            raise
+        if isinstance(exc, expected_error_types()):
+            sys.stderr.write(f"tddfa: error: {error_line(exc)}\n")
+        else:
+            sys.stderr.write(
+                f"tddfa: internal error: {type(exc).__name__}: {error_line(exc)} (a bug: rerun "
+                "with --debug for the traceback and report it)\n"
+            )
+        return 1
 
 
 if __name__ == "__main__":

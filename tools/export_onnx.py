@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tddfa.config import REGRESSOR_SIZE, PipelineConfig
+from tddfa.files import atomic_path
 from tddfa.runners import NETWORK_IO
 
 LOG = logging.getLogger(__name__)
@@ -104,12 +105,8 @@ def _export(
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out_path) as tmp:
+        tmp_name = str(tmp)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # exporter deprecation chatter
             torch.onnx.export(
@@ -125,10 +122,6 @@ def _export(
             )
         _infer_static_dims(tmp)
         errors = check_parity(module, tmp, input_names[0], example)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; servers may run as another user
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     LOG.info("exported %s (opset %d; onnxruntime rel. error %s)", out_path, OPSET, errors)
     return out_path
 

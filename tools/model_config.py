@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+
+from tddfa.files import write_text
 
 ModelConfig = model_config_pb2.ModelConfig
 
@@ -22,11 +22,7 @@ def load_config(path: Path) -> ModelConfig:
 
 def save_config(config: ModelConfig, path: Path) -> None:
     """Write a config.pbtxt atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config.", suffix=".pbtxt")
-    with os.fdopen(fd, "w") as out:
-        out.write(text_format.MessageToString(config))
-    os.replace(tmp, path)
+    write_text(path, text_format.MessageToString(config))
 
 
 def load_repository(repository: Path) -> dict[str, ModelConfig]:

@@ -102,6 +102,7 @@ class BuiltModels:
 
     networks: dict[str, Path]  # network name -> ONNX file (the bare networks)
     bfm: Path
+    render_assets: Path  # UV, PNCC and texture tables of the render modes
     regressor_name: str  # mb05 | mb1
     bfm_exact: bool
     torch_weights: dict[str, Path]  # per network: what the PyTorch CUDA runner rebuilds it from
@@ -154,6 +155,7 @@ def export_models(options: BuildOptions) -> BuiltModels:
         export_face_detector,
         export_face_regressor,
     )
+    from tddfa_tools.render_assets import build_render_assets, render_asset_paths
 
     assets = _build_assets(options.asset_dir)
     regressor = options.regressor
@@ -186,12 +188,19 @@ def export_models(options: BuildOptions) -> BuiltModels:
     )
     bfm_sources = [p for p in assets.values() if p is not None and p.suffix != ".pth"]
     bfm = _cached(out / "bfm.npz", bfm_sources, lambda p: build_bfm(assets, p))
+    render_sources = list(render_asset_paths(options.asset_dir).values())
+    render_assets = _cached(
+        out / "render_assets.npz",
+        render_sources,
+        lambda p: build_render_assets(options.asset_dir, p),
+    )
     model = load_bfm(bfm)
     if not model.exact:
         log.warning("BFM: %s", model.description())
     return BuiltModels(
         networks=networks,
         bfm=bfm,
+        render_assets=render_assets,
         regressor_name=regressor,
         bfm_exact=model.exact,
         torch_weights={"face_detector": faceboxes, "face_regressor": weights},
@@ -278,6 +287,7 @@ def build_repository(options: BuildOptions) -> Path:
         place_network_files(repo, layout, options, models)
         for model in BFM_MODELS:
             link(models.bfm, repo / model / "1" / "bfm.npz")
+        link(models.render_assets, repo / "face_renderer" / "1" / "render_assets.npz")
         for name, config in configs.items():
             save_config(config, repo / name / "config.pbtxt")
         (repo / "BUILD.json").write_text(

@@ -20,12 +20,12 @@ import re
 import shlex
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tddfa.config import REGRESSOR_SIZE, PipelineConfig
+from tddfa.files import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -162,15 +162,6 @@ def gpu_tag(name: str) -> str:
     return tag or "gpu"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_profiles(network: Any, profiles: Profile) -> None:
@@ -272,10 +263,10 @@ def build_engine(
             f"TensorRT failed to build {onnx_path} (see the TensorRT log above); try --fp32 or a "
             "larger workspace"
         )
-    _atomic_write(engine_path, bytes(serialized))
+    write_bytes(engine_path, bytes(serialized))
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+        write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     record = {
         "onnx": str(onnx_path),
         "tensorrt_version": trt.__version__,
@@ -286,5 +277,5 @@ def build_engine(
             {k: [list(s) for s in v] for k, v in profile.items()} for profile in profile_list
         ],
     }
-    _atomic_write(engine_path.with_suffix(".json"), json.dumps(record, indent=2).encode())
+    write_bytes(engine_path.with_suffix(".json"), json.dumps(record, indent=2).encode())
     return engine_path

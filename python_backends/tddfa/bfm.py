@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_PARAMS, NUM_SHAPE, NUM_VERTICES
+from tddfa.files import atomic_path
 
 _ARRAY_FIELDS = (
     "u",
@@ -135,14 +135,8 @@ def save_bfm(bfm: BFM, path: str | os.PathLike) -> Path:
     arrays["exact"] = np.array(bool(bfm.exact))
     arrays["metadata_json"] = np.array(json.dumps(bfm.metadata, sort_keys=True))
     arrays["format_version"] = np.array(_FORMAT_VERSION, dtype=np.int32)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp, open(temp, "wb") as f:
+        np.savez(f, **arrays)
     return path
 
 
@@ -171,34 +165,74 @@ def load_bfm(npz_path: str | os.PathLike) -> BFM:
     return BFM(**fields, exact=exact, metadata=metadata)
 
 
-class DenseDecoder:
-    """``u + w_shp @ alpha_shp + w_exp @ alpha_exp`` as (F, 3, N) model-space vertices.
+def _axis_major(rows: np.ndarray) -> np.ndarray:
+    """(3N, ...) xyz-interleaved rows -> (3N, ...) rows ordered x..x, y..y, z..z."""
+    n = rows.shape[0] // 3
+    return rows.reshape(n, 3, *rows.shape[1:]).swapaxes(0, 1).reshape(rows.shape)
 
-    One matrix product over the concatenated bases (numpy on the CPU, cuBLAS through CuPy
-    on the GPU; the bases are copied to each device once). Callers pass only filled face
-    slots, so an empty frame costs nothing.
+
+class DenseDecoder:
+    """The dense BFM decoded on the fly: coefficients -> model-space mesh and landmarks.
+
+    ``V = u + W_shp @ alpha_shp + W_exp @ alpha_exp`` (MODELS.md 4) as one matrix product
+    over the faces passed in (callers pass only filled face slots, so an empty frame costs
+    nothing). The bases are kept axis-major (all x, then all y, then all z), so the product
+    is the planar (F, 3, N) layout of the renderer and ``VERTICES``, contiguous, without a
+    transpose. numpy on the host, CuPy (cuBLAS) on a GPU: the bases are copied to each CUDA
+    device once. float32 throughout: BFM coordinates are micrometres (|u| reaches 1.3e5).
     """
 
     def __init__(self, bfm: BFM):
         self.bfm = bfm
-        self._bases: dict[Any, tuple[Any, Any]] = {}
+        self.num_vertices = bfm.num_vertices
+        basis = np.concatenate([bfm.w_shp, bfm.w_exp], axis=1)  # (3N, 50)
+        lm_basis = np.concatenate([bfm.w_shp_lm, bfm.w_exp_lm], axis=1)  # (204, 50)
+        self._host = (
+            np.ascontiguousarray(_axis_major(bfm.u), dtype=np.float32),  # (3N,)
+            np.ascontiguousarray(_axis_major(basis).T, dtype=np.float32),  # (50, 3N)
+            np.ascontiguousarray(_axis_major(bfm.u_lm), dtype=np.float32),  # (204,)
+            np.ascontiguousarray(_axis_major(lm_basis).T, dtype=np.float32),  # (50, 204)
+        )
+        self._device: dict[int, tuple[Any, ...]] = {}  # CUDA device -> copies of _host
 
-    def _device_bases(self, xp: Any) -> tuple[Any, Any]:
-        key = xp.__name__ if xp is np else (xp.__name__, xp.cuda.Device().id)
-        if key not in self._bases:
-            basis = np.concatenate([self.bfm.w_shp, self.bfm.w_exp], axis=1)  # (3N, 50)
-            self._bases[key] = (
-                xp.asarray(self.bfm.u, dtype=xp.float32),
-                xp.asarray(np.ascontiguousarray(basis.T), dtype=xp.float32),  # (50, 3N)
-            )
-        return self._bases[key]
+    def _tables(self, xp: Any, like: Any) -> tuple[Any, ...]:
+        if xp is np:
+            return self._host
+        device = like.device.id
+        if device not in self._device:
+            with xp.cuda.Device(device):
+                self._device[device] = tuple(xp.asarray(t) for t in self._host)
+        return self._device[device]
 
-    def __call__(self, alpha_shp: Any, alpha_exp: Any) -> Any:
-        """(F, 40) and (F, 10) coefficients -> (F, 3, N) float32 vertices (x, y, z rows)."""
+    @staticmethod
+    def _coefficients(alpha_shp: Any, alpha_exp: Any) -> tuple[Any, Any]:
         from tddfa.xp import get_xp
 
-        xp = get_xp(alpha_shp)
-        u, basis = self._device_bases(xp)
-        coefficients = xp.concatenate([alpha_shp, alpha_exp], axis=1).astype(xp.float32)
-        flat = coefficients @ basis + u  # (F, 3N), xyz interleaved
-        return flat.reshape(len(flat), -1, 3).transpose(0, 2, 1)
+        xp = get_xp(alpha_shp, alpha_exp)
+        if alpha_shp.ndim != 2 or alpha_shp.shape[1] != NUM_SHAPE:
+            raise ValueError(f"alpha_shp must be (F, {NUM_SHAPE}), got {tuple(alpha_shp.shape)}")
+        if tuple(alpha_exp.shape) != (alpha_shp.shape[0], NUM_EXP):
+            raise ValueError(
+                f"alpha_exp must be ({alpha_shp.shape[0]}, {NUM_EXP}), got {tuple(alpha_exp.shape)}"
+            )
+        alpha = xp.concatenate([alpha_shp, alpha_exp], axis=1).astype(xp.float32, copy=False)
+        return xp, alpha
+
+    def __call__(self, alpha_shp: Any, alpha_exp: Any) -> Any:
+        """(F, 40), (F, 10) coefficients -> (F, 3, N) float32 model-space vertices."""
+        return self.vertices(alpha_shp, alpha_exp)
+
+    def vertices(self, alpha_shp: Any, alpha_exp: Any) -> Any:
+        """(F, 40), (F, 10) coefficients -> (F, 3, N) float32 model-space vertices."""
+        xp, alpha = self._coefficients(alpha_shp, alpha_exp)
+        mean, basis_t, _, _ = self._tables(xp, alpha)
+        flat = alpha @ basis_t
+        flat += mean
+        return flat.reshape(-1, 3, self.num_vertices)
+
+    def landmarks(self, alpha_shp: Any, alpha_exp: Any) -> Any:
+        """(F, 40), (F, 10) coefficients -> (F, 3, 68) float32 model-space landmarks (the
+        BFM's exact landmark rows, as tddfa.params.landmark_vertices)."""
+        xp, alpha = self._coefficients(alpha_shp, alpha_exp)
+        _, _, lm_mean, lm_basis_t = self._tables(xp, alpha)
+        return (alpha @ lm_basis_t + lm_mean).reshape(-1, 3, NUM_LANDMARKS)

@@ -42,6 +42,14 @@ class PipelineConfig:
     post_nms_top_k: int = 750
     score_threshold: float = 0.5
     render_alpha: float = 0.6
+    # face_renderer: the side S of each face's map in the "uv" render mode, and the image of
+    # the "texture" mode (a file, absolute or relative to the model's version folder; "":
+    # the FFmpeg GPU demo's color.1024x1024.jpg, from render_assets.npz)
+    uv_size: int = 256
+    texture_image: str = ""
+    # faces narrower than this (pixels) are drawn with the coarse mesh (37 % of the
+    # triangles; within a grey level on average at that size); 0: always the full mesh
+    render_coarse_below: float = 400.0
     # Sequences (tddfa_track): the detector runs on the first frame, every N frames (0 =
     # only when a track is lost) and when a track is lost; a tracked crop smaller than
     # this area (px^2, the original's rule) is lost; IoU that matches a detection to a track.
@@ -56,6 +64,32 @@ class PipelineConfig:
     smoothing_min_cutoff: float = 1.0
     smoothing_beta: float = 0.15
     smoothing_frame_rate: float = 30.0
+
+    def __post_init__(self) -> None:
+        """Refuse values no pipeline can run with, naming the option and the fix."""
+        counts = (
+            "max_faces",
+            "canvas_height",
+            "canvas_width",
+            "rescale_max_height",
+            "rescale_max_width",
+            "max_image_height",
+            "max_image_width",
+            "min_image_size",
+            "pre_nms_top_k",
+            "post_nms_top_k",
+        )
+        for name in counts:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("pre_nms_threshold", "nms_iou_threshold", "score_threshold", "render_alpha"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
+        if self.min_image_size > min(self.max_image_height, self.max_image_width):
+            raise ValueError(
+                f"min_image_size {self.min_image_size} exceeds the largest image allowed "
+                f"({self.max_image_height}x{self.max_image_width})"
+            )
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, Any]) -> PipelineConfig:

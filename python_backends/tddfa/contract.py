@@ -53,6 +53,22 @@ IMAGE_INPUT = "IMAGE"
 # Request parameter (Triton's per-request "parameters") choosing how faces are drawn.
 RENDER_MODE_PARAMETER = "render_mode"
 DEFAULT_RENDER_MODE = "shaded"
+# Every value render_mode takes (docs/render_modes.md says what each one draws).
+RENDER_MODES: tuple[str, ...] = (
+    "shaded",  # lit grey mesh blended over the frame (3DDFA_V2's look; the default)
+    "texture",  # a texture image mapped through the BFM UV coordinates, blended
+    "depth",  # image-space depth as grey, nearer is brighter (3DDFA_V2's depth)
+    "pncc",  # projected normalised coordinate code, colours from ncc_code (3DDFA_V2)
+    "normals",  # image-space unit normals as colours, RGB = n / 2 + 1 / 2
+    "wireframe",  # the visible triangle edges over the frame
+    "landmarks",  # the 68 landmarks as dots, no mesh
+    "pose",  # 3DDFA_V2's pose box, no mesh
+    "uv",  # RENDERED is each face's UV texture map sampled from the frame (UV_MODE_SHAPE)
+)
+# In "uv" mode RENDERED is not the frame: it is (S, K * S, 3), face slot k's UV map in
+# columns k*S .. (k+1)*S - 1, black where the slot is empty (S: face_renderer's uv_size).
+UV_MODE = "uv"
+UV_MODE_SHAPE = ("S", "K*S", 3)
 
 
 def outputs_for(ensemble: str) -> tuple[Output, ...]:

@@ -4,10 +4,11 @@ PyOpenGL picks its windowing platform (GLX, EGL, ...) once, when ``OpenGL`` is f
 imported, from the environment variable ``PYOPENGL_PLATFORM``. A Triton model or a test
 has no X display, so the default (GLX) would fail; this module therefore sets
 ``PYOPENGL_PLATFORM=egl`` *before* importing OpenGL, unless the user set it already.
-Any module that imports OpenGL must import this one first (``renderer.py`` does).
+Any module that imports OpenGL must import this one first (``tddfa.render`` does).
 
-Contexts are OpenGL 3.3+ core, created without any surface (``EGL_KHR_surfaceless_context``):
-the renderer draws into its own framebuffer object. A context is bound to no thread:
+Contexts are OpenGL 4.3+ core (the renderer draws with multi-draw indirect), created
+without any surface (``EGL_KHR_surfaceless_context``): the renderer draws into its own
+framebuffer object. A context is bound to no thread:
 :meth:`GLContext.current` makes it current in the calling thread for the duration of a
 ``with`` block and releases it afterwards, so Triton may call from any thread.
 """
@@ -38,7 +39,7 @@ EGL_CONTEXT_MAJOR_VERSION = 0x3098
 EGL_CONTEXT_MINOR_VERSION = 0x30FB
 EGL_CONTEXT_OPENGL_PROFILE_MASK = 0x30FD
 EGL_CONTEXT_OPENGL_CORE_PROFILE_BIT = 0x1
-GL_MIN_VERSION = (3, 3)
+GL_MIN_VERSION = (4, 3)
 
 _display_lock = threading.Lock()
 _display_refs: dict[int, int] = {}  # EGLDisplay handle value -> number of live contexts
@@ -63,7 +64,7 @@ def _check_platform() -> None:
     if "EGL" not in name:
         raise GLContextError(
             f"PyOpenGL was initialised with the {name} platform, but headless rendering needs "
-            "EGL: set PYOPENGL_PLATFORM=egl in the environment (or import tddfa.renderer "
+            "EGL: set PYOPENGL_PLATFORM=egl in the environment (or import tddfa.render "
             "before anything else imports OpenGL)"
         )
 

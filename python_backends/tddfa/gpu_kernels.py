@@ -226,7 +226,7 @@ def face_crops(frames: Any, rois: Any, size: int = REGRESSOR_SIZE) -> Any:
 def vertex_normals(vertices: Any, triangles: Any) -> Any:
     """(F, 3, N) float32 CuPy vertices, (3, T) int32 CuPy triangles -> (F, 3, N) float32
     area-weighted vertex normals (the sum of the adjacent faces' edge cross products, as
-    :class:`tddfa.renderer.VertexNormals`; summed with atomics, so the last bits of a
+    :class:`tddfa.render.VertexNormals`; summed with atomics, so the last bits of a
     normal may vary between runs)."""
     import cupy
 

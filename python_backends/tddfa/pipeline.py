@@ -17,11 +17,17 @@ from typing import Any
 import numpy as np
 
 from tddfa.aligner import Aligner
-from tddfa.bfm import DenseDecoder, load_bfm
+from tddfa.bfm import load_bfm
 from tddfa.config import REGRESSOR_SIZE, PipelineConfig
-from tddfa.contract import OUTPUT_NAMES, SEQUENCE_OUTPUT_NAMES
+from tddfa.contract import (
+    DEFAULT_RENDER_MODE,
+    OUTPUT_NAMES,
+    RENDER_MODE_PARAMETER,
+    SEQUENCE_OUTPUT_NAMES,
+)
 from tddfa.detector import Detector
-from tddfa.steps import AlignerStep, DetectorStep, RenderStep, TrackerStep, VerticesStep
+from tddfa.render.step import build_render_step, build_vertices_step
+from tddfa.steps import AlignerStep, DetectorStep, TrackerStep
 from tddfa.tracking import SequenceStore, Tracker
 
 
@@ -70,27 +76,33 @@ class Pipeline:
         )
         aligner = Aligner(cfg, runner("face_aligner", "face_regressor", crops), bfm)
         self.aligner = AlignerStep(aligner)
-        decoder = DenseDecoder(bfm)
-        self.vertices = VerticesStep(decoder)
         self.tracker = TrackerStep(
             Tracker(self.track_config, self.detector.detector, aligner),
             SequenceStore(idle_timeout=3600),
         )
+        self.vertices = build_vertices_step(repository / "face_vertices" / "1")
         self.renderer = None
-        if render:
-            from tddfa.renderer import MeshRenderer
-
-            self.renderer = RenderStep(
-                MeshRenderer(bfm.tri, device=device, alpha=cfg.render_alpha), decoder
+        if render:  # the served renderer's own files and settings
+            render_config = PipelineConfig.from_parameters(
+                {
+                    **dataclasses.asdict(cfg),
+                    **_parameters(repository / "face_renderer" / "config.pbtxt"),
+                }
+            )
+            self.renderer = build_render_step(
+                repository / "face_renderer" / "1", device, render_config
             )
 
-    def _finish(self, t: dict, names: tuple[str, ...]) -> dict[str, Any]:
+    def _finish(self, t: dict, names: tuple[str, ...], render_mode: str) -> dict[str, Any]:
         if self.renderer is not None:
-            t.update(self.renderer.run(t))
+            frames = len(t["IMAGE"])
+            t.update(
+                self.renderer.run(t, parameters=[{RENDER_MODE_PARAMETER: render_mode}] * frames)
+            )
             t.update(self.vertices.run(t))
         return {name: t[name] for name in names if name in t}
 
-    def __call__(self, images) -> dict[str, Any]:
+    def __call__(self, images, render_mode: str = DEFAULT_RENDER_MODE) -> dict[str, Any]:
         """images: (B,H,W,3) uint8 RGB (or one (H,W,3) frame) -> {output: (B, ...)}."""
         if images.ndim == 3:
             images = images[None]
@@ -98,7 +110,7 @@ class Pipeline:
         self.detector.validate(t)
         t.update(self.detector.run(t))
         t.update(self.aligner.run(t))
-        return self._finish(t, OUTPUT_NAMES)
+        return self._finish(t, OUTPUT_NAMES, render_mode)
 
     def track(
         self,
@@ -121,11 +133,11 @@ class Pipeline:
         self.tracker.validate(t)
         parameters = [{} if smoothing is None else {"smoothing": smoothing}]
         t.update(self.tracker.run(t, parameters=parameters))
-        return self._finish(t, SEQUENCE_OUTPUT_NAMES)
+        return self._finish(t, SEQUENCE_OUTPUT_NAMES, DEFAULT_RENDER_MODE)
 
     def close(self) -> None:
         if self.renderer is not None:
-            self.renderer.renderer.close()
+            self.renderer.close()
 
 
 def _network_owner(repository: Path, model: str, network: str) -> str:

@@ -14,9 +14,7 @@ from typing import Any
 import numpy as np
 
 from tddfa.aligner import ALIGNED, Aligner
-from tddfa.bfm import DenseDecoder
 from tddfa.detector import Detector
-from tddfa.params import apply_transform
 from tddfa.tracking import SequenceStore, Tracker
 from tddfa.xp import get_xp, to_numpy
 
@@ -217,55 +215,3 @@ class NetworkStep:
 
     def run(self, inputs: Arrays) -> dict[str, Any]:
         return self.runner.run({name: inputs[name] for name in self.runner.input_names})
-
-
-class VerticesStep:
-    """ALPHA_SHP (B,K,40), ALPHA_EXP (B,K,10), TRANSFORM (B,K,3,4), NUM_FACES (B,1) ->
-    VERTICES (B,K,3,N) float32 in image space (z - min z per face), empty slots zero."""
-
-    def __init__(self, decoder: DenseDecoder):
-        self.decoder = decoder
-
-    def validate(self, inputs: Arrays) -> None:
-        _require_rank(inputs, {"ALPHA_SHP": 3, "ALPHA_EXP": 3, "TRANSFORM": 4, "NUM_FACES": 2})
-
-    def run(self, inputs: Arrays) -> dict[str, Any]:
-        alpha_shp = inputs["ALPHA_SHP"]
-        xp = get_xp(alpha_shp)
-        batch, k = alpha_shp.shape[:2]
-        n = self.decoder.bfm.num_vertices
-        out = xp.zeros((batch, k, 3, n), dtype=xp.float32)
-        mask = xp.arange(k)[None, :] < inputs["NUM_FACES"].reshape(-1, 1)
-        if xp is np and not mask.any():
-            return {"VERTICES": out}
-        dense = self.decoder(alpha_shp[mask], inputs["ALPHA_EXP"][mask])
-        out[mask] = apply_transform(inputs["TRANSFORM"][mask], dense)
-        return {"VERTICES": out}
-
-
-class RenderStep:
-    """IMAGE (B,H,W,3) uint8, ALPHA_SHP, ALPHA_EXP, TRANSFORM, NUM_FACES -> RENDERED
-    (B,H,W,3) uint8: every face's dense mesh drawn over its frame."""
-
-    def __init__(self, renderer, decoder: DenseDecoder):
-        self.renderer = renderer
-        self.decoder = decoder
-
-    def validate(self, inputs: Arrays) -> None:
-        _require_rank(
-            inputs,
-            {"IMAGE": 4, "ALPHA_SHP": 3, "ALPHA_EXP": 3, "TRANSFORM": 4, "NUM_FACES": 2},
-        )
-
-    def run(self, inputs: Arrays) -> dict[str, Any]:
-        counts = to_numpy(inputs["NUM_FACES"]).reshape(-1)  # one transfer for the batch
-        rendered = []
-        for b, frame in enumerate(inputs["IMAGE"]):
-            count = int(counts[b])
-            xp = get_xp(frame)
-            vertices = xp.zeros((0, 3, self.decoder.bfm.num_vertices), xp.float32)
-            if count:
-                dense = self.decoder(inputs["ALPHA_SHP"][b, :count], inputs["ALPHA_EXP"][b, :count])
-                vertices = apply_transform(inputs["TRANSFORM"][b, :count], dense)
-            rendered.append(self.renderer.render(frame, vertices, count))
-        return {"RENDERED": get_xp(inputs["IMAGE"]).stack(rendered)}

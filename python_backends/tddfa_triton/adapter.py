@@ -203,6 +203,8 @@ def _peer_copy(array, device: int):
 
 
 def _to_tensor(name: str, array, dtype) -> Any:
+    if isinstance(array, list):  # one array per frame (their shapes differ within a batch)
+        array = get_xp(array[0]).stack(array)
     xp = get_xp(array)
     array = xp.ascontiguousarray(array.astype(dtype, copy=False))
     if xp is np and not _NUMPY_2:
@@ -226,7 +228,7 @@ class StepModel:
     def initialize(self, args: dict[str, str]) -> None:
         model_config = json.loads(args["model_config"])
         parameters = {
-            name: value["string_value"]
+            name: value.get("string_value", "")  # JSON omits an empty string
             for name, value in model_config.get("parameters", {}).items()
         }
         self.inputs = [(i["name"], bool(i.get("optional", False))) for i in model_config["input"]]

@@ -10,6 +10,8 @@ import uuid
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from tddfa_tools import admin_token
+
 OUTPUTS = ("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS", "VERTICES")
 MODEL = "tddfa"
 
@@ -27,15 +29,24 @@ def infer(url: str, image: np.ndarray, outputs=OUTPUTS) -> dict[str, np.ndarray]
 class CudaRegion:
     """A cudaMalloc'd buffer registered with the server as CUDA shared memory (CuPy)."""
 
-    def __init__(self, client: grpcclient.InferenceServerClient, nbytes: int, device: int = 0):
+    def __init__(
+        self,
+        client: grpcclient.InferenceServerClient,
+        nbytes: int,
+        device: int = 0,
+        headers: dict | None = None,
+    ):
         import cupy
 
         self.cupy, self.client, self.nbytes, self.device = cupy, client, nbytes, device
+        self.headers = headers  # the server's admin token: registration is restricted
         self.name = f"tddfa_gpu_test_{uuid.uuid4().hex[:8]}"
         with cupy.cuda.Device(device):
             self.memory = cupy.cuda.Memory(nbytes)  # its own cudaMalloc: IPC needs the base
             handle = cupy.cuda.runtime.ipcGetMemHandle(self.memory.ptr)
-        client.register_cuda_shared_memory(self.name, base64.b64encode(handle), device, nbytes)
+        client.register_cuda_shared_memory(
+            self.name, base64.b64encode(handle), device, nbytes, headers=headers
+        )
 
     def view(self, shape, dtype, offset: int = 0):
         """A CuPy array over ``offset`` bytes into the region."""
@@ -43,7 +54,7 @@ class CudaRegion:
         return self.cupy.ndarray(shape, dtype, pointer)
 
     def close(self) -> None:
-        self.client.unregister_cuda_shared_memory(self.name)
+        self.client.unregister_cuda_shared_memory(self.name, headers=self.headers)
         self.memory = None
 
 
@@ -55,7 +66,8 @@ def infer_cuda_shm(url: str, image, outputs=("RENDERED", "FACE_COUNT")) -> dict:
     height, width, _ = image.shape
     frame_bytes = image.size
     with grpcclient.InferenceServerClient(url) as client:
-        regions = [CudaRegion(client, frame_bytes), CudaRegion(client, frame_bytes)]
+        headers = admin_token.headers(admin_token.find_token(url), "grpc")
+        regions = [CudaRegion(client, frame_bytes, headers=headers) for _ in range(2)]
         try:
             regions[0].view(image.shape, cupy.uint8)[...] = image
             cupy.cuda.runtime.deviceSynchronize()

@@ -52,7 +52,7 @@ def test_face_crops_equal_numpy():
 def test_vertex_normals_match_numpy():
     import cupy
 
-    from tddfa.renderer import VertexNormals
+    from tddfa.render import VertexNormals
 
     rng = np.random.default_rng(3)
     triangles = rng.integers(0, 500, (3, 900)).astype(np.int32)

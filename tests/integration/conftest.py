@@ -50,3 +50,30 @@ def triton_server(triton_servers: ServerPool, model_repository: Path) -> Running
 def ensemble_server(triton_servers: ServerPool, built_repository: Path) -> RunningServer:
     """A ready server of the real `tddfa` ensemble."""
     return triton_servers.get(built_repository)
+
+
+@pytest.fixture(scope="module")
+def good_request(ensemble_server, test_images):
+    """(frame, its answer) for the adversarial suite: emma.jpg as served before any test of
+    the module did anything to the server; "right" means equal to this."""
+    from adversarial import good_answer
+
+    image = test_images["emma.jpg"]
+    status, answer = good_answer(ensemble_server.http_url, image)
+    assert status == 200, f"the ensemble does not serve emma.jpg: {answer}"
+    assert answer.count == 3
+    return image, answer
+
+
+@pytest.fixture(scope="module")
+def guard(ensemble_server):
+    """`tddfa guard` (HTTP and gRPC, default limits) in front of the ensemble server;
+    yields (http url, grpc url)."""
+    from tddfa_tools.guard import GrpcGuard, HttpGuard
+    from tddfa_tools.guard_rules import Limits
+
+    http = HttpGuard("127.0.0.1", 0, ensemble_server.http_url, Limits()).start()
+    grpc = GrpcGuard("127.0.0.1", 0, ensemble_server.grpc_url, Limits()).start()
+    yield f"127.0.0.1:{http.port}", f"127.0.0.1:{grpc.port}"
+    grpc.stop()
+    http.stop()

@@ -21,7 +21,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from tddfa_clients.batch import MANIFEST, Manifest, Settings, run_batch
-from tddfa_clients.triton_client import FrameClient, InferenceError, served_models
+from tddfa_clients.triton_client import FrameClient, InferenceError, normalize_url, served_models
 from tddfa_clients.video import model_for, outputs_for, process_video
 from tddfa_clients.video_io import probe
 
@@ -216,7 +216,13 @@ def _bad_files(folder: Path, asset_dir: Path) -> None:
     (folder / "unreadable.mp4").symlink_to(folder / "nowhere")
 
 
-def test_batch_survives_a_server_restart(standin_server, asset_dir, tmp_path) -> None:
+def test_batch_survives_a_server_restart(standin_server, asset_dir, tmp_path, monkeypatch) -> None:
+    """The server is stopped while a video is being rendered (not before the batch starts
+    or after it ends: the test waits for the video's temporary output), so a job really
+    fails mid-run; the batch takes the server out, retries, and every good file ends done."""
+    from tddfa.files import is_temporary
+    from tddfa_clients.endpoints import Endpoints
+
     inputs = tmp_path / "in"
     inputs.mkdir()
     for i in range(3):
@@ -227,18 +233,31 @@ def test_batch_survives_a_server_restart(standin_server, asset_dir, tmp_path) ->
     settings = Settings(protocol="grpc", in_flight=2, retries=10, backoff=0.3, backoff_max=2)
     url = standin_server.grpc_url
     counts: dict = {}
+    marked_dead: list[str] = []
+    mark_dead = Endpoints.mark_dead
+
+    def spy(self, dead_url: str) -> None:
+        marked_dead.append(dead_url)
+        mark_dead(self, dead_url)
+
+    monkeypatch.setattr(Endpoints, "mark_dead", spy)
 
     def batch() -> None:
         counts.update(run_batch([str(inputs)], out, [url], jobs=2, settings=settings))
 
     worker = threading.Thread(target=batch)
     worker.start()
-    time.sleep(1.0)
-    standin_server.stop()  # killed mid-run ...
+    deadline = time.monotonic() + 60
+    while not any(is_temporary(p) and p.suffix == ".mp4" for p in out.glob(".*")):
+        assert time.monotonic() < deadline and worker.is_alive(), "no video started"
+        time.sleep(0.01)
+    standin_server.stop()  # killed while a video is in flight ...
     time.sleep(1.0)
     standin_server.start()  # ... and back on the same ports
     worker.join(timeout=240)
     assert not worker.is_alive()
+    assert marked_dead, "no job met the stopped server: the kill did not happen mid-run"
+    assert set(marked_dead) == {normalize_url(url, "grpc")}
     assert counts["failed"] == 5, counts  # the five bad files, nothing else
     counts.clear()
     batch()  # rerun: good work is skipped, bad files retried (and fail again)

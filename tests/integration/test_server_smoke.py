@@ -3,6 +3,7 @@ echo -> double ensemble on a real embedded tritonserver, errors, liveness, metri
 
 from __future__ import annotations
 
+import os
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from server import OWNED_SHM_PREFIX, SHM_DIR, ServerPool
+from server import OWNED_PREFIXES, OWNED_SHM_PREFIX, SHM_DIR, ServerPool
 from tritonclient.utils import InferenceServerException
 
 from tddfa_tools import serve
@@ -60,25 +61,42 @@ def test_error_reaches_client_and_server_keeps_serving(triton_server, protocol):
     np.testing.assert_array_equal(infer(triton_server, protocol, good), 2 * good)
 
 
+def _stats(server, model: str) -> tuple[int, int]:
+    """(inferences, executions) Triton counted for ``model``."""
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        stats = client.get_inference_statistics(model)["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
 def test_bad_request_does_not_fail_its_batch_mates(triton_server):
-    """Concurrent requests are batched into one execute(); only the bad ones fail."""
+    """The repository's real adapter (tddfa_triton.StepModel, adapter_batch) in a real stub:
+    concurrent requests share execute() calls (Triton's statistics prove it), and only the
+    bad ones fail, with their own message; every good one gets its own right answer."""
+    inferences, executions = _stats(triton_server, "adapter_batch")
 
     def one(i: int):
-        data = np.full((1, 4), -1.0 if i % 3 == 0 else float(i), np.float32)
-        try:
-            return infer(triton_server, "grpc", data, model="double")
-        except InferenceServerException as exc:
-            return exc
+        data = np.full((1, 4), -float(i) if i % 3 == 0 else float(i), np.float32)
+        module = CLIENTS["grpc"]
+        with module.InferenceServerClient(triton_server.grpc_url) as client:
+            tensor = module.InferInput("X", [1, 4], "FP32")
+            tensor.set_data_from_numpy(data)
+            try:
+                return client.infer("adapter_batch", [tensor]).as_numpy("Y")
+            except InferenceServerException as exc:
+                return exc
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(one, range(16)))
-    for i, result in enumerate(results):
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(one, range(1, 17)))
+    for i, result in enumerate(results, start=1):
         if i % 3 == 0:
             assert isinstance(result, InferenceServerException), f"request {i} should fail"
-            assert "non-negative" in str(result)
+            assert f"adapter_batch: X must be >= 0, got -{i}" in str(result)
         else:
             assert not isinstance(result, Exception), f"request {i} failed: {result}"
-            np.testing.assert_array_equal(result, np.full((1, 4), 2.0 * i, np.float32))
+            np.testing.assert_array_equal(result, np.full((1, 4), i / 2, np.float32))
+    after_inferences, after_executions = _stats(triton_server, "adapter_batch")
+    assert after_inferences - inferences == 16
+    assert after_executions - executions < 16, "no two requests shared an execute()"
 
 
 def test_metrics_endpoint_counts_requests(triton_server):
@@ -98,7 +116,9 @@ def test_free_port_is_bindable():
 
 
 def test_missing_wheel_names_the_fix(monkeypatch):
-    monkeypatch.setattr(serve.importlib.util, "find_spec", lambda name: None)
+    from tddfa_tools import embedded
+
+    monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(
         serve.TritonServerError, match="nvidia-pytriton is not installed: run tools/setup.sh"
     ):
@@ -147,12 +167,38 @@ def test_start_failure_reports_the_model_error(tmp_path):
 
 
 def test_leak_check_finds_owned_regions():
+    """Server-side and client-side names of this process count as leaks; the client name is
+    the one FrameClient really gives its regions (not a made-up prefix)."""
     if not SHM_DIR.is_dir():
         pytest.skip("no /dev/shm on this host")
+    from tddfa_clients.triton_client import client_shm_prefix
+
     pool = ServerPool()
-    region = SHM_DIR / f"{OWNED_SHM_PREFIX}leak_check_test"
-    region.write_bytes(b"")
+    regions = [
+        SHM_DIR / f"{OWNED_SHM_PREFIX}leak_check_test",
+        SHM_DIR / f"{client_shm_prefix()}leak_check_test_0_input",
+        SHM_DIR / f"{client_shm_prefix(os.getpid() + 1)}someone_else",  # another process
+    ]
+    for region in regions:
+        region.write_bytes(b"")
     try:
-        assert pool.close() == [region.name]
+        assert pool.close() == sorted(r.name for r in regions[:2])
     finally:
-        region.unlink()
+        for region in regions:
+            region.unlink(missing_ok=True)
+
+
+def test_client_regions_carry_the_leak_check_prefix(triton_server):
+    """The regions a FrameClient registers are the ones the session leak check looks for."""
+    from tddfa_clients.shared_memory import SharedMemorySlot
+    from tddfa_clients.triton_client import _Protocol, client_shm_prefix
+
+    protocol = _Protocol("http", triton_server.http_url, 1, 10.0)
+    try:
+        slot = SharedMemorySlot(protocol, f"{client_shm_prefix()}probe")
+        name = slot.ensure("input", 64)
+        assert (SHM_DIR / name).exists() and name.startswith(OWNED_PREFIXES)
+        slot.close()
+        assert not (SHM_DIR / name).exists()
+    finally:
+        protocol.close()

@@ -114,8 +114,12 @@ def test_detector_answers_each_request_in_order(pb_utils, built_repository):
             assert response.output_tensors[1].array.tolist() == [[0]]  # blank frames
         else:
             assert response.error.code == FakeError.INVALID_ARG
-    assert "(H, W, 3)" in responses[1].error.message
-    assert "IMAGE is missing" in responses[2].error.message
+    # the exact problem and fix reach the client, prefixed by the model that refused it
+    assert responses[1].error.message == (
+        "face_detector: IMAGE must be uint8 (H, W, 3) RGB, got uint8 (360, 640, 4) "
+        "(4 channels, RGBA?): drop the alpha channel, e.g. image[..., :3]"
+    )
+    assert responses[2].error.message == "face_detector: input IMAGE is missing"
 
 
 def test_internal_failure_answers_every_request(pb_utils, built_repository):

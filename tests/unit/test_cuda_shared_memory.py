@@ -172,6 +172,9 @@ class FakeProtocol:
 
     sequences: list = []  # the SequenceFrame of every submitted request (None outside one)
 
+    def shared_memory(self, call, *args):
+        return getattr(self.client, call)(*args)
+
     def submit(self, model, inputs, outputs, sequence=None):
         """Answered when the result is first asked for: the server reads the input region
         late, as a real one may, so a slot overwritten too early shows."""

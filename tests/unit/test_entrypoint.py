@@ -1,231 +1,175 @@
 """docker/Dockerfile's entrypoint script, run with bash against stand-in commands.
 
-The script is taken from the Dockerfile's heredoc and run with ``nvidia-smi``, ``tddfa``,
-``tritonserver``, ``nvidia-cuda-mps-control`` and ``python3`` replaced by small recorders on
-PATH, so what the image and the Kubernetes overlays rely on is checked without Docker or a
-GPU: the flavour per TDDFA_DEVICE (tensorrt on the GPU, onnxruntime on the CPU), the measured
-deployment by default, TDDFA_BUILD_ARGS, a rebuild only when the fingerprint (image versions
-and sources, GPU, build flags) changes, the CUDA memory pool per visible GPU, the private MPS
-daemon (TDDFA_CUDA_MPS) started before tritonserver and quit after it, SIGTERM forwarded and
-the server's exit status kept, arguments passed on to tritonserver.
+The script is taken from the Dockerfile's heredoc and run with ``nvidia-smi`` and ``tddfa``
+replaced by small recorders on PATH, so the choices the Kubernetes overlays rely on
+(TDDFA_DEVICE, TDDFA_BUILD_ARGS, TDDFA_CUDA_MPS, TDDFA_CUDA_POOL_MB, rebuild only when the
+fingerprint changes, the measured deployment by default, container arguments passed on to
+tritonserver, `tddfa serve` with its supervisor last) are checked without Docker or a GPU.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 DOCKERFILE = Path(__file__).resolve().parents[2] / "docker" / "Dockerfile"
 BASH = shutil.which("bash")
-pytestmark = pytest.mark.skipif(BASH is None, reason="bash not installed")
 
-RECORDER = 'echo "$(basename "$0") $* | mps=${CUDA_MPS_PIPE_DIRECTORY:-}" >> "$CALLS"\n'
-STAND_INS = {
-    # the build: a repository whose renderer is KIND_GPU on GPU builds (MPS "auto" looks)
-    "tddfa": RECORDER
+RECORDER = """#!/usr/bin/env bash
+echo "$(basename "$0") $* | mps=${CUDA_MPS_PIPE_DIRECTORY:-}" >> "$CALLS"
+"""
+FAKE_TDDFA = (
+    RECORDER
     + """
-out="" device=""
-for arg in "$@"; do
-    [[ "$prev" == --out ]] && out="$arg"; [[ "$prev" == --device ]] && device="$arg"; prev="$arg"
-done
-mkdir -p "$out/face_renderer" && echo '{}' > "$out/BUILD.json"
-kind=KIND_CPU; [[ "$device" == gpu ]] && kind=KIND_GPU
-echo "instance_group [ { kind: $kind } ]" > "$out/face_renderer/config.pbtxt"
-""",
-    # FAKE_GPU unset: no GPU (nvidia-smi fails); FAKE_GPUS: how many `-L` lists
-    "nvidia-smi": RECORDER
+[[ "$1" == build ]] || exit 0
+out=""
+for arg in "$@"; do [[ "$prev" == --out ]] && out="$arg"; prev="$arg"; done
+mkdir -p "$out" && echo '{}' > "$out/BUILD.json"
+"""
+)
+FAKE_SMI = (
+    RECORDER
     + """
 [[ -n "${FAKE_GPU:-}" ]] || exit 9
-case "$*" in
-    *-L*) for i in $(seq 0 $((${FAKE_GPUS:-1} - 1))); do echo "GPU $i: $FAKE_GPU (UUID: GPU-$i)"; done ;;
-    *) echo "$FAKE_GPU" ;;
-esac
-""",
-    "nvidia-cuda-mps-control": 'echo "nvidia-cuda-mps-control $* $(cat 2>/dev/null) | '
-    'mps=${CUDA_MPS_PIPE_DIRECTORY:-}" >> "$CALLS"\n',
-    # trap before announcing itself (the test signals once it sees the announcement)
-    "tritonserver": 'trap \'echo "tritonserver got TERM" >> "$CALLS"; exit 3\' TERM\n'
-    + RECORDER
-    + '[[ -z "${FAKE_SERVER_WAITS:-}" ]] || while true; do sleep 0.1; done\n',
-    "python3": f'exec {sys.executable} "$@"\n',  # the pool flags come from tddfa_tools.serve
-}
+echo "$FAKE_GPU"
+"""
+)
 
 
 def entrypoint_script() -> str:
     text = DOCKERFILE.read_text()
-    match = re.search(
-        r"COPY --chmod=755 <<'EOF' /usr/local/bin/tddfa-entrypoint\n(.*?)\nEOF\n", text, re.S
-    )
+    match = re.search(r"<<'EOF' /usr/local/bin/tddfa-entrypoint\n(.*?)\nEOF\n", text, re.S)
     assert match, "the entrypoint heredoc is missing from docker/Dockerfile"
     return match.group(1) + "\n"
 
 
-@dataclasses.dataclass
-class Run:
-    code: int
-    calls: list[str]
-    stderr: str
+@pytest.fixture()
+def sandbox(tmp_path: Path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in {
+        "tddfa": FAKE_TDDFA,
+        "nvidia-smi": FAKE_SMI,
+    }.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    script = tmp_path / "tddfa-entrypoint"
+    script.write_text(entrypoint_script())
+    calls = tmp_path / "calls.txt"
 
-    def first(self, prefix: str) -> str:
-        return next(c for c in self.calls if c.startswith(prefix))
-
-    def ran(self, prefix: str) -> bool:
-        return any(c.startswith(prefix) for c in self.calls)
-
-
-class Sandbox:
-    def __init__(self, root: Path):
-        self.root = root
-        self.bin = root / "bin"
-        self.bin.mkdir()
-        for name, body in STAND_INS.items():
-            (self.bin / name).write_text("#!/usr/bin/env bash\n" + body)
-            (self.bin / name).chmod(0o755)
-        self.script = root / "tddfa-entrypoint"
-        self.script.write_text(entrypoint_script())
-        self.calls = root / "calls.txt"
-        self.models = root / "models"
-        self.versions = root / "tddfa-versions"  # /etc/tddfa-versions of the image
-        self.versions.write_text("TRITON_TAG=24.10\nTENSORRT_VERSION=10.5.0\nSOURCE=aaaa\n")
-
-    def environment(self, env: dict[str, str]) -> dict[str, str]:
-        return {
-            "PATH": f"{self.bin}:/usr/bin:/bin",
-            "CALLS": str(self.calls),
-            "TDDFA_MODELS": str(self.models),
-            "TDDFA_VERSIONS": str(self.versions),
-            "HOME": str(self.root),
-            "TMPDIR": str(self.root),
-            "PYTHONPATH": os.pathsep.join(sys.path),
+    def run(*args: str, **env: str) -> tuple[int, list[str], str]:
+        calls.write_text("")
+        environment = {
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "CALLS": str(calls),
+            "TDDFA_MODELS": str(tmp_path / "models"),
+            "HOME": str(tmp_path),
             **env,
         }
-
-    def run(self, *args: str, **env: str) -> Run:
-        """The entrypoint until it exits (the stand-in server returns at once)."""
-        self.calls.write_text("")
         done = subprocess.run(
-            [BASH, str(self.script), *args],
-            env=self.environment(env),
-            capture_output=True,
-            text=True,
-            timeout=60,
+            [BASH, str(script), *args], env=environment, capture_output=True, text=True, timeout=60
         )
-        return Run(done.returncode, self.calls.read_text().splitlines(), done.stderr)
+        return done.returncode, calls.read_text().splitlines(), done.stderr
 
-    def serve_then_term(self, *args: str, **env: str) -> Run:
-        """The entrypoint with a server that runs until SIGTERM, which the test sends to the
-        entrypoint once the server has started."""
-        self.calls.write_text("")
-        process = subprocess.Popen(
-            [BASH, str(self.script), *args],
-            env=self.environment({"FAKE_SERVER_WAITS": "1", **env}),
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 30
-        while "tritonserver" not in self.calls.read_text():
-            assert time.monotonic() < deadline, "tritonserver was never started"
-            assert process.poll() is None, f"the entrypoint exited early: {process.stderr.read()}"
-            time.sleep(0.1)
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
-        return Run(code, self.calls.read_text().splitlines(), process.stderr.read())
+    run.models = tmp_path / "models"
+    return run
 
 
-@pytest.fixture()
-def sandbox(tmp_path: Path) -> Sandbox:
-    return Sandbox(tmp_path)
+pytestmark = pytest.mark.skipif(BASH is None, reason="bash not installed")
 
 
-def test_gpu_serves_the_measured_deployment_and_forwards_sigterm(sandbox) -> None:
-    pipes = f"{sandbox.root}/nvidia-mps"  # the default pipe folder under TMPDIR
-    run = sandbox.serve_then_term("--log-verbose=0", FAKE_GPU="NVIDIA H200", FAKE_GPUS="2")
-    assert run.code == 3, run.stderr  # the server's own exit status
-    build = run.first("tddfa build")
-    assert build.startswith(
-        "tddfa build --flavour tensorrt --device gpu --instances 2 "
-        f"--instance-count face_renderer=4 --out {sandbox.models}/model_repository "
-        f"--models-dir {sandbox.models}/cache"
-    )
-    daemon = run.calls.index(f"nvidia-cuda-mps-control -d  | mps={pipes}")
-    server = run.calls.index(run.first("tritonserver --model-repository"))
-    assert run.calls.index(build) < daemon < server and os.path.isdir(pipes)
-    pool = 4096 << 20
-    for gpu in (0, 1):  # a CUDA memory pool on every visible GPU
-        assert f"--cuda-memory-pool-byte-size={gpu}:{pool}" in run.calls[server]
-    assert "--http-port=8000 --grpc-port=8001 --metrics-port=8002" in run.calls[server]
-    assert "--log-verbose=0" in run.calls[server] and run.calls[server].endswith(f"mps={pipes}")
-    assert run.calls[-2:] == [
-        "tritonserver got TERM",
-        f"nvidia-cuda-mps-control  quit | mps={pipes}",
-    ]
+def serve_call(calls: list[str]) -> str:
+    """The entrypoint's last act: `tddfa serve` (exec'd, with the supervisor)."""
+    served = [c for c in calls if c.startswith("tddfa serve")]
+    assert len(served) == 1 and calls[-1] == served[0], calls
+    return served[0]
 
 
-def test_rebuild_only_when_the_fingerprint_changes(sandbox) -> None:
-    run = sandbox.run(FAKE_GPU="NVIDIA H200")
-    assert run.code == 0, run.stderr
-    assert run.ran("tddfa build")
-    fingerprint = (sandbox.models / "model_repository" / "ENGINES").read_text()
-    assert "GPU=NVIDIA H200" in fingerprint and "SOURCE=aaaa" in fingerprint
-    run = sandbox.run(FAKE_GPU="NVIDIA H200")  # same GPU, image and flags: served as built
-    assert run.code == 0 and not run.ran("tddfa") and run.ran("tritonserver")
-    run = sandbox.run(FAKE_GPU="NVIDIA H100 80GB HBM3")  # another GPU: new engines
-    assert run.ran("tddfa build")
-    sandbox.versions.write_text(sandbox.versions.read_text().replace("aaaa", "bbbb"))
-    run = sandbox.run(FAKE_GPU="NVIDIA H100 80GB HBM3")  # a newer image (builder, models)
-    assert run.ran("tddfa build")
+def test_gpu_build_once_then_serve_with_the_given_flags(sandbox) -> None:
+    code, calls, err = sandbox("--exit-timeout-secs=60", FAKE_GPU="NVIDIA H200")
+    assert code == 0, err
+    build = next(c for c in calls if c.startswith("tddfa build"))
+    # the measured deployment by default (benchmarks/RESULTS.md)
+    assert build.startswith("tddfa build --flavour tensorrt --device gpu --instances 2 ")
+    assert f"--out {sandbox.models}/model_repository" in build
+    serve = serve_call(calls)
+    assert "--tritonserver /opt/tritonserver/bin/tritonserver" in serve
+    assert f"--model-repository {sandbox.models}/model_repository --host 0.0.0.0" in serve
+    assert "--http-port 8000 --grpc-port 8001 --metrics-port 8002 --supervisor-port 8003" in serve
+    assert "--cuda-memory-pool-mb 4096" in serve
+    assert serve.split(" | ")[0].endswith("-- --exit-timeout-secs=60")  # tritonserver flags
+    assert "GPU=NVIDIA H200" in (sandbox.models / "model_repository" / "ENGINES").read_text()
+    code, calls, _ = sandbox(FAKE_GPU="NVIDIA H200")  # same GPU: no rebuild
+    assert code == 0 and not any(c.startswith("tddfa build") for c in calls)
+    assert " -- " not in serve_call(calls)  # no container arguments: no separator
+    code, calls, _ = sandbox(FAKE_GPU="NVIDIA H100 80GB HBM3")  # another GPU: rebuild
+    assert any(c.startswith("tddfa build") for c in calls)
 
 
 def test_build_args_are_passed_and_part_of_the_fingerprint(sandbox) -> None:
-    args = "--instances 3 --max-faces 4"
-    run = sandbox.run(FAKE_GPU="H200", TDDFA_BUILD_ARGS=args)
-    assert run.code == 0, run.stderr
-    assert run.first("tddfa build").startswith(
-        f"tddfa build --flavour tensorrt --device gpu {args} --out"
-    )
-    assert not sandbox.run(FAKE_GPU="H200", TDDFA_BUILD_ARGS=args).ran("tddfa")
-    run = sandbox.run(FAKE_GPU="H200", TDDFA_BUILD_ARGS="--instances 1")
-    assert "--instances 1" in run.first("tddfa build")
-    run = sandbox.run(FAKE_GPU="H200", TDDFA_BUILD_ARGS="")  # set but empty: no extra flags
-    assert run.first("tddfa build").startswith("tddfa build --flavour tensorrt --device gpu --out")
+    args = "--instances 3 --instance-count face_renderer=4"
+    code, calls, err = sandbox(FAKE_GPU="H200", TDDFA_BUILD_ARGS=args)
+    assert code == 0, err
+    assert any(c.startswith("tddfa build") and args in c for c in calls)
+    code, calls, _ = sandbox(FAKE_GPU="H200", TDDFA_BUILD_ARGS=args)
+    assert not any(c.startswith("tddfa build") for c in calls)
+    code, calls, _ = sandbox(FAKE_GPU="H200", TDDFA_BUILD_ARGS="--instances 1")
+    assert any(c.startswith("tddfa build") and "--instances 1" in c for c in calls)
 
 
-def test_cpu_builds_onnxruntime_without_a_gpu_mps_or_pools(sandbox) -> None:
-    run = sandbox.serve_then_term(TDDFA_DEVICE="cpu")
-    assert run.code == 3, run.stderr
-    assert not run.ran("nvidia-smi") and not run.ran("nvidia-cuda-mps-control")
-    assert run.first("tddfa build") == (
-        f"tddfa build --flavour onnxruntime --device cpu --out {sandbox.models}/model_repository "
-        f"--models-dir {sandbox.models}/cache | mps="
-    )
-    assert "--cuda-memory-pool-byte-size" not in run.first("tritonserver --model-repository")
+def test_cpu_needs_no_gpu_mps_or_pool(sandbox) -> None:
+    code, calls, err = sandbox(TDDFA_DEVICE="cpu")
+    assert code == 0, err
+    assert not any(c.startswith("nvidia-smi") for c in calls)
+    assert any(c.startswith("tddfa build --flavour onnxruntime --device cpu") for c in calls)
+    serve = serve_call(calls)
+    assert "--cuda-mps" not in serve and "--cuda-memory-pool-mb" not in serve
 
 
-def test_no_gpu_or_a_bad_device_fails_with_the_fix(sandbox) -> None:
-    run = sandbox.run()  # nvidia-smi finds no GPU
-    assert run.code != 0 and "TDDFA_DEVICE=cpu" in run.stderr
-    assert not run.ran("tritonserver") and not run.ran("tddfa")
-    run = sandbox.run(TDDFA_DEVICE="tpu")
-    assert run.code != 0 and "TDDFA_DEVICE must be gpu or cpu" in run.stderr
+def test_no_gpu_visible_fails_with_the_fix(sandbox) -> None:
+    code, calls, err = sandbox()
+    assert code != 0 and "TDDFA_DEVICE=cpu" in err
+    assert not any(c.startswith("tddfa serve") for c in calls)
+    code, _, err = sandbox(TDDFA_DEVICE="tpu")
+    assert code != 0 and "TDDFA_DEVICE must be gpu or cpu" in err
 
 
-def test_mps_settings(sandbox) -> None:
-    pipes = str(sandbox.root / "pipes")
-    run = sandbox.run(FAKE_GPU="H200", TDDFA_CUDA_MPS="1", CUDA_MPS_PIPE_DIRECTORY=pipes)
-    assert run.code == 0, run.stderr
-    assert run.calls.index(f"nvidia-cuda-mps-control -d  | mps={pipes}") < run.calls.index(
-        run.first("tritonserver")
-    )
-    assert run.first("tritonserver").endswith(f"mps={pipes}")  # the server finds the daemon
-    assert not sandbox.run(FAKE_GPU="H200", TDDFA_CUDA_MPS="0").ran("nvidia-cuda-mps-control")
-    run = sandbox.run(TDDFA_DEVICE="cpu", TDDFA_CUDA_MPS="1")
-    assert run.code != 0 and "needs TDDFA_DEVICE=gpu" in run.stderr
+def test_cuda_mps_choice(sandbox) -> None:
+    # auto: a private daemon (tddfa serve --cuda-mps) when a model instance is on the GPU
+    code, calls, err = sandbox(FAKE_GPU="H200")
+    assert code == 0, err
+    assert "--cuda-mps" not in serve_call(calls)  # the fake build wrote no KIND_GPU config
+    config = sandbox.models / "model_repository" / "face_detector" / "config.pbtxt"
+    config.parent.mkdir(parents=True)
+    config.write_text("instance_group [ { count: 1 kind: KIND_GPU } ]\n")
+    code, calls, err = sandbox(FAKE_GPU="H200")
+    assert code == 0 and "--cuda-mps" in serve_call(calls), err
+    code, calls, _ = sandbox(FAKE_GPU="H200", TDDFA_CUDA_MPS="0")
+    assert "--cuda-mps" not in serve_call(calls)
+    code, calls, _ = sandbox(FAKE_GPU="H200", TDDFA_CUDA_MPS="1", TDDFA_CUDA_POOL_MB="512")
+    assert "--cuda-mps" in serve_call(calls) and "--cuda-memory-pool-mb 512" in serve_call(calls)
+    code, calls, err = sandbox(TDDFA_DEVICE="cpu", TDDFA_CUDA_MPS="1")
+    assert code != 0 and "needs TDDFA_DEVICE=gpu" in err
+
+
+def test_a_newer_image_rebuilds_the_repository(sandbox, tmp_path) -> None:
+    """The image's sources (builder and models) are part of the fingerprint: a models volume
+    built by an older image (another layout, other model.py files) is rebuilt, not served."""
+    text = DOCKERFILE.read_text()
+    copied = text.index("COPY model_repository ./model_repository")
+    digest = text.index("RUN printf 'SOURCE=%s\\n'")
+    assert copied < digest < text.index("tddfa-entrypoint"), "SOURCE digest after the sources"
+    versions = tmp_path / "tddfa-versions"  # /etc/tddfa-versions of the image
+    versions.write_text("TRITON_TAG=24.10\nTENSORRT_VERSION=10.5.0\nSOURCE=aaaa\n")
+    code, calls, err = sandbox(FAKE_GPU="H200", TDDFA_VERSIONS=str(versions))
+    assert code == 0 and any(c.startswith("tddfa build") for c in calls), err
+    assert "SOURCE=aaaa" in (sandbox.models / "model_repository" / "ENGINES").read_text()
+    code, calls, _ = sandbox(FAKE_GPU="H200", TDDFA_VERSIONS=str(versions))
+    assert not any(c.startswith("tddfa build") for c in calls)
+    versions.write_text(versions.read_text().replace("aaaa", "bbbb"))
+    code, calls, _ = sandbox(FAKE_GPU="H200", TDDFA_VERSIONS=str(versions))
+    assert any(c.startswith("tddfa build") for c in calls)

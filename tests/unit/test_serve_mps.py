@@ -8,14 +8,9 @@ import stat
 
 import pytest
 
-from tddfa_tools.serve import (
-    CudaMps,
-    TritonServer,
-    TritonServerError,
-    _gpu_list,
-    cuda_memory_pool_args,
-    visible_gpu_count,
-)
+from tddfa_tools.cuda_mps import CudaMps, MpsError, cuda_memory_pool_args, visible_gpu_count
+from tddfa_tools.serve import TritonServer
+from tddfa_tools.serve_command import _gpu_list
 
 
 @pytest.fixture()
@@ -47,7 +42,7 @@ def test_daemon_started_and_quit_with_private_folders(fake_control):
 
 def test_failed_start_names_the_log(fake_control, monkeypatch):
     monkeypatch.setenv("FAIL_MPS", "1")
-    with pytest.raises(TritonServerError, match="failed with status 1: see .*/log"):
+    with pytest.raises(MpsError, match="failed with status 1: see .*/log"):
         CudaMps().start()
 
 
@@ -64,7 +59,7 @@ def test_daemon_without_control_pipe_is_a_warning(fake_control, monkeypatch, cap
 def test_missing_binary_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr("shutil.which", lambda *a, **k: None)
-    with pytest.raises(TritonServerError, match="nvidia-cuda-mps-control"):
+    with pytest.raises(MpsError, match="nvidia-cuda-mps-control"):
         CudaMps()
 
 
@@ -124,7 +119,7 @@ def test_visible_gpu_count_reads_cuda_visible_devices(visible, expected):
 def test_pool_flags_follow_the_visible_gpus(monkeypatch):
     """A server pinned to GPU 1 sees one device, numbered 0: no flag for a device 1 it
     cannot see (Triton refuses that)."""
-    monkeypatch.setattr("tddfa_tools.serve.gpu_count", lambda: 2)
+    monkeypatch.setattr("tddfa_tools.cuda_mps.gpu_count", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert cuda_memory_pool_args(4) == ["--cuda-memory-pool-byte-size=0:4194304"]
 

@@ -9,15 +9,9 @@ import av
 import numpy as np
 import pytest
 
+from tddfa.files import atomic_path, is_temporary
 from tddfa_clients.image import ImageError, read_image, write_image
-from tddfa_clients.video_io import (
-    VideoError,
-    atomic_output,
-    is_temporary,
-    open_decoder,
-    open_encoder,
-    probe,
-)
+from tddfa_clients.video_io import VideoError, open_decoder, open_encoder, probe
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +83,7 @@ def test_encoder_abort_and_atomic_output_leave_nothing(av_video: Path, tmp_path:
     target = tmp_path / "out.mp4"
     info = probe(av_video)
     with pytest.raises(KeyboardInterrupt):
-        with atomic_output(target) as temp, open_encoder(temp, info, "cpu", av_video) as enc:
+        with atomic_path(target) as temp, open_encoder(temp, info, "cpu", av_video) as enc:
             assert is_temporary(temp) and temp.suffix == ".mp4"
             with open_decoder(av_video, "cpu") as decoder:
                 for frame in decoder:

@@ -1,10 +1,9 @@
-"""Triton adapter of the face_vertices step (logic: tddfa.bfm.DenseDecoder)."""
+"""Triton adapter of the face_vertices step (logic: tddfa.render.step.VerticesStep)."""
 
-from tddfa.bfm import DenseDecoder, load_bfm
-from tddfa.steps import VerticesStep
+from tddfa.render.step import build_vertices_step
 from tddfa_triton import StepModel
 
 
 class TritonPythonModel(StepModel):
     def build_step(self, context):
-        return VerticesStep(DenseDecoder(load_bfm(context.model_dir / "bfm.npz")))
+        return build_vertices_step(context.model_dir)

@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("EGL_PLATFORM", "surfaceless")
 
 from tddfa import gl_context  # noqa: E402  (after EGL_PLATFORM; sets PYOPENGL_PLATFORM)
-from tddfa.renderer import MeshRenderer, vertex_normals  # noqa: E402
+from tddfa.render import MeshRenderer, vertex_normals  # noqa: E402
 
 MARGIN = 2  # pixels a mesh may touch outside its vertices' bounding box
 

@@ -1,0 +1,60 @@
+"""Safe defaults of `tddfa serve` (issue 12 part 5, issue 10): it binds 127.0.0.1 unless told
+otherwise, closes Triton's admin APIs to requests without its token, controls models
+explicitly (the supervisor reloads through it), and never logs the token."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tddfa_tools.cli import build_parser
+from tddfa_tools.serve import TritonServer
+
+
+def test_cli_binds_loopback_by_default() -> None:
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1" and args.supervise and args.supervisor_port == 8003
+    assert build_parser().parse_args(["serve", "--host", "0.0.0.0"]).host == "0.0.0.0"
+
+
+def test_command_line(tmp_path: Path) -> None:
+    server = TritonServer(tmp_path, http_port=18000, grpc_port=18001, metrics_port=18002)
+    command = server.command(Path("/bin/tritonserver"), Path("/backends"), None)
+    for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
+                 "--metrics-address=127.0.0.1", "--model-control-mode=explicit",
+                 "--load-model=*", "--strict-readiness=true"):  # fmt: skip
+        assert flag in command
+    restricted = [c for c in command if c.startswith(("--http-restricted", "--grpc-restricted"))]
+    assert len(restricted) == 2 and all(server.admin_token in c for c in restricted)
+    assert all("shared-memory,model-repository" in c for c in restricted)
+    assert server.shm_prefix in next(c for c in command if "shm-region-prefix-name" in c)
+    assert server.url == "127.0.0.1:18000"
+
+
+def test_unrestricted_and_wildcard_host(tmp_path: Path) -> None:
+    server = TritonServer(tmp_path, host="0.0.0.0", restrict_admin=False, model_control="none")
+    command = server.command(Path("/bin/tritonserver"), None, None)
+    flags = ("--http-restricted-api", "--grpc-restricted-protocol", "--model-control-mode")
+    assert not any(c.startswith(flags) for c in command)
+    assert server.url.startswith("127.0.0.1:")  # where a client on this host connects
+
+
+def test_the_token_is_not_logged(tmp_path: Path, caplog, monkeypatch) -> None:
+    server = TritonServer(tmp_path)
+    monkeypatch.setattr(
+        server,
+        "_launch_plan",
+        lambda: (["tritonserver", *server.command(Path("t"), None, None)], {}),
+    )
+
+    def no_process(*args, **kwargs):
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("subprocess.Popen", no_process)
+    with caplog.at_level(logging.INFO, logger="tddfa_tools.serve"):
+        try:
+            server.start()
+        except RuntimeError:
+            pass
+    assert "starting" in caplog.text and "tddfa-admin-token=***" in caplog.text
+    assert server.admin_token not in caplog.text
