@@ -73,7 +73,7 @@ def stand_in_exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[st
             },
         ),
     }
-    for name in ("bfm.npz", "FaceBoxesProd.pth", "mb05_120x120.pth"):
+    for name in ("bfm.npz", "render_assets.npz", "FaceBoxesProd.pth", "mb05_120x120.pth"):
         files[name] = src / name
         files[name].write_bytes(name.encode())
 
@@ -85,6 +85,7 @@ def stand_in_exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[st
                 "face_regressor": files["face_regressor"],
             },
             bfm=files["bfm.npz"],
+            render_assets=files["render_assets.npz"],
             regressor_name="mb05",
             bfm_exact=False,
             torch_weights={

@@ -96,7 +96,15 @@ def flavour_configs(configs, flavour: str, networks: str, device: str) -> dict:
     built = copy.deepcopy(configs)
     options = BuildOptions(flavour=flavour, networks=networks, device=device)
     configure_networks(built, layout_for(flavour, networks), gpu=device == "gpu", fp16=True)
-    configure(built, options, BuiltModels({}, Path("bfm.npz"), "mb05", False, {}))
+    models = BuiltModels(
+        networks={},
+        bfm=Path("bfm.npz"),
+        render_assets=Path("render_assets.npz"),
+        regressor_name="mb05",
+        bfm_exact=False,
+        torch_weights={},
+    )
+    configure(built, options, models)
     return built
 
 
