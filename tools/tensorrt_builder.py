@@ -162,8 +162,6 @@ def gpu_tag(name: str) -> str:
     return tag or "gpu"
 
 
-
-
 def _check_profiles(network: Any, profiles: Profile) -> None:
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     problems = [f"no profile for input {name}" for name in inputs if name not in profiles]
