@@ -3,9 +3,11 @@
 Real frames of the sample video go through the same step objects and built files that
 the server runs. Two measurements:
 
-1. per-step median milliseconds (preprocess, detector, roi_crop, regressor,
-   landmark_to_vertex, bfm_decoder, renderer), one frame batch at a time, the device
-   synchronised after each step so each step's time is its own;
+1. per-step median milliseconds of the ensemble's models, one frame batch at a time, the
+   device synchronised after each step so each step's time is its own: ``--mode detect``
+   (the ``tddfa`` ensemble: face_detector, face_aligner, face_renderer, face_vertices) or
+   ``--mode track`` (``tddfa_track``: face_tracker, face_renderer, face_vertices; each row of
+   a batch is one sequence, consecutive batches its next frames);
 2. throughput in frames/s with ``--workers`` threads, each with its own Pipeline, no
    per-step synchronisation (the baseline for Triton's overhead, benchmark (a)).
 
@@ -13,6 +15,7 @@ With ``--perf-csv`` (perf_analyzer CSV files written by bench_perf_analyzer.py) 
 reports Triton's overhead = 1 - (a) / (b) at (a)'s best concurrency.
 
 Example: .venv/bin/python benchmarks/bench_in_process.py --device cpu --frames 12
+         .venv/bin/python benchmarks/bench_in_process.py --mode track --frames 4 --seconds 2
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import itertools
 import logging
 import statistics
 import sys
@@ -31,15 +35,20 @@ import _common
 
 LOG = logging.getLogger("benchmarks.in_process")
 
-STEPS = (
-    "preprocess",
-    "detector",
-    "roi_crop",
-    "regressor",
-    "landmark_to_vertex",
-    "bfm_decoder",
-    "renderer",
-)
+# The models of each ensemble, in order (tddfa_tools.model_config checks the same wiring).
+MODES = {
+    "detect": ("face_detector", "face_aligner", "face_renderer", "face_vertices"),
+    "track": ("face_tracker", "face_renderer", "face_vertices"),
+}
+# Each model's step object on tddfa.pipeline.Pipeline (the renderer is None with render=False).
+STEP_OBJECTS = {
+    "face_detector": "detector",
+    "face_aligner": "aligner",
+    "face_tracker": "tracker",
+    "face_renderer": "renderer",
+    "face_vertices": "vertices",
+}
+_SEQUENCES = itertools.count(1)
 
 
 def synchronize(device: str) -> None:
@@ -74,12 +83,46 @@ def to_device(frames: list, device: str, batch: int) -> list:
     return batches
 
 
-def run_steps(pipeline, images, device: str, times: dict[str, list[float]] | None) -> dict:
-    """The Pipeline's steps in the ensemble's order; per-step seconds appended to ``times``."""
+class Sequences:
+    """The sequence controls for ``--mode track``: row b of every batch is the next frame of
+    sequence b (START on its first frame), as Triton's sequence batcher gives face_tracker."""
+
+    def __init__(self, batch: int):
+        import numpy as np
+
+        self.ids = np.asarray([[next(_SEQUENCES)] for _ in range(batch)], np.uint64)
+        self.started = False
+
+    def controls(self, batch: int) -> dict:
+        import numpy as np
+
+        start = np.full((batch, 1), 0 if self.started else 1, np.int32)
+        self.started = True
+        return {
+            "START": start,
+            "END": np.zeros((batch, 1), np.int32),
+            "READY": np.ones((batch, 1), np.int32),
+            "CORRID": self.ids[:batch],
+        }
+
+
+def run_steps(
+    pipeline,
+    images,
+    device: str,
+    times: dict[str, list[float]] | None,
+    mode: str = "detect",
+    sequences: Sequences | None = None,
+) -> dict:
+    """The Pipeline's steps in the ensemble's order (``MODES[mode]``); per-step seconds
+    appended to ``times``. ``mode="track"`` needs ``sequences`` (one per batch row)."""
     t = {"IMAGE": images}
-    pipeline.preprocess.validate(t)
-    for name in STEPS:
-        step = getattr(pipeline, name)
+    if mode == "track":
+        t.update(sequences.controls(len(images)))
+    first = getattr(pipeline, STEP_OBJECTS[MODES[mode][0]])
+    first.validate(t)
+    for name in MODES[mode]:
+        step = getattr(pipeline, STEP_OBJECTS[name])
         if step is None:  # renderer off
             continue
         start = time.perf_counter()
@@ -90,17 +133,21 @@ def run_steps(pipeline, images, device: str, times: dict[str, list[float]] | Non
     return t
 
 
-def step_times(pipeline, batches: list, device: str, repeats: int) -> dict[str, float]:
+def step_times(pipeline, batches: list, device: str, repeats: int, mode: str) -> dict[str, float]:
     """Median ms per step over ``repeats`` passes of ``batches``."""
-    times: dict[str, list[float]] = {name: [] for name in STEPS}
+    times: dict[str, list[float]] = {name: [] for name in MODES[mode]}
+    sequences = Sequences(len(batches[0])) if mode == "track" else None
     for _ in range(repeats):
         for images in batches:
-            run_steps(pipeline, images, device, times)
+            run_steps(pipeline, images, device, times, mode, sequences)
     return {name: statistics.median(v) * 1e3 for name, v in times.items() if v}
 
 
-def throughput(pipelines: list, batches: list, device: str, seconds: float) -> tuple[float, int]:
-    """frames/s with one thread per pipeline, each cycling over ``batches`` for ``seconds``."""
+def throughput(
+    pipelines: list, batches: list, device: str, seconds: float, mode: str = "detect"
+) -> tuple[float, int]:
+    """frames/s with one thread per pipeline, each cycling over ``batches`` for ``seconds``
+    (``mode="track"``: each thread's batch rows are its own sequences)."""
     counts = [0] * len(pipelines)
     barrier = threading.Barrier(len(pipelines) + 1)
     stop = threading.Event()
@@ -110,9 +157,10 @@ def throughput(pipelines: list, batches: list, device: str, seconds: float) -> t
         try:
             barrier.wait()
             i = index
+            sequences = Sequences(len(batches[0])) if mode == "track" else None
             while not stop.is_set():
                 images = batches[i % len(batches)]
-                pipelines[index](images)
+                run_steps(pipelines[index], images, device, None, mode, sequences)
                 synchronize(device)
                 counts[index] += len(images)
                 i += 1
@@ -153,6 +201,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
     parser.add_argument("--frames", type=int, default=32, help="distinct frames (default 32)")
     parser.add_argument("--batch", type=int, default=1, help="frames per call (default 1)")
+    parser.add_argument(
+        "--mode",
+        choices=tuple(MODES),
+        default="detect",
+        help="detect: the tddfa ensemble's steps; track: tddfa_track's (default detect)",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
     parser.add_argument(
         "--repeats", type=int, default=1, help="passes over the frames for step times"
@@ -193,10 +247,12 @@ def main(argv: list[str] | None = None) -> int:
             for pipeline in pipelines:
                 pipeline(batches[i % len(batches)])
         synchronize(args.device)
-        steps = step_times(pipelines[0], batches, args.device, args.repeats)
+        steps = step_times(pipelines[0], batches, args.device, args.repeats, args.mode)
         runs = []
         for workers in args.workers:
-            fps, total = throughput(pipelines[:workers], batches, args.device, args.seconds)
+            fps, total = throughput(
+                pipelines[:workers], batches, args.device, args.seconds, args.mode
+            )
             LOG.info("%d worker(s): %.2f frames/s (%d frames)", workers, fps, total)
             runs.append((workers, fps, total))
     finally:
@@ -213,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     notes = [
         f"repository: {args.repository} ({_build_summary(args.repository)})",
+        f"mode {args.mode} ({', '.join(MODES[args.mode])}); "
         f"device {args.device}; {len(frames)} distinct {frames[0].shape[1]}x{frames[0].shape[0]} "
         f"frames of {args.video.name}; step times: median over {args.repeats} pass(es), device "
         f"synchronised after each step; throughput: {args.seconds:.0f} s window",
@@ -229,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     table = step_table + "\n\n" + run_table + (f"\n\n{overhead}" if overhead else "")
     sys.stdout.write(table + "\n")
     if not args.no_results:
-        _common.append_results("(b) in-process pipeline, no Triton", table, notes)
+        _common.append_results(f"(b) in-process pipeline ({args.mode}), no Triton", table, notes)
     return 0
 
 
@@ -240,7 +297,7 @@ def _build_summary(repository: Path) -> str:
         build = json.loads((repository / "BUILD.json").read_text())
     except (OSError, ValueError):
         return "no BUILD.json"
-    keys = ("flavour", "device", "regressor", "bfm", "max_faces", "max_batch_size")
+    keys = ("flavour", "networks", "device", "regressor", "bfm", "max_faces", "max_batch_size")
     return ", ".join(f"{k}={build[k]}" for k in keys if k in build)
 
 

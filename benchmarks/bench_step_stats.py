@@ -3,7 +3,9 @@
 Reads every model's statistics, runs a load (real frames of the sample video through
 FrameClient with ``--concurrency`` requests in flight), reads them again and reports, per
 model, the difference: requests, executions (so the average batch), and the average
-queue / compute_input / compute_infer / compute_output milliseconds per request.
+queue / compute_input / compute_infer / compute_output milliseconds per request. A build that
+serves the networks as models (onnxruntime, tensorrt, ``--networks models``) also lists them:
+their requests come from the steps' BLS calls.
 
 Example: .venv/bin/python benchmarks/bench_step_stats.py --frames 8 --requests 40
 """
@@ -17,10 +19,12 @@ import time
 
 import _common
 
+from tddfa.contract import SEQUENCE_ENSEMBLE
+from tddfa.contract import STATELESS_ENSEMBLE as ENSEMBLE
+
 LOG = logging.getLogger("benchmarks.step_stats")
 
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
-ENSEMBLE = "tddfa"
 
 
 def read_stats(url: str) -> dict[str, dict]:
@@ -68,8 +72,9 @@ def run_load(url: str, frames: list, requests: int, concurrency: int) -> float:
 
 
 def table_rows(delta: dict[str, dict]) -> list[list]:
-    order = ["preprocess", "face_detector", "roi_crop", "face_regressor",
-             "landmark_to_vertex", "bfm_decoder", "face_renderer", ENSEMBLE]  # fmt: skip
+    # the ensembles' models in their order; face_regressor is there when served (BLS)
+    order = ["face_detector", "face_aligner", "face_tracker", "face_regressor",
+             "face_renderer", "face_vertices", ENSEMBLE, SEQUENCE_ENSEMBLE]  # fmt: skip
     names = [n for n in order if n in delta] + sorted(set(delta) - set(order))
     rows = []
     for name in names:

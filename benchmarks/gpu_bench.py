@@ -216,61 +216,55 @@ def stats_table(before: dict, after: dict, seconds: float) -> tuple[list[str], l
 
 
 # --------------------------------------------------------------------------- (b)
-def in_process(repository: Path, frames: list[np.ndarray], seconds: float) -> dict:
-    import cupy
+def in_process(
+    repository: Path,
+    frames: list[np.ndarray],
+    seconds: float,
+    device: str = "cuda:0",
+    batch_sizes: tuple[int, ...] = (1, 8),
+    threads: int = 4,
+) -> dict:
+    """The tddfa ensemble's steps in-process (bench_in_process's step loop, its v2 steps):
+    per-step ms and frames/s per batch size, then ``threads`` pipelines at the largest batch.
+    Runs on the CPU too (``device="cpu"``), e.g. to check this part without a GPU."""
+    from bench_in_process import MODES, run_steps, synchronize, to_device
 
     from tddfa.pipeline import Pipeline
 
-    device_frames = [cupy.asarray(f) for f in frames]
-    pipeline = Pipeline(repository, device="cuda:0")
-    sync = cupy.cuda.Device().synchronize
-    # the steps of tddfa.pipeline.Pipeline.__call__, in its order
-    names = tuple(n for n in ("detector", "aligner", "renderer", "vertices")
-                  if getattr(pipeline, n, None) is not None)  # fmt: skip
-
-    def steps(images, times=None):
-        t = {"IMAGE": images}
-        for name in names:
-            start = time.perf_counter()
-            t.update(getattr(pipeline, name).run(t))
-            if times is not None:
-                sync()
-                times[name].append(time.perf_counter() - start)
-        return t
-
+    pipeline = Pipeline(repository, device=device)
+    names = MODES["detect"]
     result = {}
-    for batch in (1, 8):
-        batches = [cupy.stack([device_frames[(i + j) % len(frames)] for j in range(batch)])
-                   for i in range(len(frames))]  # fmt: skip
+    for batch in batch_sizes:
+        rotated = [frames[(i + j) % len(frames)] for i in range(len(frames)) for j in range(batch)]
+        batches = to_device(rotated, device, batch)  # len(frames) batches of `batch` frames
         for b in batches[:3]:
-            steps(b)  # warm-up: CUDA graphs, cuDNN, GL targets
+            run_steps(pipeline, b, device, None)  # warm-up: CUDA graphs, cuDNN, GL targets
         times = {name: [] for name in names}
         for b in batches * 3:
-            steps(b, times)
-        result[f"step_ms_b{batch}"] = {n: 1e3 * statistics.median(v) for n, v in times.items()}
-        sync()
+            run_steps(pipeline, b, device, times)
+        result[f"step_ms_b{batch}"] = {n: 1e3 * statistics.median(v) for n, v in times.items() if v}
+        synchronize(device)
         count, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            steps(batches[count % len(batches)])
+            run_steps(pipeline, batches[count % len(batches)], device, None)
             count += 1
-        sync()
+        synchronize(device)
         result[f"fps_b{batch}"] = count * batch / (time.perf_counter() - start)
 
-    # several threads, each with its own pipeline (GL context, CUDA graphs), batch 8
-    threads = 4
-    pipelines = [pipeline] + [Pipeline(repository, device="cuda:0") for _ in range(threads - 1)]
-    batch8 = [
-        cupy.stack([device_frames[(i + j) % len(frames)] for j in range(8)]) for i in range(4)
-    ]
+    # several threads, each with its own pipeline (GL context, CUDA graphs), largest batch
+    batch = max(batch_sizes)
+    pipelines = [pipeline] + [Pipeline(repository, device=device) for _ in range(threads - 1)]
+    rotated = [frames[(i + j) % len(frames)] for i in range(4) for j in range(batch)]
+    largest = to_device(rotated, device, batch)
     done = [0] * threads
     stop = threading.Event()
 
     def work(index):
         p = pipelines[index]
-        for b in batch8[:2]:
+        for b in largest[:2]:
             p(b)
         while not stop.is_set():
-            p(batch8[done[index] % len(batch8)])
+            p(largest[done[index] % len(largest)])
             done[index] += 1
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
@@ -279,7 +273,8 @@ def in_process(repository: Path, frames: list[np.ndarray], seconds: float) -> di
     time.sleep(2.0)  # warm-up of the extra pipelines
     first, start = sum(done), time.perf_counter()
     time.sleep(seconds)
-    result[f"fps_b8_t{threads}"] = (sum(done) - first) * 8 / (time.perf_counter() - start)
+    result["fps_threads"] = (sum(done) - first) * batch / (time.perf_counter() - start)
+    result["threads"], result["threads_batch"] = threads, batch
     stop.set()
     for w in workers:
         w.join()
@@ -289,6 +284,16 @@ def in_process(repository: Path, frames: list[np.ndarray], seconds: float) -> di
 
 
 # --------------------------------------------------------------------------- report
+def gpu_description() -> str:
+    """nvidia-smi's name, driver and memory of each GPU, or why there is none."""
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                               "--format=csv,noheader"], capture_output=True, text=True,
+                              timeout=30).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"no GPU description ({exc})"
+
+
 @contextlib.contextmanager
 def guarded(name: str, md: list[str]):
     """Run one benchmark part; a failure is logged and noted, the other parts still run."""
@@ -322,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=4, help="frames in flight per video copy")
     parser.add_argument("--interval-ms", type=int, default=3000)
     parser.add_argument("--seconds", type=float, default=4.0, help="(b) timing per case")
+    parser.add_argument("--device", default="cuda:0", help="(b): cuda:N, or cpu to check it here")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="(b)")
+    parser.add_argument("--threads", type=int, default=4, help="(b): pipelines in parallel")
     parser.add_argument("--frames", type=int, default=8, help="distinct frames for (a), (b)")
     parser.add_argument(
         "--perf-analyzer", type=Path, default=Path("/tmp/tddfa/site/bin/perf_analyzer")
@@ -355,24 +363,26 @@ def main(argv: list[str] | None = None) -> int:
         server_log.propagate = False
     parts = set(args.parts.split(","))
     frames = read_frames(args.video, args.frames)
-    report = {"machine": subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                                         "--format=csv,noheader"], capture_output=True, text=True).stdout.strip(),
-              "cpus": os.cpu_count(), "frame": list(frames[0].shape)}  # fmt: skip
+    report = {"machine": gpu_description(), "cpus": os.cpu_count(), "frame": list(frames[0].shape)}
     md = []
 
     if "b" in parts:
         with guarded("(b)", md):
             LOG.info("(b) in-process")
-            report["b"] = res = in_process(args.repository, frames, args.seconds)
-            rows = [[n, res["step_ms_b1"][n], res["step_ms_b8"][n], res["step_ms_b8"][n] / 8]
-                    for n in res["step_ms_b1"]]  # fmt: skip
+            sizes = tuple(args.batch_sizes)
+            report["b"] = res = in_process(args.repository, frames, args.seconds, args.device,
+                                           sizes, args.threads)  # fmt: skip
+            lo, hi = min(sizes), max(sizes)
+            rows = [[n, res[f"step_ms_b{lo}"][n], res[f"step_ms_b{hi}"][n],
+                     res[f"step_ms_b{hi}"][n] / hi] for n in res[f"step_ms_b{lo}"]]  # fmt: skip
             rows.append(
                 ["sum", sum(r[1] for r in rows), sum(r[2] for r in rows), sum(r[3] for r in rows)]
             )
-            md += ["**(b) in-process pipeline (tddfa.pipeline, CuPy frames, no Triton)**", "", "```",
-                   table(["step", "ms b=1", "ms b=8", "ms/frame b=8"], rows),
-                   f"frames/s: batch 1 = {res['fps_b1']:.1f}, batch 8 = {res['fps_b8']:.1f}, "
-                   f"4 threads x batch 8 = {res['fps_b8_t4']:.1f}", "```", ""]  # fmt: skip
+            md += [f"**(b) in-process pipeline (tddfa.pipeline on {args.device}, no Triton)**", "",
+                   "```", table(["step", f"ms b={lo}", f"ms b={hi}", f"ms/frame b={hi}"], rows),
+                   "frames/s: " + ", ".join(f"batch {b} = {res[f'fps_b{b}']:.1f}" for b in sizes)
+                   + f", {args.threads} threads x batch {hi} = {res['fps_threads']:.1f}",
+                   "```", ""]  # fmt: skip
             (args.out / "gpu_results.md").write_text("\n".join(md))
 
     server_parts = parts & {"a", "c", "d"}

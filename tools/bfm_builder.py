@@ -1,4 +1,4 @@
-"""Build the no-neck BFM ``.npz`` (exact or approximate) and export the ``bfm_decoder`` ONNX.
+"""Build the no-neck BFM ``.npz`` (exact or approximate); tddfa.bfm.DenseDecoder decodes it.
 
 Exact: from the upstream ``bfm_noneck_v3.pkl`` when the user has it.
 Approximate (MODELS.md 5), from the small public 3DDFA pieces:
@@ -28,9 +28,7 @@ from scipy.spatial import cKDTree
 
 from tddfa.bfm import BFM, save_bfm
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_SHAPE, NUM_VERTICES
-from tddfa.files import atomic_path
 from tddfa_tools.assets import load_pickle
-from tddfa_tools.tensorrt_builder import REQUIRES_FP32_KEY
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +62,6 @@ HELDOUT_FRACTION = 0.1
 HELDOUT_SEED = 0
 MAX_HELDOUT_REL_ERROR = 0.06
 MAX_LANDMARK_REL_ERROR = 1e-6
-DECODER_OPSET = 17
-DECODER_MAX_REL_ERROR = 1e-5
 
 
 def _asset(asset_paths: Mapping[str, os.PathLike | str], name: str) -> Path | None:
@@ -304,82 +300,3 @@ def _build_approximate(asset_paths: Mapping[str, os.PathLike | str]) -> BFM:
             "expression_basis": "interpolated from the 68 landmark rows only",
         },
     )
-
-
-def export_bfm_decoder(bfm: BFM, out_path: os.PathLike | str) -> Path:
-    """Export the ``bfm_decoder`` ONNX (opset 17) and check it against numpy.
-
-    Inputs ALPHA_SHP (N, K, 40), ALPHA_EXP (N, K, 10) float32 (N, K dynamic); output
-    MODEL_VERTICES (N, K, 3, 38365) float32 in model space. Written atomically.
-    Raises RuntimeError if onnxruntime and numpy differ by more than 1e-5 (relative).
-    """
-    import onnx
-    import torch
-
-    from tddfa.networks.bfm_decoder import BFMDecoder
-
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    module = BFMDecoder(bfm.u, bfm.w_shp, bfm.w_exp).eval()
-    example = (torch.zeros(1, 2, NUM_SHAPE), torch.zeros(1, 2, NUM_EXP))
-    with atomic_path(out_path) as tmp:
-        with torch.no_grad():
-            torch.onnx.export(
-                module,
-                example,
-                tmp,
-                input_names=["ALPHA_SHP", "ALPHA_EXP"],
-                output_names=["MODEL_VERTICES"],
-                dynamic_axes={
-                    "ALPHA_SHP": {0: "batch", 1: "faces"},
-                    "ALPHA_EXP": {0: "batch", 1: "faces"},
-                    "MODEL_VERTICES": {0: "batch", 1: "faces"},
-                },
-                opset_version=DECODER_OPSET,
-                dynamo=False,
-            )
-        model = onnx.load(tmp)
-        onnx.checker.check_model(model)
-        model.doc_string = bfm.description()
-        fp32_only = model.metadata_props.add()  # micrometres and 1e6 coefficients overflow fp16
-        fp32_only.key, fp32_only.value = REQUIRES_FP32_KEY, "true"
-        onnx.save(model, tmp)
-        error = check_bfm_decoder(bfm, tmp)
-        if error > DECODER_MAX_REL_ERROR:
-            raise RuntimeError(
-                f"bfm_decoder ONNX differs from numpy by {error:.2e} (max {DECODER_MAX_REL_ERROR})"
-            )
-    log.info("Exported bfm_decoder to %s (onnxruntime vs numpy rel. error %.1e)", out_path, error)
-    return out_path
-
-
-def decode_vertices(bfm: BFM, alpha_shp: np.ndarray, alpha_exp: np.ndarray) -> np.ndarray:
-    """numpy reference: (..., 40), (..., 10) -> (..., 3, V) float64 model-space vertices."""
-    flat = (
-        bfm.u.astype(np.float64)
-        + alpha_shp.astype(np.float64) @ bfm.w_shp.T.astype(np.float64)
-        + alpha_exp.astype(np.float64) @ bfm.w_exp.T.astype(np.float64)
-    )
-    return np.swapaxes(flat.reshape(*flat.shape[:-1], -1, 3), -1, -2)
-
-
-def check_bfm_decoder(
-    bfm: BFM, onnx_path: os.PathLike | str, shape: tuple[int, int] = (2, 3)
-) -> float:
-    """Relative error of the ONNX decoder (onnxruntime, CPU) against numpy.
-
-    Random coefficients of (N, K) = ``shape`` drawn at the regressor's parameter scale.
-    """
-    import onnxruntime as ort
-
-    rng = np.random.default_rng(0)
-    scale = bfm.param_std[12:]
-    offset = bfm.param_mean[12:]
-    params = (offset + scale * rng.standard_normal((*shape, scale.size))).astype(np.float32)
-    alpha_shp, alpha_exp = params[..., :NUM_SHAPE], params[..., NUM_SHAPE:]
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(["MODEL_VERTICES"], {"ALPHA_SHP": alpha_shp, "ALPHA_EXP": alpha_exp})
-    expected = decode_vertices(bfm, alpha_shp, alpha_exp)
-    if got.shape != expected.shape:
-        raise RuntimeError(f"bfm_decoder output shape {got.shape}, expected {expected.shape}")
-    return _rel_error(got, expected)

@@ -27,15 +27,14 @@ import numpy as np
 
 from tddfa.config import REGRESSOR_SIZE, PipelineConfig
 from tddfa.files import atomic_path
+from tddfa.runners import NETWORK_IO
 
 LOG = logging.getLogger(__name__)
 
 OPSET = 17
 PARITY_RTOL = 1e-5
-DETECTOR_INPUTS = ("DETECTOR_INPUT",)
-DETECTOR_OUTPUTS = ("LOC", "CONF")
-REGRESSOR_INPUTS = ("CROPS",)
-REGRESSOR_OUTPUTS = ("PARAMS_NORM",)
+DETECTOR_INPUTS, DETECTOR_OUTPUTS = NETWORK_IO["face_detector"]
+REGRESSOR_INPUTS, REGRESSOR_OUTPUTS = NETWORK_IO["face_regressor"]
 # small shapes: the check is about the graph, not the canvas size; keep export quick
 _DETECTOR_CHECK_SHAPE = (1, 3, 256, 320)
 _REGRESSOR_CHECK_SHAPE = (2, 3, 3, REGRESSOR_SIZE, REGRESSOR_SIZE)

@@ -138,3 +138,65 @@ _TRITON_DTYPES = {
     "float32": "TYPE_FP32",
     "bool": "TYPE_BOOL",
 }
+
+
+def check_bls(configs: dict[str, ModelConfig]) -> list[str]:
+    """Problems with the BLS calls the Python steps make (empty list = consistent).
+
+    A step calls a served network model when its config has the parameter
+    ``<network>_model`` (tddfa.contract.bls_parameter). Checks that the named model is in
+    the repository, is not an ensemble or the step itself, takes batches as large as the
+    step's, and declares every tensor of tddfa.contract.SERVED_NETWORKS[network] with its
+    dtype and dims ("K" = the step's ``max_faces``).
+    """
+    from tddfa.contract import SERVED_NETWORKS, bls_parameter
+
+    problems: list[str] = []
+    for name, config in configs.items():
+        for network, spec in SERVED_NETWORKS.items():
+            key = bls_parameter(network)
+            if key not in config.parameters:
+                continue
+            served = config.parameters[key].string_value
+            where = f"{name} -> {served!r} (BLS, parameter {key})"
+            target = configs.get(served)
+            if target is None:
+                problems.append(f"{where}: no such model in the repository")
+                continue
+            if target.platform == "ensemble" or served == name:
+                problems.append(f"{where}: must name a network model, not {served!r} itself")
+                continue
+            if target.max_batch_size < config.max_batch_size:
+                problems.append(
+                    f"{where}: max_batch_size {target.max_batch_size} < the caller's "
+                    f"{config.max_batch_size}"
+                )
+            k = (
+                config.parameters["max_faces"].string_value
+                if "max_faces" in config.parameters
+                else ""
+            )
+            faces = int(k) if k.isdigit() else -1
+            for kind, declared, wanted in (
+                ("input", target.input, spec.inputs),
+                ("output", target.output, spec.outputs),
+            ):
+                tensors = {t.name: t for t in declared}
+                for tensor in wanted:
+                    if tensor.name not in tensors:
+                        problems.append(f"{where}: the model has no {kind} {tensor.name!r}")
+                        continue
+                    found = tensors[tensor.name]
+                    dtype = _TRITON_DTYPES[tensor.dtype]
+                    if _dtype_name(found.data_type) != dtype:
+                        problems.append(
+                            f"{where}: {kind} {tensor.name!r} is "
+                            f"{_dtype_name(found.data_type)}, the step uses {dtype}"
+                        )
+                    dims = [faces if d == "K" else d for d in tensor.shape]
+                    if not _dims_agree(dims, list(found.dims)):
+                        problems.append(
+                            f"{where}: {kind} {tensor.name!r} has dims {list(found.dims)}, the "
+                            f"step uses {dims}"
+                        )
+    return problems

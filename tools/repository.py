@@ -3,8 +3,9 @@
 The committed ``model_repository/`` holds the configs and adapters of the default
 (python flavour, CPU, K = 8, 720x1280 canvas). This tool copies it into a build folder,
 adds the built networks and tables, and rewrites the configs with Triton's protobuf
-schema for the chosen options; a rewritten repository is checked before it replaces
-the old one, so a failed build never leaves a half-written repository behind.
+schema for the chosen options; a rewritten repository is checked (ensemble wiring, the
+contract, the BLS calls) before it replaces the old one, so a failed build never leaves a
+half-written repository behind. Where each flavour runs the networks: tddfa_tools.flavours.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,7 +22,21 @@ from tritonclient.grpc import model_config_pb2
 
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_PARAMS, NUM_SHAPE, NUM_VERTICES, PipelineConfig
 from tddfa.contract import SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE
-from tddfa_tools.model_config import check_contract, check_ensemble, load_repository, save_config
+from tddfa_tools.flavours import (
+    NETWORK_CHOICES,
+    check_native_models,
+    configure_networks,
+    layout_for,
+    link,
+    place_network_files,
+)
+from tddfa_tools.model_config import (
+    check_bls,
+    check_contract,
+    check_ensemble,
+    load_repository,
+    save_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +44,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "model_repository"
 FLAVOURS = ("python", "onnxruntime", "tensorrt")
 ENSEMBLES = (STATELESS_ENSEMBLE, SEQUENCE_ENSEMBLE)
-# The networks each Python model runs in-process, each from <version>/<network>/.
-MODEL_NETWORKS = {
-    "face_detector": ("face_detector",),
-    "face_aligner": ("face_regressor",),
-    "face_tracker": ("face_detector", "face_regressor"),
-}
 # Models that read the BFM tables (<version>/bfm.npz) and say which BFM they use.
 BFM_MODELS = ("face_aligner", "face_tracker", "face_renderer", "face_vertices")
 # The steps a user may size with --instance-count: every model of the template but the ensembles.
@@ -61,12 +69,21 @@ class BuildOptions:
     instances: int = 1  # instances of each step (GPU builds may want more)
     instance_counts: tuple[tuple[str, int], ...] = ()  # per-model overrides of `instances`
     gpus: tuple[int, ...] = ()  # GPU builds: the devices every step gets instances on
+    # python flavour: the networks run inside the steps ("in-process") or as models of their
+    # own that the steps call through BLS ("models"); None: the flavour's only/default choice
+    networks: str | None = None
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
             raise ValueError(f"unknown flavour {self.flavour!r}: choose one of {FLAVOURS}")
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"device must be cpu or gpu, got {self.device!r}")
+        if self.flavour == "tensorrt" and self.device != "gpu":
+            raise ValueError("--flavour tensorrt needs --device gpu: TensorRT engines run on GPUs")
+        if self.networks is None:
+            default = "in-process" if self.flavour == "python" else "models"
+            object.__setattr__(self, "networks", default)
+        layout_for(self.flavour, self.networks)  # refuses a combination that does not exist
         if not 1 <= self.max_batch_size <= MAX_BATCH_SIZE_LIMIT:
             raise ValueError(
                 f"--max-batch-size must be 1..{MAX_BATCH_SIZE_LIMIT}, got {self.max_batch_size}"
@@ -83,12 +100,13 @@ class BuildOptions:
 class BuiltModels:
     """Exported networks and tables, cached in ``models_dir``."""
 
-    networks: dict[str, Path]  # network name -> ONNX file
+    networks: dict[str, Path]  # network name -> ONNX file (the bare networks)
     bfm: Path
     render_assets: Path  # UV, PNCC and texture tables of the render modes
     regressor_name: str  # mb05 | mb1
     bfm_exact: bool
     torch_weights: dict[str, Path]  # per network: what the PyTorch CUDA runner rebuilds it from
+    detector_graph: Path | None = None  # the whole detector as one ONNX graph (native flavours)
 
 
 def _sha256(path: Path) -> str:
@@ -99,9 +117,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _cached(out: Path, sources: list[Path], build) -> Path:
-    """Run ``build(out)`` unless ``out`` was built from the same sources by this version."""
+def _cached(out: Path, sources: list[Path], build, settings: dict | None = None) -> Path:
+    """Run ``build(out)`` unless ``out`` was built from the same sources and ``settings`` by
+    this version."""
     key = {"version": EXPORT_VERSION, "sources": {p.name: _sha256(p) for p in sources}}
+    if settings:
+        key["settings"] = settings
     stamp = out.with_name(out.name + ".json")
     if out.exists() and stamp.exists() and json.loads(stamp.read_text()) == key:
         log.info("using cached %s", out)
@@ -125,10 +146,15 @@ def _build_assets(asset_dir: Path | None) -> dict[str, Path]:
 
 
 def export_models(options: BuildOptions) -> BuiltModels:
-    """Resolve the assets, then export (or reuse) the two networks and the BFM tables."""
+    """Resolve the assets, then export (or reuse) the networks and the BFM tables: the bare
+    FaceBoxes for the python flavour, the whole detector graph for the native ones."""
     from tddfa.bfm import load_bfm
     from tddfa_tools.bfm_builder import build_bfm
-    from tddfa_tools.export_onnx import export_face_detector, export_face_regressor
+    from tddfa_tools.export_onnx import (
+        export_detector_graph,
+        export_face_detector,
+        export_face_regressor,
+    )
     from tddfa_tools.render_assets import build_render_assets, render_asset_paths
 
     assets = _build_assets(options.asset_dir)
@@ -142,12 +168,20 @@ def export_models(options: BuildOptions) -> BuiltModels:
             "(see `tddfa assets`) or choose --regressor mb05"
         )
     out = options.models_dir
-    detector = _cached(
-        out / "face_detector.onnx",
-        [assets["FaceBoxesProd.pth"]],
-        lambda p: export_face_detector(assets["FaceBoxesProd.pth"], p),
-    )
-    regressor_onnx = _cached(
+    faceboxes = assets["FaceBoxesProd.pth"]
+    networks, graph = {}, None
+    if options.flavour == "python":
+        networks["face_detector"] = _cached(
+            out / "face_detector.onnx", [faceboxes], lambda p: export_face_detector(faceboxes, p)
+        )
+    else:  # canvas, rule, thresholds and K are baked into the graph: part of its cache key
+        graph = _cached(
+            out / "face_detector_graph.onnx",
+            [faceboxes],
+            lambda p: export_detector_graph(faceboxes, p, options.pipeline),
+            settings=dataclasses.asdict(options.pipeline),
+        )
+    networks["face_regressor"] = _cached(
         out / f"face_regressor_{regressor}.onnx",
         [weights],
         lambda p: export_face_regressor(weights, p),
@@ -164,12 +198,13 @@ def export_models(options: BuildOptions) -> BuiltModels:
     if not model.exact:
         log.warning("BFM: %s", model.description())
     return BuiltModels(
-        networks={"face_detector": detector, "face_regressor": regressor_onnx},
+        networks=networks,
         bfm=bfm,
         render_assets=render_assets,
         regressor_name=regressor,
         bfm_exact=model.exact,
-        torch_weights={"face_detector": assets["FaceBoxesProd.pth"], "face_regressor": weights},
+        torch_weights={"face_detector": faceboxes, "face_regressor": weights},
+        detector_graph=graph,
     )
 
 
@@ -209,12 +244,8 @@ def configure(configs: dict, options: BuildOptions, models: BuiltModels) -> None
             if key in pipeline_values:
                 config.parameters[key].string_value = pipeline_values[key]
         _instance_groups(config, counts.get(name, options.instances), options)
-        if gpu:  # python steps take and give device tensors (DLPack), never host copies
+        if gpu and config.backend == "python":  # device tensors (DLPack), never host copies
             config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
-            for network in MODEL_NETWORKS.get(name, ()):  # PyTorch CUDA runner precision
-                config.parameters[f"{network}_precision"].string_value = _precision(
-                    network, options.fp16
-                )
         if "regressor" in config.parameters:
             config.parameters["regressor"].string_value = models.regressor_name
         if name in BFM_MODELS:
@@ -233,41 +264,9 @@ def _instance_groups(config, count: int, options: BuildOptions) -> None:
     group.gpus.extend(options.gpus)  # empty: every visible GPU gets `count` instances
 
 
-def _precision(network: str, fp16: bool) -> str:
-    """The PyTorch CUDA runner's precision of ``network`` in a GPU build.
-
-    The detector stays fp32: its float16 scores reorder near-tied candidates before NMS
-    (emma.jpg's largest face: another box wins, 9 px off, landmarks 5.8 px off the
-    reference), and it is not the GPU's bottleneck.
-    """
-    return "fp16" if fp16 and network == "face_regressor" else "fp32"
-
-
-def _network_files(network: str, models: BuiltModels, folder: Path, options: BuildOptions) -> None:
-    """What tddfa.runners needs to run ``network`` from ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    _link(models.networks[network], folder / "model.onnx")
-    if options.device == "gpu":
-        # without TensorRT, the python runner rebuilds the network in PyTorch from these
-        weights = models.torch_weights[network]
-        _link(weights, folder / weights.name)
-
-
-def _link(source: Path, target: Path) -> None:
-    """Hard-link a built file into the repository (copy across file systems)."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
 def build_repository(options: BuildOptions) -> Path:
     """Build the repository into ``options.out`` (replaced only when the build succeeded)."""
-    if options.flavour != "python":
-        raise ValueError(
-            f"--flavour {options.flavour}: not available in this build yet (the one-graph "
-            "detector for native backends is being added); use --flavour python"
-        )
+    layout = layout_for(options.flavour, options.networks)
     models = export_models(options)
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -277,25 +276,25 @@ def build_repository(options: BuildOptions) -> Path:
         shutil.copytree(TEMPLATE, repo, ignore=shutil.ignore_patterns("__pycache__"))
         for ensemble in ENSEMBLES:  # ensembles need an (empty) version folder
             (repo / ensemble / "1").mkdir(exist_ok=True)
-        for model, networks in MODEL_NETWORKS.items():
-            for network in networks:
-                _network_files(network, models, repo / model / "1" / network, options)
-        for model in BFM_MODELS:
-            _link(models.bfm, repo / model / "1" / "bfm.npz")
-        _link(models.render_assets, repo / "face_renderer" / "1" / "render_assets.npz")
-
         configs = load_repository(repo)
+        configure_networks(configs, layout, gpu=options.device == "gpu", fp16=options.fp16)
         configure(configs, options, models)
         problems = [p for ensemble in ENSEMBLES for p in check_ensemble(configs, ensemble)]
-        problems += check_contract(configs)
-        if problems:
+        problems += check_contract(configs) + check_bls(configs)
+        problems += check_native_models(configs, layout, models)
+        if problems:  # checked before the files are placed: engine builds take minutes
             raise RuntimeError("built repository is inconsistent:\n  " + "\n  ".join(problems))
+        place_network_files(repo, layout, options, models)
+        for model in BFM_MODELS:
+            link(models.bfm, repo / model / "1" / "bfm.npz")
+        link(models.render_assets, repo / "face_renderer" / "1" / "render_assets.npz")
         for name, config in configs.items():
             save_config(config, repo / name / "config.pbtxt")
         (repo / "BUILD.json").write_text(
             json.dumps(
                 {
                     "flavour": options.flavour,
+                    "networks": options.networks,
                     "device": options.device,
                     "max_batch_size": options.max_batch_size,
                     "fp16": options.fp16,
@@ -314,7 +313,11 @@ def build_repository(options: BuildOptions) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info(
-        "model repository written to %s (%s flavour, %s)", out, options.flavour, options.device
+        "model repository written to %s (%s flavour, networks %s, %s)",
+        out,
+        options.flavour,
+        options.networks,
+        options.device,
     )
     return out
 
@@ -358,7 +361,17 @@ def register(subparsers) -> None:
         "--flavour",
         choices=FLAVOURS,
         default="python",
-        help="how the three networks are served (default: python)",
+        help="how the two networks are served: python (tddfa.runners inside the Python steps, "
+        "the embedded server), onnxruntime or tensorrt (Triton's native backends, called "
+        "through BLS: the NGC container) (default: python)",
+    )
+    parser.add_argument(
+        "--networks",
+        choices=NETWORK_CHOICES,
+        default=None,
+        help="python flavour: run the networks inside the steps (in-process, the default) or "
+        "as Python models the steps call through BLS (models: the native flavours' layout, "
+        "testable on the embedded server)",
     )
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument(
@@ -430,6 +443,7 @@ def _run(args) -> int:
         instances=args.instances,
         instance_counts=_instance_counts(args.instance_count),
         gpus=_gpus(args.gpus),
+        networks=args.networks,
     )
     build_repository(options)
     return 0

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tddfa.config import NUM_EXP, NUM_SHAPE, REGRESSOR_SIZE, PipelineConfig
+from tddfa.config import REGRESSOR_SIZE, PipelineConfig
 from tddfa.files import write_bytes
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,6 @@ log = logging.getLogger(__name__)
 Shape = tuple[int, ...]
 Profile = Mapping[str, tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max)
 
-#: ONNX metadata key an exporter sets to "true" when the graph must not run in fp16
-#: (the BFM decoder: micrometre coordinates and coefficients beyond the fp16 range).
-REQUIRES_FP32_KEY = "tddfa.requires_fp32"
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 _MISSING_TENSORRT = (
     "TensorRT builder not installed: use the NGC tritonserver container or pip install tensorrt"
@@ -60,7 +57,7 @@ def default_profiles(
     *,
     detector: str = "graph",
 ) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
-    """Optimisation profiles of the three networks: {model: {input: (min, opt, max)}}.
+    """Optimisation profiles of the two networks: {model: {input: (min, opt, max)}}.
 
     Batch (frames) 1..max_batch_size, optimised for ``opt_batch_size``; faces 1..K, optimised
     for K. The detector:
@@ -95,10 +92,6 @@ def default_profiles(
     return {
         "face_detector": detector_profile,
         "face_regressor": {"CROPS": ((1, 1, *crop), (o, k, *crop), (b, k, *crop))},
-        "bfm_decoder": {
-            "ALPHA_SHP": ((1, 1, NUM_SHAPE), (o, k, NUM_SHAPE), (b, k, NUM_SHAPE)),
-            "ALPHA_EXP": ((1, 1, NUM_EXP), (o, k, NUM_EXP), (b, k, NUM_EXP)),
-        },
     }
 
 
@@ -169,15 +162,6 @@ def gpu_tag(name: str) -> str:
     return tag or "gpu"
 
 
-def requires_fp32(onnx_path: str | os.PathLike) -> bool:
-    """True if the ONNX model's metadata says it must not be built in fp16."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    return props.get(REQUIRES_FP32_KEY, "").lower() == "true"
-
-
 def _check_profiles(network: Any, profiles: Profile) -> None:
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     problems = [f"no profile for input {name}" for name in inputs if name not in profiles]
@@ -213,9 +197,9 @@ def build_engine(
     """Build a serialized TensorRT engine from ``onnx_path`` into ``out_dir``; return its path.
 
     ``profiles``: one {input name: (min, opt, max) shape} mapping or a sequence of them (one
-    optimisation profile each). ``fp16`` is ignored (fp32 build, logged) for a model whose
-    ONNX metadata sets ``tddfa.requires_fp32``. The timing cache is loaded if present and
-    saved back after the build. Engine and JSON are written atomically.
+    optimisation profile each). ``fp16`` allows float16 tactics (the caller decides per
+    network: the repository builder keeps the detector in fp32). The timing cache is loaded
+    if present and saved back after the build. Engine and JSON are written atomically.
     """
     trt = import_tensorrt()
     onnx_path = Path(onnx_path)
@@ -224,9 +208,6 @@ def build_engine(
     profile_list = [profiles] if isinstance(profiles, Mapping) else list(profiles)
     if not profile_list:
         raise ValueError("build_engine needs at least one optimisation profile")
-    if fp16 and requires_fp32(onnx_path):
-        log.info("%s declares values beyond the fp16 range: building it in fp32", onnx_path.name)
-        fp16 = False
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

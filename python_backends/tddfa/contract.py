@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from tddfa.config import NUM_LANDMARKS, NUM_PARAMS, NUM_VERTICES
+from tddfa.config import NUM_LANDMARKS, NUM_PARAMS, NUM_VERTICES, REGRESSOR_SIZE
+from tddfa.runners import NETWORK_IO
 
 # One frame per request, no state: every frame is detected anew.
 STATELESS_ENSEMBLE = "tddfa"
@@ -79,3 +80,51 @@ def outputs_for(ensemble: str) -> tuple[Output, ...]:
     raise ValueError(
         f"unknown ensemble {ensemble!r}: use {STATELESS_ENSEMBLE!r} or {SEQUENCE_ENSEMBLE!r}"
     )
+
+
+# ---------------------------------------------------------------- models called through BLS
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int | str, ...]  # without the batch axis; "K" = max faces, -1 = any size
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedNetwork:
+    """What a Python step sends to and reads from a served network model through BLS.
+
+    A step's config names the model in the parameter ``<network>_model``
+    (:func:`bls_parameter`): then the step calls it instead of running the network
+    in-process. ``tddfa build`` writes that parameter for the onnxruntime and tensorrt
+    flavours and for the python flavour's ``--networks models``;
+    ``tddfa_tools.model_config.check_bls`` checks the model declares these tensors.
+    """
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+_CROP = (3, REGRESSOR_SIZE, REGRESSOR_SIZE)
+SERVED_NETWORKS: dict[str, ServedNetwork] = {
+    # the whole detector (the Python Detector, or the one ONNX graph): frames -> best faces
+    "face_detector": ServedNetwork(
+        inputs=(TensorSpec(IMAGE_INPUT, "uint8", (-1, -1, 3)),),
+        outputs=(
+            TensorSpec("FACE_BOXES", "float32", ("K", 5)),
+            TensorSpec("FACE_COUNT", "int32", (1,)),
+        ),
+    ),
+    # the 3DMM regressor: the crops of one frame (F filled slots on the CPU, K on the GPU)
+    "face_regressor": ServedNetwork(
+        inputs=(TensorSpec(NETWORK_IO["face_regressor"][0][0], "float32", (-1, *_CROP)),),
+        outputs=(TensorSpec(NETWORK_IO["face_regressor"][1][0], "float32", (-1, NUM_PARAMS)),),
+    ),
+}
+
+
+def bls_parameter(network: str) -> str:
+    """The config parameter that names the served model a step calls for ``network``."""
+    return f"{network}_model"

@@ -26,12 +26,33 @@ import numpy as np
 from tddfa import detection, preprocess
 from tddfa.config import PipelineConfig
 from tddfa.priors import prior_boxes
+from tddfa.runners import NETWORK_IO
 from tddfa.xp import get_xp
 
 LOG = logging.getLogger(__name__)
 
-DETECTOR_INPUT = "DETECTOR_INPUT"  # (B, 3, Hc, Wc) float32 RGB 0..255, the runner's input
-DETECTOR_OUTPUTS = ("LOC", "CONF")  # (B, P, 4) offsets, (B, P, 2) softmaxed scores
+# the runner's input (B, 3, Hc, Wc) float32 RGB 0..255 -> (B, P, 4) offsets, (B, P, 2) scores
+(DETECTOR_INPUT,), DETECTOR_OUTPUTS = NETWORK_IO["face_detector"]
+
+
+def validate_frames(images: Any, config: PipelineConfig) -> None:
+    """Check a batch of frames for the detector; raise ValueError naming the problem and the fix.
+
+    Args:
+        images: (B, H, W, 3) uint8 RGB, numpy or CuPy, B >= 1 (frames of one size).
+        config: the image size limits.
+    """
+    if not hasattr(images, "ndim") or images.ndim != 4:
+        shape = tuple(getattr(images, "shape", ()))
+        raise ValueError(
+            f"IMAGE must be uint8 (H, W, 3) RGB frames with a batch axis, got "
+            f"{getattr(images, 'dtype', type(images).__name__)} {shape}: send one frame "
+            "as shape (1, H, W, 3)"
+        )
+    if images.shape[0] == 0:
+        raise ValueError("IMAGE holds no frame (batch of 0): send at least one frame")
+    # the frames of a batch share dtype and shape: checking the first checks them all
+    preprocess.validate_image(images[0], config)
 
 
 class Detector:
@@ -51,6 +72,9 @@ class Detector:
         boxes, counts = detector(images)    # (B, K, 5) float32, (B,) int32
     """
 
+    # On the GPU the tracker scores all K face slots of a frame (fixed shapes: CUDA graphs).
+    scores_all_slots = True
+
     def __init__(self, config: PipelineConfig, runner: Any):
         self.config = config
         self.runner = runner
@@ -61,22 +85,9 @@ class Detector:
     # ------------------------------------------------------------------ validation
 
     def validate(self, images: Any) -> None:
-        """Check a batch of frames; raise ValueError naming the problem and the fix.
-
-        Args:
-            images: (B, H, W, 3) uint8 RGB, numpy or CuPy, B >= 1 (frames of one size).
-        """
-        if not hasattr(images, "ndim") or images.ndim != 4:
-            shape = tuple(getattr(images, "shape", ()))
-            raise ValueError(
-                f"IMAGE must be uint8 (H, W, 3) RGB frames with a batch axis, got "
-                f"{getattr(images, 'dtype', type(images).__name__)} {shape}: send one frame "
-                "as shape (1, H, W, 3)"
-            )
-        if images.shape[0] == 0:
-            raise ValueError("IMAGE holds no frame (batch of 0): send at least one frame")
-        # the frames of a batch share dtype and shape: checking the first checks them all
-        preprocess.validate_image(images[0], self.config)
+        """Check a batch of frames; raise ValueError naming the problem and the fix
+        (:func:`validate_frames`)."""
+        validate_frames(images, self.config)
 
     # ------------------------------------------------------------------ the steps
 

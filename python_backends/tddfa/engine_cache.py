@@ -112,7 +112,7 @@ def cached_engine(
     Args:
         onnx_path: the network (``model.onnx`` of a version folder).
         profile: {input name: (min, opt, max) shape}, one optimisation profile.
-        fp16: build in float16 (unless the ONNX metadata asks for fp32: the BFM decoder).
+        fp16: allow float16 tactics.
         device: CUDA device index (names the GPU in the file name).
         cache_dir: where engines live; default :func:`default_cache_dir`.
 

@@ -17,7 +17,11 @@ from tddfa.xp import get_xp, to_numpy
 
 
 def _trailing_shapes(runner) -> dict[str, tuple[int, ...]] | None:
-    """Per-face output shapes (past the (N, K) axes) an onnxruntime session declares."""
+    """Per-face output shapes (past the (N, K) axes) the runner declares (``face_shapes``,
+    e.g. a BLS runner) or its onnxruntime session declares."""
+    declared = getattr(runner, "face_shapes", None)
+    if declared:
+        return {name: tuple(shape) for name, shape in declared.items()}
     session = getattr(runner, "session", None)
     if session is None:
         return None

@@ -39,6 +39,12 @@ class Pipeline:
 
         repository = Path(repository)
         build = json.loads((repository / "BUILD.json").read_text())
+        if build.get("flavour", "python") != "python":
+            raise ValueError(
+                f"{repository} is a {build['flavour']} build: its networks are served natively "
+                "(one-graph detector, engines); the in-process pipeline runs python-flavour "
+                "repositories: build one with `tddfa build --flavour python`"
+            )
         fields = {f.name for f in dataclasses.fields(PipelineConfig)}
         self.config = cfg = PipelineConfig(**{k: v for k, v in build.items() if k in fields})
         tracker_config = _parameters(repository / "face_tracker" / "config.pbtxt")
@@ -49,9 +55,11 @@ class Pipeline:
 
         def runner(model: str, network: str, dims: dict):
             # as the served GPU steps run them: CUDA graphs, each network's precision
-            config = _parameters(repository / model / "config.pbtxt")
+            owner = _network_owner(repository, model, network)
+            config = _parameters(repository / owner / "config.pbtxt")
+            version = repository / owner / "1"
             run = make_runner(
-                repository / model / "1" / network,
+                version / network if owner == model else version,
                 device,
                 cuda_graphs=device != "cpu",
                 fp16=config.get(f"{network}_precision", "fp16") == "fp16",
@@ -130,6 +138,13 @@ class Pipeline:
     def close(self) -> None:
         if self.renderer is not None:
             self.renderer.close()
+
+
+def _network_owner(repository: Path, model: str, network: str) -> str:
+    """The model whose files hold ``network`` for ``model``: ``model`` itself
+    (``<version>/<network>/``), or the served network model it calls through BLS
+    (``--networks models``: the network in that model's version folder)."""
+    return model if (repository / model / "1" / network).is_dir() else network
 
 
 def _parameters(config_path: Path) -> dict[str, str]:

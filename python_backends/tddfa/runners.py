@@ -39,7 +39,12 @@ MODEL_PLAN = "model.plan"
 # Weight files that let make_runner rebuild the PyTorch module of a model folder.
 FACEBOXES_WEIGHTS = "FaceBoxesProd.pth"
 REGRESSOR_WEIGHTS = ("mb1_120x120.pth", "mb05_120x120.pth")
-BFM_NPZ = "bfm.npz"
+# (input names, output names) of the two networks, fixed at ONNX export
+# (tools/export_onnx.py): the PyTorch rebuild and BLS calls to a served network use them.
+NETWORK_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "face_detector": (("DETECTOR_INPUT",), ("LOC", "CONF")),  # the bare FaceBoxes
+    "face_regressor": (("CROPS",), ("PARAMS_NORM",)),
+}
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -59,6 +64,10 @@ def _check_inputs(names: Sequence[str], inputs: Mapping[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- onnxruntime
+
+
+# onnxruntime's input type names -> what the feed is cast to (float32 for anything else)
+_ORT_FEED_DTYPES = {"tensor(uint8)": np.uint8, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
 class OnnxRuntimeRunner:
@@ -93,14 +102,20 @@ class OnnxRuntimeRunner:
         self.session = ort.InferenceSession(os.fspath(onnx_path), options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._feed_dtypes = {
+            i.name: _ORT_FEED_DTYPES.get(i.type, np.float32) for i in self.session.get_inputs()
+        }
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """{input name: array} -> {output name: float32 numpy array}.
+        """{input name: array} -> {output name: numpy array of the graph's output type}.
 
-        Inputs may be numpy or CuPy (copied to the host: a fallback, not a GPU path)."""
+        Inputs are cast to the graph's input types (float32 for the two networks; uint8 frames
+        for the whole detector graph). They may be numpy or CuPy (copied to the host: a
+        fallback, not a GPU path)."""
         _check_inputs(self.input_names, inputs)
         feed = {
-            n: np.ascontiguousarray(to_numpy(inputs[n]), dtype=np.float32) for n in self.input_names
+            n: np.ascontiguousarray(to_numpy(inputs[n]), dtype=self._feed_dtypes[n])
+            for n in self.input_names
         }
         outputs = self.session.run(self.output_names, feed)
         return dict(zip(self.output_names, outputs, strict=True))
@@ -165,8 +180,7 @@ class TorchCudaRunner:
 
     ``module`` takes the inputs positionally in ``input_names`` order and returns a tensor or
     a tuple in ``output_names`` order. ``fp16`` runs the weights and inputs in half precision
-    (outputs are returned as float32); keep it False for the BFM decoder (its values exceed
-    the float16 range). ``cuda_graphs`` captures one CUDA graph per input shape seen (up to
+    (outputs are returned as float32). ``cuda_graphs`` captures one CUDA graph per input shape seen (up to
     ``max_graphs``) and replays it; other shapes run eagerly.
     """
 
@@ -374,10 +388,9 @@ def _onnxruntime_has_cuda() -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class TorchGraph:
-    """A network rebuilt in PyTorch with the I/O names of its ONNX graph (INTERFACES.md)."""
+    """A network rebuilt in PyTorch with the I/O names of its ONNX graph (NETWORK_IO)."""
 
     module: Any
-    half_ok: bool  # float16 keeps the accuracy (False: the BFM decoder exceeds its range)
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
 
@@ -385,27 +398,20 @@ class TorchGraph:
 def torch_module_for(model_dir: Path) -> TorchGraph | None:
     """The PyTorch graph module rebuilt from the weights in ``model_dir``, or None.
 
-    face_detector: FaceBoxesProd.pth; face_regressor: mb1/mb05_120x120.pth; bfm_decoder:
-    bfm.npz (float32 only). No ONNX file is needed: the names are fixed at export.
+    face_detector: FaceBoxesProd.pth; face_regressor: mb1/mb05_120x120.pth. No ONNX file is
+    needed: the names are fixed at export.
     """
     if (model_dir / FACEBOXES_WEIGHTS).is_file():
         from tddfa.networks.faceboxes import FaceDetectorGraph, load_faceboxes
 
         module = FaceDetectorGraph(load_faceboxes(model_dir / FACEBOXES_WEIGHTS))
-        return TorchGraph(module, True, ("DETECTOR_INPUT",), ("LOC", "CONF"))
+        return TorchGraph(module, *NETWORK_IO["face_detector"])
     for name in REGRESSOR_WEIGHTS:
         if (model_dir / name).is_file():
             from tddfa.networks.mobilenet_v1 import FaceRegressorGraph, load_mobilenet
 
             module = FaceRegressorGraph(load_mobilenet(model_dir / name))
-            return TorchGraph(module, True, ("CROPS",), ("PARAMS_NORM",))
-    if (model_dir / BFM_NPZ).is_file():
-        from tddfa.bfm import load_bfm
-        from tddfa.networks.bfm_decoder import BFMDecoder
-
-        bfm = load_bfm(model_dir / BFM_NPZ)
-        module = BFMDecoder(bfm.u, bfm.w_shp, bfm.w_exp)
-        return TorchGraph(module, False, ("ALPHA_SHP", "ALPHA_EXP"), ("MODEL_VERTICES",))
+            return TorchGraph(module, *NETWORK_IO["face_regressor"])
     return None
 
 
@@ -458,14 +464,13 @@ def make_runner(
                 if not onnx_path.is_file():
                     raise FileNotFoundError(f"{onnx_path} is needed for the graph's I/O names")
                 inputs, outputs = onnx_io_names(onnx_path)
-                graph = TorchGraph(torch_factory(), True, tuple(inputs), tuple(outputs))
+                graph = TorchGraph(torch_factory(), tuple(inputs), tuple(outputs))
             if graph is not None:
-                half = fp16 and graph.half_ok
                 LOG.info(
                     "%s: PyTorch CUDA runner on %s (%s%s)",
                     model_dir,
                     device,
-                    "fp16" if half else "fp32",
+                    "fp16" if fp16 else "fp32",
                     ", CUDA graphs" if cuda_graphs else "",
                 )
                 return TorchCudaRunner(
@@ -473,7 +478,7 @@ def make_runner(
                     graph.input_names,
                     graph.output_names,
                     device,
-                    fp16=half,
+                    fp16=fp16,
                     cuda_graphs=cuda_graphs,
                     max_graphs=max_graphs,
                 )

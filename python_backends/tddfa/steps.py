@@ -30,6 +30,11 @@ def _require_rank(inputs: Arrays, ranks: Mapping[str, int]) -> None:
             )
 
 
+def _runner_name(runner: Any) -> str:
+    describe = getattr(runner, "describe", None)
+    return describe() if describe is not None else type(runner).__name__
+
+
 def _counts(num_faces: Any) -> Any:
     """(B, 1) NUM_FACES -> (B,) int32, same array module."""
     return num_faces.reshape(-1).astype(get_xp(num_faces).int32, copy=False)
@@ -43,7 +48,7 @@ class DetectorStep:
         self.detector = detector
 
     def describe(self) -> str:
-        return f"detector runner {type(self.detector.runner).__name__}"
+        return f"detector runner {_runner_name(self.detector.runner)}"
 
     def validate(self, inputs: Arrays) -> None:
         self.detector.validate(inputs["IMAGE"])
@@ -62,7 +67,8 @@ class AlignerStep:
         self.aligner = aligner
 
     def describe(self) -> str:
-        return f"regressor runner {type(self.aligner.regressor).__name__}; {self.aligner.bfm.description()}"
+        regressor = _runner_name(self.aligner.regressor)
+        return f"regressor runner {regressor}; {self.aligner.bfm.description()}"
 
     def validate(self, inputs: Arrays) -> None:
         _require_rank(inputs, {"IMAGE": 4, "DETECTIONS": 3, "NUM_FACES": 2})
@@ -190,3 +196,22 @@ def _unique_runs(rows: list[int], ids: list[Any]) -> list[list[int]]:
     if current:
         runs.append(current)
     return runs
+
+
+class NetworkStep:
+    """A network served as a model of its own (python flavour, ``--networks models``): its
+    inputs -> the runner's outputs, e.g. CROPS (B, F, 3, 120, 120) -> PARAMS_NORM (B, F, 62)."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def describe(self) -> str:
+        return f"runner {_runner_name(self.runner)}"
+
+    def validate(self, inputs: Arrays) -> None:
+        missing = sorted(set(self.runner.input_names) - set(inputs))
+        if missing:
+            raise ValueError(f"missing inputs {missing}")
+
+    def run(self, inputs: Arrays) -> dict[str, Any]:
+        return self.runner.run({name: inputs[name] for name in self.runner.input_names})

@@ -141,7 +141,10 @@ class Tracker:
     """Runs a batch of frames, each from its own sequence, against that sequence's state.
 
     ``Tracker(config, detector, aligner, bfm).step(images, states)`` -> outputs for the
-    batch (host numpy arrays) and updates ``states`` in place.
+    batch (host numpy arrays) and updates ``states`` in place. ``detector`` is a
+    :class:`tddfa.detector.Detector` or anything with its interface (``validate``,
+    ``__call__``, ``face_scores``, ``scores_all_slots``), e.g. the BLS detector of
+    ``tddfa_triton.bls`` that calls a served face_detector model.
     """
 
     def __init__(self, config: PipelineConfig, detector: Detector, aligner: Aligner):
@@ -231,6 +234,8 @@ class Tracker:
         scores = np.zeros((len(rows), k), np.float32)
         if xp is np:  # filled slots only on the CPU; all K (static shapes) on the GPU
             scores[mask] = self.detector.face_scores(crops[mask])
+        elif not self.detector.scores_all_slots:  # each crop costs a detection (BLS)
+            scores[mask] = to_numpy(self.detector.face_scores(crops[xp.asarray(mask)]))
         else:
             scores = to_numpy(self.detector.face_scores(crops.reshape((-1,) + crops.shape[2:])))
             scores = scores.reshape(len(rows), k)

@@ -4,6 +4,6 @@ This package is the only place that imports ``triton_python_backend_utils``; the
 lives in :mod:`tddfa`, which never imports Triton.
 """
 
-from tddfa_triton.adapter import LoadContext, SequenceModel, StepModel
+from tddfa_triton.adapter import LoadContext, NetworkModel, SequenceModel, StepModel
 
-__all__ = ["LoadContext", "SequenceModel", "StepModel"]
+__all__ = ["LoadContext", "NetworkModel", "SequenceModel", "StepModel"]

@@ -33,14 +33,49 @@ class LoadContext:
     max_batch_size: int = 0
     model_config: dict = dataclasses.field(default_factory=dict)  # the parsed config.pbtxt
 
-    def network(self, name: str, warmup_dims: dict[str, tuple[int, ...]] | None = None):
-        """The runner of network ``name`` (files in ``<version>/<name>/``): the fastest one
-        present (tddfa.runners.make_runner), in the precision the build chose
-        (``<name>_precision``), with CUDA graphs of every batch size made now on the GPU."""
+    @property
+    def device_id(self) -> int | None:
+        """The instance's GPU, or None on the CPU."""
+        return None if self.device == "cpu" else int(self.device.partition(":")[2] or 0)
+
+    def served_model(self, network: str) -> str | None:
+        """The served model this step calls for ``network`` (config parameter
+        ``<network>_model``, written by ``tddfa build``), or None: run it in-process."""
+        from tddfa.contract import bls_parameter
+
+        return self.parameters.get(bls_parameter(network)) or None
+
+    def network(
+        self,
+        name: str,
+        warmup_dims: dict[str, tuple[int, ...]] | None = None,
+        folder: Path | None = None,
+    ):
+        """The runner of network ``name``: a BLS call to the served model when the config
+        names one (:meth:`served_model`), else the network from ``folder`` (default
+        ``<version>/<name>/``): the fastest runner present (tddfa.runners.make_runner), in the
+        precision the build chose (``<name>_precision``), with CUDA graphs of every batch
+        size made now on the GPU."""
+        served = self.served_model(name)
+        if served is not None:
+            from tddfa.contract import SERVED_NETWORKS
+            from tddfa_triton.bls import BlsRunner
+
+            spec = SERVED_NETWORKS[name]
+            face_shapes = {
+                o.name: tuple(int(d) for d in o.shape[1:]) for o in spec.outputs if o.shape[0] == -1
+            }
+            return BlsRunner(
+                served,
+                [i.name for i in spec.inputs],
+                [o.name for o in spec.outputs],
+                self.device_id,
+                face_shapes,
+            )
         from tddfa.runners import make_runner
 
         runner = make_runner(
-            self.model_dir / name,
+            folder if folder is not None else self.model_dir / name,
             self.device,
             cuda_graphs=self.device != "cpu",  # one graph per batch size, replayed
             fp16=self.parameters.get(f"{name}_precision", "fp16") == "fp16",
@@ -49,6 +84,21 @@ class LoadContext:
         if warmup is not None and warmup_dims and self.max_batch_size:
             warmup(warmup_dims, range(1, self.max_batch_size + 1))
         return runner
+
+    def detector(self):
+        """The face detector: a BLS call to the served ``face_detector`` model when the config
+        names one (:meth:`served_model`), else :class:`tddfa.detector.Detector` over the
+        FaceBoxes network in ``<version>/face_detector/``."""
+        served = self.served_model("face_detector")
+        if served is not None:
+            from tddfa_triton.bls import BlsDetector
+
+            return BlsDetector(served, self.config, self.device_id, self.max_batch_size)
+        from tddfa.detector import Detector
+
+        cfg = self.config
+        canvas = {"DETECTOR_INPUT": (3, cfg.canvas_height, cfg.canvas_width)}
+        return Detector(cfg, self.network("face_detector", canvas))
 
 
 # pybind11 < 2.12 inside the Python-backend stub (Triton <= 24.10) misreads numpy 2 dtypes:
@@ -267,6 +317,22 @@ class StepModel:
         close = getattr(self.step, "close", None)
         if close:
             close()
+
+
+class NetworkModel(StepModel):
+    """A network served as a Python model (python flavour, ``tddfa build --networks models``):
+    the fastest runner present (tddfa.runners.make_runner) over the files in the version
+    folder; the steps call it through BLS (tddfa_triton.bls)."""
+
+    def build_step(self, context: LoadContext):
+        from tddfa.steps import NetworkStep
+
+        k = context.config.max_faces  # a dynamic face axis (-1) is warmed up at K
+        dims = {
+            name: tuple(k if d == -1 else d for d in shape)
+            for name, shape in context.input_dims.items()
+        }
+        return NetworkStep(context.network(context.model_name, dims, folder=context.model_dir))
 
 
 class SequenceModel(StepModel):

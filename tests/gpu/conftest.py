@@ -6,6 +6,9 @@
   files, only the three network configs rewritten).
 - ``gpu_server`` / ``gpu_server_fp32``: a tritonserver on each, gRPC only (the GPU machine
   has no HTTP client stack), with a CUDA memory pool for the tensors between steps.
+- ``gpu_bls_repository`` / ``gpu_bls_server``: the GPU build with the networks as models that
+  the steps call through BLS (`tddfa build --device gpu --networks models`; device tensors
+  through DLPack both ways); $TDDFA_GPU_BLS_REPOSITORY when set, else built here.
 - ``cpu_expected``: the CPU ensemble's outputs for the test images, written by
   ``tests/gpu/make_expected.py`` on a CPU machine ($TDDFA_GPU_EXPECTED, else
   build/gpu_expected.npz), so the device needs neither onnxruntime nor Mesa.
@@ -123,6 +126,30 @@ def gpu_server(gpu_repository: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def gpu_server_fp32(gpu_repository_fp32: Path) -> Iterator[str]:
     yield from _serve(gpu_repository_fp32)
+
+
+@pytest.fixture(scope="session")
+def gpu_bls_repository(asset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    given = os.environ.get("TDDFA_GPU_BLS_REPOSITORY")
+    if given:
+        return Path(given)
+    from tddfa_tools.repository import BuildOptions, build_repository
+
+    out = tmp_path_factory.mktemp("gpu_bls") / "model_repository"
+    return build_repository(
+        BuildOptions(
+            device="gpu",
+            networks="models",
+            out=out,
+            models_dir=REPO_ROOT / "build" / "models",
+            asset_dir=asset_dir,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def gpu_bls_server(gpu_bls_repository: Path) -> Iterator[str]:
+    yield from _serve(gpu_bls_repository)
 
 
 @pytest.fixture(scope="session")

@@ -231,3 +231,21 @@ def test_graph_batches_and_blank_frames(graph, frames):
     assert counts[0, 0] == counts[2, 0] == single_count[0, 0] >= 1
     np.testing.assert_allclose(boxes[0], single[0], atol=1e-3)
     np.testing.assert_array_equal(boxes[0], boxes[2])
+
+
+@pytest.mark.parametrize("flavour", ["onnxruntime", "tensorrt"])
+def test_native_configs_fit_the_exported_graphs(graph_path, onnx_models, flavour):
+    """The configs `tddfa build` writes for the native flavours declare exactly what the real
+    exported graphs have (Triton refuses a mismatch when it loads the model)."""
+    from tddfa_tools.flavours import configure_networks, graph_io_problems, layout_for
+    from tddfa_tools.model_config import load_repository
+    from tddfa_tools.repository import TEMPLATE
+
+    configs = load_repository(TEMPLATE)  # the default K and canvas, as CFG
+    configure_networks(configs, layout_for(flavour, "models"), gpu=True, fp16=True)
+    assert graph_io_problems(configs["face_detector"], graph_path) == []
+    assert graph_io_problems(configs["face_regressor"], onnx_models["face_regressor"]) == []
+    configs["face_detector"].output[0].dims[0] = 4  # K = 4: not what the graph was built for
+    assert graph_io_problems(configs["face_detector"], graph_path) == [
+        "FACE_BOXES has dims [-1, 8, 5] in face_detector.onnx, [-1, 4, 5] in the config"
+    ]

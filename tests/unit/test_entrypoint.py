@@ -154,3 +154,22 @@ def test_cuda_mps_choice(sandbox) -> None:
     assert "--cuda-mps" in serve_call(calls) and "--cuda-memory-pool-mb 512" in serve_call(calls)
     code, calls, err = sandbox(TDDFA_DEVICE="cpu", TDDFA_CUDA_MPS="1")
     assert code != 0 and "needs TDDFA_DEVICE=gpu" in err
+
+
+def test_a_newer_image_rebuilds_the_repository(sandbox, tmp_path) -> None:
+    """The image's sources (builder and models) are part of the fingerprint: a models volume
+    built by an older image (another layout, other model.py files) is rebuilt, not served."""
+    text = DOCKERFILE.read_text()
+    copied = text.index("COPY model_repository ./model_repository")
+    digest = text.index("RUN printf 'SOURCE=%s\\n'")
+    assert copied < digest < text.index("tddfa-entrypoint"), "SOURCE digest after the sources"
+    versions = tmp_path / "tddfa-versions"  # /etc/tddfa-versions of the image
+    versions.write_text("TRITON_TAG=24.10\nTENSORRT_VERSION=10.5.0\nSOURCE=aaaa\n")
+    code, calls, err = sandbox(FAKE_GPU="H200", TDDFA_VERSIONS=str(versions))
+    assert code == 0 and any(c.startswith("tddfa build") for c in calls), err
+    assert "SOURCE=aaaa" in (sandbox.models / "model_repository" / "ENGINES").read_text()
+    code, calls, _ = sandbox(FAKE_GPU="H200", TDDFA_VERSIONS=str(versions))
+    assert not any(c.startswith("tddfa build") for c in calls)
+    versions.write_text(versions.read_text().replace("aaaa", "bbbb"))
+    code, calls, _ = sandbox(FAKE_GPU="H200", TDDFA_VERSIONS=str(versions))
+    assert any(c.startswith("tddfa build") for c in calls)

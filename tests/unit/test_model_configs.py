@@ -1,5 +1,6 @@
-"""The committed repository parses and its ensemble is wired consistently; broken
-wirings are caught (negative cases, as dali_backend's QA does)."""
+"""The committed repository parses and its ensembles are wired consistently, in every flavour's
+layout (the BLS calls included); broken wirings are caught (negative cases, as dali_backend's
+QA does)."""
 
 import copy
 from pathlib import Path
@@ -8,13 +9,29 @@ import pytest
 
 from tddfa.config import PipelineConfig
 from tddfa.contract import OUTPUT_NAMES, SEQUENCE_OUTPUT_NAMES
-from tddfa_tools.model_config import check_contract, check_ensemble, load_config, load_repository
-from tddfa_tools.repository import tensor_dims
+from tddfa_tools.flavours import configure_networks, layout_for
+from tddfa_tools.model_config import (
+    check_bls,
+    check_contract,
+    check_ensemble,
+    load_config,
+    load_repository,
+)
+from tddfa_tools.repository import BuildOptions, BuiltModels, configure, tensor_dims
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 STEPS = ["face_detector", "face_aligner", "face_renderer", "face_vertices"]
 SEQUENCE_STEPS = ["face_tracker", "face_renderer", "face_vertices"]
 ENSEMBLES = ["tddfa", "tddfa_track"]
+NETWORK_MODELS = ["face_regressor"]  # served on its own in some flavours (BLS), in no ensemble
+# (flavour, --networks, device): every layout tddfa_tools.flavours knows
+LAYOUTS = [
+    ("python", "in-process", "cpu"),
+    ("python", "models", "cpu"),
+    ("python", "models", "gpu"),
+    ("onnxruntime", "models", "cpu"),
+    ("tensorrt", "models", "gpu"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +40,8 @@ def configs():
 
 
 def test_every_step_has_config_and_adapter(configs):
-    assert set(configs) == {*ENSEMBLES, *STEPS, *SEQUENCE_STEPS}
-    for name in set(STEPS) | set(SEQUENCE_STEPS):
+    assert set(configs) == {*ENSEMBLES, *STEPS, *SEQUENCE_STEPS, *NETWORK_MODELS}
+    for name in set(STEPS) | set(SEQUENCE_STEPS) | set(NETWORK_MODELS):
         assert (REPOSITORY / name / "1" / "model.py").is_file(), name
     assert [s.model_name for s in configs["tddfa"].ensemble_scheduling.step] == STEPS
     assert [s.model_name for s in configs["tddfa_track"].ensemble_scheduling.step] == SEQUENCE_STEPS
@@ -72,6 +89,124 @@ def test_parameters_are_pipeline_fields(configs):
     known = set(PipelineConfig().to_parameters()) | {"regressor", "bfm"}
     for config in configs.values():
         assert set(config.parameters) <= known, config.name
+
+
+def flavour_configs(configs, flavour: str, networks: str, device: str) -> dict:
+    """The template configs rewritten as `tddfa build` rewrites them for one layout."""
+    built = copy.deepcopy(configs)
+    options = BuildOptions(flavour=flavour, networks=networks, device=device)
+    configure_networks(built, layout_for(flavour, networks), gpu=device == "gpu", fp16=True)
+    models = BuiltModels(
+        networks={},
+        bfm=Path("bfm.npz"),
+        render_assets=Path("render_assets.npz"),
+        regressor_name="mb05",
+        bfm_exact=False,
+        torch_weights={},
+    )
+    configure(built, options, models)
+    return built
+
+
+@pytest.fixture(params=LAYOUTS, ids=["-".join(layout) for layout in LAYOUTS])
+def layout_configs(request, configs):
+    return request.param, flavour_configs(configs, *request.param)
+
+
+def test_every_layout_is_wired_consistently(layout_configs):
+    _, built = layout_configs
+    for ensemble in ENSEMBLES:
+        assert check_ensemble(built, ensemble) == []
+    assert check_contract(built) == []
+    assert check_bls(built) == []
+
+
+def test_layouts_serve_the_networks_as_documented(layout_configs):
+    """The flavour matrix of tools/flavours.py, read back from the configs."""
+    (flavour, networks, device), built = layout_configs
+    served = {name: config.platform or config.backend for name, config in built.items()}
+    calls = {
+        name: {k: v.string_value for k, v in config.parameters.items() if k.endswith("_model")}
+        for name, config in built.items()
+    }
+    for step in ("face_aligner", "face_renderer", "face_vertices", "face_tracker"):
+        assert served[step] == "python", step
+    native = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}.get(flavour)
+    if native:
+        assert served["face_detector"] == served["face_regressor"] == native
+        assert set(built["face_detector"].parameters) <= set(PipelineConfig().to_parameters())
+    else:
+        assert served["face_detector"] == "python"
+    if networks == "in-process":
+        assert "face_regressor" not in built
+        assert all(not c for c in calls.values()), calls
+        return
+    if flavour == "python":
+        assert served["face_regressor"] == "python"
+    assert calls["face_aligner"] == {"face_regressor_model": "face_regressor"}
+    assert calls["face_tracker"] == {
+        "face_detector_model": "face_detector",
+        "face_regressor_model": "face_regressor",
+    }
+    assert calls["face_detector"] == {}  # never a call to itself
+    if device == "gpu":  # precision only where a network runs in Python
+        precisions = {
+            (name, k): v.string_value
+            for name, config in built.items()
+            for k, v in config.parameters.items()
+            if k.endswith("_precision")
+        }
+        expected = {}
+        if flavour == "python":
+            expected = {
+                ("face_detector", "face_detector_precision"): "fp32",
+                ("face_regressor", "face_regressor_precision"): "fp16",
+            }
+        assert precisions == expected
+
+
+def test_native_flavours_refuse_in_process_networks():
+    with pytest.raises(ValueError, match="python flavour's choice"):
+        BuildOptions(flavour="onnxruntime", networks="in-process")
+    with pytest.raises(ValueError, match="needs --device gpu"):
+        BuildOptions(flavour="tensorrt")
+    assert BuildOptions(flavour="onnxruntime").networks == "models"
+    assert BuildOptions().networks == "in-process"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c.pop("face_regressor"), "no such model in the repository"),
+        (
+            lambda c: setattr(c["face_regressor"].input[0], "name", "CROP"),
+            "the model has no input 'CROPS'",
+        ),
+        (
+            lambda c: setattr(c["face_detector"].output[1], "data_type", 9),
+            "output 'FACE_COUNT' is TYPE_INT64, the step uses TYPE_INT32",
+        ),
+        (
+            lambda c: c["face_detector"].output[0].dims.__setitem__(0, 4),
+            "output 'FACE_BOXES' has dims [4, 5], the step uses [8, 5]",
+        ),
+        (lambda c: setattr(c["face_regressor"], "max_batch_size", 2), "max_batch_size 2 <"),
+        (
+            lambda c: (
+                c["face_aligner"]
+                .parameters["face_regressor_model"]
+                .__setattr__("string_value", "tddfa")
+            ),
+            "must name a network model",
+        ),
+    ],
+    ids=["missing-model", "input-name", "dtype", "dims-vs-K", "batch-size", "ensemble"],
+)
+def test_broken_bls_calls_are_reported(configs, mutate, expected):
+    broken = flavour_configs(configs, "onnxruntime", "models", "cpu")
+    mutate(broken)
+    problems = check_bls(broken)
+    assert any(expected in p for p in problems), problems
 
 
 def _broken(configs, mutate):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import shlex
@@ -12,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tddfa.config import NUM_EXP, NUM_SHAPE, REGRESSOR_SIZE, PipelineConfig
+# tests/ is on sys.path (the rootdir conftest's folder): the shared stand-in of tensorrt
+from tensorrt_stand_in import FakeInput, FakeNetwork, FakeTensorRT
+
+from tddfa.config import NUM_PARAMS, REGRESSOR_SIZE, PipelineConfig
 from tddfa_tools import tensorrt_builder
 from tddfa_tools.tensorrt_builder import (
     _check_profiles,
@@ -33,7 +35,7 @@ needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT builder n
 def test_default_profiles_follow_config(cfg: PipelineConfig, max_batch: int) -> None:
     k, h, w = cfg.max_faces, cfg.canvas_height, cfg.canvas_width
     profiles = default_profiles(cfg, max_batch)
-    assert set(profiles) == {"face_detector", "face_regressor", "bfm_decoder"}
+    assert set(profiles) == {"face_detector", "face_regressor"}
     # the whole detector graph: uint8 frames of any accepted size, optimised for the canvas
     lo, opt, hi = profiles["face_detector"]["IMAGE"]
     assert lo == (1, cfg.min_image_size, cfg.min_image_size, 3) and opt == (1, h, w, 3)
@@ -47,8 +49,6 @@ def test_default_profiles_follow_config(cfg: PipelineConfig, max_batch: int) -> 
         (1, k, *crop),
         (max_batch, k, *crop),
     )
-    assert profiles["bfm_decoder"]["ALPHA_SHP"][2] == (max_batch, k, NUM_SHAPE)
-    assert profiles["bfm_decoder"]["ALPHA_EXP"][0] == (1, 1, NUM_EXP)
     for model in profiles.values():
         for lo, opt, hi in model.values():
             assert all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True))
@@ -72,20 +72,20 @@ def test_detector_graph_profile_fits_the_graph(tmp_path: Path) -> None:
     onnx.save(build_rescale_graph(PipelineConfig()), str(path))
     graph = onnx.load(str(path)).graph
     dims = tuple(d.dim_value or -1 for d in graph.input[0].type.tensor_type.shape.dim)
-    network = _FakeNetwork([_FakeInput("IMAGE", dims)])
+    network = FakeNetwork([FakeInput("IMAGE", dims)])
     _check_profiles(network, default_profiles(PipelineConfig(), 8)["face_detector"])
 
 
 def test_trtexec_command_matches_profiles() -> None:
     cfg = PipelineConfig()
-    profile = default_profiles(cfg, 8)["bfm_decoder"]
+    profile = default_profiles(cfg, 8)["face_regressor"]
     line = trtexec_command("m.onnx", "m.plan", profiles=profile, timing_cache=Path("t.cache"))
     args = shlex.split(line)
     assert args[0] == "trtexec" and "--onnx=m.onnx" in args and "--saveEngine=m.plan" in args
-    k = cfg.max_faces
-    assert f"--minShapes=ALPHA_SHP:1x1x{NUM_SHAPE},ALPHA_EXP:1x1x{NUM_EXP}" in args
-    assert f"--optShapes=ALPHA_SHP:1x{k}x{NUM_SHAPE},ALPHA_EXP:1x{k}x{NUM_EXP}" in args
-    assert f"--maxShapes=ALPHA_SHP:8x{k}x{NUM_SHAPE},ALPHA_EXP:8x{k}x{NUM_EXP}" in args
+    k, s = cfg.max_faces, REGRESSOR_SIZE
+    assert f"--minShapes=CROPS:1x1x3x{s}x{s}" in args
+    assert f"--optShapes=CROPS:1x{k}x3x{s}x{s}" in args
+    assert f"--maxShapes=CROPS:8x{k}x3x{s}x{s}" in args
     assert "--fp16" in args and "--timingCacheFile=t.cache" in args
     assert "--fp16" not in shlex.split(
         trtexec_command("m.onnx", "m.plan", profiles=profile, fp16=False)
@@ -106,26 +106,8 @@ def test_gpu_tag(name: str, tag: str) -> None:
     assert gpu_tag(name) == tag
 
 
-@dataclasses.dataclass
-class _FakeInput:
-    name: str
-    shape: tuple[int, ...]
-
-
-@dataclasses.dataclass
-class _FakeNetwork:
-    inputs: list[_FakeInput]
-
-    @property
-    def num_inputs(self) -> int:
-        return len(self.inputs)
-
-    def get_input(self, i: int) -> _FakeInput:
-        return self.inputs[i]
-
-
 def test_profile_check_names_each_problem() -> None:
-    network = _FakeNetwork([_FakeInput("CROPS", (-1, -1, 3, 120, 120))])
+    network = FakeNetwork([FakeInput("CROPS", (-1, -1, 3, 120, 120))])
     good = default_profiles(PipelineConfig(), 4)["face_regressor"]
     _check_profiles(network, good)
     bad = {
@@ -157,22 +139,13 @@ TINY_BATCH = 2
 def tiny_onnx(
     onnx_models: dict[str, Path], asset_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
-    from tddfa_tools.assets import resolve_assets
-    from tddfa_tools.bfm_builder import BFM_ASSET_NAMES, build_bfm, export_bfm_decoder
     from tddfa_tools.export_onnx import export_detector_graph
 
     out = tmp_path_factory.mktemp("trt_onnx")
-    bfm = build_bfm(
-        resolve_assets(BFM_ASSET_NAMES, asset_dir=asset_dir, download=False), out / "bfm.npz"
-    )
     graph = export_detector_graph(
         asset_dir / "3ddfa_v2" / "FaceBoxesProd.pth", out / "face_detector_graph.onnx", TINY
     )
-    return {
-        **onnx_models,
-        "bfm_decoder": export_bfm_decoder(bfm, out / "bfm_decoder.onnx"),
-        "face_detector_graph": graph,
-    }
+    return {**onnx_models, "face_detector_graph": graph}
 
 
 def _tiny_profiles(model: str) -> dict:
@@ -227,27 +200,22 @@ def _run_engine(engine_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, n
     return {name: t.cpu().numpy() for name, t in outputs.items()}
 
 
-def _inputs(model: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+def _inputs(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    if model == "bfm_decoder":
-        return {
-            n: (rng.standard_normal(s) * (1e5 if n == "ALPHA_SHP" else 1.0)).astype(np.float32)
-            for n, s in shapes.items()
-        }
     return {n: rng.uniform(0, 255, s).astype(np.float32) for n, s in shapes.items()}
 
 
 @needs_tensorrt
 @pytest.mark.gpu
 @pytest.mark.parametrize("which", [0, 1, 2], ids=["min", "opt", "max"])
-@pytest.mark.parametrize("model", ["face_detector", "face_regressor", "bfm_decoder"])
+@pytest.mark.parametrize("model", ["face_detector", "face_regressor"])
 def test_engine_matches_onnxruntime(
     engines: dict[str, Path], tiny_onnx: dict[str, Path], model: str, which: int
 ) -> None:
     import onnxruntime as ort
 
     shapes = {name: shape[which] for name, shape in _tiny_profiles(model).items()}
-    inputs = _inputs(model, shapes)
+    inputs = _inputs(shapes)
     session = ort.InferenceSession(str(tiny_onnx[model]), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     expected = dict(zip(names, session.run(names, inputs), strict=True))
@@ -307,188 +275,84 @@ def test_engine_files_are_described(engines: dict[str, Path]) -> None:
     assert (path.parent / "timing.cache").stat().st_size > 0
 
 
-@needs_tensorrt
-@pytest.mark.gpu
-def test_decoder_is_never_built_in_fp16(
-    engines: dict[str, Path], tiny_onnx: dict[str, Path]
-) -> None:
-    assert tensorrt_builder.requires_fp32(tiny_onnx["bfm_decoder"])
-    profile = default_profiles(TINY, TINY_BATCH)["bfm_decoder"]
-    out = engines["bfm_decoder"].parent / "fp16"
-    path = build_engine(tiny_onnx["bfm_decoder"], out, profiles=profile, fp16=True)
-    assert path.name.endswith(".fp32.plan")
-    assert json.loads(path.with_suffix(".json").read_text())["precision"] == "fp32"
-
-
 # ---- build_engine's flow against a stand-in of the tensorrt module (runs everywhere) ----
 
 
-class _FakeTensorRT:
-    """The slice of the tensorrt API that build_engine uses; records what it was asked."""
-
-    __version__ = "10.0.0"
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, severity: int) -> None:
-            self.severity = severity
-
-    class NetworkDefinitionCreationFlag:
-        EXPLICIT_BATCH = 0
-
-    class MemoryPoolType:
-        WORKSPACE = "workspace"
-
-    class BuilderFlag:
-        FP16 = "fp16"
-
-    def __init__(self, parse_errors: list[str] | None = None) -> None:
-        self.parse_errors = parse_errors or []
-        self.calls: dict[str, object] = {"flags": set(), "profiles": []}
-        fake = self
-
-        class Builder:
-            def __init__(self, logger: object) -> None:
-                pass
-
-            def create_network(self, flags: int) -> _FakeNetwork:
-                fake.calls["network_flags"] = flags
-                fake.network = _FakeNetwork([])
-                return fake.network
-
-            def create_builder_config(self) -> Config:
-                return Config()
-
-            def create_optimization_profile(self) -> dict[str, tuple]:
-                profile: dict[str, tuple] = {}
-                fake.calls["profiles"].append(profile)
-                return _Profile(profile)
-
-            def build_serialized_network(self, network: object, config: object) -> bytes:
-                return b"PLAN"
-
-        class _Profile:
-            def __init__(self, store: dict) -> None:
-                self.store = store
-
-            def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
-                self.store[name] = (lo, opt, hi)
-
-        class Cache:
-            def __init__(self, data: bytes) -> None:
-                fake.calls["cache_in"] = data
-
-            def serialize(self) -> bytes:
-                return b"CACHE"
-
-        class Config:
-            def set_memory_pool_limit(self, pool: str, size: int) -> None:
-                fake.calls["workspace"] = size
-
-            def set_flag(self, flag: str) -> None:
-                fake.calls["flags"].add(flag)
-
-            def add_optimization_profile(self, profile: object) -> None:
-                pass
-
-            def create_timing_cache(self, data: bytes) -> Cache:
-                return Cache(data)
-
-            def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> None:
-                self.cache = cache
-
-            def get_timing_cache(self) -> Cache:
-                return self.cache
-
-        class OnnxParser:
-            def __init__(self, network: _FakeNetwork, logger: object) -> None:
-                self.network = network
-                self.num_errors = len(fake.parse_errors)
-
-            def parse_from_file(self, path: str) -> bool:
-                import onnx
-
-                graph = onnx.load(path, load_external_data=False).graph
-                for value in graph.input:
-                    dims = tuple(d.dim_value or -1 for d in value.type.tensor_type.shape.dim)
-                    self.network.inputs.append(_FakeInput(value.name, dims))
-                return not fake.parse_errors
-
-            def get_error(self, i: int) -> str:
-                return fake.parse_errors[i]
-
-        self.Builder, self.OnnxParser = Builder, OnnxParser
-
-
 @pytest.fixture()
-def tiny_decoder_onnx(tmp_path: Path) -> Path:
-    """A 2-vertex stand-in graph with the bfm_decoder's inputs and its fp32 flag."""
+def tiny_regressor_onnx(tmp_path: Path) -> Path:
+    """A one-node stand-in graph with the face_regressor's input and output names."""
     import onnx
     from onnx import TensorProto, helper
 
-    inputs = [
-        helper.make_tensor_value_info(
-            "ALPHA_SHP", TensorProto.FLOAT, ["batch", "faces", NUM_SHAPE]
-        ),
-        helper.make_tensor_value_info("ALPHA_EXP", TensorProto.FLOAT, ["batch", "faces", NUM_EXP]),
+    crops = helper.make_tensor_value_info(
+        "CROPS", TensorProto.FLOAT, ["batch", "faces", 3, REGRESSOR_SIZE, REGRESSOR_SIZE]
+    )
+    out = helper.make_tensor_value_info(
+        "PARAMS_NORM", TensorProto.FLOAT, ["batch", "faces", NUM_PARAMS]
+    )
+    node = helper.make_node(
+        "Slice",
+        ["CROPS", "starts", "ends", "axes"],
+        ["SLICED"],
+    )
+    shape = helper.make_node("Reshape", ["SLICED", "shape"], ["PARAMS_NORM"])
+    constants = [
+        helper.make_tensor("starts", TensorProto.INT64, [3], [0, 0, 0]),
+        helper.make_tensor("ends", TensorProto.INT64, [3], [1, 1, NUM_PARAMS]),
+        helper.make_tensor("axes", TensorProto.INT64, [3], [2, 3, 4]),
+        helper.make_tensor("shape", TensorProto.INT64, [3], [0, 0, NUM_PARAMS]),
     ]
-    out = helper.make_tensor_value_info("MODEL_VERTICES", TensorProto.FLOAT, None)
-    node = helper.make_node("Concat", ["ALPHA_SHP", "ALPHA_EXP"], ["MODEL_VERTICES"], axis=-1)
-    model = helper.make_model(helper.make_graph([node], "g", inputs, [out]))
-    helper.set_model_props(model, {tensorrt_builder.REQUIRES_FP32_KEY: "true"})
-    path = tmp_path / "bfm_decoder.onnx"
-    onnx.save(model, str(path))
+    graph = helper.make_graph([node, shape], "g", [crops], [out], initializer=constants)
+    path = tmp_path / "face_regressor.onnx"
+    onnx.save(helper.make_model(graph), str(path))
     return path
 
 
 def test_build_engine_flow(
-    monkeypatch: pytest.MonkeyPatch, tiny_decoder_onnx: Path, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tiny_regressor_onnx: Path, tmp_path: Path
 ) -> None:
-    fake = _FakeTensorRT()
+    fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(tensorrt_builder, "gpu_name", lambda device=0: "NVIDIA H100 80GB HBM3")
     cache = tmp_path / "cache" / "timing.cache"
-    profile = default_profiles(PipelineConfig(), 8)["bfm_decoder"]
-    path = build_engine(tiny_decoder_onnx, tmp_path / "out", profiles=profile, timing_cache=cache)
-    assert path.name == "bfm_decoder.H100.trt10.0.0.fp32.plan"  # fp16 refused for this graph
+    profile = default_profiles(PipelineConfig(), 8)["face_regressor"]
+    path = build_engine(
+        tiny_regressor_onnx, tmp_path / "out", profiles=profile, fp16=False, timing_cache=cache
+    )
+    assert path.name == "face_regressor.H100.trt10.0.0.fp32.plan"
     assert path.read_bytes() == b"PLAN" and cache.read_bytes() == b"CACHE"
     assert fake.calls["flags"] == set() and fake.calls["network_flags"] == 0
     assert fake.calls["profiles"] == [dict(profile)]
     record = json.loads(path.with_suffix(".json").read_text())
     assert record["gpu"] == "NVIDIA H100 80GB HBM3" and record["precision"] == "fp32"
     assert record["profiles"] == [{k: [list(s) for s in v] for k, v in profile.items()}]
-    build_engine(tiny_decoder_onnx, tmp_path / "out", profiles=profile, timing_cache=cache)
+    build_engine(
+        tiny_regressor_onnx, tmp_path / "out", profiles=profile, fp16=False, timing_cache=cache
+    )
     assert fake.calls["cache_in"] == b"CACHE"  # the saved cache is loaded on the next build
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "bfm_decoder.H100.trt10.0.0.fp32.json",
-        "bfm_decoder.H100.trt10.0.0.fp32.plan",
+        "face_regressor.H100.trt10.0.0.fp32.json",
+        "face_regressor.H100.trt10.0.0.fp32.plan",
     ]
 
 
 def test_build_engine_reports_parser_errors(
-    monkeypatch: pytest.MonkeyPatch, tiny_decoder_onnx: Path, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tiny_regressor_onnx: Path, tmp_path: Path
 ) -> None:
-    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTensorRT(["node 3: unsupported op Foo"]))
-    profile = default_profiles(PipelineConfig(), 8)["bfm_decoder"]
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT(["node 3: unsupported op Foo"]))
+    profile = default_profiles(PipelineConfig(), 8)["face_regressor"]
     with pytest.raises(RuntimeError, match="unsupported op Foo"):
-        build_engine(tiny_decoder_onnx, tmp_path, profiles=profile)
+        build_engine(tiny_regressor_onnx, tmp_path, profiles=profile)
     assert not list(tmp_path.glob("*.plan"))
 
 
-def test_build_engine_sets_fp16_when_allowed(
-    monkeypatch: pytest.MonkeyPatch, tiny_decoder_onnx: Path, tmp_path: Path
+def test_build_engine_is_fp16_by_default(
+    monkeypatch: pytest.MonkeyPatch, tiny_regressor_onnx: Path, tmp_path: Path
 ) -> None:
-    import onnx
-
-    model = onnx.load(str(tiny_decoder_onnx))
-    del model.metadata_props[:]
-    plain = tmp_path / "face_regressor.onnx"
-    onnx.save(model, str(plain))
-    fake = _FakeTensorRT()
+    fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(tensorrt_builder, "gpu_name", lambda device=0: "Tesla T4")
-    profile = default_profiles(PipelineConfig(), 2)["bfm_decoder"]
-    path = build_engine(plain, tmp_path / "out", profiles=profile)
+    profile = default_profiles(PipelineConfig(), 2)["face_regressor"]
+    path = build_engine(tiny_regressor_onnx, tmp_path / "out", profiles=profile)
     assert path.name == "face_regressor.T4.trt10.0.0.fp16.plan"
     assert fake.calls["flags"] == {"fp16"} and fake.calls["workspace"] > 0

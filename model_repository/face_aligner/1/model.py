@@ -1,4 +1,6 @@
-"""Triton adapter of the face_aligner step (logic: tddfa.aligner)."""
+"""Triton adapter of the face_aligner step (logic: tddfa.aligner). The regressor runs in-process
+from 1/face_regressor/, or through BLS in the served face_regressor model when the config
+names it (tddfa_triton.bls)."""
 
 from tddfa.aligner import Aligner
 from tddfa.bfm import load_bfm
