@@ -46,7 +46,8 @@ def _put(folder: Path, content: bytes = CONTENT) -> Path:
 
 def test_table_is_complete():
     for name, asset in assets.ASSETS.items():
-        assert re.match(r"https://raw\.githubusercontent\.com/cleardusk/3DDFA(_V2)?/", asset.url)
+        upstream = r"https://raw\.githubusercontent\.com/(cleardusk/3DDFA(_V2)?|NVIDIA-AI-IOT/FFmpeg-GPU-Demo)/"
+        assert re.match(upstream, asset.url), asset.url
         assert asset.url.endswith(name) and asset.rel.endswith(name)
         if not asset.optional:
             assert asset.sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", asset.sha256)

@@ -175,7 +175,7 @@ class FakeProtocol:
     def shared_memory(self, call, *args):
         return getattr(self.client, call)(*args)
 
-    def submit(self, model, inputs, outputs, sequence=None):
+    def submit(self, model, inputs, outputs, sequence=None, parameters=None):
         """Answered when the result is first asked for: the server reads the input region
         late, as a real one may, so a slot overwritten too early shows."""
         self.sequences.append(sequence)
