@@ -264,6 +264,18 @@ def _instance_groups(config, count: int, options: BuildOptions) -> None:
     group.gpus.extend(options.gpus)  # empty: every visible GPU gets `count` instances
 
 
+def _template_ignore(folder: str, names: list[str]) -> set[str]:
+    """copytree's filter: caches, and top-level folders that are not models."""
+    ignored = {name for name in names if name == "__pycache__"}
+    if Path(folder) == TEMPLATE:
+        ignored |= {
+            n
+            for n in names
+            if (TEMPLATE / n).is_dir() and not (TEMPLATE / n / "config.pbtxt").is_file()
+        }
+    return ignored
+
+
 def build_repository(options: BuildOptions) -> Path:
     """Build the repository into ``options.out`` (replaced only when the build succeeded)."""
     layout = layout_for(options.flavour, options.networks)
@@ -273,7 +285,8 @@ def build_repository(options: BuildOptions) -> Path:
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         repo = staging / "repo"
-        shutil.copytree(TEMPLATE, repo, ignore=shutil.ignore_patterns("__pycache__"))
+        # model folders only (a config.pbtxt): a stray folder would fail Triton's start-up
+        shutil.copytree(TEMPLATE, repo, ignore=_template_ignore)
         for ensemble in ENSEMBLES:  # ensembles need an (empty) version folder
             (repo / ensemble / "1").mkdir(exist_ok=True)
         configs = load_repository(repo)

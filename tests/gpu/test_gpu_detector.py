@@ -211,7 +211,7 @@ def test_gpu_detector_has_no_torch_sync_and_keeps_cupy(gpu_detector, frames):
     import cupy
     import torch
 
-    images = cupy.asarray(np.stack([frames["emma720.mp4#0"]] * 4))
+    images = cupy.asarray(np.stack([frames["trump_hillary.jpg@1280x720"]] * 4))
     gpu_detector(images)  # warm up: kernels compiled, CUDA graph captured
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")

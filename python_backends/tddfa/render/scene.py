@@ -216,8 +216,8 @@ class Scene:
         ):
             have = {"position_buffer": "vertex_bytes", "instance_buffer": "instance_bytes",
                     "overlay_buffer": "overlay_bytes"}[names[0]]  # fmt: skip
-            if need <= getattr(self, have):
-                continue
+            if need <= getattr(self, have) and getattr(self, have) > 0:
+                continue  # a buffer always gets a data store: CUDA cannot register one without
             size = max(need, 2 * getattr(self, have), 4096)
             for name in names:
                 GL.glBindBuffer(GL.GL_ARRAY_BUFFER, getattr(self, name))
