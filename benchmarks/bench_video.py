@@ -41,8 +41,8 @@ def copy_worker(
     """Process one copy; puts (index, frames, start, end, decoder, encoder, error)."""
     if settings.get("cuda_visible_devices") is not None:  # before any CUDA library loads
         os.environ["CUDA_VISIBLE_DEVICES"] = settings["cuda_visible_devices"]
-    from tddfa_clients.triton_client import FrameClient
-    from tddfa_clients.video import frames_for, process_video
+    from tddfa_clients.triton_client import FrameClient, new_sequence_id
+    from tddfa_clients.video import frames_for, model_for, process_video
     from tddfa_clients.video_io import open_decoder
 
     source = Path(settings["video"])
@@ -51,6 +51,7 @@ def copy_worker(
         client = FrameClient(
             settings["url"],
             settings["protocol"],
+            model=model_for(settings["mode"]),
             outputs=("RENDERED", "FACE_COUNT"),
             in_flight=settings["in_flight"],
             shared_memory=settings["shared_memory"],
@@ -72,8 +73,9 @@ def copy_worker(
             frames, names = stats.frames, (stats.decoder, stats.encoder)
         else:
             frames = 0
+            sequence = {"sequence_id": new_sequence_id()} if settings["mode"] == "track" else {}
             with open_decoder(source, settings["decoder"]) as decoder:
-                for _ in client.infer_stream(frames_for(client, decoder)):
+                for _ in client.infer_stream(frames_for(client, decoder), **sequence):
                     frames += 1
                 names = (decoder.name, "none")
         results.put((index, frames, start, time.perf_counter(), *names, ""))
@@ -165,6 +167,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-encode", action="store_true", help="drop the rendered frames instead of encoding"
     )
+    parser.add_argument(
+        "--mode",
+        choices=("detect", "track"),
+        default="detect",
+        help="detect: frames to tddfa; track: each copy is one sequence of tddfa_track",
+    )
     args = parser.parse_args(argv)
     if args.client_gpus and len(args.client_gpus) != max(len(args.url), 1):
         parser.error("--client-gpus needs one GPU per --url")
@@ -192,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 "encode": not args.no_encode,
                 "out_dir": str(out_dir),
                 "timeout": args.timeout,
+                "mode": args.mode,
             }
             run = run_copies(copies, settings, urls, args.client_gpus)
             LOG.info("%d copies: %.2f frames/s", copies, run["fps"])
@@ -209,12 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         notes = [
             f"source: {clip}; one process per copy, {args.protocol}, {args.in_flight} "
-            f"requests in flight per copy, shared memory {args.shared_memory}",
+            f"requests in flight per copy, shared memory {args.shared_memory}, mode {args.mode}"
+            + (" (each copy one tddfa_track sequence)" if args.mode == "track" else " (tddfa)"),
             f"decoder: {runs[0]['decoder']}; encoder: {runs[0]['encoder']}",
             f"server: {', '.join(args.url) or args.repository}"
             + (f" (client GPUs {args.client_gpus})" if args.client_gpus else ""),
         ]
-        title = "(c) end-to-end video, " + ("no encode" if args.no_encode else "with encode")
+        title = f"(c) end-to-end video, {args.mode} mode, " + (
+            "no encode" if args.no_encode else "with encode"
+        )
         _common.append_results(title, table, notes)
     return 0
 
