@@ -307,7 +307,7 @@ def open_encoder(
             )
         return _cpu_encoder(path, info, audio_from)
     try:
-        from tddfa_clients.video_nvidia import NvEncoder
+        from tddfa_clients.video_nvenc import NvEncoder
 
         return NvEncoder(path, info, audio_from, gpu_id=gpu_id)
     except Exception as exc:  # no NVENC on this GPU (H100/H200/A100), or no GPU at all
