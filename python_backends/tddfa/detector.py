@@ -72,9 +72,6 @@ class Detector:
         boxes, counts = detector(images)    # (B, K, 5) float32, (B,) int32
     """
 
-    # On the GPU the tracker scores all K face slots of a frame (fixed shapes: CUDA graphs).
-    scores_all_slots = True
-
     def __init__(self, config: PipelineConfig, runner: Any):
         self.config = config
         self.runner = runner

@@ -143,7 +143,7 @@ class Tracker:
     ``Tracker(config, detector, aligner, bfm).step(images, states)`` -> outputs for the
     batch (host numpy arrays) and updates ``states`` in place. ``detector`` is a
     :class:`tddfa.detector.Detector` or anything with its interface (``validate``,
-    ``__call__``, ``face_scores``, ``scores_all_slots``), e.g. the BLS detector of
+    ``__call__``, ``face_scores``; the tracker scores filled face slots only), e.g. the BLS detector of
     ``tddfa_triton.bls`` that calls a served face_detector model.
     """
 
@@ -232,13 +232,11 @@ class Tracker:
         aligned = {name: to_numpy(array) for name, array in aligned.items()}
         mask = np.arange(k)[None, :] < counts[:, None]
         scores = np.zeros((len(rows), k), np.float32)
-        if xp is np:  # filled slots only on the CPU; all K (static shapes) on the GPU
+        # the face check on the filled slots only (the mask is on the host already)
+        if xp is np:
             scores[mask] = self.detector.face_scores(crops[mask])
-        elif not self.detector.scores_all_slots:  # each crop costs a detection (BLS)
-            scores[mask] = to_numpy(self.detector.face_scores(crops[xp.asarray(mask)]))
         else:
-            scores = to_numpy(self.detector.face_scores(crops.reshape((-1,) + crops.shape[2:])))
-            scores = scores.reshape(len(rows), k)
+            scores[mask] = to_numpy(self.detector.face_scores(crops[xp.asarray(mask)]))
         height, width = images.shape[1:3]
         result = []
         for i, b in enumerate(rows):

@@ -125,9 +125,6 @@ class BlsDetector:
             builder gives every model the same one).
     """
 
-    # each crop costs a full detection here: the tracker sends the filled slots only
-    scores_all_slots = False
-
     def __init__(
         self,
         model_name: str,

@@ -198,7 +198,6 @@ def test_face_scores_send_each_crop_as_a_uint8_frame(server):
 
     server.models["face_detector"] = detector(best)
     bls = BlsDetector("face_detector", PipelineConfig(), max_batch_size=8)
-    assert not bls.scores_all_slots  # the tracker sends its filled slots only
     crops = np.stack([np.full((3, 120, 120), v, np.float32) for v in (0.4, 127.6, 255.0)])
     scores = bls.face_scores(crops)
     assert scores.dtype == np.float32
