@@ -51,7 +51,11 @@ class CudaMps:
         self.directory: Path | None = None
 
     def environment(self) -> dict[str, str]:
-        """The variables of the daemon's clients (empty while it is not running)."""
+        """The variables of the daemon's clients (empty while it is not running).
+
+        A client of a daemon pinned to GPUs (``devices``) numbers them as the daemon sees
+        them, 0..n-1: with the physical numbers it would find no GPU (seen on two H200s:
+        "KIND_GPU but no GPUs are available" for a server pinned to GPU 1)."""
         if self.directory is None:
             return {}
         env = {
@@ -59,7 +63,7 @@ class CudaMps:
             "CUDA_MPS_LOG_DIRECTORY": str(self.directory / "log"),
         }
         if self.devices is not None:
-            env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(self.devices)
+            env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(range(len(self.devices)))
         return env
 
     def start(self) -> dict[str, str]:
@@ -68,6 +72,8 @@ class CudaMps:
         for name in ("pipe", "log"):
             (self.directory / name).mkdir()
         env = {**os.environ, **self.environment()}
+        if self.devices is not None:  # the daemon itself sees the physical GPUs
+            env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(self.devices)
         # no pipes: the daemon it forks would hold them open and run() would never return
         done = subprocess.run(
             [self.binary, "-d"],

@@ -75,7 +75,8 @@ def test_memory_pool_flags_per_gpu():
 
 def test_daemon_sees_the_servers_gpus(fake_control):
     """A server restricted to GPUs gets a daemon restricted to the same GPUs (a client
-    may only use devices its daemon sees); the clients get the same variable."""
+    may only use devices its daemon sees); the clients number them as the daemon shows
+    them, 0..n-1 (the physical numbers found no GPU under MPS on a two-GPU machine)."""
     script = fake_control.parent / "bin" / "nvidia-cuda-mps-control"
     script.write_text(
         f'#!/bin/sh\necho "$* visible=$CUDA_VISIBLE_DEVICES" >> {fake_control}\n'
@@ -83,9 +84,9 @@ def test_daemon_sees_the_servers_gpus(fake_control):
     )
     mps = CudaMps(devices=[1, 0])
     env = mps.start()
-    assert env["CUDA_VISIBLE_DEVICES"] == "1,0"
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
     mps.stop()
-    assert fake_control.read_text().splitlines() == ["-d visible=1,0", " visible=1,0"]
+    assert fake_control.read_text().splitlines() == ["-d visible=1,0", " visible=0,1"]
 
 
 def test_daemon_log_failures_are_reported(fake_control, caplog):
