@@ -107,12 +107,6 @@ class ProcessTable:
         }
 
 
-def ready_models(index: list[dict]) -> set[str]:
-    """READY model names of a repository index (tritonclient's JSON form): the soak sends
-    sequences only when the sequence ensemble is among them."""
-    return {m["name"] for m in index if m.get("state") == "READY"}
-
-
 # -- samples --------------------------------------------------------------------------------
 
 

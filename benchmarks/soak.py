@@ -68,12 +68,14 @@ class Counters:
 
 
 def served_models(url: str) -> set[str]:
-    """Names of the READY models in the server's repository index (gRPC)."""
+    """The ensembles the server has ready (the readiness API needs no admin token, unlike
+    the repository index)."""
     import tritonclient.grpc as grpcclient
 
+    from tddfa.contract import SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE
+
     with grpcclient.InferenceServerClient(url) as client:
-        index = client.get_model_repository_index(as_json=True).get("models", [])
-    return _soak.ready_models(index)
+        return {m for m in (STATELESS_ENSEMBLE, SEQUENCE_ENSEMBLE) if client.is_model_ready(m)}
 
 
 def stateless_worker(

@@ -156,12 +156,3 @@ def test_rss_of_real_processes() -> None:
         child.kill()
         child.wait()
     assert soak.rss_bytes(child.pid) is None  # gone
-
-
-def test_ready_models_reads_the_repository_index() -> None:
-    index = [
-        {"name": "tddfa", "version": "1", "state": "READY"},
-        {"name": "tddfa_track", "version": "1", "state": "UNAVAILABLE", "reason": "x"},
-        {"name": "face_renderer", "version": "1", "state": "READY"},
-    ]
-    assert soak.ready_models(index) == {"tddfa", "face_renderer"}
