@@ -191,9 +191,9 @@ def test_leak_check_finds_owned_regions():
 def test_client_regions_carry_the_leak_check_prefix(triton_server):
     """The regions a FrameClient registers are the ones the session leak check looks for."""
     from tddfa_clients.shared_memory import SharedMemorySlot
-    from tddfa_clients.triton_client import _Protocol, client_shm_prefix
+    from tddfa_clients.triton_client import Transport, client_shm_prefix
 
-    protocol = _Protocol("http", triton_server.http_url, 1, 10.0)
+    protocol = Transport("http", triton_server.http_url, 1, 10.0)
     try:
         slot = SharedMemorySlot(protocol, f"{client_shm_prefix()}probe")
         name = slot.ensure("input", 64)

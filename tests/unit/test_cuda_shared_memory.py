@@ -147,7 +147,7 @@ class FakeServer:
 
 
 class FakeProtocol:
-    """Replaces triton_client._Protocol."""
+    """Replaces triton_client.Transport."""
 
     server: FakeServer
 
@@ -204,7 +204,7 @@ def fake(monkeypatch):
     monkeypatch.setitem(sys.modules, "tritonclient.utils.cuda_shared_memory", shm)
     monkeypatch.setattr(tritonclient.utils, "cuda_shared_memory", shm, raising=False)
     FakeProtocol.server = FakeServer(shm)
-    monkeypatch.setattr(triton_client, "_Protocol", FakeProtocol)
+    monkeypatch.setattr(triton_client, "Transport", FakeProtocol)
     monkeypatch.setattr(
         shared_memory.CudaSharedMemorySlot,
         "_write_device",
@@ -428,7 +428,7 @@ def test_remote_server_is_refused(fake):
 def test_missing_cuda_python_names_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "tritonclient.utils.cuda_shared_memory", None)
     FakeProtocol.server = FakeServer(FakeCudaShm([]))
-    monkeypatch.setattr(triton_client, "_Protocol", FakeProtocol)
+    monkeypatch.setattr(triton_client, "Transport", FakeProtocol)
     with pytest.raises(ClientError, match="cuda-python"):
         FrameClient("localhost", "grpc", shared_memory="cuda")
 
