@@ -4,92 +4,27 @@ answers each request in its own mode and size; an unknown mode fails only its re
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 import json
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
-from google.protobuf import json_format
+from fake_pb_utils import FakeError, FakeRequest, FakeTensor, install, load_model
 
 from tddfa.contract import RENDER_MODE_PARAMETER, RENDER_MODES
-from tddfa_tools.model_config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-@dataclasses.dataclass
-class FakeTensor:
-    name: str
-    array: np.ndarray
-
-    def is_cpu(self):
-        return True
-
-    def as_numpy(self):
-        return self.array
-
-
-@dataclasses.dataclass
-class FakeRequest:
-    tensors: dict
-    parameters_json: str = ""
-
-    def parameters(self):
-        return self.parameters_json
-
-
-@dataclasses.dataclass
-class FakeResponse:
-    output_tensors: list = dataclasses.field(default_factory=list)
-    error: object = None
-
-
-class FakeError:
-    INVALID_ARG = "INVALID_ARG"
-    INTERNAL = "INTERNAL"
-
-    def __init__(self, message, code=None):
-        self.message, self.code = message, code
-
-
 @pytest.fixture()
 def model(monkeypatch, render_version, tmp_path):
-    module = types.ModuleType("triton_python_backend_utils")
-    module.Tensor = FakeTensor
-    module.InferenceResponse = FakeResponse
-    module.TritonError = FakeError
-    module.Logger = types.SimpleNamespace(log_info=lambda msg: None, log_error=lambda msg: None)
-    module.get_input_tensor_by_name = lambda request, name: request.tensors.get(name)
-    module.triton_string_to_numpy = lambda s: {"TYPE_UINT8": np.uint8}[s]
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
-    monkeypatch.delitem(sys.modules, "tddfa_triton.adapter", raising=False)
-    monkeypatch.delitem(sys.modules, "tddfa_triton", raising=False)
-
+    install(monkeypatch)
     folder = tmp_path / "face_renderer"
     shutil.copytree(REPO_ROOT / "model_repository" / "face_renderer", folder)
     for name in ("bfm.npz", "render_assets.npz"):
         (folder / "1" / name).symlink_to(render_version / name)
-    spec = importlib.util.spec_from_file_location("face_renderer_model", folder / "1" / "model.py")
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    instance = loaded.TritonPythonModel()
-    config = json_format.MessageToDict(
-        load_config(folder / "config.pbtxt"), preserving_proto_field_name=True
-    )
-    instance.initialize(
-        {
-            "model_config": json.dumps(config),
-            "model_name": "face_renderer",
-            "model_version": "1",
-            "model_repository": str(folder),
-            "model_instance_kind": "CPU",
-        }
-    )
+    instance = load_model(folder, "face_renderer")
     yield instance
     instance.finalize()
 
