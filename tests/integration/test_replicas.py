@@ -60,7 +60,7 @@ def replicas(tmp_path_factory):
     """{address: TritonServer} serving the stand-in model on the same ports."""
     root = tmp_path_factory.mktemp("replica_repository")
     _write_model(root, "tddfa", STANDIN_CONFIG, STANDIN_MODEL)
-    _write_model(root, "landmark_to_vertex", L2V_CONFIG, L2V_MODEL)
+    _write_model(root, "face_aligner", L2V_CONFIG, L2V_MODEL)
     taken: set[int] = set()
     try:
         ports = {

@@ -372,9 +372,9 @@ def test_stuck_request_blocks_its_slot_instead_of_overwriting_it(fake):
 @pytest.mark.parametrize(
     ("kinds", "expected"),
     [
-        ({"preprocess": ["KIND_GPU"], "face_renderer": ["KIND_GPU", "KIND_GPU"]}, True),
-        ({"preprocess": ["KIND_GPU"], "face_renderer": ["KIND_CPU"]}, False),
-        ({"preprocess": []}, False),
+        ({"face_detector": ["KIND_GPU"], "face_renderer": ["KIND_GPU", "KIND_GPU"]}, True),
+        ({"face_detector": ["KIND_GPU"], "face_renderer": ["KIND_CPU"]}, False),
+        ({"face_detector": []}, False),
     ],
 )
 def test_served_on_gpu_reads_the_steps_that_take_the_image(kinds, expected):

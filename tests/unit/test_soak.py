@@ -132,7 +132,7 @@ def test_process_table_groups_stubs_by_model(tmp_path: Path) -> None:
     fake_process(proc, 100, 1, ["tritonserver", "--model-repository=/r"], 2048)
     fake_process(proc, 101, 100, [stub, "/r/face_renderer/1/model.py", "shm", "1"], 1024)
     fake_process(proc, 102, 100, [stub, "/r/face_renderer/1/model.py", "shm", "1"], 1024)
-    fake_process(proc, 103, 100, [stub, "/r/roi_crop/1/model.py", "shm", "1"], 512)
+    fake_process(proc, 103, 100, [stub, "/r/face_aligner/1/model.py", "shm", "1"], 512)
     fake_process(proc, 104, 100, ["/bin/sh", "-c", "true"], 512)  # a child, not a stub
     fake_process(proc, 105, 1, [stub, "/r/other/1/model.py"], 512)  # another server's stub
     (proc / "self").mkdir()
@@ -140,9 +140,9 @@ def test_process_table_groups_stubs_by_model(tmp_path: Path) -> None:
     assert table.groups() == {
         "tritonserver": [100],
         "stub:face_renderer": [101, 102],
-        "stub:roi_crop": [103],
+        "stub:face_aligner": [103],
     }
-    assert table.rss_mb() == {"tritonserver": 2.0, "stub:face_renderer": 2.0, "stub:roi_crop": 0.5}
+    assert table.rss_mb() == {"tritonserver": 2.0, "stub:face_renderer": 2.0, "stub:face_aligner": 0.5}
 
 
 def test_rss_of_real_processes() -> None:
