@@ -103,7 +103,8 @@ def plan_passes(
     atlas_sizes: Sequence[tuple[int, int] | None],
     max_size: int,
 ) -> list[Pass]:
-    """Stack the tiles top to bottom, starting a new pass where the GL limit is reached.
+    """Stack the frame tiles top to bottom, then the UV atlases below them, starting a new
+    pass where the GL limit is reached.
 
     Args:
         frame_size: (H, W) of every frame of the batch.
@@ -117,14 +118,20 @@ def plan_passes(
     passes: list[Pass] = []
     frames: list[int] = []
     tiles: dict[int, FrameTile] = {}
-    atlases: dict[int, AtlasTile] = {}
-    cursor, used_width = 0, 0
+    pending: list[tuple[int, tuple[int, int]]] = []  # (frame, atlas size) of this pass
+    tiles_height, atlas_height, used_width = 0, 0, 0
 
     def flush() -> None:
-        nonlocal frames, tiles, atlases, cursor, used_width
+        """Close the pass: its atlases go below all its frame tiles, so the tiles stay one
+        contiguous stack (the GPU path copies the frames in and out as one block)."""
+        nonlocal frames, tiles, pending, tiles_height, atlas_height, used_width
         if frames:
+            atlases, cursor = {}, tiles_height
+            for frame, size in pending:
+                atlases[frame] = AtlasTile(frame, (0, cursor), size)
+                cursor += size[1]
             passes.append(Pass(tuple(frames), tiles, atlases, max(used_width, 1), max(cursor, 1)))
-        frames, tiles, atlases, cursor, used_width = [], {}, {}, 0, 0
+        frames, tiles, pending, tiles_height, atlas_height, used_width = [], {}, [], 0, 0, 0
 
     for frame, (rect, atlas) in enumerate(zip(rects, atlas_sizes, strict=True)):
         need = (rect[3] if rect else 0) + (atlas[1] if atlas else 0)
@@ -132,16 +139,16 @@ def plan_passes(
             raise ValueError(
                 f"UV atlas {atlas[0]} px wide exceeds the GL limit {max_size}: lower uv_size"
             )
-        if cursor + need > max_size:
+        if tiles_height + atlas_height + need > max_size:
             flush()
         frames.append(frame)
         if rect is not None:
-            tiles[frame] = FrameTile(frame, rect, (0, cursor))
-            cursor += rect[3]
+            tiles[frame] = FrameTile(frame, rect, (0, tiles_height))
+            tiles_height += rect[3]
             used_width = max(used_width, rect[2])
         if atlas is not None:
-            atlases[frame] = AtlasTile(frame, (0, cursor), atlas)
-            cursor += atlas[1]
+            pending.append((frame, atlas))
+            atlas_height += atlas[1]
             used_width = max(used_width, atlas[0])
     flush()
     return passes
