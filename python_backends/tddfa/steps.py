@@ -135,7 +135,7 @@ class TrackerStep:
         ready = flags["READY"] if flags["READY"] is not None else np.ones(batch)
         ids = [_sequence_key(v) for v in flags["CORRID"]]
         rows = [b for b in range(batch) if ready[b]]
-        out: dict[str, Any] = {}
+        out = self.tracker.empty_outputs(batch)  # frames that are not READY stay zero
         # A batch holds at most one frame per sequence (the sequence batcher's rule); should
         # it not, later frames of a sequence run after the earlier ones, in order.
         for part in _unique_runs(rows, ids):
@@ -144,23 +144,11 @@ class TrackerStep:
                 if state.frames == 0 and parameters and "smoothing" in parameters[b]:
                     state.smoothing = _flag("smoothing", parameters[b]["smoothing"])
             frames = images if len(part) == batch else images[_index(images, part)]
-            result = self.tracker.step(frames, states)
-            result["NUM_FACES"] = result["FACE_COUNT"]
-            if not out:
-                out = {n: np.zeros((batch,) + a.shape[1:], a.dtype) for n, a in result.items()}
-            for name, array in result.items():
+            for name, array in self.tracker.step(frames, states).items():
                 out[name][part] = array
         for b in rows:
             if flags["END"] is not None and flags["END"][b]:
                 self.store.end(ids[b])
-        if not out:  # no ready frame: zeros of the right shapes
-            out = self._empty(batch)
-        return out
-
-    def _empty(self, batch: int) -> dict[str, Any]:
-        k = self.tracker.config.max_faces
-        empty = self.tracker._outputs([], [], [], k)  # shapes only  # noqa: SLF001
-        out = {n: np.zeros((batch,) + a.shape[1:], a.dtype) for n, a in empty.items()}
         out["NUM_FACES"] = out["FACE_COUNT"]
         return out
 

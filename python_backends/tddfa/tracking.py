@@ -318,15 +318,14 @@ class Tracker:
         return np.where((np.arange(k)[None, :] < counts[:, None])[..., None], rois, 0)
 
     # ------------------------------------------------------------------ outputs
-    def _outputs(
-        self, states: Sequence[SequenceState], faces: list, detect: list[bool], k: int
-    ) -> dict[str, np.ndarray]:
-        batch = len(states)
-        out = {
+    def empty_outputs(self, batch: int) -> dict[str, np.ndarray]:
+        """What :meth:`step` returns for ``batch`` frames without faces: zeros."""
+        k = self.config.max_faces
+        return {
             "FACE_BOXES": np.zeros((batch, k, 5), np.float32),
             "FACE_COUNT": np.zeros((batch, 1), np.int32),
             "TRACK_IDS": np.zeros((batch, k), np.int32),
-            "DETECTED": np.asarray(detect, bool).reshape(batch, 1),
+            "DETECTED": np.zeros((batch, 1), bool),
             "PARAMS": np.zeros((batch, k, 62), np.float32),
             "POSE": np.zeros((batch, k, 3), np.float32),
             "LANDMARKS": np.zeros((batch, k, 3, 68), np.float32),
@@ -334,6 +333,13 @@ class Tracker:
             "ALPHA_EXP": np.zeros((batch, k, NUM_EXP), np.float32),
             "TRANSFORM": np.zeros((batch, k, 3, 4), np.float32),
         }
+
+    def _outputs(
+        self, states: Sequence[SequenceState], faces: list, detect: list[bool], k: int
+    ) -> dict[str, np.ndarray]:
+        batch = len(states)
+        out = self.empty_outputs(batch)
+        out["DETECTED"][:, 0] = detect
         for b, (state, frame_faces) in enumerate(zip(states, faces, strict=True)):
             frame_faces = sorted(frame_faces or [], key=lambda f: f["TRACK"].track_id)[:k]
             smooth = self.config.smoothing if state.smoothing is None else state.smoothing
