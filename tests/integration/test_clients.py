@@ -144,7 +144,10 @@ def standin_server(standin_repository: Path):
 
 
 def _client_regions() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("tddfa_client_*")}
+    """This process's client regions (other processes on the host may have their own)."""
+    from tddfa_clients.triton_client import client_shm_prefix
+
+    return {p.name for p in Path("/dev/shm").glob(f"{client_shm_prefix()}*")}
 
 
 @pytest.mark.parametrize("shared_memory", ["none", "system"])

@@ -22,7 +22,15 @@ import pytest
 from server import OWNED_SHM_PREFIX, SHM_DIR, wait_until_ready
 
 # the stand-in `tddfa` model (the ensemble's contract, no networks) of the client tests
-from test_clients import L2V_CONFIG, L2V_MODEL, STANDIN_CONFIG, STANDIN_MODEL, _write_model
+from test_clients import (
+    L2V_CONFIG,
+    L2V_MODEL,
+    STANDIN_CONFIG,
+    STANDIN_MODEL,
+    TRACK_CONFIG,
+    TRACK_MODEL,
+    _write_model,
+)
 
 from tddfa_clients.batch import MANIFEST, Manifest, Settings, run_batch
 from tddfa_clients.video_io import probe
@@ -61,6 +69,7 @@ def replicas(tmp_path_factory):
     root = tmp_path_factory.mktemp("replica_repository")
     _write_model(root, "tddfa", STANDIN_CONFIG, STANDIN_MODEL)
     _write_model(root, "face_aligner", L2V_CONFIG, L2V_MODEL)
+    _write_model(root, "tddfa_track", TRACK_CONFIG, TRACK_MODEL)  # videos are tracked
     taken: set[int] = set()
     try:
         ports = {
@@ -145,7 +154,11 @@ def test_batch_spreads_over_a_name_and_survives_a_killed_replica(
     out = tmp_path / "out"
     victim, survivor = (replicas[a] for a in ADDRESSES)
     port = victim.grpc_port
-    settings = Settings(protocol="grpc", in_flight=4, retries=10, backoff=0.3, backoff_max=2)
+    # detect mode: frames of one video spread over both replicas (a tracked video is one
+    # sequence and stays on one replica: tests/unit/test_endpoints.py)
+    settings = Settings(
+        protocol="grpc", in_flight=4, retries=10, backoff=0.3, backoff_max=2, mode="detect"
+    )
     counts: dict = {}
     failure: list[BaseException] = []
 

@@ -103,6 +103,7 @@ class FakeClient:
     down: set[str] = set()
     dies_after: dict[str, int] = {}
     made: list[str] = []
+    sequences: list[tuple[str, int]] = []  # (replica, sequence id) of each sequence started
 
     def __init__(self, url: str, protocol: str, in_flight: int = 4, **options):
         if url in self.down:
@@ -135,6 +136,17 @@ class FakeClient:
         result.url = url
         return result
 
+    def infer_stream(self, items, in_flight=None, sequence_id=None, sequence_parameters=None):
+        """A whole sequence on this replica (FrameClient's sequence path)."""
+        FakeClient.sequences.append((self.url, sequence_id))
+        for key, image in items:
+            self.served += 1
+            if self.served > self.dies_after.get(self.url, 10**9):
+                raise ServerUnavailable("server unavailable: socket closed")
+            result = FrameResult(np.array(image), 0, *[np.zeros((0, 5), np.float32)] * 4)
+            result.url = self.url
+            yield key, result
+
     def served_models(self):
         return {"regressor": "mb05", "bfm": "approximate"}
 
@@ -146,6 +158,7 @@ class FakeClient:
 def fake_clients(monkeypatch):
     monkeypatch.setattr(replicas, "FrameClient", FakeClient)
     FakeClient.down, FakeClient.dies_after, FakeClient.made = set(), {}, []
+    FakeClient.sequences = []
     return FakeClient
 
 
@@ -216,3 +229,21 @@ def test_a_frame_failing_everywhere_gives_up_without_orphans(fake_clients) -> No
         made = {c: None for c in fake_clients.made}
         for address in made:  # every slot given back: nothing left in flight
             assert sorted(client._free_slots[address]) == [0, 1, 2]
+
+
+def test_a_sequence_stays_on_one_replica_and_restarts_elsewhere(fake_clients) -> None:
+    """A tracked video is one Triton sequence: all its frames go to one replica; when that
+    replica dies, a new sequence starts on another from the first frame not answered."""
+    pool = Endpoints(["svc:8001"], resolver=static({"svc": ["10.0.0.1", "10.0.0.2"]}))
+    with replicas.ReplicaFrameClient(pool, "grpc", in_flight=4) as client:
+        first = list(client.infer_stream(frames(6), sequence_id=11))
+        assert {r.url for _, r in first} == {"10.0.0.1:8001"}  # one replica only
+        fake_clients.dies_after["10.0.0.2:8001"] = 3
+        second = list(client.infer_stream(frames(10), sequence_id=12))
+    assert [k for k, _ in second] == list(range(10))  # in order, none lost
+    assert all(int(r.rendered[0, 0, 0]) == k for k, r in second)
+    assert [r.url for _, r in second[:3]] == ["10.0.0.2:8001"] * 3
+    assert {r.url for _, r in second[3:]} == {"10.0.0.1:8001"}
+    (_, a), (dead, b), (survivor, c) = fake_clients.sequences
+    assert (a, b) == (11, 12) and dead == "10.0.0.2:8001" and survivor == "10.0.0.1:8001"
+    assert c not in (11, 12)  # the restart is a new sequence (the tracker detects afresh)

@@ -142,7 +142,11 @@ def test_process_table_groups_stubs_by_model(tmp_path: Path) -> None:
         "stub:face_renderer": [101, 102],
         "stub:face_aligner": [103],
     }
-    assert table.rss_mb() == {"tritonserver": 2.0, "stub:face_renderer": 2.0, "stub:face_aligner": 0.5}
+    assert table.rss_mb() == {
+        "tritonserver": 2.0,
+        "stub:face_renderer": 2.0,
+        "stub:face_aligner": 0.5,
+    }
 
 
 def test_rss_of_real_processes() -> None:
