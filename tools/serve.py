@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tddfa_tools import admin_token
+from tddfa_tools.allocator import with_allocator
 from tddfa_tools.cuda_mps import (  # noqa: F401  (re-exported: serve's GPU options)
     CudaMps,
     MpsError,
@@ -91,6 +92,8 @@ class TritonServer:
         gpus: physical GPU indices the server may use (its ``CUDA_VISIBLE_DEVICES``; the
             server numbers them 0..n-1); None: every GPU of the host. One server per GPU
             (``gpus=[i]`` each) keeps every request on one GPU: docs/multi_gpu.md.
+        allocator: ``"auto"`` (jemalloc when installed), ``"jemalloc"`` or ``"system"``: the
+            malloc of the server and its stubs (:mod:`tddfa_tools.allocator`).
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class TritonServer:
         restrict_admin: bool = True,
         binary: str | os.PathLike[str] | None = None,
         gpus: Sequence[int] | None = None,
+        allocator: str = "auto",
     ) -> None:
         if model_control not in ("explicit", "none"):
             raise ValueError(f"model_control must be 'explicit' or 'none', got {model_control!r}")
@@ -132,6 +136,7 @@ class TritonServer:
         self.model_control = model_control
         self.admin_token = admin_token.new_token() if restrict_admin else None
         self.binary = Path(binary) if binary is not None else None
+        self.allocator = allocator
         self._token_files: list[Path] = []
         self._log_listeners: list[Callable[[str], None]] = []
         self._process: subprocess.Popen[bytes] | None = None
@@ -210,13 +215,13 @@ class TritonServer:
             cmd = self.command(
                 dist / "bin" / "tritonserver", prepare_backends(dist), dist / "caches"
             )
-            return cmd, server_environment(dist)
+            return cmd, with_allocator(server_environment(dist), self.allocator)
         if not self.binary.is_file():
             raise TritonServerError(f"tritonserver binary {self.binary} not found")
         env = os.environ.copy()
         for name in THREAD_VARIABLES:
             env.setdefault(name, "1")
-        return self.command(self.binary, None, None), env
+        return self.command(self.binary, None, None), with_allocator(env, self.allocator)
 
     def start(self, cancel: threading.Event | None = None) -> TritonServer:
         """Start the server and block until it is ready (or ``cancel`` is set).

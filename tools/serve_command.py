@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from tddfa_tools.allocator import ALLOCATORS
 from tddfa_tools.cuda_mps import cuda_memory_pool_args, cuda_visible_devices
 from tddfa_tools.serve import (
     DEFAULT_PORTS,
@@ -125,6 +126,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "all). One server per GPU (--gpus 0 and --gpus 1 on other ports) keeps every "
         "request on one GPU",
     )
+    parser.add_argument(
+        "--allocator",
+        choices=ALLOCATORS,
+        default="auto",
+        help="malloc of tritonserver and its stubs: jemalloc (returns freed memory, so RSS "
+        "stays flat over days), the system's glibc malloc, or auto: jemalloc when installed",
+    )
     parser.set_defaults(func=run)
 
 
@@ -173,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         cuda_mps=args.cuda_mps,
         binary=args.tritonserver,
         gpus=args.gpus,
+        allocator=args.allocator,
     )
     supervisor = (
         Supervisor(

@@ -30,6 +30,7 @@ APT_PACKAGES=(
     libegl1 libegl-mesa0 libgl1-mesa-dri      # EGL + Mesa llvmpipe: headless OpenGL on CPU
     libgl1 libopengl0                         # GL entry points PyOpenGL loads next to EGL
     libb64-0d                                 # perf_analyzer (tritonclient wheel)
+    libjemalloc2                              # tritonserver's malloc: flat RSS (tools/allocator.py)
 )
 if ! command -v "$PYTHON" >/dev/null 2>&1 || [[ "$(command -v "$PYTHON")" == /usr/bin/* ]]; then
     # The distribution's Python: venv support, and the shared libpython the stub links against.
