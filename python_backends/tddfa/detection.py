@@ -89,6 +89,15 @@ def nms(boxes: Any, scores: Any, iou_threshold: float, max_keep: int | None = No
     return np.asarray(keep, dtype=np.int64)
 
 
+def _check_prior_count(loc: Any, conf: Any, priors: Any, axis: int) -> None:
+    if loc.shape[axis] != priors.shape[0] or conf.shape[axis] != priors.shape[0]:
+        raise ValueError(
+            f"LOC {tuple(loc.shape)}, CONF {tuple(conf.shape)} and priors "
+            f"{tuple(priors.shape)} disagree on the number of priors: build the priors "
+            "for the detector input size"
+        )
+
+
 def select_faces(
     loc: Any,
     conf: Any,
@@ -120,12 +129,7 @@ def select_faces(
     xp = get_xp(loc)
     if input_size is None:
         input_size = (cfg.canvas_height, cfg.canvas_width)
-    if loc.shape[0] != priors.shape[0] or conf.shape[0] != priors.shape[0]:
-        raise ValueError(
-            f"LOC {tuple(loc.shape)}, CONF {tuple(conf.shape)} and priors "
-            f"{tuple(priors.shape)} disagree on the number of priors: build the priors "
-            "for the detector input size"
-        )
+    _check_prior_count(loc, conf, priors, axis=0)
     out = xp.zeros((cfg.max_faces, 5), dtype=xp.float32)
     scores = conf[:, 1].astype(xp.float32, copy=False)
     threshold = max(cfg.pre_nms_threshold, cfg.score_threshold)
@@ -203,12 +207,7 @@ def select_faces_batch(
     xp = get_xp(loc)
     if input_size is None:
         input_size = (cfg.canvas_height, cfg.canvas_width)
-    if loc.shape[1] != priors.shape[0] or conf.shape[1] != priors.shape[0]:
-        raise ValueError(
-            f"LOC {tuple(loc.shape)}, CONF {tuple(conf.shape)} and priors "
-            f"{tuple(priors.shape)} disagree on the number of priors: build the priors "
-            "for the detector input size"
-        )
+    _check_prior_count(loc, conf, priors, axis=1)
     batch = loc.shape[0]
     scores = conf[..., 1].astype(xp.float32)
     threshold = max(cfg.pre_nms_threshold, cfg.score_threshold)

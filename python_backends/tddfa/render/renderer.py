@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from tddfa.contract import DEFAULT_RENDER_MODE
-from tddfa.gl_context import GLContext, GLContextError  # sets PYOPENGL_PLATFORM=egl first
+from tddfa.gl_context import GLContext  # sets PYOPENGL_PLATFORM=egl first
 from tddfa.render import layout as layout_
 from tddfa.render.assets import RenderAssets
 from tddfa.render.faces import (
@@ -449,13 +449,3 @@ class MeshRenderer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-__all__ = [
-    "GLContextError",
-    "InteropError",
-    "Lighting",
-    "MeshFaces",
-    "MeshRenderer",
-    "OverlayFaces",
-    "Rendered",
-]
