@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from tddfa_tools.allocator import ALLOCATORS
-from tddfa_tools.cuda_mps import cuda_memory_pool_args, cuda_visible_devices
+from tddfa_tools.cuda_mps import cuda_memory_pool_args, cuda_visible_devices, visible_gpu_count
 from tddfa_tools.serve import (
     DEFAULT_PORTS,
     DEFAULT_REPOSITORY,
@@ -147,6 +147,23 @@ def _gpu_list(text: str) -> tuple[int, ...]:
     return gpus
 
 
+def spanning_gpus_warning(repository: Path, gpus: tuple[int, ...] | None) -> str | None:
+    """Why one server over several GPUs is a bad layout, when this one would be: a GPU
+    build and more than one GPU for it (``--gpus``, else every GPU it sees); else None."""
+    configs = Path(repository).glob("*/config.pbtxt")
+    if not any("KIND_GPU" in config.read_text() for config in configs):
+        return None
+    count = len(gpus) if gpus else visible_gpu_count()
+    if count < 2:
+        return None
+    return (
+        f"one server over {count} GPUs: Triton 2.51 sends each step of a frame to any free "
+        "instance, so frames cross GPUs at every step, and such requests can stay in the "
+        "server (1 of 960 never came back on two H200s, docs/multi_gpu.md). Run one server "
+        "per GPU: tddfa serve --gpus 0 ..., tddfa serve --gpus 1 --grpc-port ... (other ports)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """``tddfa serve``: serve until SIGINT/SIGTERM (exit 0), or exit 1 when the server cannot
     be started or keeps crashing (the supervisor restarts it otherwise)."""
@@ -166,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
         if starting.is_set():
             raise KeyboardInterrupt  # leaves the readiness wait
 
+    warning = spanning_gpus_warning(args.model_repository, args.gpus)
+    if warning:
+        LOGGER.warning("%s", warning)
     server = TritonServer(
         args.model_repository,
         http_port=args.http_port,

@@ -3,10 +3,12 @@ requests batched through :func:`tddfa.batching.run_batched`, one response per re
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +204,28 @@ def _peer_copy(array, device: int):
     return out
 
 
+# The stub renames a DLPack capsule it consumed "used_dlpack"; the DLPack spec says
+# "used_dltensor", and numpy's capsule destructor checks for exactly that: for any other name
+# it reports an unraisable error, a Python traceback in the server log for every host tensor
+# (11 per tracked frame on the H200). PbTensor frees the data through the DLPack deleter, so
+# marking the capsule as the spec does only silences the destructor.
+_capsule_is_valid = ctypes.pythonapi.PyCapsule_IsValid
+_capsule_is_valid.argtypes = (ctypes.py_object, ctypes.c_char_p)
+_capsule_set_name = ctypes.pythonapi.PyCapsule_SetName
+_capsule_set_name.argtypes = (ctypes.py_object, ctypes.c_char_p)
+_USED_CAPSULE = b"used_dltensor"  # the capsule keeps a pointer to these bytes: module lifetime
+
+
+def host_tensor_from_dlpack(make_tensor: Callable[[str, Any], Any], name: str, array: np.ndarray):
+    """``make_tensor(name, capsule)`` (``pb_utils.Tensor.from_dlpack``) for a numpy array,
+    the consumed capsule then marked used as DLPack specifies (see _USED_CAPSULE)."""
+    capsule = array.__dlpack__()
+    tensor = make_tensor(name, capsule)
+    if not _capsule_is_valid(capsule, b"dltensor"):  # consumed: the data is the tensor's now
+        _capsule_set_name(capsule, _USED_CAPSULE)
+    return tensor
+
+
 def _to_tensor(name: str, array, dtype) -> Any:
     if isinstance(array, list):  # one array per frame (their shapes differ within a batch)
         array = get_xp(array[0]).stack(array)
@@ -209,8 +233,9 @@ def _to_tensor(name: str, array, dtype) -> Any:
     array = xp.ascontiguousarray(array.astype(dtype, copy=False))
     if xp is np and not _NUMPY_2:
         return pb_utils.Tensor(name, array)
-    # a CuPy array stays on the device; numpy 2 arrays also go through DLPack (see _NUMPY_2)
-    return pb_utils.Tensor.from_dlpack(name, array)
+    if xp is np:  # numpy 2 goes through DLPack too (see _NUMPY_2)
+        return host_tensor_from_dlpack(pb_utils.Tensor.from_dlpack, name, array)
+    return pb_utils.Tensor.from_dlpack(name, array)  # a CuPy array stays on the device
 
 
 def _parameters(request) -> dict[str, Any]:

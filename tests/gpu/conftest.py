@@ -99,6 +99,30 @@ def gpu_repository_fp32(gpu_repository: Path, tmp_path_factory) -> Path:
     return fp32_variant(gpu_repository, tmp_path_factory.mktemp("gpu32") / "model_repository")
 
 
+def keep_full_log(server, label: str) -> None:
+    """Append every line of ``server``'s log to $TDDFA_GPU_LOG_DIR/<label>-<port>.log when set:
+    a request that never returns leaves its evidence there (the device copies the folder
+    back); the fixtures keep only a tail in memory."""
+    folder = os.environ.get("TDDFA_GPU_LOG_DIR")
+    if not folder:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / f"{label}-{server.grpc_port}.log"
+    handle = path.open("a", encoding="utf-8", buffering=1)
+    server.add_log_listener(handle.write)
+
+
+def count_tracebacks(server) -> list[int]:
+    """A one-item list that counts the Python tracebacks in ``server``'s log as they come."""
+    count = [0]
+
+    def listen(line: str) -> None:
+        count[0] += line.startswith("Traceback (most recent call last)")
+
+    server.add_log_listener(listen)
+    return count
+
+
 def _serve(repository: Path) -> Iterator[str]:
     from tddfa_tools.serve import TritonServer, cuda_memory_pool_args
 
@@ -106,12 +130,21 @@ def _serve(repository: Path) -> Iterator[str]:
         repository,
         startup_timeout=600,
         exit_timeout=5,
-        extra_args=cuda_memory_pool_args(POOL_MB),
+        # the layout to serve: one server per GPU (on a two-GPU machine an unpinned server
+        # spans both, and requests crossing GPUs can stay in Triton 2.51: test_gpu_multi)
+        gpus=[0],
+        extra_args=cuda_memory_pool_args(POOL_MB, gpus=1),
         cuda_mps=os.environ.get("TDDFA_TEST_CUDA_MPS") == "1",  # the suite under MPS too
     )
+    keep_full_log(server, repository.name)
+    tracebacks = count_tracebacks(server)
     with server:
         yield server.grpc_url
         log = server.log_tail()
+    # a healthy server logs no Python traceback (each was one per host output tensor when
+    # the stub's DLPack capsules reached numpy's destructor: adapter.host_tensor_from_dlpack)
+    if tracebacks[0]:
+        pytest.fail(f"{tracebacks[0]} Python tracebacks in the server log; tail:\n{log}")
     # every python step must have loaded on the GPU, the renderer with interop
     if "interop failed" in log or "frames go through the host" in log:
         pytest.fail(f"the renderer fell back to host copies; server log:\n{log}")

@@ -12,6 +12,7 @@ import tritonclient.grpc as grpcclient
 
 from tddfa_tools import admin_token
 
+TIMEOUT_S = 120  # a request that never returns fails the test instead of hanging the suite
 OUTPUTS = ("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS", "VERTICES")
 MODEL = "tddfa"
 
@@ -22,7 +23,7 @@ def infer(url: str, image: np.ndarray, outputs=OUTPUTS) -> dict[str, np.ndarray]
         tensor = grpcclient.InferInput("IMAGE", [1, *image.shape], "UINT8")
         tensor.set_data_from_numpy(np.ascontiguousarray(image[None]))
         requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
-        result = client.infer(MODEL, [tensor], outputs=requested)
+        result = client.infer(MODEL, [tensor], outputs=requested, client_timeout=TIMEOUT_S)
         return {name: result.as_numpy(name)[0] for name in outputs}
 
 
@@ -79,7 +80,7 @@ def infer_cuda_shm(url: str, image, outputs=("RENDERED", "FACE_COUNT")) -> dict:
                 if name == "RENDERED":
                     output.set_shared_memory(regions[1].name, frame_bytes)
                 requested.append(output)
-            result = client.infer(MODEL, [tensor], outputs=requested)
+            result = client.infer(MODEL, [tensor], outputs=requested, client_timeout=TIMEOUT_S)
             got = {name: result.as_numpy(name)[0] for name in outputs if name != "RENDERED"}
             if "RENDERED" in outputs:
                 got["RENDERED"] = regions[1].view((height, width, 3), cupy.uint8).copy()

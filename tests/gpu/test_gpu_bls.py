@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gpu_client import infer
+from gpu_client import TIMEOUT_S, infer
 
 PHOTOS = ("emma.jpg", "trump_hillary.jpg", "JianzhuGuo.jpg")
 KEYS = ("FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS")
@@ -45,6 +45,7 @@ def test_bls_sequence_equals_the_in_process_build(gpu_bls_server, gpu_server, te
                     sequence_id=4343,
                     sequence_start=i == 0,
                     sequence_end=i == 3,
+                    client_timeout=TIMEOUT_S,
                 )
                 runs[label].append({n: result.as_numpy(n)[0] for n in outputs})
     for got, want in zip(runs["bls"], runs["in-process"], strict=True):

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from gpu_client import blank, infer, infer_cuda_shm, mosaic
+from gpu_client import TIMEOUT_S, blank, infer, infer_cuda_shm, mosaic
 
 PHOTOS = ("emma.jpg", "trump_hillary.jpg", "JianzhuGuo.jpg")
 TOLERANCE = {"fp16": (2.0, 1.0), "fp32": (0.5, 0.1)}  # (landmark px, pose degrees)
@@ -132,6 +132,7 @@ def test_sequence_tracks_on_the_gpu(gpu_server, test_images):
                 sequence_id=4242,
                 sequence_start=i == 0,
                 sequence_end=i == 5,
+                client_timeout=TIMEOUT_S,
             )
             results.append({n: result.as_numpy(n)[0] for n in outputs})
     assert [bool(r["DETECTED"][0]) for r in results] == [True] + [False] * 5

@@ -12,6 +12,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import keep_full_log
 
 
 def _gpus() -> int:
@@ -78,9 +79,10 @@ def test_tensor_from_another_gpu_is_copied_onto_the_instances_gpu(adapter):
     assert len(adapter.test_warnings) == 1  # said once
 
 
-def _hammer(targets, image, requests: int, threads: int) -> list[str]:
+def _hammer(targets, image, faces: int, requests: int, threads: int) -> list[str]:
     """``threads`` clients, each sending ``requests`` frames through CUDA shared memory to
-    targets[i % n] = (url, client GPU, server's number for it); errors as text."""
+    targets[i % n] = (url, client GPU, server's number for it); errors (a failed request, a
+    face count other than ``faces``) as text."""
     from tddfa_clients.triton_client import FrameClient
 
     errors: list[str] = []
@@ -99,8 +101,8 @@ def _hammer(targets, image, requests: int, threads: int) -> list[str]:
                 timeout=120,
             ) as frames:
                 for _, result in frames.infer_stream((i, image) for i in range(requests)):
-                    if result.face_count != 1:
-                        errors.append(f"client {index}: {result.face_count} faces")
+                    if result.face_count != faces:
+                        errors.append(f"client {index}: {result.face_count} faces, not {faces}")
         except Exception as exc:  # noqa: BLE001 - reported by the test
             errors.append(f"client {index}: {type(exc).__name__}: {exc}")
 
@@ -112,28 +114,36 @@ def _hammer(targets, image, requests: int, threads: int) -> list[str]:
     return errors + [f"client {i} never finished" for i, w in enumerate(workers) if w.is_alive()]
 
 
-def test_one_server_over_two_gpus_answers_every_request(gpu_repository, test_images):
+@pytest.mark.xfail(
+    reason="Triton 2.51 can keep a request whose steps cross GPUs: 1 of 960 never came back "
+    "on two H200s (2026-11-30, docs/multi_gpu.md); serve one server per GPU",
+    strict=False,
+)
+def test_one_server_over_two_gpus_answers_every_request(gpu_repository, test_images, cpu_expected):
     """The layout that lost requests: one server, instances on both GPUs, frames in CUDA
     shared memory on both GPUs. Every request must come back (timeouts, not a hang)."""
     from tddfa_tools.serve import TritonServer, cuda_memory_pool_args
 
+    faces = int(cpu_expected["emma.jpg:FACE_COUNT"][0])  # 3: the CPU ensemble's answer
     with TritonServer(
         gpu_repository,
         startup_timeout=600,
         cuda_mps=MPS,
         extra_args=cuda_memory_pool_args(POOL_MB, gpus=2),
     ) as server:
+        keep_full_log(server, "two-gpus")
         targets = [(server.grpc_url, 0, 0), (server.grpc_url, 1, 1)]
-        errors = _hammer(targets, test_images["emma.jpg"], requests=60, threads=16)
+        errors = _hammer(targets, test_images["emma.jpg"], faces, requests=60, threads=16)
         log = server.log_tail()
     assert not errors, f"{errors[:5]}\nserver log tail:\n{log}"
 
 
-def test_one_server_per_gpu_answers_every_request(gpu_repository, test_images):
+def test_one_server_per_gpu_answers_every_request(gpu_repository, test_images, cpu_expected):
     """The recommended layout: a server pinned to each GPU (its own MPS daemon), regions on
     that GPU (the server calls it 0)."""
     from tddfa_tools.serve import TritonServer, cuda_memory_pool_args
 
+    faces = int(cpu_expected["emma.jpg:FACE_COUNT"][0])
     servers = [
         TritonServer(
             gpu_repository,
@@ -145,14 +155,15 @@ def test_one_server_per_gpu_answers_every_request(gpu_repository, test_images):
         for gpu in (0, 1)
     ]
     try:
-        for server in servers:
+        for gpu, server in enumerate(servers):
+            keep_full_log(server, f"gpu{gpu}")
             server.start()
         targets = [(server.grpc_url, gpu, 0) for gpu, server in enumerate(servers)]
-        errors = _hammer(targets, test_images["emma.jpg"], requests=60, threads=16)
+        errors = _hammer(targets, test_images["emma.jpg"], faces, requests=60, threads=16)
         logs = [server.log_tail() for server in servers]
     finally:
         for server in servers:
             server.stop()
-    assert not errors, errors[:5]
+    assert not errors, f"{errors[:5]}\nserver log tails:\n" + "\n".join(logs)
     for log in logs:
         assert "crossed GPUs" not in log  # no tensor ever moved between GPUs

@@ -151,3 +151,32 @@ def test_server_environment_pins_gpus(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         TritonServer(tmp_path / "repo", gpus=[1]).start()
     assert seen["CUDA_VISIBLE_DEVICES"] == "1" and seen["A"] == "1"
+
+
+def _repository(tmp_path, kind: str):
+    (tmp_path / "face_detector").mkdir()
+    (tmp_path / "face_detector" / "config.pbtxt").write_text(
+        f'name: "face_detector"\ninstance_group [{{ kind: {kind} count: 2 }}]\n'
+    )
+    return tmp_path
+
+
+def test_one_server_over_several_gpus_is_warned_about(tmp_path, monkeypatch):
+    from tddfa_tools import serve_command
+
+    gpu_build = _repository(tmp_path, "KIND_GPU")
+    warning = serve_command.spanning_gpus_warning(gpu_build, (0, 1))
+    assert "one server over 2 GPUs" in warning and "--gpus 0" in warning
+    assert serve_command.spanning_gpus_warning(gpu_build, (1,)) is None
+    # no --gpus: every GPU the server would see
+    monkeypatch.setattr(serve_command, "visible_gpu_count", lambda: 4)
+    assert "one server over 4 GPUs" in serve_command.spanning_gpus_warning(gpu_build, None)
+    monkeypatch.setattr(serve_command, "visible_gpu_count", lambda: 1)
+    assert serve_command.spanning_gpus_warning(gpu_build, None) is None
+
+
+def test_a_cpu_build_is_not_warned_about_gpus(tmp_path, monkeypatch):
+    from tddfa_tools import serve_command
+
+    monkeypatch.setattr(serve_command, "visible_gpu_count", lambda: 2)
+    assert serve_command.spanning_gpus_warning(_repository(tmp_path, "KIND_CPU"), None) is None

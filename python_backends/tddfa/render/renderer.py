@@ -448,4 +448,3 @@ class MeshRenderer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
