@@ -27,6 +27,29 @@ def infer(url: str, image: np.ndarray, outputs=OUTPUTS) -> dict[str, np.ndarray]
         return {name: result.as_numpy(name)[0] for name in outputs}
 
 
+def infer_sequence(
+    url: str, image: np.ndarray, outputs, frames: int, sequence_id: int
+) -> list[dict[str, np.ndarray]]:
+    """``frames`` copies of one frame as a ``tddfa_track`` sequence (START on the first, END
+    on the last) -> per frame {output: array without the batch axis}."""
+    results = []
+    with grpcclient.InferenceServerClient(url) as client:
+        for i in range(frames):
+            tensor = grpcclient.InferInput("IMAGE", [1, *image.shape], "UINT8")
+            tensor.set_data_from_numpy(np.ascontiguousarray(image[None]))
+            result = client.infer(
+                "tddfa_track",
+                [tensor],
+                outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
+                sequence_id=sequence_id,
+                sequence_start=i == 0,
+                sequence_end=i == frames - 1,
+                client_timeout=TIMEOUT_S,
+            )
+            results.append({n: result.as_numpy(n)[0] for n in outputs})
+    return results
+
+
 class CudaRegion:
     """A cudaMalloc'd buffer registered with the server as CUDA shared memory (CuPy)."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gpu_client import TIMEOUT_S, infer
+from gpu_client import infer, infer_sequence
 
 PHOTOS = ("emma.jpg", "trump_hillary.jpg", "JianzhuGuo.jpg")
 KEYS = ("FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS")
@@ -27,27 +27,12 @@ def test_bls_build_equals_the_in_process_build(gpu_bls_server, gpu_server, test_
 def test_bls_sequence_equals_the_in_process_build(gpu_bls_server, gpu_server, test_images):
     """tddfa_track: the tracker detects through the face_detector model and checks tracked
     crops with it (each crop a uint8 frame: BlsDetector.face_scores)."""
-    import tritonclient.grpc as grpcclient
-
     image = test_images["trump_hillary.jpg"]
     outputs = (*KEYS, "TRACK_IDS", "DETECTED")
-    runs = {}
-    for label, url in (("bls", gpu_bls_server), ("in-process", gpu_server)):
-        with grpcclient.InferenceServerClient(url) as client:
-            runs[label] = []
-            for i in range(4):
-                tensor = grpcclient.InferInput("IMAGE", [1, *image.shape], "UINT8")
-                tensor.set_data_from_numpy(image[None])
-                result = client.infer(
-                    "tddfa_track",
-                    [tensor],
-                    outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
-                    sequence_id=4343,
-                    sequence_start=i == 0,
-                    sequence_end=i == 3,
-                    client_timeout=TIMEOUT_S,
-                )
-                runs[label].append({n: result.as_numpy(n)[0] for n in outputs})
+    runs = {
+        label: infer_sequence(url, image, outputs, frames=4, sequence_id=4343)
+        for label, url in (("bls", gpu_bls_server), ("in-process", gpu_server))
+    }
     for got, want in zip(runs["bls"], runs["in-process"], strict=True):
         np.testing.assert_array_equal(got["DETECTED"], want["DETECTED"])
         np.testing.assert_array_equal(got["TRACK_IDS"], want["TRACK_IDS"])

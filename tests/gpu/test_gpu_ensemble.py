@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from gpu_client import TIMEOUT_S, blank, infer, infer_cuda_shm, mosaic
+from gpu_client import blank, infer, infer_cuda_shm, infer_sequence, mosaic
 
 PHOTOS = ("emma.jpg", "trump_hillary.jpg", "JianzhuGuo.jpg")
 TOLERANCE = {"fp16": (2.0, 1.0), "fp32": (0.5, 0.1)}  # (landmark px, pose degrees)
@@ -115,26 +115,10 @@ def test_cuda_shared_memory_in_and_out(gpu_server, test_images):
 def test_sequence_tracks_on_the_gpu(gpu_server, test_images):
     """tddfa_track on the GPU build: the first frame is detected, the others are tracked,
     and on still frames the tracked landmarks equal the stateless ones (no drift)."""
-    import tritonclient.grpc as grpcclient
-
     image = test_images["trump_hillary.jpg"]
     stateless = infer(gpu_server, image, ("FACE_COUNT", "LANDMARKS"))
     outputs = ("FACE_COUNT", "LANDMARKS", "TRACK_IDS", "DETECTED")
-    with grpcclient.InferenceServerClient(gpu_server) as client:
-        results = []
-        for i in range(6):
-            tensor = grpcclient.InferInput("IMAGE", [1, *image.shape], "UINT8")
-            tensor.set_data_from_numpy(image[None])
-            result = client.infer(
-                "tddfa_track",
-                [tensor],
-                outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
-                sequence_id=4242,
-                sequence_start=i == 0,
-                sequence_end=i == 5,
-                client_timeout=TIMEOUT_S,
-            )
-            results.append({n: result.as_numpy(n)[0] for n in outputs})
+    results = infer_sequence(gpu_server, image, outputs, frames=6, sequence_id=4242)
     assert [bool(r["DETECTED"][0]) for r in results] == [True] + [False] * 5
     for r in results:
         assert int(r["FACE_COUNT"][0]) == 2 and sorted(r["TRACK_IDS"][:2]) == [1, 2]
