@@ -55,8 +55,8 @@ class FakeError:
 
 
 def install(monkeypatch) -> types.ModuleType:
-    """Put the fake module in place of the Python backend's (and forget the adapter, so it
-    is imported again against the fake)."""
+    """Put the fake module in place of the Python backend's (and forget the adapter and its
+    tensor module, so they are imported again against the fake)."""
     module = types.ModuleType("triton_python_backend_utils")
     module.Tensor = FakeTensor
     module.InferenceResponse = FakeResponse
@@ -65,8 +65,8 @@ def install(monkeypatch) -> types.ModuleType:
     module.get_input_tensor_by_name = lambda request, name: request.tensors.get(name)
     module.triton_string_to_numpy = NUMPY_TYPES.__getitem__
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
-    monkeypatch.delitem(sys.modules, "tddfa_triton.adapter", raising=False)
-    monkeypatch.delitem(sys.modules, "tddfa_triton", raising=False)
+    for name in ("tddfa_triton.tensors", "tddfa_triton.adapter", "tddfa_triton"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     return module
 
 

@@ -13,7 +13,7 @@ here give those calls the interfaces the library already uses, so ``tddfa.aligne
 
 This module is the only one that makes BLS calls. Arrays go as the adapter moves them:
 device tensors through DLPack on GPU instances (the response is asked for on the same GPU),
-numpy through DLPack under numpy 2 (see ``adapter._to_tensor`` / ``_to_array``).
+numpy through DLPack under numpy 2 (see :mod:`tddfa_triton.tensors`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tddfa.config import PipelineConfig
 from tddfa.contract import IMAGE_INPUT
 from tddfa.detector import validate_frames
 from tddfa.xp import get_xp
-from tddfa_triton.adapter import _to_array, _to_tensor
+from tddfa_triton.tensors import to_array, to_tensor
 
 
 def checked_response(response, model_name: str, output_names: Sequence[str]):
@@ -92,7 +92,7 @@ class BlsRunner:
             raise ValueError(
                 f"missing inputs {missing}; {self.model_name} takes {self.input_names}"
             )
-        tensors = [_to_tensor(name, inputs[name], inputs[name].dtype) for name in self.input_names]
+        tensors = [to_tensor(name, inputs[name], inputs[name].dtype) for name in self.input_names]
         request = pb_utils.InferenceRequest(
             model_name=self.model_name,
             requested_output_names=self.output_names,
@@ -101,9 +101,7 @@ class BlsRunner:
         )
         response = checked_response(request.exec(), self.model_name, self.output_names)
         return {
-            name: _to_array(
-                pb_utils.get_output_tensor_by_name(response, name), self.device_id, name
-            )
+            name: to_array(pb_utils.get_output_tensor_by_name(response, name), self.device_id, name)
             for name in self.output_names
         }
 

@@ -31,16 +31,16 @@ POOL_MB = 4096
 
 @pytest.fixture()
 def adapter(monkeypatch):
-    """tddfa_triton.adapter with a stand-in for the Python backend's utils module."""
+    """tddfa_triton.tensors with a stand-in for the Python backend's utils module."""
     warnings: list[str] = []
     module = types.ModuleType("triton_python_backend_utils")
     module.Logger = types.SimpleNamespace(
         log_info=lambda m: None, log_error=lambda m: None, log_warn=warnings.append
     )
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
-    monkeypatch.delitem(sys.modules, "tddfa_triton.adapter", raising=False)
-    monkeypatch.delitem(sys.modules, "tddfa_triton", raising=False)
-    import tddfa_triton.adapter as loaded
+    for name in ("tddfa_triton.tensors", "tddfa_triton.adapter", "tddfa_triton"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import tddfa_triton.tensors as loaded
 
     loaded.test_warnings = warnings
     return loaded
@@ -69,13 +69,13 @@ def test_tensor_from_another_gpu_is_copied_onto_the_instances_gpu(adapter):
         source = (
             cupy.arange(720 * 1280 * 3, dtype=cupy.uint32).astype(cupy.uint8).reshape(720, 1280, 3)
         )
-    got = adapter._to_array(DeviceTensor(source), device=1, name="IMAGE")
+    got = adapter.to_array(DeviceTensor(source), device=1, name="IMAGE")
     assert got.device.id == 1
     with cupy.cuda.Device(1):
         cupy.cuda.get_current_stream().synchronize()
     np.testing.assert_array_equal(cupy.asnumpy(got), cupy.asnumpy(source))
     assert len(adapter.test_warnings) == 1 and "crossed GPUs" in adapter.test_warnings[0]
-    adapter._to_array(DeviceTensor(source), device=1, name="IMAGE")
+    adapter.to_array(DeviceTensor(source), device=1, name="IMAGE")
     assert len(adapter.test_warnings) == 1  # said once
 
 

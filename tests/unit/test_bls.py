@@ -83,7 +83,12 @@ def server(monkeypatch):
         FakeTensor(name, response.outputs[name]) if name in response.outputs else None
     )
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
-    for name in ("tddfa_triton.bls", "tddfa_triton.adapter", "tddfa_triton"):
+    for name in (
+        "tddfa_triton.bls",
+        "tddfa_triton.tensors",
+        "tddfa_triton.adapter",
+        "tddfa_triton",
+    ):
         monkeypatch.delitem(sys.modules, name, raising=False)
     return server
 

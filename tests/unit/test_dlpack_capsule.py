@@ -71,7 +71,7 @@ def test_numpy_reports_the_stubs_capsule_name_as_an_error(unraisable):
 
 def test_host_tensor_from_dlpack_leaves_no_error_and_frees_the_array(monkeypatch, unraisable):
     install(monkeypatch)
-    from tddfa_triton.adapter import host_tensor_from_dlpack
+    from tddfa_triton.tensors import host_tensor_from_dlpack
 
     array = np.arange(12, dtype=np.float32).reshape(3, 4)
     before = sys.getrefcount(array)
@@ -87,7 +87,7 @@ def test_host_tensor_from_dlpack_leaves_no_error_and_frees_the_array(monkeypatch
 
 def test_a_capsule_the_stub_refused_is_left_to_numpy(monkeypatch, unraisable):
     install(monkeypatch)
-    from tddfa_triton.adapter import host_tensor_from_dlpack
+    from tddfa_triton.tensors import host_tensor_from_dlpack
 
     def refuse(name, capsule):
         raise RuntimeError("not consumed")
