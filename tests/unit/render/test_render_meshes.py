@@ -18,21 +18,7 @@ from tddfa.render import MeshRenderer, vertex_normals  # noqa: E402
 MARGIN = 2  # pixels a mesh may touch outside its vertices' bounding box
 
 
-def _egl_problem() -> str | None:
-    try:
-        context = gl_context.GLContext("cpu")
-    except Exception as exc:  # any EGL/driver failure means: no headless GL here
-        return f"{type(exc).__name__}: {exc}"
-    context.close()
-    return None
-
-
-_PROBLEM = _egl_problem()
-pytestmark = pytest.mark.skipif(
-    _PROBLEM is not None,
-    reason=f"EGL/Mesa llvmpipe cannot initialise ({_PROBLEM}); apt-get install libegl1 "
-    "libegl-mesa0 libgl1-mesa-dri libopengl0",
-)
+# skipped without headless EGL by this folder's conftest
 
 
 def grid_mesh(
