@@ -50,8 +50,7 @@ class Aligner:
         if xp is not np:
             from tddfa import gpu_kernels
 
-            masked = xp.where(slot_mask(counts, rois.shape[1])[..., None], rois, 0)
-            return gpu_kernels.face_crops(images, masked)
+            return gpu_kernels.face_crops(images, rois, counts)  # one launch
         return np.stack(
             [
                 roi.crop_and_resize(image, frame_rois, count=int(count))

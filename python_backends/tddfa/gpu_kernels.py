@@ -6,15 +6,16 @@ launch- and Python-bound (~3 ms per 720p frame for the canvas, ~4 ms for the cro
 Here each is one kernel for a whole batch of frames, reading the uint8 frames once:
 
 - :func:`detector_canvas`: B frames (H, W, 3) -> (B, 3, Hc, Wc) float32 canvases;
-- :func:`face_crops`: B frames and (B, K, 4) ROI boxes (host or device) -> (B, K, 3, 120, 120)
-  crops;
+- :func:`face_crops`: B frames, (B, K, 4) ROI boxes and (B,) face counts (host or device)
+  -> (B, K, 3, 120, 120) crops;
 - :func:`vertex_normals`: the renderer's per-vertex normals, one scatter kernel.
 
 The arithmetic is OpenCV's fixed-point INTER_LINEAR of :mod:`tddfa.resize` (11-bit
 weights, the vertical pass dropping 4 + 16 bits, +2 >> 2), so the results equal the
-numpy path bit for bit. The sampling taps (which source pixels, which weights) come from
-the same functions as the numpy path, computed on the host in numpy (they depend only on
-the frame size and, for crops, on the K boxes) and uploaded once per call or size.
+numpy path bit for bit. The canvas's sampling taps depend only on the frame size: they
+come from the numpy functions and are uploaded once per size. The crops' taps depend on
+each ROI box: every thread computes its own in the kernel, with the same float64/float32
+rounding steps as :func:`tddfa.roi.crop_taps` (one launch per batch instead of ~30).
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ import numpy as np
 from tddfa.config import REGRESSOR_SIZE, PipelineConfig
 from tddfa.preprocess import DETECTOR_MEAN_RGB, detector_scale, resized_size
 from tddfa.resize import fixed_point_weights, inverse_scale, linear_taps
-from tddfa.roi import crop_taps
-from tddfa.xp import get_xp
 
 _BLEND = r"""
 __device__ __forceinline__ float blend(const unsigned char* top, const unsigned char* bottom,
@@ -75,10 +74,32 @@ extern "C" __global__ void detector_canvas(
 _CROPS = (
     _BLEND
     + r"""
+// One axis of tddfa.roi.crop_taps for destination index d: the two source indices and
+// their 11-bit weights. The _rn intrinsics keep numpy's rounding (no fused multiply-add).
+__device__ __forceinline__ void crop_tap(int d, long long start, long long length, int limit,
+                                         int size, bool clamp_weight, int filled,
+                                         int* i0, int* i1, int* w0, int* w1) {
+    if (length < 1) length = 1;
+    double inv_scale = 1.0 / ((double)size / (double)length);
+    float pos = __double2float_rn(__dadd_rn(__dmul_rn((double)d + 0.5, inv_scale), -0.5));
+    float base = floorf(pos);
+    float weight = __fsub_rn(pos, base);
+    long long first = (long long)base, last = length - 1;
+    if (clamp_weight && (first < 0 || first >= last)) weight = 0.f;
+    long long a = first < 0 ? 0 : (first > last ? last : first);
+    long long b = first + 1 < 0 ? 0 : (first + 1 > last ? last : first + 1);
+    a += start;
+    b += start;
+    *w1 = (int)rintf(__fmul_rn(weight, 2048.f)) * (b >= 0 && b < limit) * filled;
+    *w0 = (int)rintf(__fmul_rn(__fsub_rn(1.f, weight), 2048.f)) * (a >= 0 && a < limit) * filled;
+    *i0 = (int)(a < 0 ? 0 : (a >= limit ? limit - 1 : a));
+    *i1 = (int)(b < 0 ? 0 : (b >= limit ? limit - 1 : b));
+}
+
 extern "C" __global__ void face_crops(
         const unsigned char* frames, int height, int width, int faces, int size,
-        const int* taps, float* out, long long total) {
-    // taps: (8, B * K, size) x0, x1, a0, a1, y0, y1, b0, b1
+        const float* rois, const int* counts, float* out, long long total) {
+    // rois: (B * K, 4) sx, sy, ex, ey; counts: (B,) filled slots; out: (B * K, 3, size, size)
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
     int x = (int)(i % size);
@@ -88,14 +109,22 @@ extern "C" __global__ void face_crops(
     int c = (int)(r % 3);
     long long slot = r / 3;               // b * K + k
     long long b = slot / faces;
-    long long plane = total / 3 / size;   // B * K * size: one tap table
-    const int* tx = taps + slot * size + x;
-    const int* ty = taps + 4 * plane + slot * size + y;
+    if (slot % faces >= counts[b]) {      // an empty slot: a black crop
+        out[i] = 0.f;
+        return;
+    }
+    const float* roi = rois + slot * 4;
+    long long sx = (long long)rint((double)roi[0]), sy = (long long)rint((double)roi[1]);
+    long long crop_w = (long long)rint((double)roi[2]) - sx;
+    long long crop_h = (long long)rint((double)roi[3]) - sy;
+    int filled = crop_w > 0 && crop_h > 0;
+    int x0, x1, a0, a1, y0, y1, b0, b1;
+    crop_tap(x, sx, crop_w, width, size, true, filled, &x0, &x1, &a0, &a1);
+    crop_tap(y, sy, crop_h, height, size, false, filled, &y0, &y1, &b0, &b1);
     const unsigned char* frame = frames + b * (long long)height * width * 3;
-    const unsigned char* top = frame + (long long)ty[0] * width * 3;
-    const unsigned char* bottom = frame + (long long)ty[plane] * width * 3;
-    out[i] = blend(top, bottom, tx[0] * 3 + c, tx[plane] * 3 + c, tx[2 * plane], tx[3 * plane],
-                   ty[2 * plane], ty[3 * plane]);
+    const unsigned char* top = frame + (long long)y0 * width * 3;
+    const unsigned char* bottom = frame + (long long)y1 * width * 3;
+    out[i] = blend(top, bottom, x0 * 3 + c, x1 * 3 + c, a0, a1, b0, b1);
 }
 """
 )
@@ -192,34 +221,35 @@ def detector_canvas(frames: Any, cfg: PipelineConfig) -> tuple[Any, float]:
     return out, scale
 
 
-def crop_tap_table(rois: Any, height: int, width: int, size: int) -> Any:
-    """(B, K, 4) ROI boxes -> (8, B * K, size) int32 taps for :func:`face_crops`, on the
-    boxes' device (numpy boxes: host taps; CuPy boxes: device taps, no host round trip).
+def crops_source() -> str:
+    """The CUDA source of :func:`face_crops` (tests compile it for the host too)."""
+    return _CROPS
 
-    Empty slots must be all-zero boxes (their weights come out 0: black crops).
+
+def face_crops(frames: Any, rois: Any, counts: Any = None, size: int = REGRESSOR_SIZE) -> Any:
+    """(B, H, W, 3) uint8 CuPy frames, (B, K, 4) ROI boxes and (B,) filled slots per frame
+    (numpy or CuPy; None: all K) -> (B, K, 3, size, size) float32 CuPy crops, equal to
+    :func:`tddfa.roi.crop_and_resize` per frame (zeros in empty slots and empty boxes).
+
+    One launch: every thread computes its own sampling taps from its ROI box (the
+    arithmetic of :func:`tddfa.roi.crop_taps`), so no tap table is built per call.
     """
-    xp = get_xp(rois)
-    flat = xp.asarray(rois, dtype=xp.float32).reshape(-1, 4)
-    return xp.stack([t.astype(xp.int32) for t in crop_taps(flat, height, width, size)])
-
-
-def face_crops(frames: Any, rois: Any, size: int = REGRESSOR_SIZE) -> Any:
-    """(B, H, W, 3) uint8 CuPy frames, (B, K, 4) ROI boxes (numpy, or CuPy to stay on the
-    device, e.g. ``roi_from_box`` of the Detector's boxes) -> (B, K, 3, size, size) float32
-    CuPy crops, equal to :func:`tddfa.roi.crop_and_resize` per frame (zero rows for all-zero
-    boxes)."""
     import cupy
 
     frames = cupy.ascontiguousarray(frames)
     batch, height, width, _ = frames.shape
     faces = rois.shape[1]
-    taps = cupy.asarray(crop_tap_table(rois, height, width, size))
+    rois = cupy.ascontiguousarray(cupy.asarray(rois, dtype=cupy.float32))
+    if counts is None:
+        counts = cupy.full((batch,), faces, dtype=cupy.int32)
+    counts = cupy.ascontiguousarray(cupy.asarray(counts, dtype=cupy.int32).reshape(-1))
     out = cupy.empty((batch, faces, 3, size, size), dtype=cupy.float32)
     _launch(
         _kernels()[1],
         out.size,
-        (frames, np.int32(height), np.int32(width), np.int32(faces), np.int32(size), taps, out),
-    )
+        (frames, np.int32(height), np.int32(width), np.int32(faces), np.int32(size), rois,
+         counts, out),
+    )  # fmt: skip
     return out
 
 

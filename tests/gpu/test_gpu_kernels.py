@@ -39,14 +39,22 @@ def test_face_crops_equal_numpy():
         [-50, -40, 90, 120],
         [width - 60, height - 70, width + 40, height + 50],
     ]
-    rois[1, :1] = [[5.4, 7.6, 55.5, 63.2]]
-    got = cupy.asnumpy(face_crops(cupy.asarray(frames), rois))
-    for b, count in enumerate((3, 1)):
-        want = roi.crop_and_resize(frames[b], rois[b], count=count)
+    rois[1, :2] = [[5.4, 7.6, 55.5, 63.2], [2.5, 3.5, 9.5, 10.5]]  # the second past the count
+    counts = np.array([3, 1], np.int32)
+    got = cupy.asnumpy(face_crops(cupy.asarray(frames), rois, counts))
+    for b, count in enumerate(counts):
+        want = roi.crop_and_resize(frames[b], rois[b], count=int(count))
         np.testing.assert_array_equal(got[b], want)
-    # device ROI boxes (no host round trip): the same crops
-    on_device = face_crops(cupy.asarray(frames), cupy.asarray(rois))
+    # device ROI boxes and counts (no host round trip): the same crops
+    on_device = face_crops(cupy.asarray(frames), cupy.asarray(rois), cupy.asarray(counts))
     np.testing.assert_array_equal(cupy.asnumpy(on_device), got)
+    # random boxes with quarter-pixel corners (rounding ties), all slots filled
+    starts = np.round(rng.uniform(-60, 450, (2, 8, 2)) * 4) / 4
+    sides = np.round(rng.uniform(1, 300, (2, 8, 2)) * 4) / 4
+    boxes = np.concatenate([starts, starts + sides], axis=2).astype(np.float32)
+    got = cupy.asnumpy(face_crops(cupy.asarray(frames), cupy.asarray(boxes)))
+    for b in range(2):
+        np.testing.assert_array_equal(got[b], roi.crop_and_resize(frames[b], boxes[b]))
 
 
 def test_vertex_normals_match_numpy():
