@@ -1,0 +1,150 @@
+"""Where each in-process step's time goes: host Python, GPU kernels, or waiting.
+
+For the ``tddfa`` ensemble's steps (tddfa.pipeline.Pipeline on real frames of the sample
+video, the same step objects the server runs) and each batch size, three views:
+
+1. ``wall``: median ms per call with the device synchronised after the step (its own time);
+2. ``gpu``: CUDA kernel + copy time per call, from PyTorch's profiler (CUPTI sees every
+   kernel of the process: PyTorch's, CuPy's and the CUDA-GL copies; not OpenGL's own work);
+3. the host functions that take the time: cProfile over the same calls, top entries by
+   self time (Python code, GL calls, CUDA API calls such as map/unmap and synchronise).
+
+``wall - gpu`` is the step's host cost (launches, Python, GL driver, waits): when it
+dominates, fewer launches or less Python per call is the fix, not faster kernels.
+
+  python3 benchmarks/profile_steps.py --repository build/gpu_repository --out /tmp/prof
+  python3 benchmarks/profile_steps.py --device cpu --batch 1 --calls 5   # checks the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import _common
+from bench_in_process import MODES, STEP_OBJECTS, run_steps, synchronize, to_device
+from gpu_bench import read_frames
+
+
+def step_inputs(pipeline, images, device: str) -> dict[str, dict]:
+    """Each detect-mode step's inputs for ``images`` (one pass of the chain)."""
+    inputs, tensors = {}, {"IMAGE": images}
+    for name in MODES["detect"]:
+        inputs[name] = dict(tensors)
+        step = getattr(pipeline, STEP_OBJECTS[name])
+        if step is not None:
+            tensors.update(step.run(tensors))
+    synchronize(device)
+    return inputs
+
+
+def wall_ms(step, inputs, device: str, calls: int) -> float:
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        step.run(inputs)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def gpu_kernels(step, inputs, device: str, calls: int, top: int) -> tuple[float, list] | None:
+    """(CUDA kernel + copy ms per call, [(name, ms per call, launches per call)] of the
+    largest), from PyTorch's profiler over CUPTI; None off CUDA."""
+    if not device.startswith("cuda"):
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            step.run(inputs)
+        synchronize(device)
+    per_name: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA:
+            per_name.setdefault(event.name, []).append(event.time_range.elapsed_us())
+    rows = sorted(
+        ((name[:70], sum(v) / calls / 1e3, len(v) / calls) for name, v in per_name.items()),
+        key=lambda row: -row[1],
+    )
+    return sum(row[1] for row in rows), rows[:top]
+
+
+def host_profile(step, inputs, device: str, calls: int, top: int) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        step.run(inputs)
+        synchronize(device)
+    profiler.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(top)
+    lines = text.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    return "\n".join(lines[start:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repository", type=Path, default=_common.DEFAULT_REPOSITORY)
+    parser.add_argument("--device", default="cuda:0")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--calls", type=int, default=50, help="calls per step and view")
+    parser.add_argument("--top", type=int, default=18, help="host functions listed per step")
+    parser.add_argument("--video", type=Path, default=_common.default_video())
+    parser.add_argument("--out", type=Path, help="folder for profile.md (else stdout only)")
+    args = parser.parse_args(argv)
+
+    from tddfa.pipeline import Pipeline
+
+    pipeline = Pipeline(args.repository, device=args.device)
+    frames = read_frames(args.video, max(args.batch))
+    report = [f"# Step profile ({args.device}, {args.calls} calls per view)", ""]
+    summary = ["| step | batch | wall ms | gpu ms | host/wait ms |", "|---|---|---|---|---|"]
+    for batch in args.batch:
+        images = to_device(frames[:batch], args.device, batch)[0]
+        for _ in range(3):
+            run_steps(pipeline, images, args.device, None)  # warm-up (graphs, GL targets)
+        inputs = step_inputs(pipeline, images, args.device)
+        for name in MODES["detect"]:
+            step = getattr(pipeline, STEP_OBJECTS[name])
+            if step is None:
+                continue
+            wall = wall_ms(step, inputs[name], args.device, args.calls)
+            kernels = gpu_kernels(step, inputs[name], args.device, args.calls, args.top)
+            host = host_profile(step, inputs[name], args.device, args.calls, args.top)
+            gpu, rows = kernels if kernels else (None, [])
+            gpu_text = "-" if gpu is None else f"{gpu:.3f}"
+            rest = "-" if gpu is None else f"{wall - gpu:.3f}"
+            summary.append(f"| {name} | {batch} | {wall:.3f} | {gpu_text} | {rest} |")
+            report += [f"## {name}, batch {batch}: wall {wall:.3f} ms, gpu {gpu_text} ms", ""]
+            if rows:
+                report += ["GPU work per call (ms, launches):", "```"]
+                report += [f"{ms:8.4f} {n:6.1f}  {kernel}" for kernel, ms, n in rows] + ["```"]
+            report += [
+                "Host functions (cProfile, all calls, by self time):",
+                "```",
+                host,
+                "```",
+                "",
+            ]
+            print(summary[-1], flush=True)
+    pipeline.close()
+    text = "\n".join(summary + [""] + report)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "profile.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
