@@ -12,6 +12,11 @@ video, the same step objects the server runs) and each batch size, three views:
 ``wall - gpu`` is the step's host cost (launches, Python, GL driver, waits): when it
 dominates, fewer launches or less Python per call is the fix, not faster kernels.
 
+``--gl-phases`` adds, for the renderer on CUDA, the time of each phase of a call with the
+device (CUDA and GL) finished at every phase boundary: host preparation, the upload (frames
+and buffers into GL through one mapping), the GL drawing itself (glFinish: what OpenGL
+costs on this GPU's graphics units) and the read-back.
+
   python3 benchmarks/profile_steps.py --repository build/gpu_repository --out /tmp/prof
   python3 benchmarks/profile_steps.py --device cpu --batch 1 --calls 5   # checks the script
 """
@@ -92,6 +97,77 @@ def host_profile(step, inputs, device: str, calls: int, top: int) -> str:
     return "\n".join(lines[start:])
 
 
+class GLPhases:
+    """Wall time of each renderer phase, the device finished at every boundary: patches
+    CudaInterop.upload / read and Scene.draw for the duration of a ``with`` block."""
+
+    PHASES = ("prepare", "upload", "gl draw", "read", "finish")
+
+    def __init__(self, device: str):
+        self.device = device
+        self.times: dict[str, list[float]] = {p: [] for p in self.PHASES}
+        self._mark = 0.0
+
+    def _lap(self, phase: str, gl: bool = False) -> None:
+        if gl:
+            from OpenGL import GL
+
+            GL.glFinish()
+        synchronize(self.device)
+        now = time.perf_counter()
+        self.times[phase].append(now - self._mark)
+        self._mark = now
+
+    def start(self) -> None:
+        synchronize(self.device)
+        self._mark = time.perf_counter()
+
+    def __enter__(self):
+        from tddfa.render.interop import CudaInterop
+        from tddfa.render.scene import Scene
+
+        self._saved = (CudaInterop.upload, CudaInterop.read, Scene.draw)
+        upload, read, draw = self._saved
+        phases = self
+
+        def timed_upload(interop, *a, **k):
+            phases._lap("prepare")
+            upload(interop, *a, **k)
+            phases._lap("upload")
+
+        def timed_draw(scene, *a, **k):
+            draw(scene, *a, **k)
+            phases._lap("gl draw", gl=True)
+
+        def timed_read(interop, *a, **k):
+            out = read(interop, *a, **k)
+            phases._lap("read")
+            return out
+
+        CudaInterop.upload, CudaInterop.read, Scene.draw = timed_upload, timed_read, timed_draw
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from tddfa.render.interop import CudaInterop
+        from tddfa.render.scene import Scene
+
+        CudaInterop.upload, CudaInterop.read, Scene.draw = self._saved
+
+    def report(self) -> str:
+        return ", ".join(
+            f"{p} {1e3 * statistics.median(v):.3f}" for p, v in self.times.items() if v
+        )
+
+
+def gl_phases(step, inputs, device: str, calls: int) -> str:
+    with GLPhases(device) as phases:
+        for _ in range(calls):
+            phases.start()
+            step.run(inputs)
+            phases._lap("finish")
+    return phases.report()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=_common.DEFAULT_REPOSITORY)
@@ -100,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=50, help="calls per step and view")
     parser.add_argument("--top", type=int, default=18, help="host functions listed per step")
     parser.add_argument("--video", type=Path, default=_common.default_video())
+    parser.add_argument("--gl-phases", action="store_true", help="renderer phase times (CUDA)")
     parser.add_argument("--out", type=Path, help="folder for profile.md (else stdout only)")
     args = parser.parse_args(argv)
 
@@ -126,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             rest = "-" if gpu is None else f"{wall - gpu:.3f}"
             summary.append(f"| {name} | {batch} | {wall:.3f} | {gpu_text} | {rest} |")
             report += [f"## {name}, batch {batch}: wall {wall:.3f} ms, gpu {gpu_text} ms", ""]
+            if args.gl_phases and name == "face_renderer" and args.device.startswith("cuda"):
+                phases = gl_phases(step, inputs[name], args.device, args.calls)
+                summary.append(f"| (renderer phases, median ms) | {batch} | {phases} | | |")
             if rows:
                 report += ["GPU work per call (ms, launches):", "```"]
                 report += [f"{ms:8.4f} {n:6.1f}  {kernel}" for kernel, ms, n in rows] + ["```"]

@@ -320,15 +320,21 @@ class MeshRenderer:
         if chosen:
             index = np.asarray(chosen)
             host, group = mesh_columns(meshes, index, plan, modes, (height, width), self.uv_size)
-            device_index = xp.asarray(index)
-            positions = xp.ascontiguousarray(meshes.vertices[device_index], dtype=xp.float32)
+            # the usual pass draws every face, in order: no gathers then
+            device_index = None if len(index) == len(meshes.frame) else xp.asarray(index)
+
+            def take(array):
+                return array if device_index is None else array[device_index]
+
+            positions = xp.ascontiguousarray(take(meshes.vertices), dtype=xp.float32)
             if any(modes[meshes.frame[i]] in _NEEDS_NORMALS for i in chosen):
                 coarse = None if meshes.coarse is None else meshes.coarse[index]
                 normals = self._vertex_normals(xp, positions, coarse)
-            subset = FaceBounds(bounds.low[device_index], bounds.high[device_index])
-            rows = instance_array(meshes.transforms[device_index], subset, meshes.shift_z, host)
+            subset = FaceBounds(take(bounds.low), take(bounds.high))
+            rows = instance_array(take(meshes.transforms), subset, meshes.shift_z, host)
             order = instance_order(group)
-            instances = rows[xp.asarray(order)]
+            sorted_already = bool((order == np.arange(len(order))).all())
+            instances = rows if sorted_already else rows[xp.asarray(order)]
             counts = DrawCounts(
                 int((group == 0).sum()),
                 int((group == 2).sum()),

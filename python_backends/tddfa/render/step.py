@@ -74,6 +74,14 @@ def filled_slots(num_faces: Any, max_faces: int) -> tuple[np.ndarray, np.ndarray
     return frames, slots
 
 
+def slot_rows(xp, inputs: Arrays, names: Sequence[str], frames: np.ndarray, slots: np.ndarray):
+    """The filled slots' rows of each (B, K, ...) input, (F, ...) each: one index into the
+    B * K slots, one gather per input (instead of a pair of fancy indices each)."""
+    k = inputs[names[0]].shape[1]
+    at = xp.asarray(frames * k + slots)
+    return [xp.take(inputs[n].reshape(-1, *inputs[n].shape[2:]), at, axis=0) for n in names]
+
+
 def _check_faces(inputs: Arrays, with_image: bool) -> None:
     """Ranks and the K axis of the face inputs (ValueError naming the problem)."""
     ranks = {"ALPHA_SHP": 3, "ALPHA_EXP": 3, "TRANSFORM": 4, "NUM_FACES": 2}
@@ -174,10 +182,10 @@ class RenderStep:
         ) * self._model_width
 
     def _faces(self, inputs: Arrays, frames: np.ndarray, slots: np.ndarray, xp, kind):
-        at = (xp.asarray(frames), xp.asarray(slots))
-        alpha_shp = inputs["ALPHA_SHP"][at]
-        alpha_exp = inputs["ALPHA_EXP"][at]
-        transforms = inputs["TRANSFORM"][at].astype(xp.float32, copy=False)
+        alpha_shp, alpha_exp, transforms = slot_rows(
+            xp, inputs, ("ALPHA_SHP", "ALPHA_EXP", "TRANSFORM"), frames, slots
+        )
+        transforms = transforms.astype(xp.float32, copy=False)
         if kind is MeshFaces:
             vertices = self.decoder.vertices(alpha_shp, alpha_exp)
             return MeshFaces(frames, slots, vertices, transforms, shift_z=True)
@@ -207,12 +215,15 @@ class VerticesStep:
         xp = get_xp(alpha_shp)
         batch, k = alpha_shp.shape[:2]
         frames, slots = filled_slots(inputs["NUM_FACES"], k)
-        out = xp.zeros((batch, k, 3, self.decoder.num_vertices), xp.float32)
+        out = xp.zeros((batch * k, 3, self.decoder.num_vertices), xp.float32)
         if len(frames):
-            at = (xp.asarray(frames), xp.asarray(slots))
-            model = self.decoder.vertices(alpha_shp[at], inputs["ALPHA_EXP"][at])
-            out[at] = apply_transform(inputs["TRANSFORM"][at], model)
-        return {"VERTICES": out}
+            alpha_shp, alpha_exp, transforms = slot_rows(
+                xp, inputs, ("ALPHA_SHP", "ALPHA_EXP", "TRANSFORM"), frames, slots
+            )
+            out[xp.asarray(frames * k + slots)] = apply_transform(
+                transforms, self.decoder.vertices(alpha_shp, alpha_exp)
+            )
+        return {"VERTICES": out.reshape(batch, k, 3, self.decoder.num_vertices)}
 
 
 def build_render_step(
