@@ -14,8 +14,9 @@ dominates, fewer launches or less Python per call is the fix, not faster kernels
 
 ``--gl-phases`` adds, for the renderer on CUDA, the time of each phase of a call with the
 device (CUDA and GL) finished at every phase boundary: host preparation, the upload (frames
-and buffers into GL through one mapping), the GL drawing itself (glFinish: what OpenGL
-costs on this GPU's graphics units) and the read-back.
+and buffers into GL through one mapping), the GL work (glFinish: what OpenGL costs on this
+GPU's graphics units) split into the target's clear, the meshes and the composite over the
+frames, and the read-back.
 
   python3 benchmarks/profile_steps.py --repository build/gpu_repository --out /tmp/prof
   python3 benchmarks/profile_steps.py --device cpu --batch 1 --calls 5   # checks the script
@@ -101,7 +102,7 @@ class GLPhases:
     """Wall time of each renderer phase, the device finished at every boundary: patches
     CudaInterop.upload / read and Scene.draw for the duration of a ``with`` block."""
 
-    PHASES = ("prepare", "upload", "gl draw", "read", "finish")
+    PHASES = ("prepare", "upload", "gl clear", "gl meshes", "gl composite", "read", "finish")
 
     def __init__(self, device: str):
         self.device = device
@@ -126,8 +127,8 @@ class GLPhases:
         from tddfa.render.interop import CudaInterop
         from tddfa.render.scene import Scene
 
-        self._saved = (CudaInterop.upload, CudaInterop.read, Scene.draw)
-        upload, read, draw = self._saved
+        self._saved = (CudaInterop.upload, CudaInterop.read, Scene.draw, Scene._draw_meshes)
+        upload, read, draw, draw_meshes = self._saved
         phases = self
 
         def timed_upload(interop, *a, **k):
@@ -137,21 +138,27 @@ class GLPhases:
 
         def timed_draw(scene, *a, **k):
             draw(scene, *a, **k)
-            phases._lap("gl draw", gl=True)
+            phases._lap("gl composite", gl=True)  # overlays too, when there are any
+
+        def timed_meshes(scene, *a, **k):
+            phases._lap("gl clear", gl=True)
+            draw_meshes(scene, *a, **k)
+            phases._lap("gl meshes", gl=True)
 
         def timed_read(interop, *a, **k):
             out = read(interop, *a, **k)
             phases._lap("read")
             return out
 
-        CudaInterop.upload, CudaInterop.read, Scene.draw = timed_upload, timed_read, timed_draw
+        CudaInterop.upload, CudaInterop.read = timed_upload, timed_read
+        Scene.draw, Scene._draw_meshes = timed_draw, timed_meshes
         return self
 
     def __exit__(self, *exc) -> None:
         from tddfa.render.interop import CudaInterop
         from tddfa.render.scene import Scene
 
-        CudaInterop.upload, CudaInterop.read, Scene.draw = self._saved
+        CudaInterop.upload, CudaInterop.read, Scene.draw, Scene._draw_meshes = self._saved
 
     def report(self) -> str:
         return ", ".join(
