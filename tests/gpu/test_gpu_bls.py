@@ -20,8 +20,12 @@ def test_bls_build_equals_the_in_process_build(gpu_bls_server, gpu_server, test_
     want = infer(gpu_server, test_images[name], (*KEYS, "RENDERED"))
     for key in KEYS:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=0.05, err_msg=key)
-    diff = np.abs(got["RENDERED"].astype(int) - want["RENDERED"].astype(int))
-    assert diff.max() <= 2, f"renders differ by up to {diff.max()}"
+    # Two server processes may pick other cuDNN algorithms: the last bits of a box can move a
+    # ROI by a pixel, and a mesh edge with it. Colours must agree; edge pixels may differ.
+    diff = np.abs(got["RENDERED"].astype(int) - want["RENDERED"].astype(int)).max(axis=-1)
+    off = (diff > 2).mean()
+    largest = {k: float(np.abs(got[k] - want[k]).max()) for k in KEYS}
+    assert off < 0.002, f"{off:.3%} of pixels > 2 levels off (max {diff.max()}); {largest}"
 
 
 def test_bls_sequence_equals_the_in_process_build(gpu_bls_server, gpu_server, test_images):

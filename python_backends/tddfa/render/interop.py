@@ -3,11 +3,12 @@
 Per batch, two mappings, each of all its resources in ONE ``cudaGraphicsMapResources``
 call (cuda-python takes an address of an array of handles):
 
-1. *in*: the background texture and the vertex, per-face and overlay buffers; the batch's
-   frames (already stacked as the target's tiles: one 2D copy), vertices, normals, per-face
-   rows and overlay vertices are copied device to device; unmapped before GL draws;
-2. *out*: the result texture (the frames drawn over) and the drawing (the UV atlases); the
-   frames come out with one 2D copy.
+1. *in*: the vertex, per-face and overlay buffers (and the background texture when a uv
+   face samples the frames in GL: the frames, stacked as the target's tiles, in one 2D
+   copy); vertices, normals, per-face rows and overlay vertices are copied device to
+   device; unmapped before GL draws;
+2. *out*: the drawing (straight colour + weight per pixel, and the UV atlases), read back
+   with one 2D copy per rectangle; :mod:`tddfa.render.blend` puts it over the frames.
 
 Mapping orders the copies after earlier GL work on the stream; unmapping orders later GL
 work after them. Nothing here waits for the host.
@@ -129,18 +130,22 @@ class CudaInterop:
         self._check(call(len(resources), ctypes.addressof(handles), stream))
 
     # -- copies ---------------------------------------------------------------------------
-    def upload(self, images: Any, rows: int, buffers: dict[str, Any]) -> None:
-        """The (B, H, W, 3) frames into the background's top ``rows`` = B * H rows (they
-        are the target's tiles), and each CuPy array of ``buffers`` (name -> array or None)
-        into its GL buffer: one mapping of all of them."""
+    def upload(self, images: Any | None, rows: int, buffers: dict[str, Any]) -> None:
+        """The (B, H, W, 3) frames (None: not needed in GL) into the background's top
+        ``rows`` = B * H rows (they are the target's tiles), and each CuPy array of
+        ``buffers`` (name -> array or None) into its GL buffer: one mapping of all of them."""
         cp, rt = self.cupy, self._rt
         names = [n for n, a in buffers.items() if a is not None and a.size]
-        resources = [self._images["background"], *(self._buffers[n] for n in names)]
+        frames = [self._images["background"]] if images is not None else []
+        resources = [*frames, *(self._buffers[n] for n in names)]
+        if not resources:
+            return
         stream = self._stream()
         self._mapping(resources, stream)
         try:
-            self._copy_frames(images, rows, resources[0], stream)
-            for name, resource in zip(names, resources[1:], strict=True):
+            if images is not None:
+                self._copy_frames(images, rows, resources[0], stream)
+            for name, resource in zip(names, resources[len(frames) :], strict=True):
                 data = cp.ascontiguousarray(buffers[name], dtype=cp.float32)
                 pointer, _size = self._check(rt.cudaGraphicsResourceGetMappedPointer(resource))
                 self._check(
@@ -168,29 +173,25 @@ class CudaInterop:
             )
         )  # fmt: skip
 
-    def read(self, results: list[tuple], drawings: list[tuple]) -> list[Any]:
-        """Copy rectangles (x, y, w, h) out of the result (frames drawn over) and of the
-        drawing (UV atlases): one (h, w, 4) uint8 CuPy array each, results first; one
-        mapping of both textures."""
+    def read(self, rects: list[tuple]) -> list[Any]:
+        """Copy rectangles (x, y, w, h) out of the drawing (straight colour + weight, the
+        UV atlases): one (h, w, 4) uint8 CuPy array each; one mapping."""
         cp, rt = self.cupy, self._rt
         stream = self._stream()
-        resources = [self._images["result"], self._images["target"]]
-        jobs = [(0, rect) for rect in results] + [(1, rect) for rect in drawings]
-        outs = [cp.empty((h, w, 4), dtype=cp.uint8) for _, (_, _, w, h) in jobs]
-        self._mapping(resources, stream)
+        resource = self._images["target"]
+        outs = [cp.empty((h, w, 4), dtype=cp.uint8) for (_, _, w, h) in rects]
+        self._mapping([resource], stream)
         try:
-            arrays = [
-                self._check(rt.cudaGraphicsSubResourceGetMappedArray(r, 0, 0)) for r in resources
-            ]
-            for (which, (x, y, w, h)), rgba in zip(jobs, outs, strict=True):
+            array = self._check(rt.cudaGraphicsSubResourceGetMappedArray(resource, 0, 0))
+            for (x, y, w, h), rgba in zip(rects, outs, strict=True):
                 self._check(
                     rt.cudaMemcpy2DFromArrayAsync(
-                        rgba.data.ptr, w * 4, arrays[which], x * 4, y, w * 4, h,
+                        rgba.data.ptr, w * 4, array, x * 4, y, w * 4, h,
                         rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream,
                     )
                 )  # fmt: skip
         finally:
-            self._mapping(resources, stream, unmap=True)
+            self._mapping([resource], stream, unmap=True)
         return outs
 
     def close(self) -> None:

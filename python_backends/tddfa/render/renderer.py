@@ -8,10 +8,12 @@ target (tiles, :mod:`tddfa.render.layout`), is drawn with one multi-draw call pe
 
 - host path (numpy, any device; Mesa llvmpipe on CPU): only the regions around the faces
   are uploaded, drawn and read back, then pasted into a copy of the frames;
-- CUDA-OpenGL interop path (``device="cuda:N"`` with CuPy arrays): the batch's frames go in
-  with one device copy and come out with one, all per-face numbers are computed on the GPU,
-  one mapping of all resources each way per batch; no host copy of pixels or vertices (the
-  step reads NUM_FACES and the faces' scale to the host once per batch).
+- CUDA-OpenGL interop path (``device="cuda:N"`` with CuPy arrays): GL draws the faces only
+  (the frames go into GL just for uv maps, which sample them); the drawing comes out with
+  one device copy and one CUDA kernel blends it over the frames (tddfa.render.blend); all
+  per-face numbers are computed on the GPU, one mapping of all resources each way per
+  batch; no host copy of pixels or vertices (the step reads NUM_FACES and the faces' scale
+  to the host once per batch).
 
 The look of ``shaded`` follows 3DDFA_V2's renders: a white mesh lit by ambient 0.3 +
 Lambert diffuse 0.6 + specular 0.1 (exponent 5) per vertex, blended over the frame with
@@ -32,6 +34,7 @@ from tddfa.contract import DEFAULT_RENDER_MODE
 from tddfa.gl_context import GLContext  # sets PYOPENGL_PLATFORM=egl first
 from tddfa.render import layout as layout_
 from tddfa.render.assets import RenderAssets
+from tddfa.render.blend import blend_over
 from tddfa.render.faces import (
     MeshFaces,
     OverlayFaces,
@@ -369,25 +372,29 @@ class MeshRenderer:
                     "positions": positions, "normals": normals, "instances": instances,
                     "overlay": overlay_rows,
                 }  # fmt: skip
-                self._interop.upload(images[first:last], (last - first) * height, buffers)
+                # GL samples the frames only for uv maps; the blend over them is CUDA's
+                sampled = any(modes[f] in OWN_IMAGE_MODES for f in drawn)
+                self._interop.upload(
+                    images[first:last] if sampled else None, (last - first) * height, buffers
+                )
             else:
                 for frame, tile in plan.tiles.items():
                     scene.upload_tile_host(images[frame], tile.src, tile.dst)
                 scene.upload_buffers_host(positions, normals, instances, overlay_rows)
-            scene.draw(plan, counts)
+            scene.draw(plan, counts, composite=not interop)
             if not interop:
                 read = scene.read_host((0, 0, plan.width, plan.height))
                 own = {f: scene.read_host((*a.origin, *a.size), drawn=True) for f, a in atlases}
                 return read, own
             read = self._interop.read(
-                [(0, 0, width, (last - first) * height)], [(*a.origin, *a.size) for _, a in atlases]
+                [(0, 0, width, (last - first) * height)]
+                + [(*a.origin, *a.size) for _, a in atlases]
             )
         own = {
             frame: xp.ascontiguousarray(rgba[..., :3])
             for (frame, _), rgba in zip(atlases, read[1:], strict=True)
         }
-        stack = xp.ascontiguousarray(read[0][..., :3]).reshape(last - first, height, width, 3)
-        return stack, own
+        return blend_over(images[first:last], read[0]), own
 
     def _vertex_normals(self, xp, positions: Any, coarse: np.ndarray | None) -> Any:
         """Normals of each face's mesh: the coarse faces' from the coarse triangles (a

@@ -321,9 +321,10 @@ class Scene:
         return out
 
     # -- drawing --------------------------------------------------------------------------
-    def draw(self, plan: Pass, counts: DrawCounts) -> None:
+    def draw(self, plan: Pass, counts: DrawCounts, composite: bool = True) -> None:
         """Draw one pass (after the uploads): faces, then overlays, into the target cleared to
-        (0, 0, 0, 0) over the pass's area, then the result: that drawing over the frames."""
+        (0, 0, 0, 0) over the pass's area, then (``composite``) the result: that drawing over
+        the frames (the CUDA interop path blends in CUDA instead: tddfa.render.blend)."""
         width, height = plan.width, plan.height
         capacity_h, capacity_w = self.size
         GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self.draw_fbo)
@@ -343,9 +344,13 @@ class Scene:
         if counts.overlay_vertices:
             self.programs.use_overlay((capacity_w, capacity_h))
             GL.glDrawArrays(GL.GL_TRIANGLES, 0, counts.overlay_vertices)
-        # the result: the drawing blended over the frames, every pixel once
         for i in range(4):
             GL.glDisable(GL.GL_CLIP_DISTANCE0 + i)
+        if not composite:
+            GL.glDisable(GL.GL_SCISSOR_TEST)
+            GL.glBindVertexArray(0)
+            return
+        # the result: the drawing blended over the frames, every pixel once
         GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self.result_fbo)
         self.programs.use_composite((0, 0, width, height), (capacity_w, capacity_h))
         for unit, texture in ((0, self.target), (1, self.background)):

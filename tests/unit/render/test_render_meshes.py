@@ -301,8 +301,10 @@ def test_cuda_interop_matches_the_host_render(mean_face):
         assert isinstance(device, cupy.ndarray) and device.shape == image.shape
         host_path = gpu.render(image, faces, 2)  # numpy in: glReadPixels on the same device
         small = gpu.render(cupy.asarray(image[:99, :201]), cupy.asarray(faces), 2)
-        np.testing.assert_array_equal(cupy.asnumpy(small), gpu.render(image[:99, :201], faces, 2))
-    np.testing.assert_array_equal(cupy.asnumpy(device), host_path)
+        small_host = gpu.render(image[:99, :201], faces, 2)
+    # the same drawing; blended in CUDA (interop) or by a GL pass (host): rounding may differ
+    for got, want in ((cupy.asnumpy(device), host_path), (cupy.asnumpy(small), small_host)):
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
     try:
         cpu = MeshRenderer(triangles, device="cpu")
     except gl_context.GLContextError as exc:
