@@ -35,6 +35,13 @@ class FaceBounds:
     high: Any
 
 
+def bounds_on_host(bounds: FaceBounds) -> FaceBounds:
+    """Device bounds as numpy, in one transfer (the layout of the faces' regions needs them)."""
+    xp = get_xp(bounds.low)
+    both = xp.asnumpy(xp.concatenate([bounds.low, bounds.high], axis=1))
+    return FaceBounds(both[:, :3], both[:, 3:])
+
+
 def face_bounds(vertices: Any, transforms: Any) -> FaceBounds:
     """(F, 3, N) model-space vertices, (F, 3, 4) model->image transforms -> bounds."""
     xp = get_xp(vertices)

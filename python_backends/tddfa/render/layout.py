@@ -10,13 +10,15 @@ texture of the same size holding the frames. Each frame that needs drawing gets 
 
 Two policies:
 
-- ``full`` (GPU, CUDA-OpenGL interop): every frame's whole picture, stacked top to bottom
-  in batch order, which is the memory layout of the (B, H, W, 3) batch itself: one
-  device-to-device copy uploads the batch and one reads it back.
-- ``regions`` (CPU, llvmpipe): only the rectangle around the frame's faces (what they and
-  their overlays cover, plus a margin), stacked top to bottom; frames without anything to
-  draw get no tile at all. Upload, blending and read-back then scale with the faces'
-  area, not the frame's.
+- ``full`` (GPU batches with a uv map, whose faces sample the frames in GL; and
+  ``layout="frames"``): every frame's whole picture, stacked top to bottom in batch order,
+  which is the memory layout of the (B, H, W, 3) batch itself: one device-to-device copy
+  uploads the batch.
+- ``regions`` (the rest, CPU and GPU): only the rectangle around the frame's faces (what
+  they and their overlays cover, plus a margin), stacked top to bottom; frames without
+  anything to draw get no tile at all. Clearing, drawing, blending and read-back then
+  scale with the faces' area, not the frame's (on the GPU the frames need not go into GL
+  at all: CUDA blends the drawing over them, tddfa.render.blend).
 
 A batch whose tiles do not fit in the GL size limit is split into several passes.
 """

@@ -8,12 +8,13 @@ target (tiles, :mod:`tddfa.render.layout`), is drawn with one multi-draw call pe
 
 - host path (numpy, any device; Mesa llvmpipe on CPU): only the regions around the faces
   are uploaded, drawn and read back, then pasted into a copy of the frames;
-- CUDA-OpenGL interop path (``device="cuda:N"`` with CuPy arrays): GL draws the faces only
-  (the frames go into GL just for uv maps, which sample them); the drawing comes out with
-  one device copy and one CUDA kernel blends it over the frames (tddfa.render.blend); all
-  per-face numbers are computed on the GPU, one mapping of all resources each way per
-  batch; no host copy of pixels or vertices (the step reads NUM_FACES and the faces' scale
-  to the host once per batch).
+- CUDA-OpenGL interop path (``device="cuda:N"`` with CuPy arrays): GL draws the faces
+  only, into the regions around them (the whole frames, uploaded as one block, only when a
+  uv map samples them); the drawing comes out with one device copy and one CUDA kernel
+  blends it over the frames' rectangles (tddfa.render.blend); all per-face numbers are
+  computed on the GPU, one mapping of all resources each way per batch; no host copy of
+  pixels or vertices (the host reads NUM_FACES and the faces' scale, then the faces'
+  bounding boxes: two small transfers per batch).
 
 The look of ``shaded`` follows 3DDFA_V2's renders: a white mesh lit by ambient 0.3 +
 Lambert diffuse 0.6 + specular 0.1 (exponent 5) per vertex, blended over the frame with
@@ -34,7 +35,7 @@ from tddfa.contract import DEFAULT_RENDER_MODE
 from tddfa.gl_context import GLContext  # sets PYOPENGL_PLATFORM=egl first
 from tddfa.render import layout as layout_
 from tddfa.render.assets import RenderAssets
-from tddfa.render.blend import blend_over
+from tddfa.render.blend import blend_tiles
 from tddfa.render.faces import (
     MeshFaces,
     OverlayFaces,
@@ -48,6 +49,7 @@ from tddfa.render.faces import (
 )
 from tddfa.render.instances import (
     FaceBounds,
+    bounds_on_host,
     face_bounds,
     instance_array,
     instance_order,
@@ -276,7 +278,6 @@ class MeshRenderer:
             raise ValueError(f"mesh faces name slots outside 0..{slots - 1}")
 
     def _draw(self, images, modes, meshes, overlays, slots: int, interop: bool) -> Rendered:
-        xp = get_xp(images)
         batch, height, width, _ = images.shape
         if meshes is not None:
             meshes = subset_meshes(meshes, [modes[f] in MESH_MODES for f in meshes.frame])
@@ -288,32 +289,35 @@ class MeshRenderer:
         geometry = overlay_geometry(overlays, modes) if overlays else None
         side = self.uv_size
         atlas = [(slots * side, side) if m in OWN_IMAGE_MODES else None for m in modes]
-        if interop or self.layout == "frames":  # whole frames, stacked as the batch is
+        # whole frames, stacked as the batch is, when GL samples the frames (uv maps: the
+        # interop path uploads them as one block); else the regions around the faces
+        sampled = interop and any(m in OWN_IMAGE_MODES for m in modes)
+        if sampled or self.layout == "frames":
             rects = [(0, 0, width, height)] * batch
         else:
-            boxes = layout_.face_boxes(len(modes), meshes, bounds, overlays, geometry)
+            known = bounds_on_host(bounds) if interop and bounds is not None else bounds
+            boxes = layout_.face_boxes(len(modes), meshes, known, overlays, geometry)
             clamped = [m in OWN_IMAGE_MODES for m in modes]
             rects = layout_.regions(boxes, height, width, clamped)
         passes = layout_.plan_passes((height, width), rects, atlas, self._scene.max_size)
-        frames = None if interop else np.array(images, copy=True)
+        frames = images.copy() if interop else np.array(images, copy=True)
         own: dict[int, Any] = {}
-        parts = []
         for plan in passes:
             read, atlases = self._pass(
                 images, modes, plan, meshes, bounds, overlays, geometry, interop
             )
             own.update(atlases)
-            if interop:
-                parts.append(read)
+            tiles = [t for f, t in plan.tiles.items() if modes[f] not in OWN_IMAGE_MODES]
+            if interop:  # the drawing over the frames' rectangles, in CUDA
+                blend_tiles(frames, images, read, tiles)
             else:
-                self._paste(frames, read, plan, modes)
-        if interop:
-            frames = parts[0] if len(parts) == 1 else xp.concatenate(parts)
+                self._paste(frames, read, tiles)
         return Rendered(frames, own)
 
     def _pass(self, images, modes, plan, meshes, bounds, overlays, geometry, interop: bool):
         """Upload, draw and read back one pass: (host: the pass's result area (plan.height,
-        plan.width, 3); interop: its frames (b, H, W, 3)), {frame: UV atlas}."""
+        plan.width, 3); interop: its drawing (plan.height, plan.width, 4) RGBA), {frame: UV
+        atlas}."""
         xp = get_xp(images)
         height, width = images.shape[1:3]
         drawn = set(plan.tiles) | set(plan.atlases)
@@ -372,7 +376,8 @@ class MeshRenderer:
                     "positions": positions, "normals": normals, "instances": instances,
                     "overlay": overlay_rows,
                 }  # fmt: skip
-                # GL samples the frames only for uv maps; the blend over them is CUDA's
+                # GL samples the frames only for uv maps (whole frames then: see _draw);
+                # the blend over them is CUDA's
                 sampled = any(modes[f] in OWN_IMAGE_MODES for f in drawn)
                 self._interop.upload(
                     images[first:last] if sampled else None, (last - first) * height, buffers
@@ -386,15 +391,12 @@ class MeshRenderer:
                 read = scene.read_host((0, 0, plan.width, plan.height))
                 own = {f: scene.read_host((*a.origin, *a.size), drawn=True) for f, a in atlases}
                 return read, own
-            read = self._interop.read(
-                [(0, 0, width, (last - first) * height)]
-                + [(*a.origin, *a.size) for _, a in atlases]
-            )
-        own = {
-            frame: xp.ascontiguousarray(rgba[..., :3])
-            for (frame, _), rgba in zip(atlases, read[1:], strict=True)
-        }
-        return blend_over(images[first:last], read[0]), own
+            (drawing,) = self._interop.read([(0, 0, plan.width, plan.height)])
+        own = {}
+        for frame, atlas in atlases:
+            (x, y), (w, h) = atlas.origin, atlas.size
+            own[frame] = xp.ascontiguousarray(drawing[y : y + h, x : x + w, :3])
+        return drawing, own
 
     def _vertex_normals(self, xp, positions: Any, coarse: np.ndarray | None) -> Any:
         """Normals of each face's mesh: the coarse faces' from the coarse triangles (a
@@ -426,13 +428,11 @@ class MeshRenderer:
         scene.ensure_buffers(vertex_bytes, instance_bytes, overlay_bytes)
 
     @staticmethod
-    def _paste(frames: np.ndarray, read: np.ndarray, plan, modes) -> None:
-        """Each tile's result into its frame's rectangle (uv frames keep theirs: the atlas)."""
-        for frame, tile in plan.tiles.items():
-            if modes[frame] in OWN_IMAGE_MODES:
-                continue
+    def _paste(frames: np.ndarray, read: np.ndarray, tiles) -> None:
+        """Each tile's result into its frame's rectangle."""
+        for tile in tiles:
             x, y, w, h = tile.src
-            frames[frame, y : y + h, x : x + w] = read[tile.dst[1] : tile.dst[1] + h, :w]
+            frames[tile.frame, y : y + h, x : x + w] = read[tile.dst[1] : tile.dst[1] + h, :w]
 
     def _drop_interop(self) -> None:
         interop, self._interop = self._interop, None
