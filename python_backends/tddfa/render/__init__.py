@@ -12,6 +12,7 @@ One idea per module:
 - :mod:`~tddfa.render.programs`: the compiled GL programs and their uniforms;
 - :mod:`~tddfa.render.scene`: the GL objects and the pass that draws a batch;
 - :mod:`~tddfa.render.interop`: CUDA-OpenGL interop (GPU only);
+- :mod:`~tddfa.render.blend`: the drawing blended over the frames in CUDA (GPU only);
 - :mod:`~tddfa.render.renderer`: :class:`MeshRenderer`, which ties them together;
 - :mod:`~tddfa.render.assets`: the per-vertex tables and texture (render_assets.npz);
 - :mod:`~tddfa.render.step`: the face_renderer and face_vertices steps.
