@@ -75,6 +75,27 @@ def validate_images(images: Any, batch: int) -> None:
         raise ValueError(f"{images.shape[0]} frames but {batch} render modes")
 
 
+def validate_meshes(meshes: MeshFaces, batch: int, slots: int, max_index: int) -> None:
+    """ValueError naming the problem when ``meshes`` do not fit a batch of ``batch`` frames
+    with ``slots`` face slots and triangles up to vertex ``max_index``."""
+    vertices = meshes.vertices
+    faces = len(meshes.frame)
+    if vertices.ndim != 3 or vertices.shape[1] != 3 or vertices.shape[2] <= max_index:
+        raise ValueError(
+            f"vertices must be (K, 3, N) with N > {max_index} (the largest triangle "
+            f"index), got {tuple(vertices.shape)}"
+        )
+    if vertices.shape[0] != faces or meshes.transforms.shape != (faces, 3, 4):
+        raise ValueError(
+            f"{faces} mesh faces need vertices ({faces}, 3, N) and transforms "
+            f"({faces}, 3, 4), got {tuple(vertices.shape)} and {tuple(meshes.transforms.shape)}"
+        )
+    if faces and (meshes.frame.min() < 0 or meshes.frame.max() >= batch):
+        raise ValueError(f"mesh faces name frames outside 0..{batch - 1}")
+    if faces and (meshes.slot.min() < 0 or meshes.slot.max() >= slots):
+        raise ValueError(f"mesh faces name slots outside 0..{slots - 1}")
+
+
 def subset_meshes(meshes: MeshFaces, keep: list[bool]) -> MeshFaces | None:
     if all(keep):
         return meshes

@@ -46,6 +46,7 @@ from tddfa.render.faces import (
     subset_meshes,
     subset_overlays,
     validate_images,
+    validate_meshes,
 )
 from tddfa.render.instances import (
     FaceBounds,
@@ -191,7 +192,7 @@ class MeshRenderer:
         validate_images(images, len(modes))
         self.check_modes(modes)
         if meshes is not None:
-            self._validate_meshes(meshes, len(modes), slots)
+            validate_meshes(meshes, len(modes), slots, self._max_index)
             if meshes.coarse is not None and not self.has_coarse_mesh:
                 meshes = dataclasses.replace(meshes, coarse=None)  # no coarse mesh: full
         xp = get_xp(images)
@@ -259,24 +260,6 @@ class MeshRenderer:
         return self._interop is not None
 
     # -- drawing --------------------------------------------------------------------------
-    def _validate_meshes(self, meshes: MeshFaces, batch: int, slots: int) -> None:
-        vertices = meshes.vertices
-        faces = len(meshes.frame)
-        if vertices.ndim != 3 or vertices.shape[1] != 3 or vertices.shape[2] <= self._max_index:
-            raise ValueError(
-                f"vertices must be (K, 3, N) with N > {self._max_index} (the largest triangle "
-                f"index), got {tuple(vertices.shape)}"
-            )
-        if vertices.shape[0] != faces or meshes.transforms.shape != (faces, 3, 4):
-            raise ValueError(
-                f"{faces} mesh faces need vertices ({faces}, 3, N) and transforms "
-                f"({faces}, 3, 4), got {tuple(vertices.shape)} and {tuple(meshes.transforms.shape)}"
-            )
-        if faces and (meshes.frame.min() < 0 or meshes.frame.max() >= batch):
-            raise ValueError(f"mesh faces name frames outside 0..{batch - 1}")
-        if faces and (meshes.slot.min() < 0 or meshes.slot.max() >= slots):
-            raise ValueError(f"mesh faces name slots outside 0..{slots - 1}")
-
     def _draw(self, images, modes, meshes, overlays, slots: int, interop: bool) -> Rendered:
         batch, height, width, _ = images.shape
         if meshes is not None:
