@@ -6,16 +6,13 @@ tests/gpu compares the interop path's pictures with the host path's on the devic
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
+from host_cuda import compile_for_host
 
 from tddfa.render import blend
 from tddfa.render.layout import FrameTile
-
-CXX = shutil.which("g++") or shutil.which("c++")
 
 _HOST_CUDA = r"""
 #include <cmath>
@@ -39,17 +36,13 @@ extern "C" void launch(const unsigned char* frames, const unsigned char* drawing
 
 @pytest.fixture(scope="module")
 def host_kernel(tmp_path_factory):
-    if CXX is None:
-        pytest.skip("no C++ compiler to build the kernel source for the host")
-    folder = tmp_path_factory.mktemp("blend")
-    source = folder / "kernel.cpp"
-    source.write_text(_HOST_CUDA + blend.source().replace('extern "C" ', "") + _HOST_LAUNCH)
-    library = folder / "kernel.so"
-    subprocess.run(
-        [CXX, "-O1", "-ffp-contract=off", "-shared", "-fPIC", str(source), "-o", str(library)],
-        check=True,
+    return compile_for_host(
+        tmp_path_factory.mktemp("blend"),
+        _HOST_CUDA,
+        blend.source(),
+        _HOST_LAUNCH,
+        flags=("-ffp-contract=off",),
     )
-    return ctypes.CDLL(str(library)).launch
 
 
 def _shader(frames: np.ndarray, drawing: np.ndarray) -> np.ndarray:

@@ -10,16 +10,13 @@ tests/gpu runs the same source on the device."""
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
+from host_cuda import compile_for_host
 
 from tddfa import gpu_kernels
 from tddfa.roi import crop_and_resize
-
-CXX = shutil.which("g++") or shutil.which("c++")
 
 # Just enough of CUDA for one host thread; -ffp-contract=off keeps the _rn operations apart
 # as the intrinsics do on the device.
@@ -51,19 +48,13 @@ extern "C" void launch(const unsigned char* frames, int height, int width, int f
 
 @pytest.fixture(scope="module")
 def host_kernel(tmp_path_factory):
-    if CXX is None:
-        pytest.skip("no C++ compiler to build the kernel source for the host")
-    folder = tmp_path_factory.mktemp("gpu_crops")
-    source = folder / "kernel.cpp"
-    source.write_text(
-        _HOST_CUDA + gpu_kernels.crops_source().replace('extern "C" ', "") + _HOST_LAUNCH
+    return compile_for_host(
+        tmp_path_factory.mktemp("gpu_crops"),
+        _HOST_CUDA,
+        gpu_kernels.crops_source(),
+        _HOST_LAUNCH,
+        flags=("-ffp-contract=off",),
     )
-    library = folder / "kernel.so"
-    subprocess.run(
-        [CXX, "-O1", "-ffp-contract=off", "-shared", "-fPIC", str(source), "-o", str(library)],
-        check=True,
-    )
-    return ctypes.CDLL(str(library)).launch
 
 
 def _crops(host_kernel, frames: np.ndarray, rois: np.ndarray, counts: np.ndarray, size: int):

@@ -10,18 +10,15 @@ tests/gpu runs the same source on the device with 512 threads per block."""
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
+from host_cuda import compile_for_host
 
 from tddfa import gpu_detection
 from tddfa.config import DETECTOR_VARIANCES, PipelineConfig
 from tddfa.detection import select_faces, select_faces_batch
 from tddfa.priors import prior_boxes
-
-CXX = shutil.which("g++") or shutil.which("c++")
 
 # Just enough of CUDA for a block of host threads.
 _HOST_CUDA = r"""
@@ -86,30 +83,14 @@ extern "C" void launch(int threads, int batch, const float* loc, const float* co
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    if CXX is None:
-        pytest.skip("no C++ compiler to build the kernel source for the host")
-    folder = tmp_path_factory.mktemp("kernel")
-    source = folder / "select_faces.cpp"
-    source.write_text(_HOST_CUDA + gpu_detection._SELECT + _HOST_LAUNCH)
-    library = folder / "select_faces.so"
     # -ffp-contract=off: no fused multiply-add, as the device build's --fmad=false
-    subprocess.run(
-        [
-            CXX,
-            "-std=c++20",
-            "-O2",
-            "-ffp-contract=off",
-            "-shared",
-            "-fPIC",
-            "-pthread",
-            str(source),
-            "-o",
-            str(library),
-        ],  # fmt: skip
-        check=True,
-        capture_output=True,
+    return compile_for_host(
+        tmp_path_factory.mktemp("kernel"),
+        _HOST_CUDA,
+        gpu_detection._SELECT,
+        _HOST_LAUNCH,
+        flags=("-std=c++20", "-ffp-contract=off", "-pthread"),
     )
-    return ctypes.CDLL(str(library)).launch
 
 
 def _run(kernel, loc, conf, priors, scale, cfg, threads=1):

@@ -5,17 +5,14 @@ tests/gpu runs the same source on the device."""
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
+from host_cuda import compile_for_host
 
 from tddfa import gpu_params
 from tddfa.aligner import Aligner
 from tddfa.config import PipelineConfig
-
-CXX = shutil.which("g++") or shutil.which("c++")
 
 _HOST_CUDA = r"""
 #include <cmath>
@@ -41,16 +38,9 @@ extern "C" void launch(const float* norm, const float* mean, const float* std_,
 
 @pytest.fixture(scope="module")
 def host_kernel(tmp_path_factory):
-    if CXX is None:
-        pytest.skip("no C++ compiler to build the kernel source for the host")
-    folder = tmp_path_factory.mktemp("gpu_params")
-    source = folder / "kernel.cpp"
-    source.write_text(
-        _HOST_CUDA + gpu_params.kernel_source().replace('extern "C" ', "") + _HOST_LAUNCH
+    return compile_for_host(
+        tmp_path_factory.mktemp("gpu_params"), _HOST_CUDA, gpu_params.kernel_source(), _HOST_LAUNCH
     )
-    library = folder / "kernel.so"
-    subprocess.run([CXX, "-O1", "-shared", "-fPIC", str(source), "-o", str(library)], check=True)
-    return ctypes.CDLL(str(library)).launch
 
 
 def _pointer(array: np.ndarray):

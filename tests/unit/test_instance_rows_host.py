@@ -5,16 +5,13 @@ tests/gpu draws with the same source on the device."""
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
+from host_cuda import compile_for_host
 
 from tddfa.render import instances
 from tddfa.render.shaders import INSTANCE_FLOATS
-
-CXX = shutil.which("g++") or shutil.which("c++")
 
 _HOST_CUDA = r"""
 struct Dim { int x; };
@@ -35,16 +32,9 @@ extern "C" void launch(const float* transforms, const float* low, const float* h
 
 @pytest.fixture(scope="module")
 def host_kernel(tmp_path_factory):
-    if CXX is None:
-        pytest.skip("no C++ compiler to build the kernel source for the host")
-    folder = tmp_path_factory.mktemp("instance_rows")
-    source = folder / "kernel.cpp"
-    source.write_text(
-        _HOST_CUDA + instances.rows_source().replace('extern "C" ', "") + _HOST_LAUNCH
+    return compile_for_host(
+        tmp_path_factory.mktemp("instance_rows"), _HOST_CUDA, instances.rows_source(), _HOST_LAUNCH
     )
-    library = folder / "kernel.so"
-    subprocess.run([CXX, "-O1", "-shared", "-fPIC", str(source), "-o", str(library)], check=True)
-    return ctypes.CDLL(str(library)).launch
 
 
 @pytest.mark.parametrize("shift_z", [True, False])
