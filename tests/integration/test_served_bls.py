@@ -63,6 +63,21 @@ def infer(client, model: str, frame: np.ndarray, outputs, **sequence) -> dict:
     return {name: result.as_numpy(name)[0] for name in outputs}
 
 
+def tracked_pairs(client, pipeline, frames, outputs, sequence: int):
+    """Per frame of a ``tddfa_track`` sequence: (served outputs, the in-process tracker's)."""
+    for i, frame in enumerate(frames):
+        got = infer(
+            client,
+            SEQUENCE_ENSEMBLE,
+            frame,
+            outputs,
+            sequence_id=sequence,
+            sequence_start=i == 0,
+            sequence_end=i == len(frames) - 1,
+        )
+        yield got, {n: a[0] for n, a in pipeline.track(frame, sequence, i == 0).items()}
+
+
 def test_the_build_calls_served_models(model_repository):
     from tddfa_tools.model_config import check_bls, load_repository
 
@@ -95,17 +110,9 @@ def test_a_sequence_equals_the_in_process_build(client, landmark_pipeline, test_
     sequence = 8101
     detector_before = requests_of(client, "face_detector")
     regressor_before = requests_of(client, "face_regressor")
-    for i, frame in enumerate(frames):
-        got = infer(
-            client,
-            SEQUENCE_ENSEMBLE,
-            frame,
-            outputs,
-            sequence_id=sequence,
-            sequence_start=i == 0,
-            sequence_end=i == len(frames) - 1,
-        )
-        want = {n: a[0] for n, a in landmark_pipeline.track(frame, sequence, i == 0).items()}
+    for i, (got, want) in enumerate(
+        tracked_pairs(client, landmark_pipeline, frames, outputs, sequence)
+    ):
         assert bool(got["DETECTED"][0]) == (i == 0) == bool(want["DETECTED"][0])
         np.testing.assert_array_equal(got["TRACK_IDS"], want["TRACK_IDS"])
         for key in ("FACE_COUNT", "LANDMARKS", "POSE", "PARAMS"):
@@ -184,17 +191,9 @@ def test_native_layout_sequence(ort_client, landmark_pipeline, test_images):
     frames = make_clip(test_images["JianzhuGuo.jpg"], frames=4, still=1, amplitude=8.0).frames
     outputs = (*OUTPUTS, "TRACK_IDS", "DETECTED")
     sequence = 8102
-    for i, frame in enumerate(frames):
-        got = infer(
-            ort_client,
-            SEQUENCE_ENSEMBLE,
-            frame,
-            outputs,
-            sequence_id=sequence,
-            sequence_start=i == 0,
-            sequence_end=i == len(frames) - 1,
-        )
-        want = {n: a[0] for n, a in landmark_pipeline.track(frame, sequence, i == 0).items()}
+    for i, (got, want) in enumerate(
+        tracked_pairs(ort_client, landmark_pipeline, frames, outputs, sequence)
+    ):
         assert bool(got["DETECTED"][0]) == bool(want["DETECTED"][0]) == (i == 0)
         np.testing.assert_array_equal(got["TRACK_IDS"], want["TRACK_IDS"])
         # this clip's face: the graph's box equals the Detector's, so everything after does
