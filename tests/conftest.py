@@ -1,15 +1,75 @@
-"""Shared fixtures: the asset folder, the reference outputs, the exported ONNX networks."""
+"""Shared fixtures (the asset folder, the reference outputs, the exported ONNX networks)
+and two session rules: the suite fails if it changed the working tree (run in a git
+checkout), and the random order's seed (pytest-randomly) is printed at the end."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+_TREE_BEFORE = pytest.StashKey[dict | None]()
+_TREE_CHANGES = pytest.StashKey[list]()
 SHARED = REPO_ROOT.parent / "shared"
+
+
+def _working_tree() -> dict[str, str] | None:
+    """{`git status --porcelain` line: digest of that path's content} for the repository,
+    or None when it is not a git checkout (an unpacked sdist) or git is missing. Ignored
+    paths (build/, .venv/) are not listed; a file already changed before the session is
+    caught when its content changes again."""
+    git = shutil.which("git")
+    if git is None or not (REPO_ROOT / ".git").exists():
+        return None
+    done = subprocess.run(
+        [git, "status", "--porcelain=v1", "--untracked-files=all", "-z"],
+        cwd=REPO_ROOT, capture_output=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        return None
+    state = {}
+    for entry in filter(None, done.stdout.decode(errors="replace").split("\0")):
+        path = REPO_ROOT / entry[3:]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+        state[entry] = digest
+    return state
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_TREE_BEFORE] = _working_tree()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_TREE_BEFORE, None)
+    if before is None:
+        return
+    after = _working_tree() or {}
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    session.config.stash[_TREE_CHANGES] = changed
+    if changed and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    changed = config.stash.get(_TREE_CHANGES, [])
+    if changed:
+        terminalreporter.write_line(
+            "FAILED: the test session changed the working tree (a test wrote into the "
+            "repository; write under tmp_path instead):",
+            red=True,
+        )
+        for entry in changed[:20]:
+            terminalreporter.write_line(f"    {entry}")
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(f"test order: pytest-randomly seed {seed} (repeat it: "
+                                    f"--randomly-seed={seed})")  # fmt: skip
 
 
 @pytest.fixture(scope="session")

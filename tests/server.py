@@ -152,3 +152,19 @@ class ServerPool:
         if foreign:
             LOGGER.info("new /dev/shm entries of other processes (ignored): %s", foreign)
         return leaked
+
+
+def model_counts(
+    server: RunningServer, model: str, inferences: int = 0, within: float = 10.0
+) -> tuple[int, int]:
+    """(inference_count, execution_count) Triton counted for ``model``; waits up to
+    ``within`` s for inference_count to reach ``inferences`` (Triton records an execution's
+    statistics just after sending its responses, so a client can be ahead of them)."""
+    deadline = time.monotonic() + within
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        while True:
+            stats = client.get_inference_statistics(model)["model_stats"][0]
+            counts = int(stats["inference_count"]), int(stats["execution_count"])
+            if counts[0] >= inferences or time.monotonic() >= deadline:
+                return counts
+            time.sleep(0.1)

@@ -112,12 +112,41 @@ def test_two_kills_in_a_row_are_both_healed(ensemble_server, good_request) -> No
     )
 
 
-def test_supervisor_metrics_endpoint_counts_the_reloads(ensemble_server) -> None:
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of sample ``name`` with exactly ``labels`` in a Prometheus text page (0 when
+    absent: a counter not yet incremented)."""
+    wanted = {f'{key}="{value}"' for key, value in labels.items()}
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        metric, _, rest = head.partition("{")
+        if metric == name and set(filter(None, rest.rstrip("}").split(","))) == wanted:
+            return float(value)
+    return 0.0
+
+
+def test_supervisor_metrics_endpoint_counts_the_reloads(ensemble_server, good_request) -> None:
+    """A stub killed here is counted on the supervisor's /metrics (failure with its cause,
+    one reload), and /health reads 200 once healed."""
+    image, expected = good_request
     url = ensemble_server.supervisor.metrics_url
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    assert "tddfa_supervisor_model_reloads_total{model=" in text
-    assert 'cause="stub_exited"' in text
+
+    def page() -> str:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    victim = stubs(ensemble_server)[0]
+    model = victim.model
+    before = page()
+    reloads = _reloads(ensemble_server, model)
+    os.kill(victim.pid, signal.SIGKILL)
+    wait_until_right(ensemble_server.http_url, image, expected, within=RECOVERY_S)
+    _wait_healed(ensemble_server, model, reloads)
+    after = page()
+    for name, labels in (
+        ("tddfa_supervisor_model_failures_total", {"model": model, "cause": "stub_exited"}),
+        ("tddfa_supervisor_model_reloads_total", {"model": model}),
+    ):
+        assert _sample(after, name, **labels) == _sample(before, name, **labels) + 1, name
     with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
         assert response.status == 200  # healed: healthy again
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from server import model_counts
 from tritonclient.utils import InferenceServerException
 
 from tddfa.contract import SEQUENCE_ENSEMBLE
@@ -102,7 +103,15 @@ def test_smoothing_switched_off_per_sequence(ensemble_server, landmark_pipeline,
     sequence = next(SEQUENCE_IDS)
     with client:
         served = [
-            send(client, module, f, sequence, start=i == 0, parameters={"smoothing": False})
+            send(
+                client,
+                module,
+                f,
+                sequence,
+                start=i == 0,
+                end=i == len(clip) - 1,
+                parameters={"smoothing": False},
+            )
             for i, f in enumerate(clip)
         ]
     raw = in_process(landmark_pipeline, clip, smoothing=False)
@@ -150,17 +159,73 @@ def _open_sequences(server) -> float:
     return sum(values)
 
 
+def _wait_open_sequences(server, count: int, within: float) -> float:
+    """Poll the gauge until it reads ``count`` or ``within`` s pass; the last reading."""
+    deadline = time.monotonic() + within
+    while (value := _open_sequences(server)) != count and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return value
+
+
 def test_a_vanished_client_is_freed_after_the_idle_timeout(ensemble_server, clip):
+    # sequences other tests left open are freed by the same idle timeout (10 s): from none
+    # open, this one client's sequence is exactly one
+    assert _wait_open_sequences(ensemble_server, 0, within=20) == 0
     client, module = client_for(ensemble_server, "grpc")
     sequence = next(SEQUENCE_IDS)
     with client:
         send(client, module, clip[0], sequence, start=True)
-        assert _open_sequences(ensemble_server) >= 1
+        assert _open_sequences(ensemble_server) == 1
         # the client vanishes: no END. face_tracker's idle timeout is 10 s.
-        deadline = time.monotonic() + 20
-        while _open_sequences(ensemble_server) > 0 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert _open_sequences(ensemble_server) == 0
+        assert _wait_open_sequences(ensemble_server, 0, within=20) == 0
         # Triton released the sequence too: a frame without START is refused, clearly
         with pytest.raises(InferenceServerException, match="START"):
             send(client, module, clip[1], sequence)
+
+
+def test_frames_of_several_sequences_batched_together(ensemble_server, landmark_pipeline, clip):
+    """Four sequences send their frames at the same moments: the sequence batcher puts
+    frames of several sequences in one face_tracker execution (Triton's statistics show
+    fewer executions than frames), and each sequence still gets exactly its own tracking:
+    the results of running it alone in-process."""
+    import threading
+
+    length = 8
+    starts = range(4)  # sequence j sees clip[j : j + length]: a mix-up shows in the boxes
+    barrier = threading.Barrier(len(starts))
+    served: dict[int, list[dict]] = {}
+    errors: list[BaseException] = []
+
+    def run(start: int) -> None:
+        sequence = next(SEQUENCE_IDS)
+        client, module = client_for(ensemble_server, "grpc")
+        try:
+            with client:
+                frames = clip[start : start + length]
+                out = []
+                for i, frame in enumerate(frames):
+                    barrier.wait(timeout=60)
+                    out.append(send(client, module, frame, sequence, i == 0, i == length - 1))
+                served[start] = out
+        except BaseException as exc:  # noqa: BLE001  (reported by the main thread)
+            errors.append(exc)
+            barrier.abort()
+
+    before = model_counts(ensemble_server, "face_tracker")
+    threads = [threading.Thread(target=run, args=(start,)) for start in starts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors[0]
+    after = model_counts(ensemble_server, "face_tracker", before[0] + len(starts) * length)
+    frames, executions = after[0] - before[0], after[1] - before[1]
+    assert frames == len(starts) * length
+    assert executions < frames, "no face_tracker execution held frames of two sequences"
+    for start in starts:
+        expected = in_process(landmark_pipeline, clip[start : start + length])
+        for got, want in zip(served[start], expected, strict=True):
+            assert int(got["TRACK_IDS"][0]) == 1
+            assert bool(got["DETECTED"][0]) == bool(want["DETECTED"][0])
+            for name in ("FACE_BOXES", "LANDMARKS", "POSE"):
+                np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-3)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from server import model_counts
 from tritonclient.utils import InferenceServerException
 
 from tddfa.contract import (
@@ -116,14 +117,19 @@ def test_unknown_mode_is_refused(server, test_images, protocol):
 
 
 def test_concurrent_requests_in_different_modes(server, test_images):
-    """Requests in flight together (the dynamic batcher may batch them) keep their modes."""
+    """Requests in flight together are batched by face_renderer's dynamic batcher (Triton's
+    statistics show fewer executions than requests) and each keeps its own mode."""
     image = test_images["trump_hillary.jpg"]
     modes = ["depth", "shaded", UV_MODE, "pncc", "landmarks", "shaded", "pose", "depth"] * 2
     alone = {m: infer(server.grpc_url, "grpc", image, m)["RENDERED"] for m in set(modes)}
+    inferences, executions = model_counts(server, "face_renderer")
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(
             pool.map(lambda m: infer(server.grpc_url, "grpc", image, m)["RENDERED"], modes)
         )
+    after = model_counts(server, "face_renderer", inferences + len(modes))
+    assert after[0] - inferences == len(modes)
+    assert after[1] - executions < len(modes), "no face_renderer execution held two requests"
     for mode, got in zip(modes, results, strict=True):
         assert got.shape == alone[mode].shape, mode
         diff = np.abs(got.astype(int) - alone[mode].astype(int)).max(axis=-1)

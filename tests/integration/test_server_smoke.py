@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from server import OWNED_PREFIXES, OWNED_SHM_PREFIX, SHM_DIR, ServerPool
+from server import OWNED_PREFIXES, OWNED_SHM_PREFIX, SHM_DIR, ServerPool, model_counts
 from tritonclient.utils import InferenceServerException
 
 from tddfa_tools import serve
@@ -61,18 +61,11 @@ def test_error_reaches_client_and_server_keeps_serving(triton_server, protocol):
     np.testing.assert_array_equal(infer(triton_server, protocol, good), 2 * good)
 
 
-def _stats(server, model: str) -> tuple[int, int]:
-    """(inferences, executions) Triton counted for ``model``."""
-    with httpclient.InferenceServerClient(server.http_url) as client:
-        stats = client.get_inference_statistics(model)["model_stats"][0]
-    return int(stats["inference_count"]), int(stats["execution_count"])
-
-
 def test_bad_request_does_not_fail_its_batch_mates(triton_server):
     """The repository's real adapter (tddfa_triton.StepModel, adapter_batch) in a real stub:
     concurrent requests share execute() calls (Triton's statistics prove it), and only the
     bad ones fail, with their own message; every good one gets its own right answer."""
-    inferences, executions = _stats(triton_server, "adapter_batch")
+    inferences, executions = model_counts(triton_server, "adapter_batch")
 
     def one(i: int):
         data = np.full((1, 4), -float(i) if i % 3 == 0 else float(i), np.float32)
@@ -94,7 +87,9 @@ def test_bad_request_does_not_fail_its_batch_mates(triton_server):
         else:
             assert not isinstance(result, Exception), f"request {i} failed: {result}"
             np.testing.assert_array_equal(result, np.full((1, 4), i / 2, np.float32))
-    after_inferences, after_executions = _stats(triton_server, "adapter_batch")
+    after_inferences, after_executions = model_counts(
+        triton_server, "adapter_batch", inferences + 16
+    )
     assert after_inferences - inferences == 16
     assert after_executions - executions < 16, "no two requests shared an execute()"
 

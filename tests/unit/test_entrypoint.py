@@ -28,6 +28,7 @@ FAKE_TDDFA = (
 [[ "$1" == build ]] || exit 0
 out=""
 for arg in "$@"; do [[ "$prev" == --out ]] && out="$arg"; prev="$arg"; done
+[[ "$out" == /* ]] || { echo "fake tddfa build: no absolute --out" >&2; exit 64; }
 mkdir -p "$out" && echo '{}' > "$out/BUILD.json"
 """
 )
@@ -70,8 +71,13 @@ def sandbox(tmp_path: Path):
             "HOME": str(tmp_path),
             **env,
         }
-        done = subprocess.run(
-            [BASH, str(script), *args], env=environment, capture_output=True, text=True, timeout=60
+        done = subprocess.run(  # in tmp_path: a stand-in's relative path lands there
+            [BASH, str(script), *args],
+            env=environment,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         return done.returncode, calls.read_text().splitlines(), done.stderr
 

@@ -207,3 +207,38 @@ def test_a_face_leaving_the_frame_is_lost_and_redetected(landmark_pipeline, test
     assert int(outputs[-1]["FACE_COUNT"][0]) == 0  # gone: no ghost face is reported
     # the frame that lost the face was redone by the detector
     assert any(bool(o["DETECTED"][0]) for o in outputs[1:])
+
+
+def test_a_batch_holding_one_sequence_twice_runs_its_frames_in_order(
+    landmark_pipeline, test_images
+):
+    """TrackerStep given a batch that repeats a sequence (Triton's sequence batcher never
+    does; another caller may) and a READY = 0 row: the repeated sequence's frames run one
+    after the other, the other sequence beside them, the READY = 0 row stays zero and makes
+    no state; the results equal sending each frame alone."""
+    image = test_images["JianzhuGuo.jpg"]
+    frames = np.stack([image, image[:, ::-1], image, image])
+    a, b, idle = next(SEQUENCE_IDS), next(SEQUENCE_IDS), next(SEQUENCE_IDS)
+    step = landmark_pipeline.tracker
+    opened = len(step.store)
+    batch = {
+        "IMAGE": frames,
+        "START": np.array([[1], [0], [1], [0]], np.int32),
+        "END": np.array([[0], [1], [1], [0]], np.int32),
+        "READY": np.array([[1], [1], [1], [0]], np.int32),
+        "CORRID": np.array([[a], [a], [b], [idle]], np.uint64),
+    }
+    step.validate(batch)
+    out = step.run(batch, parameters=[{}] * 4)
+    assert len(step.store) == opened, "sequences left open (or a state for the READY=0 row)"
+    first = next(SEQUENCE_IDS)
+    alone = [
+        landmark_pipeline.track(frames[0], first, start=True),
+        landmark_pipeline.track(frames[1], first, end=True),
+        landmark_pipeline.track(frames[2], next(SEQUENCE_IDS), start=True, end=True),
+    ]
+    for row, want in enumerate(alone):
+        assert bool(out["DETECTED"][row, 0]) == bool(want["DETECTED"][0, 0])
+        for name in ("FACE_COUNT", "TRACK_IDS", "FACE_BOXES", "LANDMARKS"):
+            np.testing.assert_allclose(out[name][row], want[name][0], atol=1e-3, err_msg=name)
+    assert not out["FACE_COUNT"][3].any() and not out["LANDMARKS"][3].any()

@@ -60,10 +60,34 @@ def nearest(vertices, emma) -> dict[str, np.ndarray]:
     return {"row": row[keep], "col": col[keep], "face": face[keep], "vertex": vertex[keep]}
 
 
-def test_modes_match_the_contract():
-    from tddfa.render.modes import MODE_IDS
+def test_every_mode_is_drawn_by_one_pass_and_documented():
+    """Each mode of the contract has a way to be drawn (the mesh shader's branch or a 2D
+    overlay, never both), the shader switches on no mode the contract lacks, and
+    docs/render_modes.md's table lists exactly the contract's modes, in order."""
+    import re
+    from pathlib import Path
 
-    assert tuple(MODE_IDS) == RENDER_MODES
+    from tddfa.render.modes import (
+        BLENDED_MODES,
+        MESH_MODES,
+        MODE_IDS,
+        OVERLAY_MODES,
+        OWN_IMAGE_MODES,
+    )
+    from tddfa.render.shaders import MESH_VERTEX
+
+    assert sorted(MODE_IDS.values()) == list(range(len(RENDER_MODES)))
+    assert not MESH_MODES & OVERLAY_MODES
+    assert MESH_MODES | OVERLAY_MODES == set(RENDER_MODES)
+    assert BLENDED_MODES <= MESH_MODES and OWN_IMAGE_MODES <= MESH_MODES
+    # the mesh shader tests every mesh mode (a colour branch, or the blend for the lit
+    # fallback) and no other
+    assert set(re.findall(r"mode == MODE_([A-Z_]+)", MESH_VERTEX)) == {
+        m.upper() for m in MESH_MODES
+    }
+    docs = Path(__file__).resolve().parents[3] / "docs" / "render_modes.md"
+    rows = re.findall(r"^\| `([a-z_]+)`", docs.read_text(), re.M)
+    assert tuple(dict.fromkeys(rows)) == RENDER_MODES
 
 
 def test_unknown_mode_names_the_valid_ones(render_step):
