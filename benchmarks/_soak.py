@@ -22,7 +22,7 @@ from pathlib import Path
 
 SERVER = "tritonserver"
 STUB_BINARY = "triton_python_backend_stub"
-RSS_LIMIT_PERCENT = 5.0  # issue 12: RSS growth after warm-up must stay under this
+RSS_LIMIT_PERCENT = 5.0  # RSS growth after warm-up must stay under this
 SLOPE_MIN_SECONDS = 600.0  # a slope in MB/h over a shorter window is mostly noise
 
 

@@ -130,7 +130,7 @@ def main() -> None:
     print(table)
     if not args.no_results:
         _common.append_results(
-            "(e) detector and regressor on the CPU, before/after tddfa.detector (issue 9 part 5)",
+            "(e) detector and regressor on the CPU, before/after tddfa.detector",
             table,
             [
                 f"{len(frames)} distinct 1280x720 frames of {args.video.name} (one face), "

@@ -4,7 +4,7 @@ with and without smoothing, on clips with known motion.
 A still photo (default JianzhuGuo.jpg, one face) moves along a smooth sub-pixel path
 (tddfa_tools.motion_clip); each frame's landmarks are mapped back through the known motion
 onto the photo. jitter = mean frame-to-frame change there; spread = mean distance from the
-landmarks' mean position (jitter plus lag). Issue 9's bar: tracked + smoothed jitter <= 50 %
+landmarks' mean position (jitter plus lag). The bar: tracked + smoothed jitter <= 50 %
 of per-frame, spread <= 1.2x per-frame, one track id. A second, faster clip shows the
 trade-off a causal filter makes under fast motion.
 """
@@ -94,7 +94,7 @@ def main() -> int:
     print(table)
     if not args.no_results:
         append_results(
-            "(f) landmark jitter and lag through the server (issue 9)",
+            "(f) landmark jitter and lag through the server",
             table,
             [
                 f"clip: {args.photo.name} moved in a 640x360 frame for {args.frames} frames "

@@ -9,7 +9,7 @@ no encode) and then this project through a real tritonserver on the same frames:
   mesh + render);
 - ``tddfa video``: the real command (PyAV decode + libx264 encode of the output included).
 
-Both in ``detect`` (tddfa, every frame detected) and ``track`` (tddfa_track) mode. Issue 9's
+Both in ``detect`` (tddfa, every frame detected) and ``track`` (tddfa_track) mode. The
 bar on the 2-core box: detect >= 1.3x the original's detect-every-frame, track >= 1.0x its
 tracking mode.
 """
@@ -130,7 +130,7 @@ def main() -> int:
     print(table)
     if not args.no_results:
         append_results(
-            "(g) served vs the original 3DDFA_V2, same machine, one run (issue 9)",
+            "(g) served vs the original 3DDFA_V2, same machine, one run",
             table,
             [
                 f"original: 3ddfa_v2_runner, ONNX Runtime CPU, {args.threads} threads, "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two-GPU measurement (issue 8 part 7) on a GPU machine, after `source
+# The two-GPU measurement (docs/multi_gpu.md) on a GPU machine, after `source
 # benchmarks/device_setup.sh` (TDDFA_BUILD_ARGS set before it chooses the build):
 #   (a) perf_analyzer with one server per GPU (gpu_bench --layout per-gpu, CUDA MPS each);
 #   (c) video copies, NVDEC + CUDA shared memory, no encode, detect and track modes: first

@@ -1,4 +1,4 @@
-"""GPU benchmarks (a)-(d) of issue 5 in one command, for a machine with CUDA but no PyAV.
+"""GPU benchmarks (a)-(d) (benchmarks/README.md) in one command, for a machine with CUDA but no PyAV.
 
 (a) perf_analyzer on the ensemble, gRPC + CUDA shared memory, real 720p frames, a
     concurrency sweep (each run bounded by --perf-timeout: a run whose requests do not come

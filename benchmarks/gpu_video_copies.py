@@ -10,7 +10,7 @@ reported as an error with the number of requests the server still holds, and its
 stay registered: unregistering them is refused by Triton while a request uses them ("Cannot
 unregister shared memory region ..., it is currently in use"), and freeing them could let the
 server write into freed memory. (Before 2026-11-30 this benchmark unregistered after a
-30-second wait regardless, which produced that message on two H200s: issue 8.)
+30-second wait regardless, which produced that message on two H200s.)
 """
 
 from __future__ import annotations

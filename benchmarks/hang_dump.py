@@ -1,4 +1,4 @@
-"""Evidence from a server whose requests do not come back (issue 8's two-GPU hang).
+"""Evidence from a server whose requests do not come back (the two-GPU hang of docs/multi_gpu.md).
 
 :func:`dump` gathers, without stopping anything: the requests each model still holds
 (Triton's ``nv_inference_pending_request_count``) and its success/failure counters, the

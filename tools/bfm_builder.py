@@ -1,7 +1,7 @@
 """Build the no-neck BFM ``.npz`` (exact or approximate); tddfa.bfm.DenseDecoder decodes it.
 
 Exact: from the upstream ``bfm_noneck_v3.pkl`` when the user has it.
-Approximate (MODELS.md 5), from the small public 3DDFA pieces:
+Approximate (docs/models.md 5), from the small public 3DDFA pieces:
 - mean ``u``, triangles and the 68 landmark rows of both bases are exact;
 - the shape basis elsewhere is spread over the mesh from the ``Model_PAF.pkl`` grid samples
   by minimising ``||L W||^2 + lam ||C W - S||^2`` (L: uniform row-normalised mesh

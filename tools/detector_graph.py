@@ -3,11 +3,12 @@
     IMAGE (N, H, W, 3) uint8 RGB, any H x W
       -> FACE_BOXES (N, K, 5) float32 x1, y1, x2, y2, score in image pixels (zero rows past
          the count), FACE_COUNT (N, 1) int32, and the identical internal copies DETECTIONS,
-         NUM_FACES for the later ensemble steps (Triton 2.51's pruning rule, PLAN.md).
+         NUM_FACES for the later ensemble steps (Triton 2.51's ensemble pruning: README,
+         Architecture).
 
 Inside, in order (the Python :class:`tddfa.detector.Detector`, step by step):
 
-1. the original's rescale rule on the frame size (MODELS.md 1), in float64 as Python
+1. the original's rescale rule on the frame size (docs/models.md 1), in float64 as Python
    computes it, so the resized size and the scale are bit-equal in onnxruntime. TensorRT has
    no float64: its parser casts these few scalar operations to float32 (a resized size can
    then differ by one pixel for rare frame sizes; the common video sizes are exact, see
@@ -19,7 +20,7 @@ Inside, in order (the Python :class:`tddfa.detector.Detector`, step by step):
 4. FaceBoxes (the bare network, on the static canvas);
 5. prior decoding (priors are a constant of the canvas), boxes in image pixels;
 6. ``NonMaxSuppression`` (the standard ONNX op: onnxruntime runs it, TensorRT >= 8.5 parses
-   it into its native INMSLayer) with the +1-pixel IoU of MODELS.md 1 obtained by shifting
+   it into its native INMSLayer) with the +1-pixel IoU of docs/models.md 1 obtained by shifting
    x2, y2 by one pixel (IoU_{+1}(a, b) = IoU(a + (0, 0, 1, 1), b + (0, 0, 1, 1))), and the
    score threshold; its ``>`` comparison is made ``>=`` by passing the float32 just below
    the IoU threshold;

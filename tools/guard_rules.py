@@ -1,7 +1,7 @@
 """What the guard (``tddfa guard``) lets through to tritonserver: pure checks, no I/O.
 
-Triton 2.51 trusts a request's declared shapes further than it should (issue 10, checked
-against server/core r24.10 sources):
+Triton 2.51 trusts a request's declared shapes further than it should (checked
+against server/core r24.10 sources; docs/security.md):
 
 - HTTP JSON: ``http_server.cc`` allocates ``element count x dtype size`` bytes for the
   ``data`` of an input *before* reading it: ``[1, 60000, 60000, 3]`` with three values costs

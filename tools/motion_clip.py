@@ -1,4 +1,4 @@
-"""Clips with known motion, for measuring landmark jitter and lag (issue 9).
+"""Clips with known motion, for measuring landmark jitter and lag.
 
 A still photo is moved along a smooth sub-pixel path (translation, a slow zoom and a small
 rotation) and resampled into each frame; the true per-frame affine map is kept beside the

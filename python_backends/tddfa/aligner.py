@@ -1,7 +1,7 @@
 """From face boxes to 3DMM parameters, pose, landmarks and the model->image transform.
 
-ROI box (MODELS.md 3) -> 120x120 crop -> MobileNetV1 regressor -> de-normalised params
-(MODELS.md 2, 4). The stateless ``face_aligner`` model and the sequence model
+ROI box (docs/models.md 3) -> 120x120 crop -> MobileNetV1 regressor -> de-normalised params
+(docs/models.md 2, 4). The stateless ``face_aligner`` model and the sequence model
 ``face_tracker`` both run it; they differ only in where the ROI boxes come from
 (detections, or the previous frame's landmarks).
 
@@ -111,7 +111,7 @@ class Aligner:
         return self.parameters(self.regress(crops, counts), rois, counts)
 
     def align_boxes(self, images: Any, boxes: Any, counts: Any) -> dict[str, Any]:
-        """:meth:`align` with the ROI boxes of detections (B,K,5) (MODELS.md 3)."""
+        """:meth:`align` with the ROI boxes of detections (B,K,5) (docs/models.md 3)."""
         batch, k = boxes.shape[:2]
         rois = roi.roi_from_box(boxes.reshape(batch * k, -1)).reshape(batch, k, 4)
         xp = get_xp(rois)

@@ -1,6 +1,6 @@
 """The Basel Face Model (no-neck mesh) as used by 3DDFA_V2, stored as one ``.npz``.
 
-Layout (MODELS.md 4): the mean ``u`` and the bases ``w_shp`` / ``w_exp`` have one row per
+Layout (docs/models.md 4): the mean ``u`` and the bases ``w_shp`` / ``w_exp`` have one row per
 vertex coordinate, xyz interleaved (row ``3 * v + axis``), N = 38,365 vertices.
 The file is written by ``tddfa_tools.bfm_builder`` and holds no pickles.
 """
@@ -174,7 +174,7 @@ def _axis_major(rows: np.ndarray) -> np.ndarray:
 class DenseDecoder:
     """The dense BFM decoded on the fly: coefficients -> model-space mesh and landmarks.
 
-    ``V = u + W_shp @ alpha_shp + W_exp @ alpha_exp`` (MODELS.md 4) as one matrix product
+    ``V = u + W_shp @ alpha_shp + W_exp @ alpha_exp`` (docs/models.md 4) as one matrix product
     over the faces passed in (callers pass only filled face slots, so an empty frame costs
     nothing). The bases are kept axis-major (all x, then all y, then all z), so the product
     is the planar (F, 3, N) layout of the renderer and ``VERTICES``, contiguous, without a

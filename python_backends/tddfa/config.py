@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-# Fixed by the published networks (MODELS.md); not tunable.
+# Fixed by the published networks (docs/models.md); not tunable.
 REGRESSOR_SIZE = 120  # crop side of the 3DMM regressor
 NUM_PARAMS = 62  # 12 pose + 40 shape + 10 expression
 NUM_SHAPE = 40
@@ -31,7 +31,7 @@ class PipelineConfig:
     max_faces: int = 8  # K: static number of face slots per frame
     canvas_height: int = 720  # detector input canvas (frames are rescaled into it)
     canvas_width: int = 1280
-    rescale_max_height: int = 720  # the original's rescale rule (MODELS.md 1)
+    rescale_max_height: int = 720  # the original's rescale rule (docs/models.md 1)
     rescale_max_width: int = 1080
     max_image_height: int = 4096  # larger frames are refused with an error
     max_image_width: int = 4096

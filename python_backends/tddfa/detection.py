@@ -1,4 +1,4 @@
-"""FaceBoxes post-processing: decode, score filter, greedy NMS, top-K (MODELS.md 1).
+"""FaceBoxes post-processing: decode, score filter, greedy NMS, top-K (docs/models.md 1).
 
 Two forms of the same selection:
 

@@ -1,6 +1,6 @@
 """The face detector as one object: frames in, the K best faces of each frame out.
 
-:class:`Detector` runs everything between a frame and its face boxes (MODELS.md 1):
+:class:`Detector` runs everything between a frame and its face boxes (docs/models.md 1):
 
 1. validation (the errors of :mod:`tddfa.preprocess`: they name the fix);
 2. the original's rescale rule, then the frame in the top-left corner of the fixed

@@ -10,7 +10,7 @@ One thread block per frame. The block
    bitwise search (64 block-wide counts) and drops the candidates below it;
 3. runs ``min(max_faces, post_nms_top_k)`` rounds of greedy NMS: a block-wide argmax of the
    live keys is the next face; every thread drops its live candidates whose IoU (+1-pixel
-   convention, MODELS.md 1) with that face is >= the threshold;
+   convention, docs/models.md 1) with that face is >= the threshold;
 4. writes the faces (B, K, 5), zero rows past the count, and the counts (B,).
 
 It is :func:`tddfa.detection.select_faces_batch` written as one kernel; the arithmetic is

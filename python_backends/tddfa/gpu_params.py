@@ -2,7 +2,7 @@
 
 :meth:`tddfa.aligner.Aligner.parameters` written xp-agnostically launches about a hundred
 tiny CuPy kernels for (B, K, 62) numbers: launch-bound (~5 ms measured on an H100), against
-one launch here. The kernel reproduces tddfa.params (MODELS.md 2 and 4) per face slot, one
+one launch here. The kernel reproduces tddfa.params (docs/models.md 2 and 4) per face slot, one
 thread per face: de-normalisation, pose angles (float64, gimbal lock as the original),
 the model->image transform (float64, then float32), the 68 landmarks (float32) with
 ``z -= min z``, and zeros in empty slots. tests/gpu compares it with the numpy path.

@@ -1,4 +1,4 @@
-"""From regressor output to pose, landmarks and the model->image transform (MODELS.md 4).
+"""From regressor output to pose, landmarks and the model->image transform (docs/models.md 4).
 
 ``params`` are the 62 de-normalised 3DMM parameters of a face: a 3x4 matrix [R | t]
 (row-major, R a scaled rotation), 40 shape and 10 expression coefficients. Model-space

@@ -3,7 +3,7 @@
 The detector sees every frame on a canvas of a fixed size (``cfg.canvas_height`` x
 ``cfg.canvas_width``) so the served network and its prior boxes have static shapes.
 The frame is rescaled exactly as the original 3DDFA_V2 FaceBoxes wrapper does
-(MODELS.md 1), placed in the top-left corner, and the rest is filled with the detector
+(docs/models.md 1), placed in the top-left corner, and the rest is filled with the detector
 mean colour, which the network's own mean subtraction turns into zeros.
 """
 

@@ -26,7 +26,7 @@ def _cell_template(min_sizes: tuple[int, ...]) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def prior_boxes(canvas_h: int, canvas_w: int) -> np.ndarray:
-    """Priors of FaceBoxes for a ``canvas_h`` x ``canvas_w`` input (MODELS.md 1).
+    """Priors of FaceBoxes for a ``canvas_h`` x ``canvas_w`` input (docs/models.md 1).
 
     Returns:
         (P, 4) float32 read-only numpy array of (cx, cy, w, h) normalised by the input

@@ -1,4 +1,4 @@
-"""ROI boxes around faces and the 120x120 regressor crops (MODELS.md 3).
+"""ROI boxes around faces and the 120x120 regressor crops (docs/models.md 3).
 
 All functions take K face slots at once and are numpy/CuPy agnostic. ROI boxes are
 computed in float32, which reproduces the reference ROI boxes bit for bit (their side

@@ -2,11 +2,11 @@
 
 As in the original 3DDFA_V2 video demos, a tracked frame does not run the detector: each
 face is cropped around the previous frame's landmarks. Where the original squares the
-landmarks' bounding box (MODELS.md 3, "tracking mode"), this tracker carries the face's
+landmarks' bounding box (docs/models.md 3, "tracking mode"), this tracker carries the face's
 detection box along with its landmarks: at detection it records where the box sits
 relative to the landmarks' bounding box, and on tracked frames it puts the box back at the
 same place relative to the previous frame's landmarks and crops with the detection rule
-(MODELS.md 3). A face that does not move is therefore cropped exactly as its detection was,
+(docs/models.md 3). A face that does not move is therefore cropped exactly as its detection was,
 so tracked results equal per-frame ones on still segments and cannot drift; a moving face's
 box follows its landmarks.
 

@@ -1,4 +1,4 @@
-"""Two GPUs (issue 8 part 7): a tensor from another GPU reaches a model instance as a copy on
+"""Two GPUs (docs/multi_gpu.md): a tensor from another GPU reaches a model instance as a copy on
 its own GPU; a server over both GPUs and one server per GPU both answer every request.
 Skipped with fewer than two GPUs. TDDFA_TEST_CUDA_MPS=1 serves under CUDA MPS (the
 deployment that hung on two H200s on 2026-11-30)."""

@@ -1,4 +1,4 @@
-"""``tddfa video`` with NVDEC on the GPU (issue 8 part 6): decoded frames are copied device
+"""``tddfa video`` with NVDEC on the GPU: decoded frames are copied device
 to device into CUDA shared memory and RENDERED comes back the same way.
 
 PyNvVideoCodec's SimpleDecoder reuses its output surfaces: a frame held past the next pull

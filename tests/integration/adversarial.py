@@ -23,7 +23,7 @@ from tddfa.contract import IMAGE_INPUT, STATELESS_ENSEMBLE
 from tddfa_tools.stubs import Stub, find_stubs
 
 MODEL = STATELESS_ENSEMBLE
-RECOVERY_S = 10.0  # issue 10: a killed stub serves again within 10 s on the 2-core box
+RECOVERY_S = 10.0  # a killed stub serves again within 10 s on the 2-core box
 CHECKED_OUTPUTS = ("FACE_COUNT", "FACE_BOXES", "LANDMARKS")
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.server
 @pytest.mark.parametrize(
     "shape, raw",
     [
-        ([1, -16, -16, 3], bytes(768)),  # issue 10: killed the first step's stub
+        ([1, -16, -16, 3], bytes(768)),  # once killed the first step's stub
         ([1, 4611686018427387905, 4, 3], bytes(12)),  # 2**62 + 1 rows: the byte count wraps
     ],
     ids=["negative-shape", "overflowing-shape"],

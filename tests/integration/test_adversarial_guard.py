@@ -1,4 +1,4 @@
-"""`tddfa guard` in front of the real ensemble: the poison requests of issue 10 never reach
+"""`tddfa guard` in front of the real ensemble: the poison requests (docs/security.md) never reach
 a stub (no model is reloaded), admin and shared-memory endpoints do not exist, and
 well-formed clients (tritonclient, FrameClient, the CLI) work through it unchanged."""
 

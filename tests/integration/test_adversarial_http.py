@@ -1,6 +1,6 @@
 """HTTP (binary extension) requests built to hurt: the server answers or refuses each with a
 clear message and a good request right after gets the right answer. The two poison shapes of
-issue 10 kill a Python stub inside Triton 2.51 (before our code runs); the supervisor brings
+docs/security.md kill a Python stub inside Triton 2.51 (before our code runs); the supervisor brings
 it back within 10 s."""
 
 from __future__ import annotations

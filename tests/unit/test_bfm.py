@@ -144,7 +144,7 @@ def test_exact_model_used_when_upstream_pickle_present(
 
 
 def decode_vertices(bfm: BFM, alpha_shp: np.ndarray, alpha_exp: np.ndarray) -> np.ndarray:
-    """float64 reference (MODELS.md 4): (F, 40), (F, 10) -> (F, 3, V) model-space vertices."""
+    """float64 reference (docs/models.md 4): (F, 40), (F, 10) -> (F, 3, V) model-space vertices."""
     flat = (
         bfm.u.astype(np.float64)
         + alpha_shp.astype(np.float64) @ bfm.w_shp.T.astype(np.float64)

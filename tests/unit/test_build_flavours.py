@@ -136,7 +136,7 @@ def test_python_in_process(stand_in_exports, tmp_path):
     ]:
         folder = repo / step / "1" / net
         assert (folder / "model.onnx").read_bytes() == stand_in_exports[net].read_bytes()
-        # the profile the python runner builds a TensorRT engine with (issue 8 part 5)
+        # the profile the python runner builds a TensorRT engine with
         assert read_profiles(folder) == {
             k: tuple(tuple(s) for s in v) for k, v in network[net].items()
         }

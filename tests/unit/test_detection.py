@@ -1,4 +1,4 @@
-"""Prior boxes, box decoding, greedy NMS and face selection (MODELS.md 1)."""
+"""Prior boxes, box decoding, greedy NMS and face selection (docs/models.md 1)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tddfa.priors import prior_boxes
 
 
 def _priors_by_the_book(height, width):
-    """MODELS.md 1 written as loops, the way the original iterates."""
+    """docs/models.md 1 written as loops, the way the original iterates."""
     anchors = []
     for step, min_sizes in zip(DETECTOR_STEPS, DETECTOR_MIN_SIZES, strict=True):
         rows, cols = math.ceil(height / step), math.ceil(width / step)

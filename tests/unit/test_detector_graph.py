@@ -99,7 +99,7 @@ def test_selection_in_the_graph_equals_select_faces(cfg):
 
 
 def test_nms_suppresses_at_the_iou_threshold_with_the_plus_one_convention():
-    """MODELS.md 1: boxes of 13 x 10 inclusive pixels overlapping by 6 columns have
+    """docs/models.md 1: boxes of 13 x 10 inclusive pixels overlapping by 6 columns have
     IoU_{+1} = 0.3 exactly and must be suppressed; one column further apart they are not."""
     from onnx import TensorProto, helper
 

@@ -70,7 +70,7 @@ def test_a_missing_folder_fails_before_any_work(tmp_path: Path) -> None:
 
 
 def test_model_configs_are_written_0644(tmp_path: Path, umask_022) -> None:
-    """Issue 12: config.pbtxt files were 0600 (mkstemp); servers under another user could
+    """config.pbtxt files were once 0600 (mkstemp); servers under another user could
     not read them."""
     from tddfa_tools.model_config import ModelConfig, load_config, save_config
 

@@ -1,4 +1,4 @@
-"""The guard's checks (tools/guard_rules.py) on the requests of issue 10 and their kin."""
+"""The guard's checks (tools/guard_rules.py) on the poison requests of docs/security.md and their kin."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Parameters -> pose, transform, landmarks (MODELS.md 4), against the reference."""
+"""Parameters -> pose, transform, landmarks (docs/models.md 4), against the reference."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def faces(reference_dir):
 
 
 def _similar_transform(points, roi, size=120):
-    """MODELS.md 4's crop -> image mapping, step by step (float64)."""
+    """docs/models.md 4's crop -> image mapping, step by step (float64)."""
     points = points.astype(np.float64).copy()
     sx, sy, ex, ey = (float(v) for v in roi)
     points[0] -= 1

@@ -1,4 +1,4 @@
-"""ROI boxes and the 120x120 crops (MODELS.md 3)."""
+"""ROI boxes and the 120x120 crops (docs/models.md 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Safe defaults of `tddfa serve` (issue 12 part 5, issue 10): it binds 127.0.0.1 unless told
+"""Safe defaults of `tddfa serve` (docs/security.md): it binds 127.0.0.1 unless told
 otherwise, closes Triton's admin APIs to requests without its token, controls models
 explicitly (the supervisor reloads through it), and never logs the token."""
 

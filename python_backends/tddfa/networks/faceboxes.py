@@ -1,4 +1,4 @@
-"""FaceBoxes face detector (the ``FaceBoxesProd.pth`` weights of 3DDFA_V2), MODELS.md 1.
+"""FaceBoxes face detector (the ``FaceBoxesProd.pth`` weights of 3DDFA_V2), docs/models.md 1.
 
 :class:`FaceBoxes` is the bare network: BGR, mean-subtracted input. :class:`FaceDetectorGraph`
 is what gets exported as the ``face_detector`` model: RGB 0..255 input, the channel flip and
@@ -45,7 +45,7 @@ class CReLU(_ConvBN):
 
 
 class Inception(nn.Module):
-    """128 -> 128 channels: four 32-channel branches concatenated (MODELS.md 1)."""
+    """128 -> 128 channels: four 32-channel branches concatenated (docs/models.md 1)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -103,7 +103,7 @@ class FaceBoxes(nn.Module):
         n = x.shape[0]
         locs, confs = [], []
         for source, loc_head, conf_head in zip((s1, s2, s3), self.loc, self.conf, strict=True):
-            # NCHW -> NHWC -> (N, cells * anchors, 4 or 2): the prior order of MODELS.md 1
+            # NCHW -> NHWC -> (N, cells * anchors, 4 or 2): the prior order of docs/models.md 1
             locs.append(loc_head(source).permute(0, 2, 3, 1).reshape(n, -1, 4))
             confs.append(conf_head(source).permute(0, 2, 3, 1).reshape(n, -1, NUM_CLASSES))
         loc = torch.cat(locs, dim=1)

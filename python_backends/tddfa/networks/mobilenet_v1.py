@@ -1,4 +1,4 @@
-"""MobileNetV1 3DMM regressor (``mb05_120x120.pth`` / ``mb1_120x120.pth``), MODELS.md 2.
+"""MobileNetV1 3DMM regressor (``mb05_120x120.pth`` / ``mb1_120x120.pth``), docs/models.md 2.
 
 :class:`MobileNetV1` is the bare network: (B, 3, 120, 120) BGR, (x - 127.5) / 128 -> (B, 62).
 :class:`FaceRegressorGraph` is what gets exported as the ``face_regressor`` model: crops
@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from tddfa.config import NUM_PARAMS, REGRESSOR_SIZE
 
-# (name, in channels, out channels, stride) at widen factor 1; MODELS.md 2
+# (name, in channels, out channels, stride) at widen factor 1; docs/models.md 2
 BLOCKS = (
     ("dw2_1", 32, 64, 1),
     ("dw2_2", 64, 128, 2),

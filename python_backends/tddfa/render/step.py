@@ -271,7 +271,7 @@ def build_vertices_step(version_dir: str | os.PathLike) -> VerticesStep:
 def inputs_from_outputs(outputs: Mapping[str, Any], images: Any) -> dict[str, np.ndarray]:
     """face_renderer's inputs rebuilt from the ``tddfa`` ensemble's outputs (host arrays):
     ALPHA_SHP / ALPHA_EXP from PARAMS, TRANSFORM from PARAMS and the ROI of FACE_BOXES (the
-    detect path's crop rule, MODELS.md 3; a tracked frame's ROI came from landmarks).
+    detect path's crop rule, docs/models.md 3; a tracked frame's ROI came from landmarks).
 
     Args:
         outputs: PARAMS (B, K, 62), FACE_BOXES (B, K, 5), FACE_COUNT (B, 1).
