@@ -1,16 +1,18 @@
 """FaceBoxes post-processing: decode, score filter, greedy NMS, top-K (docs/models.md 1).
 
-Two forms of the same selection:
+:func:`select_faces` is THE definition of face selection: one frame, the candidates above
+the threshold gathered first, greedy NMS on the host over those few. Each flavour has one
+implementation of it, tested against this one on the same detector outputs:
 
-- :func:`select_faces`: one frame, the candidates above the threshold gathered first, NMS
-  on the host (numpy) over those few: the fastest form on the CPU.
-- :func:`select_faces_batch`: a batch of frames with static shapes and no data-dependent
-  indexing (no host synchronisation on CuPy): greedy NMS as ``max_faces`` rounds of
-  "take the best live candidate, suppress its overlaps". It is the reference of the fused
-  CUDA kernel (:mod:`tddfa.gpu_detection`) and its fallback.
+- CPU (python flavour): this module (:func:`select_faces_per_frame` for a batch);
+- GPU (python flavour): one CUDA kernel for the batch, :mod:`tddfa.gpu_detection`
+  (tests/unit/test_gpu_detection_host.py compiles it for the host, tests/gpu runs it),
+  bit for bit;
+- onnxruntime / tensorrt flavours: the ONNX graph of ``tddfa_tools.detector_graph``
+  (tests/unit/test_detector_graph.py), within float32 rounding of the box coordinates.
 
-Both give the same boxes bit for bit (float32 arithmetic in the same order; the ``exp`` of
-the size decoding is evaluated in float64 and rounded, so that numpy, CuPy and CUDA agree).
+Arithmetic is float32 in a fixed order; the ``exp`` of the size decoding is evaluated in
+float64 and rounded, so that numpy and CUDA agree bit for bit.
 """
 
 from __future__ import annotations
@@ -149,92 +151,32 @@ def select_faces(
     return out, count
 
 
-def candidate_keys(scores: Any, threshold: float, max_candidates: int) -> Any:
-    """Sort keys of the NMS candidates: one uint64 per prior, 0 for a non-candidate.
-
-    A candidate has score > ``threshold`` (float32 comparison) and is among the best
-    ``max_candidates`` of them. Its key is ``score bits << 32 | (2**32 - 1 - index)``: keys
-    order candidates by descending score, ties by ascending prior index (the order of a
-    stable sort), and are unique, so "the best live candidate" is one ``argmax``.
-
-    Args:
-        scores: (B, P) float32 face scores (non-negative), numpy or cupy.
-        threshold: candidates score strictly above it.
-        max_candidates: keep at most this many per frame (``pre_nms_top_k``).
-
-    Returns:
-        (B, P) uint64 keys on the array module of ``scores``.
-    """
-    xp = get_xp(scores)
-    scores = xp.ascontiguousarray(scores, dtype=xp.float32)
-    count = scores.shape[-1]
-    bits = scores.view(xp.uint32).astype(xp.uint64) << xp.uint64(32)
-    rank = xp.uint64(0xFFFFFFFF) - xp.arange(count, dtype=xp.uint64)
-    keys = xp.where(scores > xp.float32(threshold), bits | rank, xp.uint64(0))
-    if count > max_candidates:  # the max_candidates-th largest key is the cut-off
-        cutoff = xp.sort(keys, axis=-1)[..., count - max_candidates]
-        keys = xp.where(keys >= cutoff[..., None], keys, xp.uint64(0))
-    return keys
-
-
-def select_faces_batch(
+def select_faces_per_frame(
     loc: Any,
     conf: Any,
-    priors: Any,
+    priors: np.ndarray,
     scale: float,
     cfg: PipelineConfig,
     input_size: tuple[int, int] | None = None,
 ) -> tuple[Any, Any]:
-    """:func:`select_faces` for a batch, with static shapes and no host synchronisation.
-
-    Greedy NMS as ``min(max_faces, post_nms_top_k)`` rounds over all priors at once: take
-    each frame's live candidate with the largest key (:func:`candidate_keys`), report it,
-    suppress the live candidates whose IoU (+1-pixel convention) with it is
-    >= ``nms_iou_threshold``. The same boxes as the sorted greedy NMS of :func:`nms`.
+    """:func:`select_faces` for each frame of a batch, on the host.
 
     Args:
-        loc: (B, P, 4) float32 detector offsets, numpy or cupy.
-        conf: (B, P, 2) float32 softmaxed scores; column 1 is "face".
-        priors: (P, 4) float32 priors (same array module as ``loc``).
-        scale: rescale factor of the frames (all frames of a batch share their size).
-        cfg: thresholds, limits and K (``max_faces``).
-        input_size: (height, width) the priors were made for; default the canvas.
+        loc: (B, P, 4) float32 detector offsets, numpy or CuPy (copied to the host).
+        conf: (B, P, 2) float32 softmaxed scores, numpy or CuPy.
+        priors: (P, 4) float32 numpy priors.
+        scale, cfg, input_size: as :func:`select_faces`.
 
     Returns:
-        ``(boxes, counts)``: boxes (B, K, 5) float32 (x1, y1, x2, y2, score) in original
-        image pixels, best first, rows >= count zero; counts (B,) int32.
+        ``(boxes, counts)`` on the array module of ``loc``: boxes (B, K, 5) float32, rows past
+        the count zero; counts (B,) int32.
     """
     xp = get_xp(loc)
-    if input_size is None:
-        input_size = (cfg.canvas_height, cfg.canvas_width)
+    loc, conf = to_numpy(loc), to_numpy(conf)
     _check_prior_count(loc, conf, priors, axis=1)
     batch = loc.shape[0]
-    scores = conf[..., 1].astype(xp.float32)
-    threshold = max(cfg.pre_nms_threshold, cfg.score_threshold)
-    keys = candidate_keys(scores, threshold, cfg.pre_nms_top_k)
-    boxes = decode_boxes(loc, priors, input_size, scale)  # (B, P, 4)
-    one = xp.float32(1)
-    x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
-    areas = (x2 - x1 + one) * (y2 - y1 + one)
-    rows = xp.arange(batch)
-    out = xp.zeros((batch, cfg.max_faces, 5), dtype=xp.float32)
-    counts = xp.zeros(batch, dtype=xp.int32)
-    for k in range(min(cfg.max_faces, cfg.post_nms_top_k)):
-        best = keys.argmax(axis=1)
-        found = keys[rows, best] > 0
-        box = boxes[rows, best]  # (B, 4)
-        out[:, k, :4] = xp.where(found[:, None], box, xp.float32(0))
-        out[:, k, 4] = xp.where(found, scores[rows, best], xp.float32(0))
-        counts += found.astype(xp.int32)
-        width = xp.maximum(
-            xp.minimum(box[:, 2:3], x2) - xp.maximum(box[:, 0:1], x1) + one, xp.float32(0)
-        )
-        height = xp.maximum(
-            xp.minimum(box[:, 3:4], y2) - xp.maximum(box[:, 1:2], y1) + one, xp.float32(0)
-        )
-        inter = width * height
-        iou = inter / (areas[rows, best][:, None] + areas - inter)
-        suppressed = iou.astype(xp.float64) >= cfg.nms_iou_threshold
-        keys = xp.where(suppressed, xp.uint64(0), keys)
-        keys[rows, best] = 0
-    return out, counts
+    boxes = np.zeros((batch, cfg.max_faces, 5), np.float32)
+    counts = np.zeros(batch, np.int32)
+    for b in range(batch):
+        boxes[b], counts[b] = select_faces(loc[b], conf[b], priors, scale, cfg, input_size)
+    return (boxes, counts) if xp is np else (xp.asarray(boxes), xp.asarray(counts))

@@ -122,14 +122,7 @@ class Detector:
         loc, conf = (xp.asarray(outputs[name]) for name in DETECTOR_OUTPUTS)
         if xp is not np:
             return self._select_gpu(loc, conf, scale)
-        batch = loc.shape[0]
-        boxes = np.zeros((batch, self.config.max_faces, 5), np.float32)
-        counts = np.zeros(batch, np.int32)
-        for b in range(batch):
-            boxes[b], counts[b] = detection.select_faces(
-                loc[b], conf[b], self.priors, scale, self.config
-            )
-        return boxes, counts
+        return detection.select_faces_per_frame(loc, conf, self.priors, scale, self.config)
 
     # ------------------------------------------------------------------ GPU helpers
 
@@ -145,7 +138,9 @@ class Detector:
         return conf[:, :, 1].max(axis=1)
 
     def _disable_gpu_kernels(self, exc: Exception) -> None:
-        LOG.warning("fused GPU detector kernels unavailable (%r): generic CuPy path", exc)
+        LOG.warning(
+            "fused GPU detector kernels unavailable (%r): generic CuPy canvas, host selection", exc
+        )
         self._gpu_kernels_failed = True
 
     def _canvas_gpu(self, images: Any) -> tuple[Any, float]:
@@ -172,8 +167,8 @@ class Detector:
                 raise
             except Exception as exc:  # noqa: BLE001 - a kernel that fails to compile
                 self._disable_gpu_kernels(exc)
-        priors = self._selector.priors_on(loc.device.id)
-        return detection.select_faces_batch(loc, conf, priors, scale, self.config)
+        # the CPU definition, through the host: slower, the same faces
+        return detection.select_faces_per_frame(loc, conf, self.priors, scale, self.config)
 
 
 def _canvas_cpu(images: np.ndarray, cfg: PipelineConfig) -> tuple[np.ndarray, float]:

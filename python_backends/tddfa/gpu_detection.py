@@ -3,9 +3,11 @@ one CUDA kernel (CuPy), for a whole batch, with no host synchronisation.
 
 One thread block per frame. The block
 
-1. gives every prior a sort key (:func:`tddfa.detection.candidate_keys`: score bits and the
-   prior index, 0 for a prior at or below the threshold) and decodes the candidates' boxes
-   into a scratch buffer;
+1. gives every prior a uint64 sort key, ``score bits << 32 | (2**32 - 1 - index)`` for a
+   prior above the threshold and 0 otherwise (non-negative float32 scores order as their
+   bits, so keys order candidates by descending score, ties by ascending index: the stable
+   sort of :func:`tddfa.detection.select_faces`; keys are unique, so "the best live
+   candidate" is one argmax), and decodes the candidates' boxes into a scratch buffer;
 2. if there are more than ``pre_nms_top_k`` candidates, finds the cut-off key with a
    bitwise search (64 block-wide counts) and drops the candidates below it;
 3. runs ``min(max_faces, post_nms_top_k)`` rounds of greedy NMS: a block-wide argmax of the
@@ -13,8 +15,8 @@ One thread block per frame. The block
    convention, docs/models.md 1) with that face is >= the threshold;
 4. writes the faces (B, K, 5), zero rows past the count, and the counts (B,).
 
-It is :func:`tddfa.detection.select_faces_batch` written as one kernel; the arithmetic is
-the same float32 operations in the same order (compiled with ``--fmad=false`` so that no
+It gives the faces of :func:`tddfa.detection.select_faces` on each frame; the arithmetic
+is the same float32 operations in the same order (compiled with ``--fmad=false`` so that no
 multiply-add is fused; ``exp`` in double, rounded), so the boxes are bit-equal to the numpy
 path. Fixed launch shape and no host reads: the kernel can be captured in a CUDA graph
 (pass preallocated ``out``/``counts``/scratch through :class:`FaceSelector`).
@@ -155,7 +157,7 @@ class FaceSelector:
     """GPU face selection for one detector input size; holds the priors on the device.
 
     ``FaceSelector(cfg, priors)(loc, conf, scale)`` -> ``(boxes (B, K, 5) float32,
-    counts (B,) int32)`` CuPy arrays, equal to :func:`tddfa.detection.select_faces_batch`.
+    counts (B,) int32)`` CuPy arrays, equal to :func:`tddfa.detection.select_faces` per frame.
 
     Args:
         cfg: thresholds, limits, K.

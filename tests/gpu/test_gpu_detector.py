@@ -124,18 +124,15 @@ def test_selection_kernel_is_bit_equal_to_numpy(cfg):
     boxes, counts = FaceSelector(cfg, priors)(cupy.asarray(loc), cupy.asarray(conf), 0.61)
     assert isinstance(boxes, cupy.ndarray) and boxes.shape == (4, cfg.max_faces, 5)
     assert counts.dtype == cupy.int32 and int(counts[-1]) == 0
-    batch_boxes, batch_counts = detection.select_faces_batch(loc, conf, priors, 0.61, cfg)
-    np.testing.assert_array_equal(cupy.asnumpy(boxes), batch_boxes)
-    np.testing.assert_array_equal(cupy.asnumpy(counts), batch_counts)
-    for b in range(4):
-        want, count = detection.select_faces(loc[b], conf[b], priors, 0.61, cfg)
-        assert int(counts[b]) == count
-        np.testing.assert_array_equal(cupy.asnumpy(boxes[b]), want)
-    # the generic CuPy path (the fallback) gives the same
-    generic = detection.select_faces_batch(
-        cupy.asarray(loc), cupy.asarray(conf), cupy.asarray(priors), 0.61, cfg
+    want, want_counts = detection.select_faces_per_frame(loc, conf, priors, 0.61, cfg)
+    np.testing.assert_array_equal(cupy.asnumpy(boxes), want)  # bit for bit
+    np.testing.assert_array_equal(cupy.asnumpy(counts), want_counts)
+    # the fallback (kernels that fail to compile) takes CuPy in and gives CuPy out
+    fallback = detection.select_faces_per_frame(
+        cupy.asarray(loc), cupy.asarray(conf), priors, 0.61, cfg
     )
-    np.testing.assert_array_equal(cupy.asnumpy(generic[0]), batch_boxes)
+    assert isinstance(fallback[0], cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(fallback[0]), want)
 
 
 def test_selection_kernel_on_the_reference_outputs(reference_dir):

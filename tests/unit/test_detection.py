@@ -197,7 +197,7 @@ def test_select_faces_rejects_mismatched_priors():
         select_faces(loc, conf, prior_boxes(128, 128), 1.0, PipelineConfig())
 
 
-# ---- the batched, static-shape selection (the GPU kernel's reference) --------------------
+# ---- a batch of frames -------------------------------------------------------------------
 
 
 def _random_detections(rng, batch, canvas, faces_per_frame):
@@ -229,43 +229,19 @@ def _random_detections(rng, batch, canvas, faces_per_frame):
     ids=["default", "k3", "pre-nms-cap", "iou0.6", "post-nms-cap"],
 )
 def test_batch_selection_equals_per_frame_selection(cfg):
-    from tddfa.detection import select_faces_batch
+    """select_faces_per_frame (the CPU Detector's batch form) is select_faces on each frame;
+    the detections hold ties, clusters and a frame without a face."""
+    from tddfa.detection import select_faces_per_frame
 
     rng = np.random.default_rng(cfg.max_faces + cfg.pre_nms_top_k)
     loc, conf, priors = _random_detections(rng, 4, 256, faces_per_frame=5)
     conf[2, :, 1] = 0.1  # a frame without any face
-    boxes, counts = select_faces_batch(loc, conf, priors, 0.37, cfg)
+    boxes, counts = select_faces_per_frame(loc, conf, priors, 0.37, cfg)
     assert boxes.shape == (4, cfg.max_faces, 5) and boxes.dtype == np.float32
     assert counts.shape == (4,) and counts.dtype == np.int32
-    assert counts[2] == 0
+    assert counts[2] == 0 and not boxes[2].any()
     for b in range(4):
         want, count = select_faces(loc[b], conf[b], priors, 0.37, cfg)
         assert counts[b] == count
-        np.testing.assert_array_equal(boxes[b], want)  # bit for bit
+        np.testing.assert_array_equal(boxes[b], want)
     assert counts.max() > 1
-
-
-def test_batch_selection_on_the_reference_outputs(reference_dir):
-    from tddfa.detection import select_faces_batch
-
-    raw = np.load(reference_dir / "emma_faceboxes_raw.npz")
-    height, width = (int(d) for d in raw["input_shape"][2:])
-    priors = prior_boxes(height, width)
-    args = (float(raw["scale"]), PipelineConfig(), (height, width))
-    boxes, counts = select_faces_batch(raw["loc"], raw["conf"], priors, *args)
-    want, count = select_faces(raw["loc"][0], raw["conf"][0], priors, *args)
-    assert counts.tolist() == [count] == [3]
-    np.testing.assert_array_equal(boxes[0], want)
-
-
-def test_candidate_keys_order_and_cap():
-    from tddfa.detection import candidate_keys
-
-    scores = np.array([[0.9, 0.6, 0.4, 0.9, 0.7]], np.float32)
-    keys = candidate_keys(scores, 0.5, 10)
-    assert keys[0, 2] == 0  # below the threshold
-    order = np.argsort(-keys[0].astype(np.float64), kind="stable")[:4]
-    # descending score, the tie (indices 0 and 3) broken by the lower index
-    assert order.tolist() == [0, 3, 4, 1]
-    capped = candidate_keys(scores, 0.5, 2)
-    assert (capped[0] > 0).tolist() == [True, False, False, True, False]
