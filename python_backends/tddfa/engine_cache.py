@@ -28,11 +28,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tddfa.runners.io import MODEL_ONNX, MODEL_PLAN
+
 LOG = logging.getLogger(__name__)
 
 PROFILES_FILE = "tensorrt_profiles.json"
-MODEL_ONNX = "model.onnx"  # the names of tddfa.runners
-MODEL_PLAN = "model.plan"
 CACHE_FOLDER = "engines"  # inside the version folder when it is writable
 
 Shape = Sequence[int]

@@ -18,6 +18,7 @@ import pytest
 
 from tddfa import engine_cache, runners
 from tddfa.config import PipelineConfig
+from tddfa.runners import choice
 from tddfa_tools import tensorrt_builder
 
 PROFILE = {"CROPS": ((1, 1, 3, 120, 120), (1, 8, 3, 120, 120), (8, 8, 3, 120, 120))}
@@ -119,8 +120,8 @@ class _FakeTensorRTRunner:
 
 
 def test_make_runner_reaches_tensorrt_from_onnx(fake_trt, monkeypatch, version_dir, caplog):
-    monkeypatch.setattr(runners, "tensorrt_available", lambda: True)
-    monkeypatch.setattr(runners, "TensorRTRunner", _FakeTensorRTRunner)
+    monkeypatch.setattr(choice, "tensorrt_available", lambda: True)
+    monkeypatch.setattr(choice, "TensorRTRunner", _FakeTensorRTRunner)
     engine_cache.write_profiles(version_dir, PROFILE)
     with caplog.at_level(logging.INFO, logger="tddfa"):
         runner = runners.make_runner(version_dir, "cuda:0", fp16=False)
@@ -135,8 +136,8 @@ def test_make_runner_reaches_tensorrt_from_onnx(fake_trt, monkeypatch, version_d
 
 
 def test_a_plan_in_the_folder_is_used_as_it_is(fake_trt, monkeypatch, version_dir):
-    monkeypatch.setattr(runners, "tensorrt_available", lambda: True)
-    monkeypatch.setattr(runners, "TensorRTRunner", _FakeTensorRTRunner)
+    monkeypatch.setattr(choice, "tensorrt_available", lambda: True)
+    monkeypatch.setattr(choice, "TensorRTRunner", _FakeTensorRTRunner)
     (version_dir / "model.plan").write_bytes(b"PLAN")
     runner = runners.make_runner(version_dir, "cuda:0")
     assert runner.plan == version_dir / "model.plan" and fake_trt.calls == []
@@ -144,11 +145,11 @@ def test_a_plan_in_the_folder_is_used_as_it_is(fake_trt, monkeypatch, version_di
 
 @pytest.mark.parametrize("problem", ["no-profile", "build-fails"])
 def test_make_runner_falls_back_when_no_engine(fake_trt, monkeypatch, version_dir, caplog, problem):
-    monkeypatch.setattr(runners, "tensorrt_available", lambda: True)
-    monkeypatch.setattr(runners, "TensorRTRunner", _FakeTensorRTRunner)
-    monkeypatch.setattr(runners, "_torch_cuda_available", lambda: False)
+    monkeypatch.setattr(choice, "tensorrt_available", lambda: True)
+    monkeypatch.setattr(choice, "TensorRTRunner", _FakeTensorRTRunner)
+    monkeypatch.setattr(choice, "_torch_cuda_available", lambda: False)
     fallback = object()
-    monkeypatch.setattr(runners, "OnnxRuntimeRunner", lambda path, device, threads: fallback)
+    monkeypatch.setattr(choice, "OnnxRuntimeRunner", lambda path, device, threads: fallback)
     if problem == "build-fails":
         engine_cache.write_profiles(version_dir, PROFILE)
         fake_trt.fail = "node 3: unsupported op Foo"
