@@ -35,19 +35,8 @@ import _common
 
 LOG = logging.getLogger("benchmarks.in_process")
 
-# The models of each ensemble, in order (tddfa_tools.model_config checks the same wiring).
-MODES = {
-    "detect": ("face_detector", "face_aligner", "face_renderer", "face_vertices"),
-    "track": ("face_tracker", "face_renderer", "face_vertices"),
-}
-# Each model's step object on tddfa.pipeline.Pipeline (the renderer is None with render=False).
-STEP_OBJECTS = {
-    "face_detector": "detector",
-    "face_aligner": "aligner",
-    "face_tracker": "tracker",
-    "face_renderer": "renderer",
-    "face_vertices": "vertices",
-}
+# The ensemble of each mode (its steps, in order: tddfa.graph).
+MODES = {"detect": "tddfa", "track": "tddfa_track"}
 _SEQUENCES = itertools.count(1)
 
 
@@ -114,28 +103,34 @@ def run_steps(
     mode: str = "detect",
     sequences: Sequences | None = None,
 ) -> dict:
-    """The Pipeline's steps in the ensemble's order (``MODES[mode]``); per-step seconds
-    appended to ``times``. ``mode="track"`` needs ``sequences`` (one per batch row)."""
+    """The Pipeline's ensemble for ``mode`` (``MODES``); per-step seconds appended to
+    ``times``. ``mode="track"`` needs ``sequences`` (one per batch row)."""
     t = {"IMAGE": images}
     if mode == "track":
         t.update(sequences.controls(len(images)))
-    first = getattr(pipeline, STEP_OBJECTS[MODES[mode][0]])
+    first = pipeline.steps()[steps_of(mode)[0]]
     first.validate(t)
-    for name in MODES[mode]:
-        step = getattr(pipeline, STEP_OBJECTS[name])
-        if step is None:  # renderer off
-            continue
-        start = time.perf_counter()
-        t.update(step.run(t))
-        if times is not None:
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return t
+    last = time.perf_counter()
+
+    def timed(model: str) -> None:
+        nonlocal last
+        synchronize(device)
+        now = time.perf_counter()
+        times[model].append(now - last)
+        last = now
+
+    return pipeline.run_ensemble(MODES[mode], t, on_step=timed if times is not None else None)
+
+
+def steps_of(mode: str) -> tuple[str, ...]:
+    from tddfa.graph import ENSEMBLES
+
+    return ENSEMBLES[MODES[mode]].steps
 
 
 def step_times(pipeline, batches: list, device: str, repeats: int, mode: str) -> dict[str, float]:
     """Median ms per step over ``repeats`` passes of ``batches``."""
-    times: dict[str, list[float]] = {name: [] for name in MODES[mode]}
+    times: dict[str, list[float]] = {name: [] for name in steps_of(mode)}
     sequences = Sequences(len(batches[0])) if mode == "track" else None
     for _ in range(repeats):
         for images in batches:
@@ -269,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     notes = [
         f"repository: {args.repository} ({_build_summary(args.repository)})",
-        f"mode {args.mode} ({', '.join(MODES[args.mode])}); "
+        f"mode {args.mode} ({', '.join(steps_of(args.mode))}); "
         f"device {args.device}; {len(frames)} distinct {frames[0].shape[1]}x{frames[0].shape[0]} "
         f"frames of {args.video.name}; step times: median over {args.repeats} pass(es), device "
         f"synchronised after each step; throughput: {args.seconds:.0f} s window",

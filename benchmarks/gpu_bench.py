@@ -227,12 +227,12 @@ def in_process(
     """The tddfa ensemble's steps in-process (bench_in_process's step loop, its v2 steps):
     per-step ms and frames/s per batch size, then ``threads`` pipelines at the largest batch.
     Runs on the CPU too (``device="cpu"``), e.g. to check this part without a GPU."""
-    from bench_in_process import MODES, run_steps, synchronize, to_device
+    from bench_in_process import run_steps, steps_of, synchronize, to_device
 
     from tddfa.pipeline import Pipeline
 
     pipeline = Pipeline(repository, device=device)
-    names = MODES["detect"]
+    names = steps_of("detect")
     result = {}
     for batch in batch_sizes:
         rotated = [frames[(i + j) % len(frames)] for i in range(len(frames)) for j in range(batch)]

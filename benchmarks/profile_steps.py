@@ -34,16 +34,16 @@ import time
 from pathlib import Path
 
 import _common
-from bench_in_process import MODES, STEP_OBJECTS, run_steps, synchronize, to_device
+from bench_in_process import run_steps, steps_of, synchronize, to_device
 from gpu_bench import read_frames
 
 
 def step_inputs(pipeline, images, device: str) -> dict[str, dict]:
     """Each detect-mode step's inputs for ``images`` (one pass of the chain)."""
     inputs, tensors = {}, {"IMAGE": images}
-    for name in MODES["detect"]:
+    for name in steps_of("detect"):
         inputs[name] = dict(tensors)
-        step = getattr(pipeline, STEP_OBJECTS[name])
+        step = pipeline.steps()[name]
         if step is not None:
             tensors.update(step.run(tensors))
     synchronize(device)
@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(3):
             run_steps(pipeline, images, args.device, None)  # warm-up (graphs, GL targets)
         inputs = step_inputs(pipeline, images, args.device)
-        for name in MODES["detect"]:
-            step = getattr(pipeline, STEP_OBJECTS[name])
+        for name in steps_of("detect"):
+            step = pipeline.steps()[name]
             if step is None:
                 continue
             wall = wall_ms(step, inputs[name], args.device, args.calls)

@@ -107,31 +107,6 @@ def check_ensemble(configs: dict[str, ModelConfig], ensemble: str = "tddfa") -> 
     return problems
 
 
-def check_contract(configs: dict[str, ModelConfig]) -> list[str]:
-    """Problems between the ensembles' declared outputs and tddfa.contract (empty = agree):
-    every contract output declared with its dtype, and nothing undeclared."""
-    from tddfa.contract import SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE, outputs_for
-
-    problems = []
-    for ensemble in (STATELESS_ENSEMBLE, SEQUENCE_ENSEMBLE):
-        if ensemble not in configs:
-            problems.append(f"no ensemble model {ensemble!r} in the repository")
-            continue
-        declared = {o.name: o for o in configs[ensemble].output}
-        expected = {o.name: o for o in outputs_for(ensemble)}
-        for name, output in expected.items():
-            if name not in declared:
-                problems.append(f"{ensemble}: contract output {name!r} is not declared")
-            elif _dtype_name(declared[name].data_type) != _TRITON_DTYPES[output.dtype]:
-                problems.append(
-                    f"{ensemble}: {name!r} is {_dtype_name(declared[name].data_type)}, the "
-                    f"contract says {output.dtype}"
-                )
-        for name in declared.keys() - expected.keys():
-            problems.append(f"{ensemble}: output {name!r} is not in tddfa.contract")
-    return problems
-
-
 _TRITON_DTYPES = {
     "uint8": "TYPE_UINT8",
     "int32": "TYPE_INT32",

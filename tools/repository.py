@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2
 
-from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_PARAMS, NUM_SHAPE, NUM_VERTICES, PipelineConfig
+from tddfa.config import PipelineConfig
 from tddfa.contract import SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE
 from tddfa_tools.flavours import (
     NETWORK_CHOICES,
@@ -30,9 +30,9 @@ from tddfa_tools.flavours import (
     link,
     place_network_files,
 )
+from tddfa_tools.graph_config import graph_problems, write_graph
 from tddfa_tools.model_config import (
     check_bls,
-    check_contract,
     check_ensemble,
     load_repository,
     save_config,
@@ -208,36 +208,15 @@ def export_models(options: BuildOptions) -> BuiltModels:
     )
 
 
-def tensor_dims(pipeline: PipelineConfig) -> dict[str, list[int]]:
-    """Dims (without the batch axis) of every fixed-size tensor of the ensembles."""
-    k = pipeline.max_faces
-    return {
-        "FACE_BOXES": [k, 5],
-        "DETECTIONS": [k, 5],
-        "TRACK_IDS": [k],
-        "PARAMS": [k, NUM_PARAMS],
-        "POSE": [k, 3],
-        "LANDMARKS": [k, 3, NUM_LANDMARKS],
-        "ALPHA_SHP": [k, NUM_SHAPE],
-        "ALPHA_EXP": [k, NUM_EXP],
-        "TRANSFORM": [k, 3, 4],
-        "VERTICES": [k, 3, NUM_VERTICES],
-    }
-
-
 def configure(configs: dict, options: BuildOptions, models: BuiltModels) -> None:
     """Rewrite the template configs in place for ``options``."""
-    dims = tensor_dims(options.pipeline)
+    write_graph(configs, options.pipeline.max_faces)  # tensors and wiring: tddfa.graph
     pipeline_values = options.pipeline.to_parameters()
     gpu = options.device == "gpu"
     counts = dict(options.instance_counts)
     bfm_kind = "exact" if models.bfm_exact else "approximate"
     for name, config in configs.items():
         config.max_batch_size = options.max_batch_size
-        for tensor in list(config.input) + list(config.output):
-            if tensor.name in dims:
-                del tensor.dims[:]
-                tensor.dims.extend(dims[tensor.name])
         if name in ENSEMBLES:
             continue
         for key in config.parameters:
@@ -293,7 +272,7 @@ def build_repository(options: BuildOptions) -> Path:
         configure_networks(configs, layout, gpu=options.device == "gpu", fp16=options.fp16)
         configure(configs, options, models)
         problems = [p for ensemble in ENSEMBLES for p in check_ensemble(configs, ensemble)]
-        problems += check_contract(configs) + check_bls(configs)
+        problems += graph_problems(configs, options.pipeline.max_faces) + check_bls(configs)
         problems += check_native_models(configs, layout, models)
         if problems:  # checked before the files are placed: engine builds take minutes
             raise RuntimeError("built repository is inconsistent:\n  " + "\n  ".join(problems))

@@ -1,47 +1,32 @@
-"""The served contract in one place: ensemble names, their outputs, request parameters.
+"""The served contract: ensemble names, their outputs, request parameters.
 
-Model configs, the wiring check, the in-process pipeline, the clients and the tests read
-these names from here; nothing else spells the list out. Shapes are per frame (no batch
-axis); ``K`` stands for the configured number of face slots (``max_faces``) and ``N`` for
-the dense mesh's vertex count.
+The outputs (names, dtypes, per-frame shapes) come from the graph's declaration
+(:mod:`tddfa.graph`); model configs, the wiring check, the in-process pipeline, the clients
+and the tests read the names from here. Shapes are per frame (no batch axis); ``K`` stands
+for the configured number of face slots (``max_faces``) and ``N`` for the dense mesh's
+vertex count.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from tddfa.config import NUM_LANDMARKS, NUM_PARAMS, NUM_VERTICES, REGRESSOR_SIZE
+from tddfa.config import NUM_PARAMS, REGRESSOR_SIZE
+from tddfa.graph import ENSEMBLES, SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE, TENSORS, Tensor
 from tddfa.runners import NETWORK_IO
 
-# One frame per request, no state: every frame is detected anew.
-STATELESS_ENSEMBLE = "tddfa"
-# A Triton sequence (sequence_id / sequence_start / sequence_end): faces are tracked from
-# frame to frame, the detector runs only when needed, and results are smoothed.
-SEQUENCE_ENSEMBLE = "tddfa_track"
+Output = Tensor  # name, dtype (numpy name), per-frame shape ("K" = max faces), doc
 
-
-@dataclasses.dataclass(frozen=True)
-class Output:
-    name: str
-    dtype: str  # numpy dtype name
-    shape: tuple[int | str, ...]  # per frame; "K" = max faces, -1 = the frame's own size
-    doc: str
-
-
-ENSEMBLE_OUTPUTS: tuple[Output, ...] = (
-    Output("RENDERED", "uint8", (-1, -1, 3), "the frame with every face drawn (H, W, 3) RGB"),
-    Output("FACE_COUNT", "int32", (1,), "faces found; rows past it are zeros"),
-    Output("FACE_BOXES", "float32", ("K", 5), "x1, y1, x2, y2, score in image pixels"),
-    Output("LANDMARKS", "float32", ("K", 3, NUM_LANDMARKS), "68 landmarks, image x, y, z"),
-    Output("POSE", "float32", ("K", 3), "yaw, pitch, roll in degrees"),
-    Output("PARAMS", "float32", ("K", NUM_PARAMS), "the 62 de-normalised 3DMM parameters"),
-    Output("VERTICES", "float32", ("K", 3, NUM_VERTICES), "dense mesh in image space"),
+ENSEMBLE_OUTPUTS: tuple[Output, ...] = tuple(
+    TENSORS[name] for name in ENSEMBLES[STATELESS_ENSEMBLE].outputs
 )
-# Only the sequence ensemble has it: one id per face slot, stable across the sequence's
-# frames (0 for an empty slot; ids start at 1).
-TRACK_IDS = Output("TRACK_IDS", "int32", ("K",), "track id of each face slot, 0 = empty")
-DETECTED = Output("DETECTED", "bool", (1,), "the detector ran on this frame")
-SEQUENCE_OUTPUTS: tuple[Output, ...] = (*ENSEMBLE_OUTPUTS, TRACK_IDS, DETECTED)
+# Only the sequence ensemble has them: one id per face slot, stable across the sequence's
+# frames (0 for an empty slot; ids start at 1), and whether the detector ran.
+TRACK_IDS = TENSORS["TRACK_IDS"]
+DETECTED = TENSORS["DETECTED"]
+SEQUENCE_OUTPUTS: tuple[Output, ...] = tuple(
+    TENSORS[name] for name in ENSEMBLES[SEQUENCE_ENSEMBLE].outputs
+)
 
 OUTPUT_NAMES: tuple[str, ...] = tuple(o.name for o in ENSEMBLE_OUTPUTS)
 SEQUENCE_OUTPUT_NAMES: tuple[str, ...] = tuple(o.name for o in SEQUENCE_OUTPUTS)

@@ -1,16 +1,16 @@
 """The ensembles in one process, from a built model repository, without Triton.
 
-Runs the same step objects as the served models (tddfa.steps) on the same built files,
-so tests can compare the server with it and benchmarks can measure Triton's overhead.
-``Pipeline`` is the stateless ``tddfa`` ensemble; ``Pipeline.track`` runs frames of one
-sequence as ``tddfa_track`` does.
+Runs the same step objects as the served models (tddfa.steps) on the same built files, in
+the order and with the wiring of the graph's declaration (tddfa.graph, which the built
+configs are written from), so tests can compare the server with it and benchmarks can
+measure Triton's overhead. ``Pipeline`` is the stateless ``tddfa`` ensemble;
+``Pipeline.track`` runs frames of one sequence as ``tddfa_track`` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,11 @@ import numpy as np
 from tddfa.aligner import Aligner
 from tddfa.bfm import load_bfm
 from tddfa.config import REGRESSOR_SIZE, PipelineConfig
-from tddfa.contract import (
-    DEFAULT_RENDER_MODE,
-    OUTPUT_NAMES,
-    RENDER_MODE_PARAMETER,
-    SEQUENCE_OUTPUT_NAMES,
-)
+from tddfa.contract import DEFAULT_RENDER_MODE, RENDER_MODE_PARAMETER
 from tddfa.detector import Detector
+from tddfa.graph import ENSEMBLES, SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE, STEPS
 from tddfa.render.step import build_render_step, build_vertices_step
-from tddfa.steps import AlignerStep, DetectorStep, TrackerStep
+from tddfa.steps import SEQUENCE_CONTROLS, AlignerStep, DetectorStep, TrackerStep
 from tddfa.tracking import SequenceStore, Tracker
 
 
@@ -93,14 +89,40 @@ class Pipeline:
                 repository / "face_renderer" / "1", device, render_config
             )
 
-    def _finish(self, t: dict, names: tuple[str, ...], render_mode: str) -> dict[str, Any]:
-        if self.renderer is not None:
-            frames = len(t["IMAGE"])
-            t.update(
-                self.renderer.run(t, parameters=[{RENDER_MODE_PARAMETER: render_mode}] * frames)
-            )
-            t.update(self.vertices.run(t))
-        return {name: t[name] for name in names if name in t}
+    def steps(self) -> dict[str, Any]:
+        """{model: the step object it runs} (face_renderer None with ``render=False``)."""
+        return {
+            "face_detector": self.detector,
+            "face_aligner": self.aligner,
+            "face_tracker": self.tracker,
+            "face_renderer": self.renderer,
+            "face_vertices": self.vertices,
+        }
+
+    def run_ensemble(
+        self, ensemble: str, t: dict, parameters: dict | None = None, on_step=None
+    ) -> dict[str, Any]:
+        """Run ``ensemble``'s steps (tddfa.graph) on the tensors ``t`` (its input, plus the
+        sequence controls for the sequence ensemble), each step given the tensors it
+        declares; ``parameters``: the request's parameters, for the steps that read them.
+        ``on_step(model)`` is called after each step (benchmarks time them). Returns the
+        ensemble's outputs that were computed (RENDERED only with the renderer)."""
+        steps = self.steps()
+        frames = len(t["IMAGE"])
+        for model in ENSEMBLES[ensemble].steps:
+            step = steps[model]
+            if step is None:  # no renderer
+                continue
+            extra = {}
+            if getattr(step, "request_parameters", ()):
+                chosen = {
+                    k: v for k, v in (parameters or {}).items() if k in step.request_parameters
+                }
+                extra["parameters"] = [chosen] * frames
+            t.update(step.run({name: t[name] for name in _inputs(model, t)}, **extra))
+            if on_step is not None:
+                on_step(model)
+        return {name: t[name] for name in ENSEMBLES[ensemble].outputs if name in t}
 
     def __call__(self, images, render_mode: str = DEFAULT_RENDER_MODE) -> dict[str, Any]:
         """images: (B,H,W,3) uint8 RGB (or one (H,W,3) frame) -> {output: (B, ...)}."""
@@ -108,9 +130,7 @@ class Pipeline:
             images = images[None]
         t = {"IMAGE": images}
         self.detector.validate(t)
-        t.update(self.detector.run(t))
-        t.update(self.aligner.run(t))
-        return self._finish(t, OUTPUT_NAMES, render_mode)
+        return self.run_ensemble(STATELESS_ENSEMBLE, t, {RENDER_MODE_PARAMETER: render_mode})
 
     def track(
         self,
@@ -131,9 +151,8 @@ class Pipeline:
             "CORRID": np.asarray([[sequence_id]], np.uint64),
         }
         self.tracker.validate(t)
-        parameters = [{} if smoothing is None else {"smoothing": smoothing}]
-        t.update(self.tracker.run(t, parameters=parameters))
-        return self._finish(t, SEQUENCE_OUTPUT_NAMES, DEFAULT_RENDER_MODE)
+        parameters = {} if smoothing is None else {"smoothing": smoothing}
+        return self.run_ensemble(SEQUENCE_ENSEMBLE, t, parameters)
 
     def close(self) -> None:
         if self.renderer is not None:
@@ -147,8 +166,17 @@ def _network_owner(repository: Path, model: str, network: str) -> str:
     return model if (repository / model / "1" / network).is_dir() else network
 
 
+def _inputs(model: str, t: dict) -> list[str]:
+    """The tensors ``model`` reads: its declared inputs, plus the sequence controls present."""
+    controls = [name for name in SEQUENCE_CONTROLS if name in t] if model == "face_tracker" else []
+    return [*STEPS[model].inputs, *controls]
+
+
 def _parameters(config_path: Path) -> dict[str, str]:
-    """The string ``parameters`` of a config.pbtxt (what its model reads at load)."""
-    text = config_path.read_text()
-    pattern = r'key:\s*"([^"]+)"\s*value\s*\{\s*string_value:\s*"([^"]*)"'
-    return dict(re.findall(pattern, text))
+    """The string ``parameters`` of a config.pbtxt (what its model reads at load), parsed
+    with Triton's own schema."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
+    return {key: value.string_value for key, value in config.parameters.items()}

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tddfa.aligner import ALIGNED, Aligner
+from tddfa.aligner import Aligner
 from tddfa.detector import Detector
 from tddfa.tracking import SequenceStore, Tracker
 from tddfa.xp import get_xp, to_numpy
@@ -90,7 +90,6 @@ class TrackerStep:
     Inputs: IMAGE and the sequence controls START, END, READY (B,1) and CORRID (B,1).
     """
 
-    OUTPUTS = ("FACE_BOXES", "FACE_COUNT", "NUM_FACES", "TRACK_IDS", "DETECTED", *ALIGNED)
     # per sequence, read on its START frame: "smoothing": true | false
     request_parameters = ("smoothing",)
 

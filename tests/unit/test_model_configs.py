@@ -10,14 +10,14 @@ import pytest
 from tddfa.config import PipelineConfig
 from tddfa.contract import OUTPUT_NAMES, SEQUENCE_OUTPUT_NAMES
 from tddfa_tools.flavours import configure_networks, layout_for
+from tddfa_tools.graph_config import graph_problems, write_graph
 from tddfa_tools.model_config import (
     check_bls,
-    check_contract,
     check_ensemble,
     load_config,
     load_repository,
 )
-from tddfa_tools.repository import BuildOptions, BuiltModels, configure, tensor_dims
+from tddfa_tools.repository import BuildOptions, BuiltModels, configure
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 STEPS = ["face_detector", "face_aligner", "face_renderer", "face_vertices"]
@@ -53,20 +53,55 @@ def test_ensemble_wiring_is_consistent(configs, ensemble):
 
 
 def test_outputs_follow_the_contract(configs):
-    assert check_contract(configs) == []
     assert [o.name for o in configs["tddfa"].output] == list(OUTPUT_NAMES)
     assert [o.name for o in configs["tddfa_track"].output] == list(SEQUENCE_OUTPUT_NAMES)
     for ensemble in ENSEMBLES:
         assert [i.name for i in configs[ensemble].input] == ["IMAGE"]
 
 
-def test_contract_drift_is_reported(configs):
+def test_the_graph_declaration_is_consistent():
+    from tddfa.graph import check_graph
+
+    assert check_graph() == []
+
+
+def test_committed_configs_are_the_graph_at_the_default_k(configs):
+    """The committed tensors and wiring are what the build writes from tddfa.graph at K = 8
+    (so a reader of model_repository/ sees the truth)."""
+    assert graph_problems(configs, PipelineConfig().max_faces) == []
+    rewritten = copy.deepcopy(configs)
+    write_graph(rewritten, PipelineConfig().max_faces)
+    for name, config in configs.items():
+        assert rewritten[name] == config, name
+
+
+def test_the_build_writes_the_graph_for_another_k(configs):
+    built = copy.deepcopy(configs)
+    write_graph(built, 3)
+    assert graph_problems(built, 3) == []
+    assert list(built["tddfa_track"].output[2].dims) == [3, 5]  # FACE_BOXES
+    assert list(built["face_vertices"].output[0].dims) == [3, 3, 38365]
+    assert graph_problems(configs, 3)  # the K = 8 templates are not a K = 3 build
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c["tddfa_track"].output.pop(), "tddfa_track: outputs"),
+        (lambda c: setattr(c["tddfa"].output[1], "data_type", 9), "tddfa: outputs"),
+        (lambda c: c["face_aligner"].input[1].dims.__setitem__(0, 4), "face_aligner: inputs"),
+        (lambda c: c["tddfa"].ensemble_scheduling.step[1].input_map.__setitem__(
+            "DETECTIONS", "FACE_BOXES"), "map a tensor under another name"),
+        (lambda c: c["tddfa"].ensemble_scheduling.step.pop(), "tddfa: steps"),
+        (lambda c: c.pop("face_vertices"), "face_vertices: not in the repository"),
+    ],
+    ids=["missing-output", "dtype", "dims", "renamed-map", "missing-step", "missing-model"],
+)  # fmt: skip
+def test_drift_from_the_graph_is_reported(configs, mutate, expected):
     broken = copy.deepcopy(configs)
-    broken["tddfa_track"].output.pop()  # DETECTED
-    broken["tddfa"].output[1].data_type = 9  # FACE_COUNT as INT32 -> INT64
-    problems = check_contract(broken)
-    assert any("'DETECTED' is not declared" in p for p in problems), problems
-    assert any("'FACE_COUNT' is TYPE_INT64" in p for p in problems), problems
+    mutate(broken)
+    problems = graph_problems(broken, PipelineConfig().max_faces)
+    assert any(expected in p for p in problems), problems
 
 
 def test_tracker_is_a_sequence_model(configs):
@@ -75,14 +110,6 @@ def test_tracker_is_a_sequence_model(configs):
     assert set(controls) == {"START", "END", "READY", "CORRID"}
     assert batching.max_sequence_idle_microseconds > 0
     assert batching.HasField("oldest")  # many sequences share a batch
-
-
-def test_committed_dims_match_the_default_pipeline(configs):
-    dims = tensor_dims(PipelineConfig())
-    for config in configs.values():
-        for tensor in list(config.input) + list(config.output):
-            if tensor.name in dims:
-                assert list(tensor.dims) == dims[tensor.name], (config.name, tensor.name)
 
 
 def test_parameters_are_pipeline_fields(configs):
@@ -117,7 +144,7 @@ def test_every_layout_is_wired_consistently(layout_configs):
     _, built = layout_configs
     for ensemble in ENSEMBLES:
         assert check_ensemble(built, ensemble) == []
-    assert check_contract(built) == []
+    assert graph_problems(built, PipelineConfig().max_faces) == []
     assert check_bls(built) == []
 
 
