@@ -20,10 +20,12 @@ from tddfa import params, roi
 from tddfa.bfm import BFM
 from tddfa.config import NUM_EXP, NUM_PARAMS, NUM_SHAPE, PipelineConfig
 from tddfa.face_slots import run_filled_slots
+from tddfa.graph import STEPS
 from tddfa.xp import get_xp
 
-# What :meth:`Aligner.align` returns, per frame and face slot (empty slots are zeros).
-ALIGNED = ("PARAMS", "POSE", "LANDMARKS", "ALPHA_SHP", "ALPHA_EXP", "TRANSFORM")
+# What :meth:`Aligner.align` returns, per frame and face slot (empty slots are zeros): the
+# face_aligner step's outputs.
+ALIGNED = STEPS["face_aligner"].outputs
 
 
 def slot_mask(counts: Any, max_faces: int) -> Any:
