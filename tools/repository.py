@@ -145,11 +145,24 @@ def _build_assets(asset_dir: Path | None) -> dict[str, Path]:
     return found
 
 
+def _bfm_tables(assets: dict[str, Path], models_dir: Path) -> Path:
+    """models_dir/bfm.npz, built from ``assets`` unless cached from the same files."""
+    from tddfa_tools.bfm_builder import build_bfm
+
+    sources = [p for p in assets.values() if p is not None and p.suffix != ".pth"]
+    return _cached(models_dir / "bfm.npz", sources, lambda p: build_bfm(assets, p))
+
+
+def bfm_tables(asset_dir: Path | None = None, models_dir: Path | None = None) -> Path:
+    """The BFM tables (bfm.npz) `tddfa build` puts in a repository, from its cache
+    (``models_dir``, default build/models), built from the assets if missing or stale."""
+    return _bfm_tables(_build_assets(asset_dir), models_dir or BuildOptions.models_dir)
+
+
 def export_models(options: BuildOptions) -> BuiltModels:
     """Resolve the assets, then export (or reuse) the networks and the BFM tables: the bare
     FaceBoxes for the python flavour, the whole detector graph for the native ones."""
     from tddfa.bfm import load_bfm
-    from tddfa_tools.bfm_builder import build_bfm
     from tddfa_tools.export_onnx import (
         export_detector_graph,
         export_face_detector,
@@ -186,8 +199,7 @@ def export_models(options: BuildOptions) -> BuiltModels:
         [weights],
         lambda p: export_face_regressor(weights, p),
     )
-    bfm_sources = [p for p in assets.values() if p is not None and p.suffix != ".pth"]
-    bfm = _cached(out / "bfm.npz", bfm_sources, lambda p: build_bfm(assets, p))
+    bfm = _bfm_tables(assets, out)
     render_sources = list(render_asset_paths(options.asset_dir).values())
     render_assets = _cached(
         out / "render_assets.npz",
