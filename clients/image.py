@@ -20,7 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tddfa.contract import DEFAULT_OUTPUTS, RENDER_MODE_PARAMETER, RENDER_MODES
 from tddfa.files import atomic_path, atomic_paths
-from tddfa_clients.mesh import MESH_SUFFIXES, bfm_triangles, write_faces_to
+from tddfa_clients.mesh import MeshTables, check_mesh_name, mesh_tables, write_faces_to
+from tddfa_clients.mesh_space import DEFAULT_SPACE, SPACES
 from tddfa_clients.replicas import open_frame_client
 from tddfa_clients.triton_client import DEFAULT_TIMEOUT, FrameClient, FrameResult
 from tddfa_tools.arguments import positive_float
@@ -139,13 +140,15 @@ def process_image(
     json_path: Path | None,
     image: np.ndarray | None = None,
     mesh_path: Path | None = None,
-    triangles: np.ndarray | None = None,
+    mesh: MeshTables | None = None,
+    mesh_space: str = DEFAULT_SPACE,
 ) -> int:
     """Render one image (``image``: ``source`` already decoded); returns the face count.
 
     The output, the JSON and the mesh file (``mesh_path``: the client must ask for VERTICES;
-    ``triangles``: the BFM's) are staged together before the image is sent (a missing folder
-    or a bad output name fails first) and appear together only when all are written.
+    ``mesh``: the BFM's triangles and texture coordinates; ``mesh_space``: its frame,
+    tddfa_clients.mesh_space) are staged together before the image is sent (a missing
+    folder or a bad output name fails first) and appear together only when all are written.
     """
     fmt = output_format(output)
     targets = [output] + [p for p in (json_path, mesh_path) if p is not None]
@@ -161,9 +164,9 @@ def process_image(
             )
             temps[1].write_text(json_text(document))
         if mesh_path is not None:
-            if result.vertices is None or triangles is None:
-                raise ImageError("--mesh needs the VERTICES output and the BFM triangles")
-            write_faces_to(temps[-1], mesh_path.suffix, image, result.vertices, triangles)
+            if result.vertices is None or mesh is None:
+                raise ImageError("--mesh needs the VERTICES output and the BFM mesh tables")
+            write_faces_to(temps[-1], mesh_path.suffix, image, result.vertices, mesh, mesh_space)
     return result.face_count
 
 
@@ -199,18 +202,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("input", type=Path, help="image to process")
     parser.add_argument("output", type=Path, help="rendered image (.png or .jpg)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    add_mesh_arguments(parser)
+    add_render_argument(parser)
+    add_server_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_mesh_arguments(parser: argparse.ArgumentParser) -> None:
+    """--mesh, --mesh-space and --assets of the image and batch clients."""
     parser.add_argument(
         "--mesh",
         type=Path,
-        metavar="MESH.obj|.ply",
-        help="also write every face's mesh (image space, colours from the image) to one file",
+        metavar="MESH.glb|.obj|.ply",
+        help="also write every face's mesh (colours from the image, BFM texture "
+        "coordinates) to one file",
     )
-    add_render_argument(parser)
-    add_server_arguments(parser)
+    add_mesh_space_argument(parser)
     parser.add_argument(
-        "--assets", type=Path, default=None, help="asset folder for --mesh's triangles"
+        "--assets", type=Path, default=None, help="asset folder for --mesh's BFM tables"
     )
-    parser.set_defaults(func=run)
+
+
+def add_mesh_space_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mesh-space",
+        choices=SPACES,
+        default=DEFAULT_SPACE,
+        help="frame of --mesh: upright (default: right-handed, +Y up, metres, the picture at "
+        "1 pixel = 1 mm centred on the origin; opens upright in viewers) or image (the "
+        "VERTICES pixels: x right, y down, for overlays)",
+    )
 
 
 def add_render_argument(parser: argparse.ArgumentParser) -> None:
@@ -233,12 +254,11 @@ def render_parameters(mode: str | None) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     """Errors (ImageError, ClientError, OSError) reach the CLI's one-line error boundary."""
     output_format(args.output)  # a bad output name or input fails before the server is asked
-    mesh = args.mesh
-    if mesh is not None and mesh.suffix.lower() not in MESH_SUFFIXES:
-        raise ValueError(f"--mesh {mesh}: the file must end in {' or '.join(MESH_SUFFIXES)}")
+    if args.mesh is not None:
+        check_mesh_name(args.mesh)
     image = read_image(args.input)
-    triangles = bfm_triangles(args.assets) if mesh is not None else None
-    outputs = (*DEFAULT_OUTPUTS, "VERTICES") if mesh is not None else DEFAULT_OUTPUTS
+    tables = mesh_tables(args.assets) if args.mesh is not None else None
+    outputs = (*DEFAULT_OUTPUTS, "VERTICES") if args.mesh is not None else DEFAULT_OUTPUTS
     with open_frame_client(
         args.url,
         args.protocol,
@@ -247,6 +267,8 @@ def run(args: argparse.Namespace) -> int:
         outputs=outputs,
         parameters=render_parameters(args.render),
     ) as client:
-        count = process_image(client, args.input, args.output, args.json, image, mesh, triangles)
+        count = process_image(
+            client, args.input, args.output, args.json, image, args.mesh, tables, args.mesh_space
+        )
     LOG.info("%s: %d face(s) -> %s", args.input, count, args.output)
     return 0

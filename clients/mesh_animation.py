@@ -40,7 +40,7 @@ from tddfa.config import NUM_EXP
 from tddfa.params import split_params
 from tddfa_clients.gltf import GlbBuilder, unit_normals
 from tddfa_clients.mesh import facing_triangles
-from tddfa_clients.mesh_model import FaceModel
+from tddfa_clients.mesh_model import FaceModel, load_face_model
 from tddfa_clients.mesh_pose import image_transforms, split_linear
 from tddfa_clients.mesh_space import DEFAULT_SPACE, MeshSpace
 
@@ -51,6 +51,25 @@ METRES_PER_BFM_UNIT = 1e-6  # BFM coordinates are micrometres
 # pixels at any vertex (bound), a tenth of what the eye or the overlay test can tell.
 IDENTITY_TOLERANCE_PX = 0.05
 _Z_CHUNK = 256  # frames per block when finding each frame's nearest-to-the-back depth
+
+
+def check_animation_name(path: str | os.PathLike, mode: str = "track") -> None:
+    """ValueError unless ``path`` names a .glb and the video is tracked (``mode``)."""
+    if Path(path).suffix.lower() != ".glb":
+        raise ValueError(f"--mesh {path}: an animated mesh is a glTF binary: name it .glb")
+    if mode != "track":
+        raise ValueError("--mesh animates tracked faces: use --mode track (the default)")
+
+
+def open_animation(
+    client, info, bfm: str | os.PathLike | None, asset_dir, space: str = DEFAULT_SPACE
+) -> FaceAnimation:
+    """A :class:`FaceAnimation` for a video (``info``: its VideoInfo) sent through
+    ``client``, with the BFM tables ``bfm`` (tddfa_clients.mesh_model) checked against the
+    kind the server decodes with."""
+    model = load_face_model(bfm, asset_dir)
+    model.check_served(client.served_models()["bfm"])
+    return FaceAnimation(model, info.width, info.height, space)
 
 
 @dataclasses.dataclass

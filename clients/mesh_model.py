@@ -64,8 +64,7 @@ class FaceModel:
 def texture_coordinates(asset_dir: str | os.PathLike | None = None) -> np.ndarray:
     """(N, 2) float32 BFM texture coordinates of the no-neck vertices, glTF's convention
     (BFM_UV.mat has v up: flipped)."""
-    from tddfa_tools.assets import resolve_assets
-    from tddfa_tools.render_assets import bfm_uv_coordinates
+    from tddfa_tools.assets import bfm_uv_coordinates, resolve_assets
 
     found = resolve_assets(["BFM_UV.mat", "indices.npy"], asset_dir=asset_dir)
     uv = bfm_uv_coordinates(found["BFM_UV.mat"], found["indices.npy"]).astype(np.float32)

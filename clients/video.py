@@ -5,7 +5,9 @@ libx264) with the input's timestamps, audio copied. Frames are sent in display o
 (the input's rotation metadata applied) at their exact size, so the output plays upright
 and odd sizes come back unchanged. The output and the ``--json`` JSON Lines file are
 staged together under temporary names and renamed only when both are complete, so an
-error or Ctrl-C leaves no file at all.
+error or Ctrl-C leaves no file at all. ``--mesh anim.glb`` adds an animated glTF of every
+tracked face (tddfa_clients.mesh_animation) to those outputs; without an output video the
+frames are neither rendered nor encoded.
 
 Transport: with NVDEC and a local server whose models run on the GPU, frames never visit
 the host: each decoded frame is copied device to device into its CUDA shared memory slot
@@ -33,11 +35,13 @@ from tqdm import tqdm
 from tddfa.contract import DEFAULT_OUTPUTS, SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE, UV_MODE
 from tddfa.files import atomic_paths
 from tddfa_clients.image import (
+    add_mesh_space_argument,
     add_render_argument,
     add_server_arguments,
     faces_json,
     render_parameters,
 )
+from tddfa_clients.mesh_animation import FaceAnimation, check_animation_name, open_animation
 from tddfa_clients.replicas import open_frame_client
 from tddfa_clients.shared_memory import cuda_shm
 from tddfa_clients.triton_client import (
@@ -115,7 +119,7 @@ def transport_of(client: Any) -> str:
 def process_video(
     client: FrameClient,
     source: Path,
-    output: Path,
+    output: Path | None,
     json_path: Path | None = None,
     decoder: str = "auto",
     encoder: str = "auto",
@@ -123,9 +127,12 @@ def process_video(
     description: str | None = None,
     gpu_id: int = 0,
     smoothing: bool | None = None,
+    mesh: tuple[Path, FaceAnimation] | None = None,
 ) -> VideoStats:
-    """Render ``source`` into ``output`` (and ``json_path``); raises VideoError/ClientError.
-    Nothing is written unless every output is complete.
+    """Render ``source`` into ``output`` (and ``json_path``, and ``mesh``: the animated
+    glTF's path and its recorder); raises VideoError/ClientError. ``output`` None: nothing
+    is encoded (the client need not ask for RENDERED). Nothing is written unless every
+    output is complete.
 
     ``gpu_id``: the GPU of NVDEC and NVENC (with a CUDA shared memory client: its
     ``cuda_device``, so frames are copied within one GPU). A client of the sequence
@@ -133,24 +140,28 @@ def process_video(
     ``smoothing`` as the sequence's choice (None: the server's default); a client of
     ``tddfa`` sends independent frames.
     """
-    check_output_name(output)
+    if output is not None:
+        check_output_name(output)
     info = probe(source)
     if transport_of(client) == "cuda":
         gpu_id = client.cuda_device
     audio = source if info.has_audio else None
     start = time.perf_counter()
-    targets = [output] if json_path is None else [output, json_path]
-    with atomic_paths(targets) as temps, _json_lines(temps[1:]) as lines:
-        temp_video = temps[0]
+    animation = mesh[1] if mesh is not None else None
+    targets = [output, json_path, mesh[0] if mesh is not None else None]
+    with atomic_paths([p for p in targets if p is not None]) as staged:
+        temps = iter(staged)
+        temp_video, temp_json, temp_mesh = (next(temps) if p else None for p in targets)
         with (
+            _json_lines(temp_json) as lines,
             open_decoder(source, decoder, gpu_id=gpu_id) as dec,
-            open_encoder(temp_video, info, encoder, audio, gpu_id=gpu_id) as enc,
+            _encoder(temp_video, info, encoder, audio, gpu_id) as enc,
         ):
             LOG.debug(
                 "decoder: %s, transport: %s shared memory, encoder: %s",
                 dec.name,
                 transport_of(client),
-                enc.name,
+                enc.name if enc is not None else "none",
             )
             bar = tqdm(
                 total=info.frame_count or None,
@@ -166,8 +177,12 @@ def process_video(
                     if smoothing is not None:
                         sequence["sequence_parameters"] = {"smoothing": smoothing}
                 frames = frames_for(client, dec)
+                frames_done = 0
                 for (index, pts), result in client.infer_stream(frames, **sequence):
-                    enc.write(result.rendered, pts)
+                    if enc is not None:
+                        enc.write(result.rendered, pts)
+                    if animation is not None:
+                        animation.add(float(pts * info.time_base), result)
                     if lines is not None:
                         record = {
                             "frame": index,
@@ -176,9 +191,12 @@ def process_video(
                             "faces": faces_json(result),
                         }
                         lines.write(json.dumps(record) + "\n")
+                    frames_done += 1
                     bar.update(1)
-            frames = enc.frames_written
-            names = (dec.name, enc.name, transport_of(client))
+            names = (dec.name, enc.name if enc is not None else "none", transport_of(client))
+        if animation is not None:
+            animation.write(temp_mesh)
+    frames = frames_done
     if info.frame_count and frames != info.frame_count:
         LOG.warning("%s: header says %d frames, decoded %d", source, info.frame_count, frames)
     return VideoStats(frames, time.perf_counter() - start, *names)
@@ -194,13 +212,20 @@ def check_output_name(output: Path) -> None:
 
 
 @contextlib.contextmanager
-def _json_lines(paths: list[Path]) -> Iterator[TextIO | None]:
-    """The JSON Lines file open for writing at ``paths[0]`` (None when there is none)."""
-    if not paths:
+def _json_lines(path: Path | None) -> Iterator[TextIO | None]:
+    """The JSON Lines file open for writing at ``path`` (None when there is none)."""
+    if path is None:
         yield None
         return
-    with open(paths[0], "w") as handle:
+    with open(path, "w") as handle:
         yield handle
+
+
+def _encoder(path: Path | None, info, encoder: str, audio, gpu_id: int):
+    """The encoder of ``path``, or a null context yielding None (no output video)."""
+    if path is None:
+        return contextlib.nullcontext(None)
+    return open_encoder(path, info, encoder, audio, gpu_id=gpu_id)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -212,9 +237,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "timestamps and audio.",
     )
     parser.add_argument("input", type=Path, help="video to process")
-    parser.add_argument("output", type=Path, help="rendered video (.mp4, .mov or .mkv)")
+    parser.add_argument(
+        "output",
+        type=Path,
+        nargs="?",
+        help="rendered video (.mp4, .mov or .mkv); may be left out with --mesh",
+    )
     add_server_arguments(parser)
     parser.add_argument("--json", type=Path, help="per-frame results as JSON Lines")
+    parser.add_argument(
+        "--mesh",
+        type=Path,
+        metavar="ANIM.glb",
+        help="also write every tracked face as one animated glTF binary (a mesh per track, "
+        "expression morph targets, pose keyframes at the frames' timestamps)",
+    )
+    add_mesh_space_argument(parser)
+    parser.add_argument(
+        "--bfm",
+        type=Path,
+        metavar="PATH",
+        help="--mesh: the server's BFM tables (its model repository or a bfm.npz; default: "
+        "the ones `tddfa build` made, built from the assets if missing)",
+    )
+    parser.add_argument(
+        "--assets", type=Path, default=None, help="asset folder for --mesh's BFM tables"
+    )
     parser.add_argument(
         "--in-flight",
         type=positive_int,
@@ -254,12 +302,17 @@ def model_for(mode: str) -> str:
     return SEQUENCE_ENSEMBLE if mode == "track" else STATELESS_ENSEMBLE
 
 
-def outputs_for(mode: str, json_wanted: bool) -> tuple[str, ...]:
-    """What a video asks for: the rendered frame, plus the JSON fields when wanted."""
-    if not json_wanted:
-        return ("RENDERED", "FACE_COUNT")
-    names = DEFAULT_OUTPUTS + (("TRACK_IDS",) if mode == "track" else ())
-    return names
+def outputs_for(
+    mode: str, json_wanted: bool, rendered: bool = True, mesh: bool = False
+) -> tuple[str, ...]:
+    """What a video asks for: the rendered frame (unless not ``rendered``), plus the JSON
+    fields when wanted, plus what an animated mesh needs."""
+    names = ["RENDERED", "FACE_COUNT"] if rendered else ["FACE_COUNT"]
+    if json_wanted:
+        names += DEFAULT_OUTPUTS + (("TRACK_IDS",) if mode == "track" else ())
+    if mesh:
+        names += ("PARAMS", "LANDMARKS", "TRACK_IDS")
+    return tuple(n for i, n in enumerate(names) if n not in names[:i])
 
 
 def add_mode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -348,11 +401,22 @@ def run(args: argparse.Namespace) -> int:
     """Errors (VideoError, ClientError, OSError) reach the CLI's one-line error boundary."""
     if args.render == UV_MODE:
         raise VideoError(uv_refusal(args.input))
-    check_output_name(args.output)  # bad names, inputs, codecs fail before the server is asked
-    probe(args.input)
-    require_codecs(args.decoder, args.encoder)
-    outputs = outputs_for(args.mode, args.json is not None)
+    if args.output is None and args.mesh is None:
+        raise VideoError("name an output video, or --mesh ANIM.glb, or both")
+    if args.output is not None:  # bad names, inputs, codecs fail before the server is asked
+        check_output_name(args.output)
+        require_codecs(args.decoder, args.encoder)
+    if args.mesh is not None:
+        check_animation_name(args.mesh, args.mode)
+    info = probe(args.input)
+    outputs = outputs_for(
+        args.mode, args.json is not None, args.output is not None, args.mesh is not None
+    )
     with open_client(args, outputs) as client:
+        mesh = None
+        if args.mesh is not None:
+            animation = open_animation(client, info, args.bfm, args.assets, args.mesh_space)
+            mesh = (args.mesh, animation)
         stats = process_video(
             client,
             args.input,
@@ -362,6 +426,7 @@ def run(args: argparse.Namespace) -> int:
             args.encoder,
             gpu_id=args.gpu,
             smoothing=args.smoothing,
+            mesh=mesh,
         )
     LOG.info(
         "%s: %d frames in %.1f s (%.1f frames/s; %s -> %s shared memory -> %s) -> %s",
@@ -372,6 +437,6 @@ def run(args: argparse.Namespace) -> int:
         stats.decoder,
         stats.transport,
         stats.encoder,
-        args.output,
+        ", ".join(str(p) for p in (args.output, args.mesh) if p is not None),
     )
     return 0

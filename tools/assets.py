@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tddfa.files import atomic_path
 
 LOG = logging.getLogger(__name__)
@@ -441,3 +443,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--check", action="store_true", help="only verify local copies; download nothing"
     )
     parser.set_defaults(func=run)
+
+
+def bfm_uv_coordinates(uv_mat: Path, indices: Path) -> np.ndarray:
+    """(N, 2) float32 (u, v) of the no-neck vertices from BFM_UV.mat and indices.npy
+    (v up; no OpenGL import, so clients that export meshes can read it)."""
+    import scipy.io
+
+    from tddfa.config import NUM_VERTICES
+
+    uv = np.asarray(scipy.io.loadmat(str(uv_mat))["UV"], dtype=np.float32)  # (53215, 2)
+    ids = np.load(indices, allow_pickle=False).astype(np.int64)
+    if ids.shape != (NUM_VERTICES,) or ids.max() >= uv.shape[0]:
+        raise ValueError(
+            f"{indices} must hold {NUM_VERTICES} vertex ids below {uv.shape[0]}, got {ids.shape}"
+        )
+    return np.ascontiguousarray(uv[ids])

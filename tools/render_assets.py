@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tddfa.config import NUM_VERTICES
 from tddfa.render.assets import RenderAssets, load_texture_image, save_render_assets
-from tddfa_tools.assets import load_pickle, resolve_assets
+from tddfa_tools.assets import bfm_uv_coordinates, load_pickle, resolve_assets
 from tddfa_tools.mesh_lod import coarse_triangles
 
 log = logging.getLogger(__name__)
@@ -40,19 +39,6 @@ RENDER_ASSET_NAMES = (
     "tri.pkl",
 )
 TEXTURE_ASSET = "color.1024x1024.jpg"
-
-
-def bfm_uv_coordinates(uv_mat: Path, indices: Path) -> np.ndarray:
-    """(N, 2) float32 (u, v) of the no-neck vertices from BFM_UV.mat and indices.npy."""
-    import scipy.io
-
-    uv = np.asarray(scipy.io.loadmat(str(uv_mat))["UV"], dtype=np.float32)  # (53215, 2)
-    ids = np.load(indices, allow_pickle=False).astype(np.int64)
-    if ids.shape != (NUM_VERTICES,) or ids.max() >= uv.shape[0]:
-        raise ValueError(
-            f"{indices} must hold {NUM_VERTICES} vertex ids below {uv.shape[0]}, got {ids.shape}"
-        )
-    return np.ascontiguousarray(uv[ids])
 
 
 def render_asset_paths(
