@@ -5,7 +5,8 @@
 #      libb64 for perf_analyzer, python3 + venv + libpython for the Triton Python-backend stub;
 #   2. .venv at the repository root: torch (CPU wheel), the project (editable, extras torch+dev),
 #      the nvidia-pytriton wheel (only for its tritonserver binary, so --no-deps) and the CUDA 12
-#      runtime that perf_analyzer links against.
+#      runtime that perf_analyzer links against;
+#   3. the Khronos glTF validator (npm, into .venv/node) that the --mesh tests run, where npm is.
 #
 # Environment: PYTHON (interpreter for the venv, default python3, >= 3.10),
 #              TDDFA_SETUP_FORCE=1 (reinstall the Python packages even if nothing changed).
@@ -93,6 +94,20 @@ else
     run "${PIP[@]}" --no-deps "nvidia-pytriton==$PYTRITON_VERSION"
     run "${PIP[@]}" "$CUDA_RUNTIME"
     echo "$fingerprint" >"$STAMP"
+fi
+
+# ---- 3. the Khronos glTF validator (tests of the --mesh files) -----------------------------
+# npm package, pinned; installed into the git-ignored .venv/node. Without npm the tests that
+# need it are skipped with the reason.
+GLTF_VALIDATOR="gltf-validator@2.0.0-dev.3.10"
+if [[ -f "$VENV/node/node_modules/gltf-validator/package.json" ]] \
+    && grep -q '"version": "2.0.0-dev.3.10"' "$VENV/node/node_modules/gltf-validator/package.json"; then
+    log "glTF validator present ($GLTF_VALIDATOR)"
+elif command -v npm >/dev/null 2>&1; then
+    run npm install --silent --no-audit --no-fund --prefix "$VENV/node" "$GLTF_VALIDATOR" \
+        || log "could not install $GLTF_VALIDATOR: the glTF validation tests will be skipped"
+else
+    log "npm not found: the glTF validation tests will be skipped (apt-get install npm)"
 fi
 
 "$VENV/bin/python" - <<'EOF' || die "the environment is incomplete (see above): rerun with TDDFA_SETUP_FORCE=1"
