@@ -85,7 +85,9 @@ def test_one_file_every_face_coloured_facing_the_viewer(tmp_path, suffix, space)
     if suffix == ".ply":  # the face id is not named after the face element
         assert set(raw["vertex"]["data"].dtype.names) >= {"s", "t", "object_id"}
         assert "face" not in raw["vertex"]["data"].dtype.names
-        np.testing.assert_allclose(raw["vertex"]["data"]["t"][: len(tables.uv)], 1 - tables.uv[:, 1])
+        np.testing.assert_allclose(
+            raw["vertex"]["data"]["t"][: len(tables.uv)], 1 - tables.uv[:, 1]
+        )
     if suffix == ".glb":
         report = validate(path)
         assert not errors(report), report["issues"]["messages"]
