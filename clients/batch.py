@@ -13,6 +13,9 @@
   recorded with a one-line reason and the batch carries on.
 * Outputs are written under temporary names and renamed when complete; an existing
   output not made by this manifest is never replaced unless ``--overwrite``.
+* ``--mesh [glb|obj|ply]``: every output gets a mesh file beside it, same name: a video's is
+  its tracked faces animated (.glb, tddfa_clients.mesh_animation), an image's its faces
+  (tddfa_clients.mesh); a file is done when both exist.
 * Exit status 1 when any input failed.
 """
 
@@ -38,11 +41,15 @@ from tddfa_clients.endpoints import Endpoints
 from tddfa_clients.image import (
     IMAGE_SUFFIXES,
     ImageError,
+    add_mesh_space_argument,
     add_render_argument,
     process_image,
     read_image,
     render_parameters,
 )
+from tddfa_clients.mesh_animation import open_animation
+from tddfa_clients.mesh_model import FaceModelMismatch, MeshSources
+from tddfa_clients.mesh_space import DEFAULT_SPACE
 from tddfa_clients.replicas import ReplicaFrameClient
 from tddfa_clients.triton_client import (
     DEFAULT_TIMEOUT,
@@ -73,14 +80,26 @@ DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 # -- inputs ---------------------------------------------------------------------------
 
 
+MESH_FORMATS = ("glb", "obj", "ply")
+
+
 @dataclasses.dataclass(frozen=True)
 class Job:
     source: Path  # absolute
     output: Path  # absolute, inside the output folder
+    mesh: Path | None = None  # --mesh: beside the output
 
     @property
     def is_image(self) -> bool:
         return self.source.suffix.lower() in IMAGE_SUFFIXES
+
+
+def mesh_beside(output: Path, mesh_format: str | None) -> Path | None:
+    """The mesh file of ``output`` (same name): a video's is always an animated .glb."""
+    if mesh_format is None:
+        return None
+    is_image = output.suffix.lower() in IMAGE_SUFFIXES
+    return output.with_suffix(f".{mesh_format}" if is_image else ".glb")
 
 
 def _is_media(path: Path) -> bool:
@@ -110,8 +129,9 @@ def discover(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
     return list(found.items())
 
 
-def plan_jobs(inputs: Iterable[str], out_dir: Path) -> list[Job]:
-    """Jobs with unique output paths: images keep their format, videos become .mp4."""
+def plan_jobs(inputs: Iterable[str], out_dir: Path, mesh_format: str | None = None) -> list[Job]:
+    """Jobs with unique output (and mesh) paths: images keep their format, videos become
+    .mp4."""
     jobs, taken = [], set()
     for source, relative in discover(inputs):
         suffix = relative.suffix.lower()
@@ -119,11 +139,12 @@ def plan_jobs(inputs: Iterable[str], out_dir: Path) -> list[Job]:
             suffix = ".png" if suffix in IMAGE_SUFFIXES else ".mp4"
         output = (out_dir / relative).with_suffix(suffix).absolute()
         stem, n = output.stem, 1
-        while output in taken:
+        while output in taken or mesh_beside(output, mesh_format) in taken:
             output = output.with_name(f"{stem}_{n}{suffix}")
             n += 1
-        taken.add(output)
-        jobs.append(Job(source, output))
+        mesh = mesh_beside(output, mesh_format)
+        taken.update(p for p in (output, mesh) if p is not None)
+        jobs.append(Job(source, output, mesh))
     return jobs
 
 
@@ -155,6 +176,7 @@ class Manifest:
             and record.get("status") == DONE
             and record.get("output") == str(job.output)
             and job.output.exists()
+            and (job.mesh is None or job.mesh.exists())
         )
 
     def add(
@@ -224,9 +246,14 @@ class Settings:
     smoothing: bool | None = None  # track mode: the sequences' smoothing (None: server default)
     timeout: float = DEFAULT_TIMEOUT
     render_mode: str | None = None  # --render MODE (None: the server's default)
+    mesh_space: str = DEFAULT_SPACE  # --mesh files' frame (tddfa_clients.mesh_space)
+    bfm: Path | None = None  # --mesh of videos: the server's BFM tables (None: the build cache)
+    assets: Path | None = None  # --mesh: asset folder (triangles, texture coordinates)
 
 
-def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, float]:
+def run_job(
+    job: Job, servers: Endpoints, settings: Settings, meshes: MeshSources | None = None
+) -> tuple[int, float]:
     """Process one input; returns (frames, seconds). Raises BadInput or ClientError.
 
     The frames of a video go to every live server of ``servers`` (a server that fails is
@@ -241,6 +268,8 @@ def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, floa
         start = time.perf_counter()
         try:
             outputs = ("RENDERED", "FACE_COUNT")
+            if job.mesh is not None:
+                outputs += ("VERTICES",) if job.is_image else ("PARAMS", "LANDMARKS", "TRACK_IDS")
             model = STATELESS_ENSEMBLE if job.is_image else model_for(settings.mode)
             with ReplicaFrameClient(
                 servers,
@@ -252,7 +281,11 @@ def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, floa
                 parameters=render_parameters(settings.render_mode),
             ) as client:
                 if job.is_image:
-                    process_image(client, job.source, job.output, None)
+                    tables = meshes.tables() if job.mesh is not None else None
+                    process_image(
+                        client, job.source, job.output, None, None, job.mesh, tables,
+                        settings.mesh_space,
+                    )  # fmt: skip
                     frames = 1
                 else:
                     stats = process_video(
@@ -262,10 +295,11 @@ def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, floa
                         progress=settings.progress,
                         description=job.source.name,
                         smoothing=settings.smoothing,
+                        mesh=_animation(job, client, meshes, settings),
                     )
                     frames = stats.frames
             return frames, time.perf_counter() - start
-        except (ImageError, VideoError) as exc:
+        except (ImageError, VideoError, FaceModelMismatch) as exc:
             raise BadInput(str(exc)) from exc
         except InferenceError as exc:  # the server refused this input: not transient
             raise BadInput(f"server rejected it: {exc}") from exc
@@ -276,6 +310,14 @@ def run_job(job: Job, servers: Endpoints, settings: Settings) -> tuple[int, floa
             delay = min(settings.backoff * 2 ** (attempt - 1), settings.backoff_max)
             LOG.debug("%s: %s; retry %d in %.1f s", job.source.name, exc, attempt, delay)
             time.sleep(delay)
+
+
+def _animation(job: Job, client, meshes: MeshSources | None, settings: Settings):
+    """(mesh path, FaceAnimation) of a video job with --mesh, else None."""
+    if job.mesh is None or meshes is None:
+        return None
+    animation = open_animation(client, probe(job.source), meshes.model(), settings.mesh_space)
+    return job.mesh, animation
 
 
 # -- the batch ------------------------------------------------------------------------
@@ -308,6 +350,7 @@ def run_batch(
     jobs: int = 2,
     overwrite: bool = False,
     settings: Settings | None = None,
+    mesh_format: str | None = None,
 ) -> dict[str, int]:
     """Process everything; returns counts {done, skipped, failed, already_done, frames}."""
     settings = settings or Settings()
@@ -321,7 +364,8 @@ def run_batch(
     manifest = Manifest(out_dir / MANIFEST)
     counts = {"done": 0, "already_done": 0, "skipped": 0, "failed": 0, "frames": 0}
     todo = []
-    for job in plan_jobs(inputs, out_dir):
+    meshes = MeshSources(settings.bfm, settings.assets) if mesh_format is not None else None
+    for job in plan_jobs(inputs, out_dir, mesh_format):
         if manifest.is_done(job):
             counts["already_done"] += 1
         elif job.output.exists() and not overwrite:
@@ -335,7 +379,7 @@ def run_batch(
             todo.append(job)
     bar = tqdm(total=len(todo), unit="file", desc="batch", disable=not todo)
     with bar, concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = {pool.submit(run_job, job, servers, settings): job for job in todo}
+        futures = {pool.submit(run_job, job, servers, settings, meshes): job for job in todo}
         for future in concurrent.futures.as_completed(futures):
             job = futures[future]
             try:
@@ -397,10 +441,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_mode_arguments(parser)
     add_render_argument(parser)
+    parser.add_argument(
+        "--mesh",
+        nargs="?",
+        const="glb",
+        choices=MESH_FORMATS,
+        metavar="FORMAT",
+        help="also write a mesh file beside each output: images' faces as glb (default), obj "
+        "or ply; videos' tracked faces always as an animated glb",
+    )
+    add_mesh_space_argument(parser)
+    parser.add_argument(
+        "--bfm",
+        type=Path,
+        metavar="PATH",
+        help="--mesh of videos: the server's BFM tables (its model repository or a bfm.npz; "
+        "default: the ones `tddfa build` made)",
+    )
+    parser.add_argument(
+        "--assets", type=Path, default=None, help="asset folder for --mesh's BFM tables"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.mesh is not None and args.mode != "track":
+        raise ValueError("--mesh animates tracked faces: use --mode track (the default)")
     settings = Settings(
         protocol=args.protocol,
         in_flight=args.in_flight,
@@ -410,9 +476,18 @@ def run(args: argparse.Namespace) -> int:
         smoothing=args.smoothing,
         timeout=args.timeout,
         render_mode=args.render,
+        mesh_space=args.mesh_space,
+        bfm=args.bfm,
+        assets=args.assets,
     )
     counts = run_batch(
-        args.inputs, args.out, args.url or ["localhost"], args.jobs, args.overwrite, settings
+        args.inputs,
+        args.out,
+        args.url or ["localhost"],
+        args.jobs,
+        args.overwrite,
+        settings,
+        args.mesh,
     )
     LOG.info(
         "batch: %d done (%d frames), %d already done, %d skipped, %d failed; manifest %s",

@@ -40,7 +40,7 @@ from tddfa.config import NUM_EXP
 from tddfa.params import split_params
 from tddfa_clients.gltf import GlbBuilder, unit_normals
 from tddfa_clients.mesh import facing_triangles
-from tddfa_clients.mesh_model import FaceModel, load_face_model
+from tddfa_clients.mesh_model import FaceModel
 from tddfa_clients.mesh_pose import image_transforms, split_linear
 from tddfa_clients.mesh_space import DEFAULT_SPACE, MeshSpace
 
@@ -61,13 +61,9 @@ def check_animation_name(path: str | os.PathLike, mode: str = "track") -> None:
         raise ValueError("--mesh animates tracked faces: use --mode track (the default)")
 
 
-def open_animation(
-    client, info, bfm: str | os.PathLike | None, asset_dir, space: str = DEFAULT_SPACE
-) -> FaceAnimation:
+def open_animation(client, info, model: FaceModel, space: str = DEFAULT_SPACE) -> FaceAnimation:
     """A :class:`FaceAnimation` for a video (``info``: its VideoInfo) sent through
-    ``client``, with the BFM tables ``bfm`` (tddfa_clients.mesh_model) checked against the
-    kind the server decodes with."""
-    model = load_face_model(bfm, asset_dir)
+    ``client``, once ``model`` is checked against the BFM the server decodes with."""
     model.check_served(client.served_models()["bfm"])
     return FaceAnimation(model, info.width, info.height, space)
 

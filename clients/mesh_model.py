@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,29 @@ def load_face_model(
     """The :class:`FaceModel` from ``bfm`` (see :func:`bfm_path`) and the assets' UV table."""
     path = bfm_path(bfm, asset_dir)
     return FaceModel(bfm=load_bfm(path), uv=texture_coordinates(asset_dir), source=path)
+
+
+class MeshSources:
+    """What ``--mesh`` of many files needs, loaded once on first use (thread-safe): the
+    BFM's triangles and texture coordinates for pictures, the :class:`FaceModel` for videos."""
+
+    def __init__(self, bfm: str | os.PathLike | None, asset_dir: str | os.PathLike | None):
+        self._bfm, self._asset_dir = bfm, asset_dir
+        self._lock = threading.Lock()
+        self._tables = None
+        self._model: FaceModel | None = None
+
+    def tables(self):
+        """tddfa_clients.mesh.MeshTables."""
+        from tddfa_clients.mesh import mesh_tables
+
+        with self._lock:
+            if self._tables is None:
+                self._tables = mesh_tables(self._asset_dir)
+            return self._tables
+
+    def model(self) -> FaceModel:
+        with self._lock:
+            if self._model is None:
+                self._model = load_face_model(self._bfm, self._asset_dir)
+            return self._model

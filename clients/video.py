@@ -42,6 +42,7 @@ from tddfa_clients.image import (
     render_parameters,
 )
 from tddfa_clients.mesh_animation import FaceAnimation, check_animation_name, open_animation
+from tddfa_clients.mesh_model import load_face_model
 from tddfa_clients.replicas import open_frame_client
 from tddfa_clients.shared_memory import cuda_shm
 from tddfa_clients.triton_client import (
@@ -412,11 +413,11 @@ def run(args: argparse.Namespace) -> int:
     outputs = outputs_for(
         args.mode, args.json is not None, args.output is not None, args.mesh is not None
     )
+    model = load_face_model(args.bfm, args.assets) if args.mesh is not None else None
     with open_client(args, outputs) as client:
         mesh = None
-        if args.mesh is not None:
-            animation = open_animation(client, info, args.bfm, args.assets, args.mesh_space)
-            mesh = (args.mesh, animation)
+        if model is not None:
+            mesh = (args.mesh, open_animation(client, info, model, args.mesh_space))
         stats = process_video(
             client,
             args.input,

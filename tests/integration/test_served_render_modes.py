@@ -138,8 +138,9 @@ def test_concurrent_requests_in_different_modes(server, test_images):
 
 @pytest.mark.parametrize("suffix", [".obj", ".ply"])
 def test_image_client_renders_a_mode_and_writes_the_meshes(server, asset_dir, tmp_path, suffix):
-    """`tddfa image IN OUT --render MODE --mesh FILE`: the mode's picture, and one mesh file
-    holding every face (one object / face id each), read back with trimesh."""
+    """`tddfa image IN OUT --render MODE --mesh FILE --mesh-space image`: the mode's picture,
+    and one mesh file holding every face (one object / object id each) in VERTICES' pixels,
+    read back with trimesh."""
     trimesh = pytest.importorskip("trimesh")
     from PIL import Image
 
@@ -149,7 +150,8 @@ def test_image_client_renders_a_mode_and_writes_the_meshes(server, asset_dir, tm
     out, mesh = tmp_path / "out.png", tmp_path / f"faces{suffix}"
     code = main(
         ["image", str(source), str(out), "--render", "depth", "--mesh", str(mesh),
-         "--url", server.grpc_url, "--protocol", "grpc", "--assets", str(asset_dir)]
+         "--mesh-space", "image", "--url", server.grpc_url, "--protocol", "grpc",
+         "--assets", str(asset_dir)]
     )  # fmt: skip
     assert code == 0
     image = np.asarray(Image.open(source).convert("RGB"))
@@ -165,18 +167,20 @@ def test_image_client_renders_a_mode_and_writes_the_meshes(server, asset_dir, tm
         scene = trimesh.load_scene(mesh, process=False, split_objects=True)
         assert sorted(scene.geometry) == ["face_1", "face_2"]
         parts = [scene.geometry[name] for name in sorted(scene.geometry)]
-        colors = parts[0].visual.vertex_colors[:, :3].astype(int)
+        rows = [line.split()[4:7] for line in mesh.read_text().splitlines() if line[:2] == "v "]
+        colors = np.rint(np.asarray(rows[:n], float) * 255).astype(int)  # 4-digit fractions
         x = np.clip(np.rint(vertices[0, 0]), 0, image.shape[1] - 1).astype(int)
         y = np.clip(np.rint(vertices[0, 1]), 0, image.shape[0] - 1).astype(int)
-        assert np.abs(colors - image[y, x]).max() <= 1  # written as 4-digit fractions
+        assert np.abs(colors - image[y, x]).max() <= 1
     else:
         whole = trimesh.load(mesh, process=False)
-        face_of_vertex = whole.metadata["_ply_raw"]["vertex"]["data"]["face"]
+        face_of_vertex = whole.metadata["_ply_raw"]["vertex"]["data"]["object_id"]
         assert sorted(set(face_of_vertex.tolist())) == [1, 2]
         parts = [whole.submesh([np.flatnonzero(np.all(face_of_vertex[whole.faces] == i, 1))],
                                append=True) for i in (1, 2)]  # fmt: skip
         assert len(whole.vertices) == 2 * n
-        colors = whole.visual.vertex_colors[:, :3]
+        data = whole.metadata["_ply_raw"]["vertex"]["data"]
+        colors = np.stack([data["red"], data["green"], data["blue"]], 1)
         x = np.clip(np.rint(vertices[0, 0]), 0, image.shape[1] - 1).astype(int)
         y = np.clip(np.rint(vertices[0, 1]), 0, image.shape[0] - 1).astype(int)
         np.testing.assert_array_equal(colors[:n], image[y, x])
