@@ -169,15 +169,15 @@ class Manifest:
                     # a line cut short by a crash: ignore it, the input is redone
                     LOG.warning("%s:%d: ignoring a damaged record", path, number)
 
-    def is_done(self, job: Job) -> bool:
+    def made(self, job: Job) -> bool:
+        """The manifest recorded ``job``'s output done (it may since have been removed)."""
         record = self.records.get(str(job.source))
         return bool(
-            record
-            and record.get("status") == DONE
-            and record.get("output") == str(job.output)
-            and job.output.exists()
-            and (job.mesh is None or job.mesh.exists())
+            record and record.get("status") == DONE and record.get("output") == str(job.output)
         )
+
+    def is_done(self, job: Job) -> bool:
+        return self.made(job) and job.output.exists() and (job.mesh is None or job.mesh.exists())
 
     def add(
         self, job: Job, status: str, error: str | None = None, frames: int = 0, seconds: float = 0.0
@@ -368,7 +368,7 @@ def run_batch(
     for job in plan_jobs(inputs, out_dir, mesh_format):
         if manifest.is_done(job):
             counts["already_done"] += 1
-        elif job.output.exists() and not overwrite:
+        elif job.output.exists() and not overwrite and not manifest.made(job):
             manifest.add(
                 job,
                 SKIPPED,

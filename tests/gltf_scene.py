@@ -107,3 +107,15 @@ class GltfScene:
                 if channel.target.node == node and channel.target.path == path:
                     return self.accessor(animation.samplers[channel.sampler].input)
         return np.zeros(0, np.float32)
+
+    def sampled(self, node: int, path: str) -> np.ndarray:
+        """The keyframe values of ``node``'s ``path`` channel, flat."""
+        for animation in self.gltf.animations:
+            for channel in animation.channels:
+                if channel.target.node == node and channel.target.path == path:
+                    return self.accessor(animation.samplers[channel.sampler].output).reshape(-1)
+        return np.zeros(0, np.float32)
+
+    def asset_extras(self) -> dict:
+        """What the exporter states about the file (``asset.extras.tddfa``)."""
+        return self.gltf.asset.extras["tddfa"]
