@@ -79,9 +79,9 @@ class GlbBuilder:
             normalized=True if normalized else None,
         )
         if bounds:
-            flat = array.reshape(len(array), width)
-            accessor.min = [_number(v) for v in flat.min(axis=0)]
-            accessor.max = [_number(v) for v in flat.max(axis=0)]
+            columns = np.ascontiguousarray(array.reshape(len(array), width).T)  # fast reductions
+            accessor.min = [_number(v) for v in columns.min(axis=1)]
+            accessor.max = [_number(v) for v in columns.max(axis=1)]
         self.gltf.accessors.append(accessor)
         return len(self.gltf.accessors) - 1
 

@@ -206,12 +206,14 @@ def _nearest_to_back(
     weights (F, K).
     """
     out = np.empty(len(transforms))
+    base = base.astype(np.float32)  # float32 as the server's own mesh
+    targets = [np.ascontiguousarray(targets[:, :, axis], np.float32) for axis in range(3)]
     for start in range(0, len(transforms), _Z_CHUNK):
         block = slice(start, start + _Z_CHUNK)
-        row = transforms[block, 2, :3]  # (B, 3)
+        row = transforms[block, 2, :3].astype(np.float32)  # (B, 3)
         z = row @ base.T  # (B, N)
         for axis in range(3):
-            z += (weights[block] * row[:, axis : axis + 1]) @ targets[:, :, axis]
+            z += (weights[block] * row[:, axis : axis + 1]).astype(np.float32) @ targets[axis]
         out[block] = z.min(axis=1) + transforms[block, 2, 3]
     return out
 

@@ -21,7 +21,7 @@ from tddfa_clients.mesh_animation import (
     check_animation_name,
 )
 from tddfa_clients.mesh_model import FaceModel, FaceModelMismatch
-from tddfa_clients.mesh_pose import crop_boxes, image_transforms, split_linear
+from tddfa_clients.mesh_pose import crop_boxes, image_transforms, quaternions, split_linear
 from tddfa_clients.triton_client import FrameResult
 
 WIDTH, HEIGHT, FPS = 640, 360, 25.0
@@ -129,6 +129,14 @@ def test_linear_parts_split_into_rotations_and_a_scale():
     np.testing.assert_array_equal((scale < 0).sum(axis=1), mirrored.astype(int))
     assert (np.sum(outer[1:] * outer[:-1], axis=1) > 0).all(), "one hemisphere"
     assert (np.sum(inner[1:] * inner[:-1], axis=1) > 0).all()
+
+
+def test_quaternions_match_scipy_including_half_turns():
+    turns = Rotation.from_rotvec([[np.pi, 0, 0], [0, np.pi, 0], [0, 0, np.pi], [0, 0, 0]])
+    rotations = Rotation.concatenate([turns, Rotation.random(500, random_state=4)])
+    ours = quaternions(rotations.as_matrix())
+    same_rotation = np.abs(np.sum(ours * rotations.as_quat(), axis=1))  # q and -q are one
+    np.testing.assert_allclose(same_rotation, 1.0, atol=1e-12)
 
 
 @pytest.mark.parametrize("identity_noise", [0.0, 300.0])
