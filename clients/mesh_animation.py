@@ -163,9 +163,10 @@ class _SharedParts:
     def __init__(self, builder: GlbBuilder, model: FaceModel):
         bfm = model.bfm
         n = bfm.num_vertices
-        self.mean = bfm.u.astype(np.float64).reshape(n, 3)
-        self.shape_basis = bfm.w_shp.astype(np.float64).reshape(n, 3, -1)  # (N, 3, 40)
-        self.expression = bfm.w_exp.astype(np.float64).reshape(n, 3, -1).transpose(2, 0, 1)
+        self.model = model
+        self.mean = bfm.u.reshape(n, 3)  # float32 micrometres, as the server decodes
+        self.shape_basis = bfm.w_shp.reshape(n, 3, -1)  # (N, 3, 40)
+        self.expression = bfm.w_exp.reshape(n, 3, -1).transpose(2, 0, 1)  # (10, N, 3)
         self.triangles = facing_triangles(self.mean.T, bfm.tri.astype(np.int64))
         self.indices = builder.triangles(self.triangles)
         self.uv = builder.vertices(model.uv)
@@ -174,24 +175,25 @@ class _SharedParts:
             builder.vertices(direction * METRES_PER_BFM_UNIT, positions=True)
             for direction in self.expression
         ]
-        self.shape_gain = model.shape_gain
 
 
 def _identity(
-    alpha_shp: np.ndarray, pixels_per_unit: np.ndarray, gain: float
+    alpha_shp: np.ndarray, pixels_per_unit: np.ndarray, model: FaceModel
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The track's identity: mean (40,), directions (k, 40) and weights (F, k) such that
     mean + weights @ directions is every frame's shape within IDENTITY_TOLERANCE_PX.
 
-    The bound: a vertex moves at most ``gain`` micrometres per unit of coefficient norm,
-    a micrometre is at most ``pixels_per_unit[f]`` pixels on frame f.
+    The bound: a vertex moves at most ``model.shape_gain`` micrometres per unit of
+    coefficient norm, a micrometre is at most ``pixels_per_unit[f]`` pixels on frame f.
     """
     mean = alpha_shp.mean(axis=0)
     deviation = alpha_shp - mean
+    if not deviation.any():  # one identity for the whole track
+        return mean, np.zeros((0, len(mean))), np.zeros((len(alpha_shp), 0))
     u, s, vt = np.linalg.svd(deviation, full_matrices=False)
     for k in range(len(s) + 1):
         residual = deviation - (u[:, :k] * s[:k]) @ vt[:k]
-        error = np.linalg.norm(residual, axis=1) * pixels_per_unit * gain
+        error = np.linalg.norm(residual, axis=1) * pixels_per_unit * model.shape_gain
         if error.max() <= IDENTITY_TOLERANCE_PX:
             break
     return mean, vt[:k], u[:, :k] * s[:k]
@@ -206,7 +208,6 @@ def _nearest_to_back(
     weights (F, K).
     """
     out = np.empty(len(transforms))
-    base = base.astype(np.float32)  # float32 as the server's own mesh
     targets = [np.ascontiguousarray(targets[:, :, axis], np.float32) for axis in range(3)]
     for start in range(0, len(transforms), _Z_CHUNK):
         block = slice(start, start + _Z_CHUNK)
@@ -224,9 +225,9 @@ def _add_track(builder, shared, animation, track_id, track, recording) -> tuple[
     _, alpha_shp, alpha_exp = split_params(params.astype(np.float64))
     transforms = image_transforms(params, landmarks, recording.model.bfm)  # (F, 3, 4)
     pixels_per_unit = np.linalg.norm(transforms[:, :, :3], ord=2, axis=(1, 2))
-    mean, directions, identity_weights = _identity(alpha_shp, pixels_per_unit, shared.shape_gain)
-    base = shared.mean + shared.shape_basis @ mean  # (N, 3) micrometres
-    identity = np.einsum("nak,jk->jna", shared.shape_basis, directions)  # (k, N, 3)
+    mean, directions, identity_weights = _identity(alpha_shp, pixels_per_unit, shared.model)
+    base = shared.mean + shared.shape_basis @ mean.astype(np.float32)  # (N, 3) micrometres
+    identity = np.einsum("nak,jk->jna", shared.shape_basis, directions.astype(np.float32))
     reach = np.abs(identity_weights).max(axis=0) if len(directions) else np.zeros(0)
     reach = np.where(reach > 0, reach, 1.0)  # weights in [-1, 1]
     identity *= reach[:, None, None]
