@@ -74,11 +74,11 @@ def _served(params: np.ndarray, rois: np.ndarray, bfm: BFM) -> dict[str, np.ndar
     return {"LANDMARKS": face_params.landmarks(params, rois, bfm), "VERTICES": vertices}
 
 
-def _video(model: FaceModel, frames: int = 12, identity_noise: float = 0.0):
+def _video(model: FaceModel, frames: int = 12, identity_noise: float = 0.0, space="upright"):
     """Two tracks: 1 on every frame, 2 leaving after frame 3 and back from frame 8."""
     rng = np.random.default_rng(2)
     identities = {1: rng.standard_normal(NUM_SHAPE) * 2e4, 2: rng.standard_normal(NUM_SHAPE) * 2e4}
-    animation = FaceAnimation(model, WIDTH, HEIGHT)
+    animation = FaceAnimation(model, WIDTH, HEIGHT, space)
     truth: dict[tuple[int, int], np.ndarray] = {}
     for f in range(frames):
         ids = [1] + ([2] if f < 4 or f >= 8 else [])
@@ -139,15 +139,18 @@ def test_quaternions_match_scipy_including_half_turns():
     np.testing.assert_allclose(same_rotation, 1.0, atol=1e-12)
 
 
-@pytest.mark.parametrize("identity_noise", [0.0, 300.0])
-def test_posed_meshes_equal_the_served_vertices(model, tmp_path, identity_noise):
-    animation, truth = _video(model, identity_noise=identity_noise)
+@pytest.mark.parametrize(
+    ("identity_noise", "space"), [(0.0, "upright"), (300.0, "upright"), (0.0, "image")]
+)
+def test_posed_meshes_equal_the_served_vertices(model, tmp_path, identity_noise, space):
+    animation, truth = _video(model, identity_noise=identity_noise, space=space)
     summary = animation.write(tmp_path / "anim.glb")
     assert [t.track_id for t in summary.tracks] == [1, 2] and summary.frames == 12
     report = validate(summary.path)
     assert not errors(report), report["issues"]["messages"]
     scene = GltfScene(summary.path)
     to_image = np.asarray(scene.gltf.asset.extras["tddfa"]["to_image"])
+    assert (space == "image") == np.array_equal(to_image, np.eye(4))
     for (frame, track), expected in truth.items():
         node = scene.node(f"face_{track}_mesh")
         posed = scene.posed_vertices(node, np.float32(frame / FPS))
