@@ -132,6 +132,8 @@ class FaceAnimation:
         """Write the .glb to ``path`` as it is (the caller stages it: tddfa.files)."""
         if not self.times:
             raise ValueError("no frame was added: nothing to animate")
+        if not self.tracks:
+            LOG.warning("no face was tracked in %d frames: %s holds no mesh", len(self.times), path)
         builder = GlbBuilder(extras={"tddfa": self._description()})
         shared = _SharedParts(builder, self.model)
         animation = gl.Animation(name="video")
