@@ -152,7 +152,7 @@ def process_video(
     targets = [output, json_path, mesh[0] if mesh is not None else None]
     with atomic_paths([p for p in targets if p is not None]) as staged:
         temps = iter(staged)
-        temp_video, temp_json, temp_mesh = (next(temps) if p else None for p in targets)
+        temp_video, temp_json, temp_mesh = (next(temps) if p is not None else None for p in targets)
         with (
             _json_lines(temp_json) as lines,
             open_decoder(source, decoder, gpu_id=gpu_id) as dec,
@@ -406,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
         raise VideoError("name an output video, or --mesh ANIM.glb, or both")
     if args.output is not None:  # bad names, inputs, codecs fail before the server is asked
         check_output_name(args.output)
-        require_codecs(args.decoder, args.encoder)
+    require_codecs(args.decoder, args.encoder if args.output is not None else "auto")
     if args.mesh is not None:
         check_animation_name(args.mesh, args.mode)
     info = probe(args.input)
