@@ -8,7 +8,7 @@ tables, the export), alternating, ``--repeats`` times each, against one server:
 - ``mesh only``: ``tddfa video IN --mesh anim.glb`` (nothing rendered or encoded).
 
 Prints the median wall time of each, the export's share (video + mesh vs video; the
-issue's bar: <= 10 %), the .glb size, its tracks and morph targets. On a shared machine the
+bar: <= 10 %), the .glb size, its tracks and morph targets. On a shared machine the
 runs' wall times scatter more than the export costs, so the export's own work is also
 timed in-process on the served results of the same video (BFM tables loaded, every frame
 added, the file written: what ``--mesh`` adds to one run) and set against the baseline.
