@@ -17,6 +17,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _TREE_BEFORE = pytest.StashKey[dict | None]()
 _TREE_CHANGES = pytest.StashKey[list]()
 SHARED = REPO_ROOT.parent / "shared"
+# The clients the tests run resolve assets as a user's would ($TDDFA_ASSET_DIR, the cache,
+# a download): point them at the same folder the fixtures use, also under a bare `pytest`.
+if (SHARED / "assets").is_dir():
+    os.environ.setdefault("TDDFA_ASSET_DIR", str(SHARED / "assets"))
 
 
 def _working_tree() -> dict[str, str] | None:
