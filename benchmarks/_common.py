@@ -201,11 +201,11 @@ def first_frames_clip(video: Path, frames: int) -> Path:
 @contextlib.contextmanager
 def server_for(repository: Path, url: str | None, protocol: str = "grpc") -> Iterator[str]:
     """Yield ``host:port`` for ``protocol``: ``url`` as given, else a server started on
-    ``repository`` for the duration (tools/serve.py's TritonServer)."""
+    ``repository`` for the duration (tools/serve/server.py's TritonServer)."""
     if url:
         yield url
         return
-    from tddfa_tools.serve import TritonServer
+    from tddfa_tools.serve.server import TritonServer
 
     if not (repository / "tddfa" / "config.pbtxt").is_file():
         raise SystemExit(

@@ -31,7 +31,7 @@ MODELS = _common.WORK_DIR / "detector_models"
 
 def _models(asset_dir: Path):
     from tddfa.config import PipelineConfig
-    from tddfa_tools.export_onnx import (
+    from tddfa_tools.build.export_onnx import (
         export_detector_graph,
         export_face_detector,
         export_face_regressor,

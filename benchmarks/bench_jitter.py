@@ -2,7 +2,7 @@
 with and without smoothing, on clips with known motion.
 
 A still photo (default JianzhuGuo.jpg, one face) moves along a smooth sub-pixel path
-(tddfa_tools.motion_clip); each frame's landmarks are mapped back through the known motion
+(tddfa_tools.dev.motion_clip); each frame's landmarks are mapped back through the known motion
 onto the photo. jitter = mean frame-to-frame change there; spread = mean distance from the
 landmarks' mean position (jitter plus lag). The bar: tracked + smoothed jitter <= 50 %
 of per-frame, spread <= 1.2x per-frame, one track id. A second, faster clip shows the
@@ -60,7 +60,7 @@ def main() -> int:
     setup_logging(args.verbose)
     from PIL import Image
 
-    from tddfa_tools.motion_clip import make_clip, measure
+    from tddfa_tools.dev.motion_clip import make_clip, measure
 
     photo = np.asarray(Image.open(args.photo).convert("RGB"))
     rows = []

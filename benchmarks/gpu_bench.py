@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_name, "1")  # as tools/serve.py gives the server (before numpy)
+    os.environ.setdefault(_name, "1")  # as tools/serve/server.py gives the server (before numpy)
 
 import numpy as np  # noqa: E402
 from gpu_video_copies import Target, decode_only_fps, video_copies  # noqa: E402
@@ -387,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
 
     server_parts = parts & {"a", "c", "d"}
     if server_parts:
-        from tddfa_tools.serve import TritonServer, cuda_memory_pool_args, visible_gpu_count
+        from tddfa_tools.serve.cuda_mps import cuda_memory_pool_args, visible_gpu_count
+        from tddfa_tools.serve.server import TritonServer
 
         with contextlib.ExitStack() as stack:
             if args.layout == "per-gpu":

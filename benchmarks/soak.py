@@ -144,14 +144,14 @@ def serving(args) -> Iterator[tuple[str, int | None]]:
     if args.url:
         yield args.url, args.server_pid
         return
-    from tddfa_tools.serve import TritonServer
+    from tddfa_tools.serve.server import TritonServer
 
     if not (args.repository / STATELESS_ENSEMBLE / "config.pbtxt").is_file():
         raise SystemExit(
             f"{args.repository} is not a tddfa model repository: run "
             "`.venv/bin/python -m tddfa_tools.cli build` or pass --repository / --url"
         )
-    from tddfa_tools.serve import cuda_memory_pool_args
+    from tddfa_tools.serve.cuda_mps import cuda_memory_pool_args
 
     server = TritonServer(
         args.repository,

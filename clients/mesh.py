@@ -49,7 +49,8 @@ def mesh_tables(asset_dir: str | os.PathLike | None = None) -> MeshTables:
     """Triangles (tri.pkl) and texture coordinates (BFM_UV.mat) of the no-neck BFM from the
     assets (--assets DIR, $TDDFA_ASSET_DIR, the cache, or a download)."""
     from tddfa_clients.mesh_model import texture_coordinates
-    from tddfa_tools.assets import asset_path, load_pickle
+    from tddfa_tools.assets.resolve import asset_path
+    from tddfa_tools.assets.safe_load import load_pickle
 
     triangles = np.asarray(load_pickle(asset_path("tri.pkl", asset_dir=asset_dir)), np.int64)
     if triangles.ndim != 2 or triangles.shape[0] != 3:

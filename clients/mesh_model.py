@@ -65,7 +65,8 @@ class FaceModel:
 def texture_coordinates(asset_dir: str | os.PathLike | None = None) -> np.ndarray:
     """(N, 2) float32 BFM texture coordinates of the no-neck vertices, glTF's convention
     (BFM_UV.mat has v up: flipped)."""
-    from tddfa_tools.assets import bfm_uv_coordinates, resolve_assets
+    from tddfa_tools.assets.resolve import resolve_assets
+    from tddfa_tools.assets.safe_load import bfm_uv_coordinates
 
     found = resolve_assets(["BFM_UV.mat", "indices.npy"], asset_dir=asset_dir)
     uv = bfm_uv_coordinates(found["BFM_UV.mat"], found["indices.npy"]).astype(np.float32)
@@ -77,7 +78,7 @@ def bfm_path(bfm: str | os.PathLike | None, asset_dir: str | os.PathLike | None)
     """The tables to load: ``bfm`` (a file, or a model repository holding one), else
     `tddfa build`'s cache (built from the assets if need be)."""
     if bfm is None:
-        from tddfa_tools.repository import bfm_tables
+        from tddfa_tools.build.exports import bfm_tables
 
         return bfm_tables(Path(asset_dir) if asset_dir is not None else None)
     path = Path(bfm)

@@ -28,8 +28,8 @@ from tddfa.contract import STATELESS_ENSEMBLE
 from tddfa_clients.triton_client import normalize_url
 from tddfa_clients.video import model_for
 from tddfa_clients.video_io import open_decoder, probe
-from tddfa_tools import admin_token
 from tddfa_tools.arguments import positive_int
+from tddfa_tools.serve import admin_token
 
 LOG = logging.getLogger(__name__)
 

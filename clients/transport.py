@@ -20,7 +20,7 @@ from typing import Any
 from tddfa.contract import STATELESS_ENSEMBLE
 from tddfa_clients.errors import translate_error
 from tddfa_clients.port_probe import DEFAULT_PORTS, PROTOCOLS
-from tddfa_tools import admin_token
+from tddfa_tools.serve import admin_token
 
 LOG = logging.getLogger(__name__)
 INPUT = "IMAGE"

@@ -14,7 +14,7 @@ Every call has a deadline (``timeout``, default :data:`DEFAULT_TIMEOUT` s; gRPC 
 included), so a stuck server cannot hang a client. A port that speaks the other protocol
 (``--url host:8000`` with gRPC) is recognised at once (:func:`detect_protocol`) and named.
 Shared-memory registration carries the server's admin token when this user's server
-published one (:mod:`tddfa_tools.admin_token`); without it, frames go over the network.
+published one (:mod:`tddfa_tools.serve.admin_token`); without it, frames go over the network.
 
 Errors: :class:`ServerUnavailable` (connection refused, server down: worth retrying),
 :class:`InferenceError` (the server refused the request; carries the server's message),
@@ -89,7 +89,7 @@ from tddfa_clients.transport import (  # noqa: F401  (re-exported)
     served_on_gpu,
     served_on_gpu_from,
 )
-from tddfa_tools import admin_token
+from tddfa_tools.serve import admin_token
 
 LOG = logging.getLogger(__name__)
 

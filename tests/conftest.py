@@ -98,7 +98,7 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def onnx_models(asset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """face_detector and face_regressor exported once per session: {model name: .onnx path}."""
-    from tddfa_tools.export_onnx import export_face_detector, export_face_regressor
+    from tddfa_tools.build.export_onnx import export_face_detector, export_face_regressor
 
     out = tmp_path_factory.mktemp("onnx")
     return {
@@ -115,7 +115,8 @@ def onnx_models(asset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 def built_repository(asset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real repository (CPU default: python flavour, K=8, 720x1280 canvas), built once
     per session by `tddfa build`'s code; exported networks are cached in build/models."""
-    from tddfa_tools.repository import BuildOptions, build_repository
+    from tddfa_tools.build.options import BuildOptions
+    from tddfa_tools.build.repository import build_repository
 
     models_dir = Path(__file__).resolve().parents[1] / "build" / "models"
     out = tmp_path_factory.mktemp("built") / "model_repository"

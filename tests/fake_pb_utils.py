@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import json_format
 
-from tddfa_tools.model_config import load_config
+from tddfa_tools.build.model_config import load_config
 
 NUMPY_TYPES = {"TYPE_FP32": np.float32, "TYPE_INT32": np.int32, "TYPE_UINT8": np.uint8}
 

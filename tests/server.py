@@ -1,10 +1,10 @@
 """Test-side helper: real ``tritonserver`` processes for integration tests.
 
 One server per model repository per test session (:class:`ServerPool`), started through
-:class:`tddfa_tools.serve.TritonServer` on free ports, ready on HTTP *and* gRPC before a test
+:class:`tddfa_tools.serve.server.TritonServer` on free ports, ready on HTTP *and* gRPC before a test
 sees it, and checked for leaked ``/dev/shm`` regions when the session ends.
 
-Every server runs under a :class:`tddfa_tools.supervisor.Supervisor` (as ``tddfa serve``
+Every server runs under a :class:`tddfa_tools.serve.supervisor.Supervisor` (as ``tddfa serve``
 runs it; no canary: tests send their own requests), so a test that kills a stub finds the
 model reloaded, and the fixture's readiness wait covers it.
 
@@ -27,8 +27,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tddfa_clients.triton_client import client_shm_prefix
-from tddfa_tools.serve import TritonServer, TritonServerError
-from tddfa_tools.supervisor import Supervisor, SupervisorSettings
+from tddfa_tools.serve.embedded import TritonServerError
+from tddfa_tools.serve.server import TritonServer
+from tddfa_tools.serve.supervisor import Supervisor, SupervisorSettings
 
 LOGGER = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")

@@ -1,5 +1,5 @@
 """A stand-in of the ``tensorrt`` module: the slice of its API that
-tddfa_tools.tensorrt_builder.build_engine uses, recording what it was asked. Put it in
+tddfa_tools.build.tensorrt_builder.build_engine uses, recording what it was asked. Put it in
 ``sys.modules["tensorrt"]`` (monkeypatch.setitem) to run the engine builder without TensorRT
 or a GPU: the "engine" it writes is the bytes ``b"PLAN"``."""
 

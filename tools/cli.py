@@ -19,10 +19,10 @@ import sys
 
 # (subcommand module, imported lazily so `tddfa --help` stays fast)
 SUBCOMMANDS = (
-    "tddfa_tools.assets",
-    "tddfa_tools.repository",
-    "tddfa_tools.serve_command",
-    "tddfa_tools.guard",
+    "tddfa_tools.assets.command",
+    "tddfa_tools.build.command",
+    "tddfa_tools.serve.command",
+    "tddfa_tools.guard.command",
     "tddfa_clients.image",
     "tddfa_clients.video",
     "tddfa_clients.batch",
@@ -35,8 +35,8 @@ EXPECTED_ERRORS = (
     ("tddfa_clients.image", "ImageError"),
     ("tddfa_clients.video_io", "VideoError"),
     ("tddfa_clients.perf", "PerfError"),
-    ("tddfa_tools.serve", "TritonServerError"),
-    ("tddfa_tools.assets", "AssetError"),
+    ("tddfa_tools.serve.embedded", "TritonServerError"),
+    ("tddfa_tools.assets.table", "AssetError"),
 )
 LOG = logging.getLogger("tddfa")
 

@@ -31,7 +31,7 @@ APT_PACKAGES=(
     libegl1 libegl-mesa0 libgl1-mesa-dri      # EGL + Mesa llvmpipe: headless OpenGL on CPU
     libgl1 libopengl0                         # GL entry points PyOpenGL loads next to EGL
     libb64-0d                                 # perf_analyzer (tritonclient wheel)
-    libjemalloc2                              # tritonserver's malloc: flat RSS (tools/allocator.py)
+    libjemalloc2                              # tritonserver's malloc: flat RSS (tools/serve/allocator.py)
 )
 if ! command -v "$PYTHON" >/dev/null 2>&1 || [[ "$(command -v "$PYTHON")" == /usr/bin/* ]]; then
     # The distribution's Python: venv support, and the shared libpython the stub links against.
@@ -114,7 +114,7 @@ fi
 import sys
 
 import numpy
-from tddfa_tools.serve import prepare_backends, tritonserver_dist
+from tddfa_tools.serve.embedded import prepare_backends, tritonserver_dist
 
 assert int(numpy.__version__.split(".")[0]) < 2, f"numpy {numpy.__version__}: the Triton Python backend needs numpy < 2"
 backends = prepare_backends(tritonserver_dist())

@@ -2,7 +2,7 @@
 
 Layout (docs/models.md 4): the mean ``u`` and the bases ``w_shp`` / ``w_exp`` have one row per
 vertex coordinate, xyz interleaved (row ``3 * v + axis``), N = 38,365 vertices.
-The file is written by ``tddfa_tools.bfm_builder`` and holds no pickles.
+The file is written by ``tddfa_tools.build.bfm_builder`` and holds no pickles.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _ARRAY_FIELDS = (
     "param_std",
 )
 _FORMAT_VERSION = 1
-_REBUILD_HINT = "rebuild it with `tddfa build` (tddfa_tools.bfm_builder.build_bfm)"
+_REBUILD_HINT = "rebuild it with `tddfa build` (tddfa_tools.build.bfm_builder.build_bfm)"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -85,7 +85,7 @@ class ServedNetwork:
     (:func:`bls_parameter`): then the step calls it instead of running the network
     in-process. ``tddfa build`` writes that parameter for the onnxruntime and tensorrt
     flavours and for the python flavour's ``--networks models``;
-    ``tddfa_tools.model_config.check_bls`` checks the model declares these tensors.
+    ``tddfa_tools.build.model_config.check_bls`` checks the model declares these tensors.
     """
 
     inputs: tuple[TensorSpec, ...]

@@ -8,7 +8,7 @@ implementation of it, tested against this one on the same detector outputs:
 - GPU (python flavour): one CUDA kernel for the batch, :mod:`tddfa.gpu_detection`
   (tests/unit/test_gpu_detection_host.py compiles it for the host, tests/gpu runs it),
   bit for bit;
-- onnxruntime / tensorrt flavours: the ONNX graph of ``tddfa_tools.detector_graph``
+- onnxruntime / tensorrt flavours: the ONNX graph of ``tddfa_tools.build.detector_graph``
   (tests/unit/test_detector_graph.py), within float32 rounding of the box coordinates.
 
 Arithmetic is float32 in a fixed order; the ``exp`` of the size decoding is evaluated in

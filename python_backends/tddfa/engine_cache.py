@@ -12,7 +12,7 @@ The profiles come from ``tensorrt_profiles.json`` beside ``model.onnx`` (the rep
 builder writes it with :func:`write_profiles`; see ``tools/tensorrt_builder.default_profiles``)
 or from the caller.
 
-The build itself is ``tddfa_tools.tensorrt_builder.build_engine`` (same distribution,
+The build itself is ``tddfa_tools.build.tensorrt_builder.build_engine`` (same distribution,
 imported only here, when an engine is needed).
 """
 
@@ -121,7 +121,7 @@ def cached_engine(
         record beside it). Raises ImportError without the TensorRT builder, RuntimeError when
         TensorRT cannot parse or build the network.
     """
-    from tddfa_tools import tensorrt_builder  # the builder ships in the same distribution
+    from tddfa_tools.build import tensorrt_builder  # the builder ships in the same distribution
 
     trt = tensorrt_builder.import_tensorrt()
     onnx_path = Path(onnx_path)

@@ -44,7 +44,7 @@ def checked_response(response, model_name: str, output_names: Sequence[str]):
     if missing:
         raise RuntimeError(
             f"BLS response of model {model_name!r} lacks the outputs {missing}: its config must "
-            "declare them (tddfa_tools.model_config.check_bls)"
+            "declare them (tddfa_tools.build.model_config.check_bls)"
         )
     return response
 

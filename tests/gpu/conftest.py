@@ -63,7 +63,8 @@ def gpu_repository(asset_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         if not (path / "tddfa" / "config.pbtxt").is_file():
             pytest.fail(f"TDDFA_GPU_REPOSITORY={given} is not a built model repository")
         return path
-    from tddfa_tools.repository import BuildOptions, build_repository
+    from tddfa_tools.build.options import BuildOptions
+    from tddfa_tools.build.repository import build_repository
 
     out = tmp_path_factory.mktemp("gpu") / "model_repository"
     return build_repository(
@@ -124,7 +125,8 @@ def count_tracebacks(server) -> list[int]:
 
 
 def _serve(repository: Path) -> Iterator[str]:
-    from tddfa_tools.serve import TritonServer, cuda_memory_pool_args
+    from tddfa_tools.serve.cuda_mps import cuda_memory_pool_args
+    from tddfa_tools.serve.server import TritonServer
 
     server = TritonServer(
         repository,
@@ -166,7 +168,8 @@ def gpu_bls_repository(asset_dir: Path, tmp_path_factory: pytest.TempPathFactory
     given = os.environ.get("TDDFA_GPU_BLS_REPOSITORY")
     if given:
         return Path(given)
-    from tddfa_tools.repository import BuildOptions, build_repository
+    from tddfa_tools.build.options import BuildOptions
+    from tddfa_tools.build.repository import build_repository
 
     out = tmp_path_factory.mktemp("gpu_bls") / "model_repository"
     return build_repository(

@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from tddfa_tools import admin_token
+from tddfa_tools.serve import admin_token
 
 TIMEOUT_S = 120  # a request that never returns fails the test instead of hanging the suite
 OUTPUTS = ("RENDERED", "FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS", "VERTICES")

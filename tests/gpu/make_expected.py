@@ -46,7 +46,7 @@ def render_step(repository: Path, assets: Path, scratch: Path):
 
     from tddfa.render.assets import RENDER_ASSETS_FILE
     from tddfa.render.step import build_render_step
-    from tddfa_tools.render_assets import build_render_assets
+    from tddfa_tools.build.render_assets import build_render_assets
 
     version = repository / "face_renderer" / "1"
     if not (version / RENDER_ASSETS_FILE).is_file():

@@ -122,7 +122,8 @@ def _hammer(targets, image, faces: int, requests: int, threads: int) -> list[str
 def test_one_server_over_two_gpus_answers_every_request(gpu_repository, test_images, cpu_expected):
     """The layout that lost requests: one server, instances on both GPUs, frames in CUDA
     shared memory on both GPUs. Every request must come back (timeouts, not a hang)."""
-    from tddfa_tools.serve import TritonServer, cuda_memory_pool_args
+    from tddfa_tools.serve.cuda_mps import cuda_memory_pool_args
+    from tddfa_tools.serve.server import TritonServer
 
     faces = int(cpu_expected["emma.jpg:FACE_COUNT"][0])  # 3: the CPU ensemble's answer
     with TritonServer(
@@ -141,7 +142,8 @@ def test_one_server_over_two_gpus_answers_every_request(gpu_repository, test_ima
 def test_one_server_per_gpu_answers_every_request(gpu_repository, test_images, cpu_expected):
     """The recommended layout: a server pinned to each GPU (its own MPS daemon), regions on
     that GPU (the server calls it 0)."""
-    from tddfa_tools.serve import TritonServer, cuda_memory_pool_args
+    from tddfa_tools.serve.cuda_mps import cuda_memory_pool_args
+    from tddfa_tools.serve.server import TritonServer
 
     faces = int(cpu_expected["emma.jpg:FACE_COUNT"][0])
     servers = [

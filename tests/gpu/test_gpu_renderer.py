@@ -20,7 +20,7 @@ FACES = ("ALPHA_SHP", "ALPHA_EXP", "TRANSFORM", "NUM_FACES")
 def version(gpu_repository: Path, asset_dir: Path, tmp_path_factory) -> Path:
     """face_renderer's version folder of the GPU build (render_assets.npz built if absent)."""
     from tddfa.render.assets import RENDER_ASSETS_FILE
-    from tddfa_tools.render_assets import build_render_assets
+    from tddfa_tools.build.render_assets import build_render_assets
 
     folder = gpu_repository / "face_renderer" / "1"
     if (folder / RENDER_ASSETS_FILE).is_file():

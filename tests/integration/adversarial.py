@@ -20,7 +20,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tddfa.contract import IMAGE_INPUT, STATELESS_ENSEMBLE
-from tddfa_tools.stubs import Stub, find_stubs
+from tddfa_tools.serve.stubs import Stub, find_stubs
 
 MODEL = STATELESS_ENSEMBLE
 RECOVERY_S = 10.0  # a killed stub serves again within 10 s on the 2-core box

@@ -69,8 +69,8 @@ def good_request(ensemble_server, test_images):
 def guard(ensemble_server):
     """`tddfa guard` (HTTP and gRPC, default limits) in front of the ensemble server;
     yields (http url, grpc url)."""
-    from tddfa_tools.guard import GrpcGuard, HttpGuard
-    from tddfa_tools.guard_rules import Limits
+    from tddfa_tools.guard.proxy import GrpcGuard, HttpGuard
+    from tddfa_tools.guard.rules import Limits
 
     http = HttpGuard("127.0.0.1", 0, ensemble_server.http_url, Limits()).start()
     grpc = GrpcGuard("127.0.0.1", 0, ensemble_server.grpc_url, Limits()).start()

@@ -23,7 +23,7 @@ from adversarial import (
     wait_until_right,
 )
 
-from tddfa_tools.stubs import find_stubs, regions
+from tddfa_tools.serve.stubs import find_stubs, regions
 
 pytestmark = pytest.mark.server
 
@@ -154,7 +154,7 @@ def test_supervisor_metrics_endpoint_counts_the_reloads(ensemble_server, good_re
 def _serve(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     """`tddfa serve` of the toy repository in a child process, returned once its supervisor
     reports healthy; (process, http url)."""
-    from tddfa_tools.serve import free_port
+    from tddfa_tools.serve.server import free_port
 
     http, supervisor = free_port(), free_port()
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115  (closed with the process)

@@ -14,8 +14,8 @@ from adversarial import MODEL, http_request, ready, wait_until_right
 from tritonclient.utils import InferenceServerException
 
 from tddfa_clients.triton_client import ClientError, FrameClient
-from tddfa_tools import admin_token
-from tddfa_tools.stubs import regions
+from tddfa_tools.serve import admin_token
+from tddfa_tools.serve.stubs import regions
 
 pytestmark = pytest.mark.server
 

@@ -1,4 +1,4 @@
-"""The running server and every Python-backend stub really use jemalloc (tddfa_tools.allocator)."""
+"""The running server and every Python-backend stub really use jemalloc (tddfa_tools.serve.allocator)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tddfa_tools.allocator import find_jemalloc
+from tddfa_tools.serve.allocator import find_jemalloc
 
 pytestmark = pytest.mark.skipif(
     find_jemalloc() is None, reason="libjemalloc2 is not installed (tools/setup.sh installs it)"

@@ -134,7 +134,7 @@ def standin_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def standin_server(standin_repository: Path):
-    serve = pytest.importorskip("tddfa_tools.serve")
+    serve = pytest.importorskip("tddfa_tools.serve.server")
     try:
         server = serve.TritonServer(standin_repository).start()
     except serve.TritonServerError as exc:

@@ -162,7 +162,7 @@ def test_image_meshes_open_upright_where_the_faces_are(server, asset_dir, tmp_pa
 
 
 def _landmark_ids(asset_dir: Path) -> np.ndarray:
-    from tddfa_tools.repository import bfm_tables
+    from tddfa_tools.build.exports import bfm_tables
 
     return load_bfm(bfm_tables(asset_dir)).landmark_vertex_ids
 

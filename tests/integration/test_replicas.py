@@ -34,7 +34,8 @@ from test_clients import (
 
 from tddfa_clients.batch import MANIFEST, Manifest, Settings, run_batch
 from tddfa_clients.video_io import probe
-from tddfa_tools.serve import TritonServer, TritonServerError
+from tddfa_tools.serve.embedded import TritonServerError
+from tddfa_tools.serve.server import TritonServer
 
 pytestmark = pytest.mark.server
 

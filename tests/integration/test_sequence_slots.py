@@ -28,7 +28,7 @@ SEQUENCE_IDS = itertools.count(9000)
 @pytest.fixture(scope="module")
 def direct_server(built_repository: Path, tmp_path_factory, triton_servers):
     """The built repository with face_tracker's sequence batcher switched to "direct"."""
-    from tddfa_tools.model_config import load_config, save_config
+    from tddfa_tools.build.model_config import load_config, save_config
 
     copy = tmp_path_factory.mktemp("direct") / "model_repository"
     shutil.copytree(built_repository, copy, symlinks=True)

@@ -16,7 +16,7 @@ from server import model_counts
 from tritonclient.utils import InferenceServerException
 
 from tddfa.contract import SEQUENCE_ENSEMBLE
-from tddfa_tools.motion_clip import make_clip
+from tddfa_tools.dev.motion_clip import make_clip
 
 OUTPUTS = ("FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "TRACK_IDS", "DETECTED")
 SEQUENCE_IDS = itertools.count(7000)

@@ -21,9 +21,10 @@ import tritonclient.http as httpclient
 
 from tddfa.contract import SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE
 from tddfa.runners import OnnxRuntimeRunner
-from tddfa_tools.model_config import load_config, save_config
-from tddfa_tools.motion_clip import make_clip
-from tddfa_tools.repository import TEMPLATE, BuildOptions, build_repository
+from tddfa_tools.build.model_config import load_config, save_config
+from tddfa_tools.build.options import BuildOptions
+from tddfa_tools.build.repository import TEMPLATE, build_repository
+from tddfa_tools.dev.motion_clip import make_clip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUTPUTS = ("FACE_COUNT", "FACE_BOXES", "LANDMARKS", "POSE", "PARAMS")
@@ -79,7 +80,7 @@ def tracked_pairs(client, pipeline, frames, outputs, sequence: int):
 
 
 def test_the_build_calls_served_models(model_repository):
-    from tddfa_tools.model_config import check_bls, load_repository
+    from tddfa_tools.build.model_config import check_bls, load_repository
 
     configs = load_repository(model_repository)
     assert configs["face_regressor"].backend == "python"

@@ -32,7 +32,7 @@ OUTPUTS = ("RENDERED", "FACE_COUNT", "FACE_BOXES", "PARAMS")
 def render_repository(built_repository: Path, asset_dir: Path, tmp_path_factory) -> Path:
     """The built repository with render_assets.npz in face_renderer's version folder (a copy
     of links, so that the session's other server is not touched)."""
-    from tddfa_tools.render_assets import build_render_assets
+    from tddfa_tools.build.render_assets import build_render_assets
 
     copy = tmp_path_factory.mktemp("render") / "model_repository"
     shutil.copytree(built_repository, copy, symlinks=True)

@@ -1,4 +1,4 @@
-"""The serving machinery (tools/serve.py, tests/server.py) against the toy repository:
+"""The serving machinery (tools/serve/server.py, tests/server.py) against the toy repository:
 echo -> double ensemble on a real embedded tritonserver, errors, liveness, metrics."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import tritonclient.http as httpclient
 from server import OWNED_PREFIXES, OWNED_SHM_PREFIX, SHM_DIR, ServerPool, model_counts
 from tritonclient.utils import InferenceServerException
 
-from tddfa_tools import serve
+from tddfa_tools.serve import embedded
+from tddfa_tools.serve.server import TritonServer, free_port
 
 TOY_REPOSITORY = Path(__file__).resolve().parent / "toy_repository"
 CLIENTS = {"http": httpclient, "grpc": grpcclient}
@@ -105,41 +106,41 @@ def test_metrics_endpoint_counts_requests(triton_server):
 def test_free_port_is_bindable():
     import socket
 
-    port = serve.free_port()
+    port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
 
 
 def test_missing_wheel_names_the_fix(monkeypatch):
-    from tddfa_tools import embedded
 
     monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(
-        serve.TritonServerError, match="nvidia-pytriton is not installed: run tools/setup.sh"
+        embedded.TritonServerError, match="nvidia-pytriton is not installed: run tools/setup.sh"
     ):
-        serve.tritonserver_dist()
+        embedded.tritonserver_dist()
 
 
 def test_missing_stub_names_the_python_version(tmp_path):
     dist = tmp_path / "tritonserver"
     (dist / "python_backend_stubs" / "3.8").mkdir(parents=True)
     with pytest.raises(
-        serve.TritonServerError, match=rf"no Python backend stub for Python {serve.python_tag()}"
+        embedded.TritonServerError,
+        match=rf"no Python backend stub for Python {embedded.python_tag()}",
     ):
-        serve.prepare_backends(dist, cache_root=tmp_path / "cache")
+        embedded.prepare_backends(dist, cache_root=tmp_path / "cache")
 
 
 def test_backends_are_copied_once_with_the_stub(tmp_path):
     dist = tmp_path / "tritonserver"
     (dist / "backends" / "python").mkdir(parents=True)
     (dist / "backends" / "python" / "libtriton_python.so").write_bytes(b"lib")
-    stub_dir = dist / "python_backend_stubs" / serve.python_tag()
+    stub_dir = dist / "python_backend_stubs" / embedded.python_tag()
     stub_dir.mkdir(parents=True)
     (stub_dir / "triton_python_backend_stub").write_bytes(b"stub")
-    first = serve.prepare_backends(dist, cache_root=tmp_path / "cache")
+    first = embedded.prepare_backends(dist, cache_root=tmp_path / "cache")
     assert (first / "python" / "triton_python_backend_stub").read_bytes() == b"stub"
     assert (first / "python" / "libtriton_python.so").is_file()
-    assert serve.prepare_backends(dist, cache_root=tmp_path / "cache") == first
+    assert embedded.prepare_backends(dist, cache_root=tmp_path / "cache") == first
     assert [p.name for p in first.parent.iterdir()] == ["backends"], "staging dirs left behind"
 
 
@@ -155,8 +156,8 @@ def test_start_failure_reports_the_model_error(tmp_path):
         "    def initialize(self, args):\n"
         "        raise RuntimeError('toy model refuses to load')\n"
     )
-    server = serve.TritonServer(model.parent, startup_timeout=60)
-    with pytest.raises(serve.TritonServerError, match="toy model refuses to load"):
+    server = TritonServer(model.parent, startup_timeout=60)
+    with pytest.raises(embedded.TritonServerError, match="toy model refuses to load"):
         server.start()
     assert not server.is_alive()
 

@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 from tddfa_clients.shared_memory import SharedMemorySlot
 from tddfa_clients.transport import Transport
 from tddfa_clients.triton_client import client_shm_prefix
-from tddfa_tools import admin_token
+from tddfa_tools.serve import admin_token
 
 pytestmark = pytest.mark.server
 

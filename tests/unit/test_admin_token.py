@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from tddfa_tools import admin_token
+from tddfa_tools.serve import admin_token
 
 
 @pytest.fixture(autouse=True)

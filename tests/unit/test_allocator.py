@@ -1,11 +1,11 @@
-"""tddfa_tools.allocator: which malloc tritonserver and its stubs get."""
+"""tddfa_tools.serve.allocator: which malloc tritonserver and its stubs get."""
 
 from __future__ import annotations
 
 import pytest
 
-from tddfa_tools import allocator
-from tddfa_tools.embedded import TritonServerError
+from tddfa_tools.serve import allocator
+from tddfa_tools.serve.embedded import TritonServerError
 
 JEMALLOC = "libjemalloc.so.2"
 

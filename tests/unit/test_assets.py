@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tddfa_tools import assets
-from tddfa_tools.assets import Asset, AssetError, load_pickle, resolve_assets
+from tddfa_tools.assets import command, resolve, safe_load, table
+from tddfa_tools.assets.resolve import resolve_assets
+from tddfa_tools.assets.safe_load import load_pickle
+from tddfa_tools.assets.table import Asset, AssetError
 
 CONTENT = b"pretend weights\n"
 SHA = hashlib.sha256(CONTENT).hexdigest()
@@ -24,13 +26,14 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]
     upstream = tmp_path / "upstream" / "x.bin"
     upstream.parent.mkdir()
     upstream.write_bytes(CONTENT)
-    table = {
+    one_file = {
         "x.bin": Asset("sub/x.bin", upstream.as_uri(), SHA),
         "opt.bin": Asset("sub/opt.bin", (tmp_path / "nowhere").as_uri(), None, optional=True),
     }
-    monkeypatch.setattr(assets, "ASSETS", table)
+    for module in (resolve, command):  # the modules that read the table
+        monkeypatch.setattr(module, "ASSETS", one_file)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv(assets.ENV_ASSET_DIR, raising=False)
+    monkeypatch.delenv(resolve.ENV_ASSET_DIR, raising=False)
     dirs = {name: tmp_path / name for name in ("explicit", "env")}
     dirs["cache"] = tmp_path / "cache" / "tddfa" / "assets"
     dirs["upstream"] = upstream
@@ -45,19 +48,19 @@ def _put(folder: Path, content: bytes = CONTENT) -> Path:
 
 
 def test_table_is_complete():
-    for name, asset in assets.ASSETS.items():
+    for name, asset in table.ASSETS.items():
         upstream = r"https://raw\.githubusercontent\.com/(cleardusk/3DDFA(_V2)?|NVIDIA-AI-IOT/FFmpeg-GPU-Demo)/"
         assert re.match(upstream, asset.url), asset.url
         assert asset.url.endswith(name) and asset.rel.endswith(name)
         if not asset.optional:
             assert asset.sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", asset.sha256)
-    assert assets.ASSETS["mb1_120x120.pth"].optional
-    assert assets.ASSETS["bfm_noneck_v3.pkl"].optional
+    assert table.ASSETS["mb1_120x120.pth"].optional
+    assert table.ASSETS["bfm_noneck_v3.pkl"].optional
 
 
 def test_shared_assets_verify(asset_dir: Path):
     found = resolve_assets(asset_dir=asset_dir, download=False)
-    required = {n for n, a in assets.ASSETS.items() if not a.optional}
+    required = {n for n, a in table.ASSETS.items() if not a.optional}
     assert required <= set(found)
     assert all(found[n].is_relative_to(asset_dir) for n in required)
 
@@ -68,10 +71,10 @@ def test_resolution_order(isolated, monkeypatch):
         _put(isolated["env"]),
         _put(isolated["cache"]),
     )
-    monkeypatch.setenv(assets.ENV_ASSET_DIR, str(isolated["env"]))
+    monkeypatch.setenv(resolve.ENV_ASSET_DIR, str(isolated["env"]))
     assert resolve_assets(["x.bin"], asset_dir=isolated["explicit"])["x.bin"] == explicit
     assert resolve_assets(["x.bin"])["x.bin"] == env
-    monkeypatch.delenv(assets.ENV_ASSET_DIR)
+    monkeypatch.delenv(resolve.ENV_ASSET_DIR)
     assert resolve_assets(["x.bin"], download=False)["x.bin"] == cache
     # a folder without the file falls through to the cache
     assert resolve_assets(["x.bin"], asset_dir=isolated["env"].parent / "empty")["x.bin"] == cache
@@ -113,7 +116,7 @@ def test_missing_message_lists_url_and_fix(isolated):
     message = str(info.value)
     assert "x.bin" in message and isolated["upstream"].as_uri() in message
     assert "download failed" in message
-    assert "--assets" in message and assets.ENV_ASSET_DIR in message
+    assert "--assets" in message and resolve.ENV_ASSET_DIR in message
     assert "opt.bin" not in message
     with pytest.raises(AssetError, match="downloads disabled"):
         resolve_assets(["x.bin"], download=False)
@@ -123,7 +126,7 @@ def test_optional_missing_is_left_out(isolated):
     _put(isolated["cache"])
     assert set(resolve_assets(download=False)) == {"x.bin"}
     with pytest.raises(AssetError, match="opt.bin"):
-        assets.asset_path("opt.bin")
+        resolve.asset_path("opt.bin")
 
 
 def test_unknown_name():
@@ -184,9 +187,9 @@ def test_torch_checkpoint_refuses_objects(tmp_path: Path, asset_dir: Path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "payload": _Evil(tmp_path / "pwned")}, path)
     with pytest.raises(pickle.UnpicklingError):
-        assets.load_torch_checkpoint(path)
+        safe_load.load_torch_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
-    checkpoint = assets.load_torch_checkpoint(asset_dir / "3ddfa_v2" / "mb05_120x120.pth")
+    checkpoint = safe_load.load_torch_checkpoint(asset_dir / "3ddfa_v2" / "mb05_120x120.pth")
     assert "module.fc_param.weight" in checkpoint["state_dict"]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tddfa.bfm import BFM, DenseDecoder, load_bfm, save_bfm
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_SHAPE, NUM_TRIANGLES, NUM_VERTICES
-from tddfa_tools.bfm_builder import (
+from tddfa_tools.build.bfm_builder import (
     BFM_ASSET_NAMES,
     MAX_HELDOUT_REL_ERROR,
     MAX_LANDMARK_REL_ERROR,
@@ -24,7 +24,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def assets(asset_dir: Path) -> dict[str, Path]:
-    from tddfa_tools.assets import resolve_assets
+    from tddfa_tools.assets.resolve import resolve_assets
 
     return resolve_assets(BFM_ASSET_NAMES, asset_dir=asset_dir, download=False)
 
@@ -86,7 +86,7 @@ def test_shape_basis_matches_grid_samples(built: tuple[BFM, Path], asset_dir: Pa
     """Independent of the builder: the dense basis at the vertex nearest each grid point."""
     from scipy.spatial import cKDTree
 
-    from tddfa_tools.assets import load_pickle
+    from tddfa_tools.assets.safe_load import load_pickle
 
     bfm, _ = built
     paf = load_pickle(asset_dir / "3ddfa_v1" / "Model_PAF.pkl")

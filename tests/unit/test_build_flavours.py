@@ -14,10 +14,12 @@ from tensorrt_stand_in import FakeTensorRT
 
 from tddfa.config import PipelineConfig
 from tddfa.engine_cache import read_profiles
-from tddfa_tools import repository, tensorrt_builder
-from tddfa_tools.model_config import check_bls, check_ensemble, load_repository
-from tddfa_tools.repository import BuildOptions, BuiltModels, build_repository
-from tddfa_tools.tensorrt_builder import default_profiles
+from tddfa_tools.build import repository, tensorrt_builder
+from tddfa_tools.build.exports import BuiltModels
+from tddfa_tools.build.model_config import check_bls, check_ensemble, load_repository
+from tddfa_tools.build.options import BuildOptions
+from tddfa_tools.build.repository import build_repository
+from tddfa_tools.build.tensorrt_builder import default_profiles
 
 MAX_BATCH = 4
 PIPELINE = PipelineConfig(max_faces=3)

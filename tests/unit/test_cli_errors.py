@@ -50,7 +50,7 @@ def test_build_max_faces_zero_fails(capsys, tmp_path) -> None:
 def test_build_without_assets_names_the_fix(capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TDDFA_ASSET_DIR", str(tmp_path / "no-assets"))
     monkeypatch.setenv("HOME", str(tmp_path))  # an empty asset cache
-    monkeypatch.setattr("tddfa_tools.assets.DOWNLOAD_TIMEOUT_S", 0.5, raising=False)
+    monkeypatch.setattr("tddfa_tools.assets.resolve.DOWNLOAD_TIMEOUT_S", 0.5, raising=False)
     monkeypatch.setattr(
         "urllib.request.urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline"))
     )

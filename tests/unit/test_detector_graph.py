@@ -1,4 +1,4 @@
-"""The whole-detector ONNX graph (tools/detector_graph.py) in onnxruntime against the Python
+"""The whole-detector ONNX graph (tools/build/detector_graph.py) in onnxruntime against the Python
 tddfa.detector.Detector: frames in, the K best faces out."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tddfa.detector import Detector
 from tddfa.preprocess import detector_scale, resized_size
 from tddfa.priors import prior_boxes
 from tddfa.runners import make_runner
-from tddfa_tools.detector_graph import (
+from tddfa_tools.build.detector_graph import (
     DETECTIONS,
     FACE_BOXES,
     FACE_COUNT,
@@ -138,7 +138,7 @@ def nms_shift(model) -> str:
 
 @pytest.fixture(scope="module")
 def graph_path(asset_dir, tmp_path_factory):
-    from tddfa_tools.export_onnx import export_detector_graph
+    from tddfa_tools.build.export_onnx import export_detector_graph
 
     out = tmp_path_factory.mktemp("detector_graph") / "face_detector.onnx"
     return export_detector_graph(asset_dir / "3ddfa_v2" / "FaceBoxesProd.pth", out, CFG)
@@ -237,9 +237,9 @@ def test_graph_batches_and_blank_frames(graph, frames):
 def test_native_configs_fit_the_exported_graphs(graph_path, onnx_models, flavour):
     """The configs `tddfa build` writes for the native flavours declare exactly what the real
     exported graphs have (Triton refuses a mismatch when it loads the model)."""
-    from tddfa_tools.flavours import configure_networks, graph_io_problems, layout_for
-    from tddfa_tools.model_config import load_repository
-    from tddfa_tools.repository import TEMPLATE
+    from tddfa_tools.build.flavours import configure_networks, graph_io_problems, layout_for
+    from tddfa_tools.build.model_config import load_repository
+    from tddfa_tools.build.repository import TEMPLATE
 
     configs = load_repository(TEMPLATE)  # the default K and canvas, as CFG
     configure_networks(configs, layout_for(flavour, "models"), gpu=True, fp16=True)

@@ -19,7 +19,7 @@ import pytest
 from tddfa import engine_cache, runners
 from tddfa.config import PipelineConfig
 from tddfa.runners import choice
-from tddfa_tools import tensorrt_builder
+from tddfa_tools.build import tensorrt_builder
 
 PROFILE = {"CROPS": ((1, 1, 3, 120, 120), (1, 8, 3, 120, 120), (8, 8, 3, 120, 120))}
 

@@ -72,7 +72,7 @@ def test_a_missing_folder_fails_before_any_work(tmp_path: Path) -> None:
 def test_model_configs_are_written_0644(tmp_path: Path, umask_022) -> None:
     """config.pbtxt files were once 0600 (mkstemp); servers under another user could
     not read them."""
-    from tddfa_tools.model_config import ModelConfig, load_config, save_config
+    from tddfa_tools.build.model_config import ModelConfig, load_config, save_config
 
     config = ModelConfig(name="m", backend="python", max_batch_size=8)
     save_config(config, tmp_path / "config.pbtxt")

@@ -1,11 +1,11 @@
-"""The guard's checks (tools/guard_rules.py) on the poison requests of docs/security.md and their kin."""
+"""The guard's checks (tools/guard/rules.py) on the poison requests of docs/security.md and their kin."""
 
 from __future__ import annotations
 
 import pytest
 from tritonclient.grpc import service_pb2
 
-from tddfa_tools.guard_rules import (
+from tddfa_tools.guard.rules import (
     Limits,
     Refused,
     check_grpc_infer,

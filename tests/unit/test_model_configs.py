@@ -9,22 +9,24 @@ import pytest
 
 from tddfa.config import PipelineConfig
 from tddfa.contract import OUTPUT_NAMES, SEQUENCE_OUTPUT_NAMES
-from tddfa_tools.flavours import configure_networks, layout_for
-from tddfa_tools.graph_config import graph_problems, write_graph
-from tddfa_tools.model_config import (
+from tddfa_tools.build.exports import BuiltModels
+from tddfa_tools.build.flavours import configure_networks, layout_for
+from tddfa_tools.build.graph_config import graph_problems, write_graph
+from tddfa_tools.build.model_config import (
     check_bls,
     check_ensemble,
     load_config,
     load_repository,
 )
-from tddfa_tools.repository import BuildOptions, BuiltModels, configure
+from tddfa_tools.build.options import BuildOptions
+from tddfa_tools.build.repository import configure
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 STEPS = ["face_detector", "face_aligner", "face_renderer", "face_vertices"]
 SEQUENCE_STEPS = ["face_tracker", "face_renderer", "face_vertices"]
 ENSEMBLES = ["tddfa", "tddfa_track"]
 NETWORK_MODELS = ["face_regressor"]  # served on its own in some flavours (BLS), in no ensemble
-# (flavour, --networks, device): every layout tddfa_tools.flavours knows
+# (flavour, --networks, device): every layout tddfa_tools.build.flavours knows
 LAYOUTS = [
     ("python", "in-process", "cpu"),
     ("python", "models", "cpu"),
@@ -149,7 +151,7 @@ def test_every_layout_is_wired_consistently(layout_configs):
 
 
 def test_layouts_serve_the_networks_as_documented(layout_configs):
-    """The flavour matrix of tools/flavours.py, read back from the configs."""
+    """The flavour matrix of tools/build/flavours.py, read back from the configs."""
     (flavour, networks, device), built = layout_configs
     served = {name: config.platform or config.backend for name, config in built.items()}
     calls = {

@@ -19,7 +19,7 @@ from tddfa.networks.mobilenet_v1 import (  # noqa: E402
     load_mobilenet,
 )
 from tddfa.preprocess import detector_scale  # noqa: E402
-from tddfa_tools.export_onnx import PARITY_RTOL, check_parity, relative_error  # noqa: E402
+from tddfa_tools.build.export_onnx import PARITY_RTOL, check_parity, relative_error  # noqa: E402
 
 IMAGES = ("emma.jpg", "trump_hillary.jpg", "JianzhuGuo.jpg")
 

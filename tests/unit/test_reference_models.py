@@ -20,8 +20,8 @@ from tddfa.detection import select_faces  # noqa: E402
 from tddfa.preprocess import detector_scale  # noqa: E402
 from tddfa.priors import prior_boxes  # noqa: E402
 from tddfa.runners import OnnxRuntimeRunner, make_runner, parse_device  # noqa: E402
-from tddfa_tools.assets import load_pickle  # noqa: E402
-from tddfa_tools.export_onnx import relative_error  # noqa: E402
+from tddfa_tools.assets.safe_load import load_pickle  # noqa: E402
+from tddfa_tools.build.export_onnx import relative_error  # noqa: E402
 
 CFG = PipelineConfig()
 

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from tddfa_tools.cli import build_parser
-from tddfa_tools.serve import TritonServer
+from tddfa_tools.serve.server import TritonServer
 
 
 def test_cli_binds_loopback_by_default() -> None:
@@ -51,7 +51,7 @@ def test_the_token_is_not_logged(tmp_path: Path, caplog, monkeypatch) -> None:
         raise RuntimeError("stop here")
 
     monkeypatch.setattr("subprocess.Popen", no_process)
-    with caplog.at_level(logging.INFO, logger="tddfa_tools.serve"):
+    with caplog.at_level(logging.INFO, logger="tddfa_tools.serve.server"):
         try:
             server.start()
         except RuntimeError:

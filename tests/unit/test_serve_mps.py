@@ -8,9 +8,9 @@ import stat
 
 import pytest
 
-from tddfa_tools.cuda_mps import CudaMps, MpsError, cuda_memory_pool_args, visible_gpu_count
-from tddfa_tools.serve import TritonServer
-from tddfa_tools.serve_command import _gpu_list
+from tddfa_tools.serve.command import _gpu_list
+from tddfa_tools.serve.cuda_mps import CudaMps, MpsError, cuda_memory_pool_args, visible_gpu_count
+from tddfa_tools.serve.server import TritonServer
 
 
 @pytest.fixture()
@@ -120,7 +120,7 @@ def test_visible_gpu_count_reads_cuda_visible_devices(visible, expected):
 def test_pool_flags_follow_the_visible_gpus(monkeypatch):
     """A server pinned to GPU 1 sees one device, numbered 0: no flag for a device 1 it
     cannot see (Triton refuses that)."""
-    monkeypatch.setattr("tddfa_tools.cuda_mps.gpu_count", lambda: 2)
+    monkeypatch.setattr("tddfa_tools.serve.cuda_mps.gpu_count", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert cuda_memory_pool_args(4) == ["--cuda-memory-pool-byte-size=0:4194304"]
 
@@ -144,9 +144,9 @@ def test_server_environment_pins_gpus(tmp_path, monkeypatch):
         raise Stop
 
     (tmp_path / "repo").mkdir()
-    monkeypatch.setattr("tddfa_tools.serve.tritonserver_dist", lambda: tmp_path)
-    monkeypatch.setattr("tddfa_tools.serve.prepare_backends", lambda dist: tmp_path)
-    monkeypatch.setattr("tddfa_tools.serve.server_environment", lambda dist: {"A": "1"})
+    monkeypatch.setattr("tddfa_tools.serve.server.tritonserver_dist", lambda: tmp_path)
+    monkeypatch.setattr("tddfa_tools.serve.server.prepare_backends", lambda dist: tmp_path)
+    monkeypatch.setattr("tddfa_tools.serve.server.server_environment", lambda dist: {"A": "1"})
     monkeypatch.setattr("subprocess.Popen", fake_popen)
     with pytest.raises(Stop):
         TritonServer(tmp_path / "repo", gpus=[1]).start()
@@ -162,7 +162,7 @@ def _repository(tmp_path, kind: str):
 
 
 def test_one_server_over_several_gpus_is_warned_about(tmp_path, monkeypatch):
-    from tddfa_tools import serve_command
+    from tddfa_tools.serve import command as serve_command
 
     gpu_build = _repository(tmp_path, "KIND_GPU")
     warning = serve_command.spanning_gpus_warning(gpu_build, (0, 1))
@@ -176,7 +176,7 @@ def test_one_server_over_several_gpus_is_warned_about(tmp_path, monkeypatch):
 
 
 def test_a_cpu_build_is_not_warned_about_gpus(tmp_path, monkeypatch):
-    from tddfa_tools import serve_command
+    from tddfa_tools.serve import command as serve_command
 
     monkeypatch.setattr(serve_command, "visible_gpu_count", lambda: 2)
     assert serve_command.spanning_gpus_warning(_repository(tmp_path, "KIND_CPU"), None) is None

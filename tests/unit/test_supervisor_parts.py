@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tddfa_tools.stubs import find_stubs, parse_stub, remove_regions
-from tddfa_tools.supervisor_metrics import SupervisorMetrics
+from tddfa_tools.serve.stubs import find_stubs, parse_stub, remove_regions
+from tddfa_tools.serve.supervisor_metrics import SupervisorMetrics
 
 STUB = "/cache/backends/python/triton_python_backend_stub"
 

@@ -15,8 +15,8 @@ import pytest
 from tensorrt_stand_in import FakeInput, FakeNetwork, FakeTensorRT
 
 from tddfa.config import NUM_PARAMS, REGRESSOR_SIZE, PipelineConfig
-from tddfa_tools import tensorrt_builder
-from tddfa_tools.tensorrt_builder import (
+from tddfa_tools.build import tensorrt_builder
+from tddfa_tools.build.tensorrt_builder import (
     _check_profiles,
     build_engine,
     default_profiles,
@@ -66,7 +66,7 @@ def test_detector_graph_profile_fits_the_graph(tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     import onnx
 
-    from tddfa_tools.detector_graph import build_rescale_graph
+    from tddfa_tools.build.detector_graph import build_rescale_graph
 
     path = tmp_path / "rescale.onnx"
     onnx.save(build_rescale_graph(PipelineConfig()), str(path))
@@ -139,7 +139,7 @@ TINY_BATCH = 2
 def tiny_onnx(
     onnx_models: dict[str, Path], asset_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
-    from tddfa_tools.export_onnx import export_detector_graph
+    from tddfa_tools.build.export_onnx import export_detector_graph
 
     out = tmp_path_factory.mktemp("trt_onnx")
     graph = export_detector_graph(

@@ -16,7 +16,7 @@ from tddfa.tracking import (
     iou,
     match_detections,
 )
-from tddfa_tools.motion_clip import make_clip, measure
+from tddfa_tools.dev.motion_clip import make_clip, measure
 
 SEQUENCE_IDS = itertools.count(1000)
 

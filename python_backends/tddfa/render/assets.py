@@ -1,6 +1,6 @@
 """The renderer's per-vertex tables and texture: one ``render_assets.npz`` per model version.
 
-Written by ``tddfa_tools.render_assets.build_render_assets`` from 3DDFA_V2's files:
+Written by ``tddfa_tools.build.render_assets.build_render_assets`` from 3DDFA_V2's files:
 
 - ``ncc`` (3, N) float32: ``configs/ncc_code.npy``, the per-axis min-max normalised mean
   shape, the ``pncc`` mode's colours (row 0 -> red, 1 -> green, 2 -> blue);
@@ -10,7 +10,7 @@ Written by ``tddfa_tools.render_assets.build_render_assets`` from 3DDFA_V2's fil
   GPU demo's ``color.1024x1024.jpg`` (absent when that file was not available; a
   deployment may configure any image instead, see :func:`load_texture_image`);
 - ``lod_triangles`` (3, T') int32: a coarser triangulation over a subset of the same
-  vertices (about 37 % of the triangles, tddfa_tools.mesh_lod) for small faces.
+  vertices (about 37 % of the triangles, tddfa_tools.build.mesh_lod) for small faces.
 
 No pickles are read.
 """
@@ -27,7 +27,9 @@ from tddfa.config import NUM_VERTICES
 
 RENDER_ASSETS_FILE = "render_assets.npz"
 _FORMAT_VERSION = 1
-_REBUILD_HINT = "rebuild it with `tddfa build` (tddfa_tools.render_assets.build_render_assets)"
+_REBUILD_HINT = (
+    "rebuild it with `tddfa build` (tddfa_tools.build.render_assets.build_render_assets)"
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -245,7 +245,7 @@ def build_render_step(
     else:
         LOG.warning(
             "%s has no %s: render modes pncc, texture and uv are unavailable; build it with "
-            "tddfa_tools.render_assets.build_render_assets",
+            "tddfa_tools.build.render_assets.build_render_assets",
             version_dir,
             RENDER_ASSETS_FILE,
         )

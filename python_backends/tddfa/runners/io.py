@@ -8,7 +8,7 @@ from typing import Any
 MODEL_ONNX = "model.onnx"
 MODEL_PLAN = "model.plan"
 # (input names, output names) of the two networks, fixed at ONNX export
-# (tools/export_onnx.py): the PyTorch rebuild and BLS calls to a served network use them.
+# (tools/build/export_onnx.py): the PyTorch rebuild and BLS calls to a served network use them.
 NETWORK_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "face_detector": (("DETECTOR_INPUT",), ("LOC", "CONF")),  # the bare FaceBoxes
     "face_regressor": (("CROPS",), ("PARAMS_NORM",)),

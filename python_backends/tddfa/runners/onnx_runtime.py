@@ -41,7 +41,7 @@ class OnnxRuntimeRunner:
             providers = ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         # ORT's CPU arena never shrinks: each new largest batch (four full frames re-detected
-        # at once) grows it for good. Under jemalloc (tddfa_tools.allocator) plain malloc is as
+        # at once) grows it for good. Under jemalloc (tddfa_tools.serve.allocator) plain malloc is as
         # fast: 259 vs 263 ms for 7 aligner + 4 detector batches, peak RSS 264 vs 369 MB.
         options.enable_cpu_mem_arena = False
         if threads is not None:

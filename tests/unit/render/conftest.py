@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def render_version(built_repository: Path, asset_dir: Path, tmp_path_factory) -> Path:
     """A face_renderer version folder: the build's bfm.npz and a fresh render_assets.npz."""
-    from tddfa_tools.render_assets import build_render_assets
+    from tddfa_tools.build.render_assets import build_render_assets
 
     folder = tmp_path_factory.mktemp("face_renderer")
     (folder / "bfm.npz").symlink_to(

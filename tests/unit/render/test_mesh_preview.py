@@ -1,4 +1,4 @@
-"""tddfa_tools.mesh_preview: an exported file read back by trimesh and drawn by the
+"""tddfa_tools.dev.mesh_preview: an exported file read back by trimesh and drawn by the
 project's renderer, as the README's mesh picture is made."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from tddfa_clients.mesh import MeshTables, write_faces
-from tddfa_tools.mesh_preview import BACKGROUND, main, render_preview
+from tddfa_tools.dev.mesh_preview import BACKGROUND, main, render_preview
 
 
 def _two_domes(tmp_path):

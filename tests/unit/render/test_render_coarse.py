@@ -1,4 +1,4 @@
-"""The coarse mesh small faces are drawn with (tddfa_tools.mesh_lod): a valid triangulation
+"""The coarse mesh small faces are drawn with (tddfa_tools.build.mesh_lod): a valid triangulation
 of the same surface over a subset of the vertices, used below render_coarse_below pixels,
 and a picture within a grey level or so of the full mesh's."""
 

@@ -1,6 +1,6 @@
 """A ``tritonserver`` process: start, readiness, log forwarding, clean stop.
 
-By default the embedded server of the ``nvidia-pytriton`` wheel (:mod:`tddfa_tools.embedded`
+By default the embedded server of the ``nvidia-pytriton`` wheel (:mod:`tddfa_tools.serve.embedded`
 finds it and prepares its Python backend); ``binary=`` runs another one (the NGC container's).
 
 Library use::
@@ -9,9 +9,9 @@ Library use::
         client = tritonclient.http.InferenceServerClient(server.url)
 
 CLI: ``tddfa serve [--model-repository DIR] [--host ADDR] [--http-port N] ...``: the server
-under :class:`tddfa_tools.supervisor.Supervisor` (self-healing). Safe defaults: it binds
+under :class:`tddfa_tools.serve.supervisor.Supervisor` (self-healing). Safe defaults: it binds
 127.0.0.1, and Triton's shared-memory / model-control / logging / trace APIs need the admin
-token (:mod:`tddfa_tools.admin_token`; docs/security.md).
+token (:mod:`tddfa_tools.serve.admin_token`; docs/security.md).
 """
 
 from __future__ import annotations
@@ -31,22 +31,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tddfa_tools import admin_token
-from tddfa_tools.allocator import with_allocator
-from tddfa_tools.cuda_mps import (  # noqa: F401  (re-exported: serve's GPU options)
-    CudaMps,
-    MpsError,
-    cuda_memory_pool_args,
-    cuda_visible_devices,
-    gpu_count,
-    visible_gpu_count,
-)
-from tddfa_tools.embedded import (  # noqa: F401  (re-exported: the server's locations)
-    SETUP_HINT,
+from tddfa_tools.serve import admin_token
+from tddfa_tools.serve.allocator import with_allocator
+from tddfa_tools.serve.cuda_mps import CudaMps, MpsError, cuda_visible_devices
+from tddfa_tools.serve.embedded import (
     THREAD_VARIABLES,
     TritonServerError,
     prepare_backends,
-    python_tag,
     server_environment,
     tritonserver_dist,
 )
@@ -85,7 +76,7 @@ class TritonServer:
         model_control: ``"explicit"`` (default: every model loaded at start, and the model
             control API available to the supervisor) or ``"none"``.
         restrict_admin: close Triton's shared-memory, model-repository, logging and trace
-            APIs to requests without :attr:`admin_token` (:mod:`tddfa_tools.admin_token`).
+            APIs to requests without :attr:`admin_token` (:mod:`tddfa_tools.serve.admin_token`).
         binary: a ``tritonserver`` to run instead of the wheel's (the NGC container's
             ``/opt/tritonserver/bin/tritonserver``, with its own backends).
         cuda_mps: run the model instances under a private CUDA MPS daemon (:class:`CudaMps`).
@@ -93,7 +84,7 @@ class TritonServer:
             server numbers them 0..n-1); None: every GPU of the host. One server per GPU
             (``gpus=[i]`` each) keeps every request on one GPU: docs/multi_gpu.md.
         allocator: ``"auto"`` (jemalloc when installed), ``"jemalloc"`` or ``"system"``: the
-            malloc of the server and its stubs (:mod:`tddfa_tools.allocator`).
+            malloc of the server and its stubs (:mod:`tddfa_tools.serve.allocator`).
     """
 
     def __init__(
@@ -362,7 +353,7 @@ class TritonServer:
         """After the server exited: kill stub processes left behind and remove this server's
         ``/dev/shm`` regions (a stub killed by a fault leaves its region; so does a server
         that was killed). Returns the names removed."""
-        from tddfa_tools.stubs import kill_stubs, remove_regions
+        from tddfa_tools.serve.stubs import kill_stubs, remove_regions
 
         kill_stubs(self.shm_prefix)
         removed = remove_regions(self.shm_prefix)

@@ -1,6 +1,6 @@
 """Triton's model repository API (index, load, unload) and the few model endpoints the
 supervisor needs, over HTTP with the server's admin token (the repository API is restricted,
-:mod:`tddfa_tools.admin_token`)."""
+:mod:`tddfa_tools.serve.admin_token`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import urllib.error
 import urllib.request
 
-from tddfa_tools.serve import TritonServer
+from tddfa_tools.serve.server import TritonServer
 
 
 class ModelControlError(RuntimeError):

@@ -17,7 +17,7 @@ import platform
 import sysconfig
 from pathlib import Path
 
-from tddfa_tools.embedded import TritonServerError
+from tddfa_tools.serve.embedded import TritonServerError
 
 LOGGER = logging.getLogger(__name__)
 

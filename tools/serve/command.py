@@ -1,9 +1,9 @@
 """``tddfa serve``: tritonserver on a model repository, supervised.
 
-The server (:class:`tddfa_tools.serve.TritonServer`) binds 127.0.0.1 unless ``--host`` says
+The server (:class:`tddfa_tools.serve.server.TritonServer`) binds 127.0.0.1 unless ``--host`` says
 otherwise, loads every model at start (explicit model control) and closes Triton's admin
 APIs to requests without its admin token; the supervisor
-(:class:`tddfa_tools.supervisor.Supervisor`) reloads a model whose Python stub died or hung
+(:class:`tddfa_tools.serve.supervisor.Supervisor`) reloads a model whose Python stub died or hung
 and restarts a crashed server. SIGINT/SIGTERM stop everything cleanly, exit status 0.
 """
 
@@ -16,17 +16,21 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from tddfa_tools.allocator import ALLOCATORS
-from tddfa_tools.cuda_mps import cuda_memory_pool_args, cuda_visible_devices, visible_gpu_count
-from tddfa_tools.serve import (
+from tddfa_tools.serve.allocator import ALLOCATORS
+from tddfa_tools.serve.cuda_mps import (
+    cuda_memory_pool_args,
+    cuda_visible_devices,
+    visible_gpu_count,
+)
+from tddfa_tools.serve.embedded import TritonServerError
+from tddfa_tools.serve.server import (
     DEFAULT_PORTS,
     DEFAULT_REPOSITORY,
     SUPERVISOR_PORT,
     TritonServer,
-    TritonServerError,
 )
 
-LOGGER = logging.getLogger("tddfa_tools.serve")
+LOGGER = logging.getLogger(__name__)
 
 
 # -- CLI ---------------------------------------------------------------------------------------
@@ -167,7 +171,7 @@ def spanning_gpus_warning(repository: Path, gpus: tuple[int, ...] | None) -> str
 def run(args: argparse.Namespace) -> int:
     """``tddfa serve``: serve until SIGINT/SIGTERM (exit 0), or exit 1 when the server cannot
     be started or keeps crashing (the supervisor restarts it otherwise)."""
-    from tddfa_tools.supervisor import Supervisor, SupervisorSettings
+    from tddfa_tools.serve.supervisor import Supervisor, SupervisorSettings
 
     stop = threading.Event()
     starting = threading.Event()

@@ -5,7 +5,7 @@ finds and aligns the faces, then the face_renderer step draws the photo in every
 tddfa.contract.RENDER_MODES; the pictures are cropped to the faces, scaled, labelled and
 tiled into one JPEG.
 
-  .venv/bin/python -m tddfa_tools.contact_sheet --out docs/render_modes.jpg
+  .venv/bin/python -m tddfa_tools.dev.contact_sheet --out docs/render_modes.jpg
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tddfa_tools.repository import REPO_ROOT
+from tddfa_tools.build.options import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def render_modes(repository: Path, image: np.ndarray, asset_dir: Path | None) ->
     from tddfa.pipeline import Pipeline
     from tddfa.render.assets import RENDER_ASSETS_FILE
     from tddfa.render.step import build_render_step, inputs_from_outputs
-    from tddfa_tools.render_assets import build_render_assets
+    from tddfa_tools.build.render_assets import build_render_assets
 
     os.environ.setdefault("EGL_PLATFORM", "surfaceless")
     outputs = Pipeline(repository, render=False)(image[None])
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from tddfa.config import PipelineConfig
     from tddfa.files import atomic_path
-    from tddfa_tools.assets import asset_path
+    from tddfa_tools.assets.resolve import asset_path
 
     source = args.image or asset_path("emma.jpg", asset_dir=args.assets)
     image = np.asarray(Image.open(source).convert("RGB"))

@@ -62,7 +62,7 @@ def default_profiles(
     Batch (frames) 1..max_batch_size, optimised for ``opt_batch_size``; faces 1..K, optimised
     for K. The detector:
 
-    - ``detector="graph"`` (tensorrt flavour, tools/detector_graph.py): ``IMAGE`` uint8
+    - ``detector="graph"`` (tensorrt flavour, tools/build/detector_graph.py): ``IMAGE`` uint8
       (N, H, W, 3) of any frame size the service accepts: from ``min_image_size`` square up
       to ``max_image_height`` x ``max_image_width``, optimised for the canvas size (the
       usual frame: 720x1280 by default);

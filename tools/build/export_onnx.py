@@ -5,7 +5,7 @@ Graph I/O (fixed here, used by every config.pbtxt):
                   (the network alone: the python flavour's runner, under tddfa.detector.Detector)
   face_detector (whole, :func:`export_detector_graph`, onnxruntime/tensorrt flavours):
                   IMAGE uint8 (N, H, W, 3) -> FACE_BOXES (N, K, 5), FACE_COUNT (N, 1) int32,
-                  DETECTIONS, NUM_FACES (tools/detector_graph.py)
+                  DETECTIONS, NUM_FACES (tools/build/detector_graph.py)
   face_regressor: CROPS float32 (N, K, 3, 120, 120) RGB 0..255 -> PARAMS_NORM (N, K, 62); the
                   face axis K is dynamic, so (1, F, ...) runs only F filled faces
 The input is float32 (not uint8): the detector canvas is padded with the mean colour and the
@@ -170,7 +170,7 @@ def export_detector_graph(
     weights: str | os.PathLike, out_path: str | os.PathLike, cfg: PipelineConfig
 ) -> Path:
     """``FaceBoxesProd.pth`` -> the whole ``face_detector`` as one ONNX graph (frames in, the
-    K best faces out; tools/detector_graph.py) for ``cfg``'s canvas, rule, thresholds and K.
+    K best faces out; tools/build/detector_graph.py) for ``cfg``'s canvas, rule, thresholds and K.
 
     The network part is checked against PyTorch like the other exports; the whole graph is
     checked by ``onnx.checker`` and run once by onnxruntime on a small frame. Written
@@ -179,7 +179,7 @@ def export_detector_graph(
     import onnx
 
     from tddfa.networks.faceboxes import load_faceboxes
-    from tddfa_tools.detector_graph import (
+    from tddfa_tools.build.detector_graph import (
         FACE_BOXES,
         FACE_COUNT,
         NETWORK_INPUT,

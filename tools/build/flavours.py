@@ -4,12 +4,12 @@
 |---|---|---|---|
 | python (in-process, default) | Python model: ``tddfa.detector`` over ``1/face_detector/`` | not served | run the networks in-process from ``1/<network>/`` |
 | python (models) | the same Python model | Python model: ``tddfa.runners`` over ``1/model.onnx`` | BLS: both call face_regressor, face_tracker also face_detector |
-| onnxruntime | ``onnxruntime_onnx``: the one-graph detector (``tools/detector_graph.py``) | ``onnxruntime_onnx`` | BLS, as above |
+| onnxruntime | ``onnxruntime_onnx``: the one-graph detector (``tools/build/detector_graph.py``) | ``onnxruntime_onnx`` | BLS, as above |
 | tensorrt | ``tensorrt_plan``: that graph's engine | ``tensorrt_plan`` | BLS, as above |
 
 face_renderer and face_vertices are Python models in every flavour. A step calls a served
 model when its config has the parameter ``<network>_model`` (tddfa.contract.bls_parameter);
-tddfa_tools.model_config.check_bls checks those calls like check_ensemble checks the wiring.
+tddfa_tools.build.model_config.check_bls checks those calls like check_ensemble checks the wiring.
 Python-flavour network folders get ``tensorrt_profiles.json`` so the runner can build a
 TensorRT engine where ``tensorrt`` imports (tddfa.engine_cache); the tensorrt flavour builds
 its engines here, with the TensorRT of the build machine (which must be the server's).
@@ -191,7 +191,7 @@ def graph_io_problems(config: Any, onnx_path: Path) -> list[str]:
 def place_network_files(repo: Path, layout: Layout, options: Any, models: Any) -> None:
     """Write what serves each network into the staged repository ``repo``.
 
-    ``options``: tddfa_tools.repository.BuildOptions; ``models``: its BuiltModels (the
+    ``options``: tddfa_tools.build.options.BuildOptions; ``models``: its BuiltModels (the
     exported ONNX files and the weights the PyTorch CUDA runner rebuilds them from).
     """
     for name in layout.dropped:
@@ -217,7 +217,7 @@ def _python_network(network: str, folder: Path, options: Any, models: Any) -> No
     """What tddfa.runners needs to run ``network`` from ``folder``: model.onnx, the engine
     profile for the TensorRT runner, and on GPU builds the PyTorch weights."""
     from tddfa.engine_cache import write_profiles
-    from tddfa_tools.tensorrt_builder import default_profiles
+    from tddfa_tools.build.tensorrt_builder import default_profiles
 
     folder.mkdir(parents=True, exist_ok=True)
     link(models.networks[network], folder / "model.onnx")
@@ -232,7 +232,7 @@ def _engine(name: str, onnx: Path, options: Any) -> Path:
     """The TensorRT engine of ``onnx`` for this machine's GPU, built once and cached in
     ``<models_dir>/engines`` (keyed by the ONNX file, profile, precision, GPU and TensorRT)."""
     from tddfa.engine_cache import cached_engine
-    from tddfa_tools.tensorrt_builder import default_profiles
+    from tddfa_tools.build.tensorrt_builder import default_profiles
 
     profile = default_profiles(options.pipeline, options.max_batch_size)[name]
     return cached_engine(

@@ -1,6 +1,6 @@
 """The admin token: Triton's restricted APIs, closed to clients that do not hold it.
 
-``tddfa serve`` (and :class:`tddfa_tools.serve.TritonServer`) starts tritonserver with
+``tddfa serve`` (and :class:`tddfa_tools.serve.server.TritonServer`) starts tritonserver with
 ``--http-restricted-api`` / ``--grpc-restricted-protocol`` over :data:`RESTRICTED_APIS`:
 
 - ``shared-memory``: registering a system shared-memory region makes the *server* map any

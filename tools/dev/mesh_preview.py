@@ -7,7 +7,7 @@ weights). The scene is turned by ``--yaw`` / ``--pitch`` degrees about its centr
 orthographically from +Z (upright files: +Y up, as a glTF viewer opens them) and drawn
 with the project's own renderer (shaded, EGL on Mesa llvmpipe, no GPU needed).
 
-  .venv/bin/python -m tddfa_tools.mesh_preview faces.glb anim.glb --out docs/mesh_export.jpg
+  .venv/bin/python -m tddfa_tools.dev.mesh_preview faces.glb anim.glb --out docs/mesh_export.jpg
 """
 
 from __future__ import annotations

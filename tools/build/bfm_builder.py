@@ -28,7 +28,7 @@ from scipy.spatial import cKDTree
 
 from tddfa.bfm import BFM, save_bfm
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, NUM_SHAPE, NUM_VERTICES
-from tddfa_tools.assets import load_pickle
+from tddfa_tools.assets.safe_load import load_pickle
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ face_renderer version folder (next to bfm.npz). From 3DDFA_V2's public files:
   face texture, the texture mode's default image;
 - the mean shape (``3ddfa_v1/u_shp.npy`` + ``u_exp.npy`` at ``indices.npy``), ``uv`` and
   ``3ddfa_v2/tri.pkl`` -> ``lod_triangles``: the coarse mesh small faces are drawn with
-  (tddfa_tools.mesh_lod).
+  (tddfa_tools.build.mesh_lod).
 
 The file format and loader are :mod:`tddfa.render.assets`. Derived from the Basel Face
 Model: academic, non-commercial use only.
@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from tddfa.render.assets import RenderAssets, load_texture_image, save_render_assets
-from tddfa_tools.assets import bfm_uv_coordinates, load_pickle, resolve_assets
-from tddfa_tools.mesh_lod import coarse_triangles
+from tddfa_tools.assets.resolve import resolve_assets
+from tddfa_tools.assets.safe_load import bfm_uv_coordinates, load_pickle
+from tddfa_tools.build.mesh_lod import coarse_triangles
 
 log = logging.getLogger(__name__)
 

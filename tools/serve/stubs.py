@@ -6,7 +6,7 @@ instance in its own process, ``triton_python_backend_stub``, launched as
 <python lib> <ipc handle> <instance name> <runtime model dir>"``, so the process's argv
 names the model (the folder two levels above ``model.py``), the instance
 (``<model>_<group>_<index>``) and the shared-memory region, whose name is the backend's
-``shm-region-prefix-name`` followed by a UUID. :class:`tddfa_tools.serve.TritonServer`
+``shm-region-prefix-name`` followed by a UUID. :class:`tddfa_tools.serve.server.TritonServer`
 gives every server a unique prefix, so the stubs and regions of one server are found by
 that prefix, even after a killed server's stubs were re-parented.
 """

@@ -2,7 +2,7 @@
 
 What Triton 2.51 does on its own (python_backend and core r24.10, checked on this server):
 
-- A model instance's Python code runs in a stub process (:mod:`tddfa_tools.stubs`). When it
+- A model instance's Python code runs in a stub process (:mod:`tddfa_tools.serve.stubs`). When it
   dies (a crash, the OOM killer, ``kill -9``, a poison request that kills it inside the stub
   before our code runs), the backend never restarts it (the restart is a TODO in
   ``TRITONBACKEND_ModelInstanceExecute``): every later request fails with
@@ -27,7 +27,7 @@ So the :class:`Supervisor` watches, from a thread, every ``poll_interval``:
    ensemble; a failure naming an instance reloads its model, two timeouts in a row reload
    every Python model (a hung step holds the ensemble without any process dying).
 
-Every event is logged and counted (:mod:`tddfa_tools.supervisor_metrics`, ``/metrics`` of
+Every event is logged and counted (:mod:`tddfa_tools.serve.supervisor_metrics`, ``/metrics`` of
 the supervisor's endpoint).
 """
 
@@ -46,10 +46,11 @@ import urllib.request
 import numpy as np
 
 from tddfa.contract import IMAGE_INPUT, OUTPUT_NAMES, STATELESS_ENSEMBLE
-from tddfa_tools.model_control import ModelControl, ModelControlError
-from tddfa_tools.serve import TritonServer, TritonServerError
-from tddfa_tools.stubs import Stub, find_stubs, kill_stubs
-from tddfa_tools.supervisor_metrics import MetricsServer, SupervisorMetrics
+from tddfa_tools.serve.embedded import TritonServerError
+from tddfa_tools.serve.model_control import ModelControl, ModelControlError
+from tddfa_tools.serve.server import TritonServer
+from tddfa_tools.serve.stubs import Stub, find_stubs, kill_stubs
+from tddfa_tools.serve.supervisor_metrics import MetricsServer, SupervisorMetrics
 
 LOG = logging.getLogger(__name__)
 
