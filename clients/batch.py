@@ -24,27 +24,23 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import glob
-import json
 import logging
-import os
-import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
+import tenacity
 from tqdm import tqdm
 
 from tddfa.contract import STATELESS_ENSEMBLE, UV_MODE
 from tddfa.files import is_temporary
+from tddfa_clients.batch_jobs import MESH_FORMATS, BadInput, Job, check_input, plan_jobs
+from tddfa_clients.batch_manifest import DONE, FAILED, MANIFEST, SKIPPED, Manifest
 from tddfa_clients.endpoints import Endpoints
 from tddfa_clients.image import (
-    IMAGE_SUFFIXES,
     ImageError,
     add_mesh_space_argument,
     add_render_argument,
     process_image,
-    read_image,
     render_parameters,
 )
 from tddfa_clients.mesh_animation import open_animation
@@ -62,7 +58,6 @@ from tddfa_clients.triton_client import (
     protocol_hint,
 )
 from tddfa_clients.video import (
-    VIDEO_SUFFIXES,
     add_mode_arguments,
     model_for,
     process_video,
@@ -72,162 +67,6 @@ from tddfa_clients.video_io import VideoError, probe
 from tddfa_tools.arguments import non_negative_int, positive_float, positive_int
 
 LOG = logging.getLogger(__name__)
-
-MANIFEST = "manifest.jsonl"
-DONE, FAILED, SKIPPED = "done", "failed", "skipped"
-
-
-# -- inputs ---------------------------------------------------------------------------
-
-
-MESH_FORMATS = ("glb", "obj", "ply")
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    source: Path  # absolute
-    output: Path  # absolute, inside the output folder
-    mesh: Path | None = None  # --mesh: beside the output
-
-    @property
-    def is_image(self) -> bool:
-        return self.source.suffix.lower() in IMAGE_SUFFIXES
-
-
-def mesh_beside(output: Path, mesh_format: str | None) -> Path | None:
-    """The mesh file of ``output`` (same name): a video's is always an animated .glb."""
-    if mesh_format is None:
-        return None
-    is_image = output.suffix.lower() in IMAGE_SUFFIXES
-    return output.with_suffix(f".{mesh_format}" if is_image else ".glb")
-
-
-def _is_media(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and not is_temporary(path)
-
-
-def discover(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
-    """(source, name relative to the output folder) for every input, in a stable order.
-
-    A folder contributes its images and videos (recursively, relative names kept); a glob
-    its matches; an explicit file is taken whatever it is (a bad one is reported later).
-    """
-    found: dict[Path, Path] = {}
-    for text in inputs:
-        path = Path(text).expanduser()
-        if path.is_dir():
-            for item in sorted(path.rglob("*")):
-                if (item.is_file() or item.is_symlink()) and _is_media(item):
-                    found.setdefault(item.absolute(), item.relative_to(path))
-        elif glob.has_magic(text):
-            for match in sorted(glob.glob(text, recursive=True)):
-                item = Path(match)
-                if item.is_file() and _is_media(item):
-                    found.setdefault(item.resolve(), Path(item.name))
-        else:  # a file, or a path that does not exist / cannot be read (reported per file)
-            found.setdefault(path.absolute(), Path(path.name))
-    return list(found.items())
-
-
-def plan_jobs(inputs: Iterable[str], out_dir: Path, mesh_format: str | None = None) -> list[Job]:
-    """Jobs with unique output (and mesh) paths: images keep their format, videos become
-    .mp4."""
-    jobs, taken = [], set()
-    for source, relative in discover(inputs):
-        suffix = relative.suffix.lower()
-        if suffix not in (".png", ".jpg", ".jpeg"):  # writable image formats keep theirs
-            suffix = ".png" if suffix in IMAGE_SUFFIXES else ".mp4"
-        output = (out_dir / relative).with_suffix(suffix).absolute()
-        stem, n = output.stem, 1
-        while output in taken or mesh_beside(output, mesh_format) in taken:
-            output = output.with_name(f"{stem}_{n}{suffix}")
-            n += 1
-        mesh = mesh_beside(output, mesh_format)
-        taken.update(p for p in (output, mesh) if p is not None)
-        jobs.append(Job(source, output, mesh))
-    return jobs
-
-
-# -- manifest -------------------------------------------------------------------------
-
-
-class Manifest:
-    """Append-only JSON Lines record of the batch; the last record per input wins."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._lock = threading.Lock()
-        self.records: dict[str, dict] = {}
-        if path.exists():
-            for number, line in enumerate(path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    self.records[record["input"]] = record
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    # a line cut short by a crash: ignore it, the input is redone
-                    LOG.warning("%s:%d: ignoring a damaged record", path, number)
-
-    def made(self, job: Job) -> bool:
-        """The manifest recorded ``job``'s output done (it may since have been removed)."""
-        record = self.records.get(str(job.source))
-        return bool(
-            record and record.get("status") == DONE and record.get("output") == str(job.output)
-        )
-
-    def is_done(self, job: Job) -> bool:
-        return self.made(job) and job.output.exists() and (job.mesh is None or job.mesh.exists())
-
-    def add(
-        self, job: Job, status: str, error: str | None = None, frames: int = 0, seconds: float = 0.0
-    ) -> dict:
-        record = {
-            "input": str(job.source),
-            "output": str(job.output),
-            "status": status,
-            "error": error,
-            "frames": frames,
-            "seconds": round(seconds, 3),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        line = json.dumps(record) + "\n"
-        with self._lock:
-            # one write per record: a crash loses at most this line, never earlier ones
-            with open(self.path, "a") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-            self.records[record["input"]] = record
-        return record
-
-
-# -- one input ------------------------------------------------------------------------
-
-
-class BadInput(Exception):
-    """The input itself is the problem; retrying cannot help."""
-
-
-def check_input(job: Job) -> None:
-    """Reject unreadable, empty and undecodable inputs before using a server."""
-    try:
-        size = job.source.stat().st_size
-        with open(job.source, "rb"):
-            pass
-    except OSError as exc:
-        raise BadInput(f"cannot read: {exc.strerror or exc}") from exc
-    if not job.source.is_file():
-        raise BadInput("not a regular file")
-    if size == 0:
-        raise BadInput("empty file (0 bytes)")
-    try:
-        if job.is_image:
-            read_image(job.source)
-        else:
-            probe(job.source)
-    except (ImageError, VideoError) as exc:
-        raise BadInput(str(exc).replace(f"{job.source}: ", "")) from exc
 
 
 def one_line(text: str) -> str:
@@ -263,53 +102,67 @@ def run_job(
     if settings.render_mode == UV_MODE and not job.is_image:
         raise BadInput(uv_refusal(job.source))
     job.output.parent.mkdir(parents=True, exist_ok=True)
-    attempt = 0
-    while True:
-        start = time.perf_counter()
-        try:
-            outputs = ("RENDERED", "FACE_COUNT")
-            if job.mesh is not None:
-                outputs += ("VERTICES",) if job.is_image else ("PARAMS", "LANDMARKS", "TRACK_IDS")
-            model = STATELESS_ENSEMBLE if job.is_image else model_for(settings.mode)
-            with ReplicaFrameClient(
-                servers,
-                settings.protocol,
-                in_flight=settings.in_flight,
-                outputs=outputs,
-                model=model,
-                timeout=settings.timeout,
-                parameters=render_parameters(settings.render_mode),
-            ) as client:
-                if job.is_image:
-                    tables = meshes.tables() if job.mesh is not None else None
-                    process_image(
-                        client, job.source, job.output, None, None, job.mesh, tables,
-                        settings.mesh_space,
-                    )  # fmt: skip
-                    frames = 1
-                else:
-                    stats = process_video(
-                        client,
-                        job.source,
-                        job.output,
-                        progress=settings.progress,
-                        description=job.source.name,
-                        smoothing=settings.smoothing,
-                        mesh=_animation(job, client, meshes, settings),
-                    )
-                    frames = stats.frames
-            return frames, time.perf_counter() - start
-        except (ImageError, VideoError, FaceModelMismatch) as exc:
-            raise BadInput(str(exc)) from exc
-        except InferenceError as exc:  # the server refused this input: not transient
-            raise BadInput(f"server rejected it: {exc}") from exc
-        except (ServerUnavailable, ConnectionError) as exc:
-            attempt += 1
-            if attempt > settings.retries:
-                raise ServerUnavailable(f"gave up after {attempt} attempts: {exc}") from exc
-            delay = min(settings.backoff * 2 ** (attempt - 1), settings.backoff_max)
-            LOG.debug("%s: %s; retry %d in %.1f s", job.source.name, exc, attempt, delay)
-            time.sleep(delay)
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type((ServerUnavailable, ConnectionError)),
+        stop=tenacity.stop_after_attempt(settings.retries + 1),
+        wait=tenacity.wait_exponential(multiplier=settings.backoff, max=settings.backoff_max),
+        before_sleep=lambda state: LOG.debug(
+            "%s: %s; retry %d in %.1f s",
+            job.source.name,
+            state.outcome.exception(),
+            state.attempt_number,
+            state.next_action.sleep,
+        ),
+        reraise=True,
+    )
+    try:
+        return retrying(_run_once, job, servers, settings, meshes)
+    except (ServerUnavailable, ConnectionError) as exc:
+        raise ServerUnavailable(f"gave up after {settings.retries + 1} attempts: {exc}") from exc
+
+
+def _run_once(
+    job: Job, servers: Endpoints, settings: Settings, meshes: MeshSources | None
+) -> tuple[int, float]:
+    """One attempt at ``job``: (frames, seconds)."""
+    start = time.perf_counter()
+    try:
+        outputs = ("RENDERED", "FACE_COUNT")
+        if job.mesh is not None:
+            outputs += ("VERTICES",) if job.is_image else ("PARAMS", "LANDMARKS", "TRACK_IDS")
+        model = STATELESS_ENSEMBLE if job.is_image else model_for(settings.mode)
+        with ReplicaFrameClient(
+            servers,
+            settings.protocol,
+            in_flight=settings.in_flight,
+            outputs=outputs,
+            model=model,
+            timeout=settings.timeout,
+            parameters=render_parameters(settings.render_mode),
+        ) as client:
+            if job.is_image:
+                tables = meshes.tables() if job.mesh is not None else None
+                process_image(
+                    client, job.source, job.output, None, None, job.mesh, tables,
+                    settings.mesh_space,
+                )  # fmt: skip
+                frames = 1
+            else:
+                stats = process_video(
+                    client,
+                    job.source,
+                    job.output,
+                    progress=settings.progress,
+                    description=job.source.name,
+                    smoothing=settings.smoothing,
+                    mesh=_animation(job, client, meshes, settings),
+                )
+                frames = stats.frames
+        return frames, time.perf_counter() - start
+    except (ImageError, VideoError, FaceModelMismatch) as exc:
+        raise BadInput(str(exc)) from exc
+    except InferenceError as exc:  # the server refused this input: not transient
+        raise BadInput(f"server rejected it: {exc}") from exc
 
 
 def _animation(job: Job, client, meshes: MeshSources | None, settings: Settings):

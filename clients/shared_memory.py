@@ -18,10 +18,10 @@ import concurrent.futures
 import dataclasses
 import importlib.util
 import logging
-import time
 from typing import Any
 
 import numpy as np
+import tenacity
 from tritonclient.utils import InferenceServerException
 
 from tddfa_clients.errors import ClientError
@@ -35,6 +35,13 @@ CUDA_SHM_HINT = (
     "'setuptools<81'"
 )
 _IN_USE = "currently in use"  # Triton's answer to unregistering a region a request holds
+
+
+def _in_use(exc: BaseException) -> bool:
+    """Triton refused to unregister a region because a request still holds it."""
+    return isinstance(exc, InferenceServerException) and _IN_USE in (exc.message() or str(exc))
+
+
 _HTTP_WAIT_TIMEOUT = "failed to obtain inference response"  # tritonclient.http's timeout
 
 
@@ -110,19 +117,18 @@ class RegionSlot:
     def _unregister_when_free(self, name: str) -> None:
         """Unregister ``name``; while the server says it is in use, retry for
         UNREGISTER_GRACE seconds, then raise RegionInUse."""
-        deadline = time.monotonic() + self.UNREGISTER_GRACE
-        delay = 0.05
-        while True:
-            try:
-                self._unregister(name)
-                return
-            except InferenceServerException as exc:
-                if _IN_USE not in (exc.message() or str(exc)):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise RegionInUse(exc.message() or str(exc)) from exc
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_in_use),
+            stop=tenacity.stop_after_delay(self.UNREGISTER_GRACE),
+            wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        )
+        try:
+            retrying(self._unregister, name)
+        except InferenceServerException as exc:
+            if not _in_use(exc):
+                raise
+            raise RegionInUse(exc.message() or str(exc)) from exc
 
     def _release(self, role: str) -> None:
         name, handle, _ = self.regions.pop(role)

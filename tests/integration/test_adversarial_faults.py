@@ -151,6 +151,15 @@ def test_supervisor_metrics_endpoint_counts_the_reloads(ensemble_server, good_re
         assert response.status == 200  # healed: healthy again
 
 
+def test_canary_frame_goes_through_the_ensemble(ensemble_server) -> None:
+    """The supervisor's canary (tritonclient over HTTP, every output of the ensemble) is
+    answered and its latency recorded."""
+    seconds = ensemble_server.supervisor.canary()
+    assert seconds is not None and seconds > 0
+    text = ensemble_server.supervisor.metrics.render()
+    assert f"tddfa_supervisor_canary_seconds {seconds}" in text
+
+
 def _serve(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     """`tddfa serve` of the toy repository in a child process, returned once its supervisor
     reports healthy; (process, http url)."""
@@ -236,7 +245,7 @@ def test_a_crashed_server_is_restarted(tmp_path) -> None:
                     text = response.read().decode()
             except OSError:
                 text = ""
-            if "tddfa_supervisor_server_restarts_total 1" in text and ready(
+            if "tddfa_supervisor_server_restarts_total 1.0" in text and ready(
                 url, "/v2/health/ready"
             ):
                 break

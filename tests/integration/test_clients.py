@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from tddfa_clients.batch import MANIFEST, Manifest, Settings, run_batch
+from tddfa_clients.batch import Settings, run_batch
+from tddfa_clients.batch_manifest import MANIFEST, Manifest
 from tddfa_clients.triton_client import FrameClient, InferenceError, normalize_url, served_models
 from tddfa_clients.video import model_for, outputs_for, process_video
 from tddfa_clients.video_io import probe

@@ -32,7 +32,8 @@ from test_clients import (
     _write_model,
 )
 
-from tddfa_clients.batch import MANIFEST, Manifest, Settings, run_batch
+from tddfa_clients.batch import Settings, run_batch
+from tddfa_clients.batch_manifest import MANIFEST, Manifest
 from tddfa_clients.video_io import probe
 from tddfa_tools.serve.embedded import TritonServerError
 from tddfa_tools.serve.server import TritonServer

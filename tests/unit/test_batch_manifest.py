@@ -10,17 +10,9 @@ from pathlib import Path
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from tddfa_clients.batch import (
-    DONE,
-    FAILED,
-    BadInput,
-    Job,
-    Manifest,
-    check_input,
-    discover,
-    plan_jobs,
-    remove_stale_temporaries,
-)
+from tddfa_clients.batch import remove_stale_temporaries
+from tddfa_clients.batch_jobs import BadInput, Job, check_input, discover, plan_jobs
+from tddfa_clients.batch_manifest import DONE, FAILED, Manifest
 from tddfa_clients.triton_client import (
     InferenceError,
     ServerUnavailable,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tddfa_tools.serve.stubs import find_stubs, parse_stub, remove_regions
 from tddfa_tools.serve.supervisor_metrics import SupervisorMetrics
 
@@ -66,11 +68,22 @@ def test_metrics_text_counts_events() -> None:
     metrics.server_restarted()
     metrics.canary(0.25)
     metrics.canary(None)
-    text = metrics.render()
-    assert 'tddfa_supervisor_model_failures_total{model="a",cause="stub_exited"} 1' in text
-    assert 'tddfa_supervisor_model_reloads_total{model="a"} 1' in text
-    assert 'tddfa_supervisor_model_healthy{model="a"} 1' in text
-    assert "tddfa_supervisor_server_restarts_total 1" in text
-    assert "tddfa_supervisor_canary_failures_total 1" in text
-    assert "# TYPE tddfa_supervisor_model_reloads_total counter" in text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics.render())
+        for sample in family.samples
+    }
+    assert (
+        samples[
+            ("tddfa_supervisor_model_failures_total", (("cause", "stub_exited"), ("model", "a")))
+        ]
+        == 1
+    )
+    assert samples[("tddfa_supervisor_model_reloads_total", (("model", "a"),))] == 1
+    assert samples[("tddfa_supervisor_model_healthy", (("model", "a"),))] == 1
+    assert samples[("tddfa_supervisor_server_restarts_total", ())] == 1
+    assert samples[("tddfa_supervisor_canary_failures_total", ())] == 1
+    assert samples[("tddfa_supervisor_canary_seconds", ())] == 0.25
+    assert samples[("tddfa_supervisor_server_up", ())] == 1
+    assert metrics.reloads == {"a": 1} and metrics.server_restarts == 1
     assert metrics.all_healthy()

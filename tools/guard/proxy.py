@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import tenacity
 
 from tddfa_tools.guard.rules import (
     Limits,
@@ -50,6 +51,14 @@ FORWARDED_RESPONSE_HEADERS = (
     "Content-Type",
     "Inference-Header-Content-Length",
     "Content-Encoding",
+)
+# A kept-alive upstream connection the server closed fails at once with a reset or a broken
+# pipe: send again once on a new connection. A timeout is not retried (the request may be
+# running: sending it again would run it twice).
+_STALE_CONNECTION_RETRY = tenacity.Retrying(
+    retry=tenacity.retry_if_exception_type((ConnectionResetError, BrokenPipeError)),
+    stop=tenacity.stop_after_attempt(2),
+    reraise=True,
 )
 _GRPC_STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 413: "RESOURCE_EXHAUSTED"}
 
@@ -125,22 +134,25 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             self._local.connection = connection
         return connection
 
+    def _send(self, body: bytes, headers: dict[str, str]) -> tuple[http.client.HTTPResponse, bytes]:
+        connection = self._connection()
+        try:
+            connection.request(self.command, self.path, body=body or None, headers=headers)
+            response = connection.getresponse()
+            return response, response.read()
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            self._local.connection = None
+            raise
+
     def _forward(self, body: bytes) -> None:
         headers = {k: self.headers[k] for k in FORWARDED_REQUEST_HEADERS if self.headers.get(k)}
-        for attempt in (1, 2):  # a kept-alive upstream connection may have been closed
-            connection = self._connection()
-            try:
-                connection.request(self.command, self.path, body=body or None, headers=headers)
-                response = connection.getresponse()
-                payload = response.read()
-                break
-            except (OSError, http.client.HTTPException) as exc:
-                connection.close()
-                self._local.connection = None
-                if attempt == 2:
-                    message = json.dumps({"error": f"tritonserver unreachable: {exc}"})
-                    self._reply(502, message.encode())
-                    return
+        try:
+            response, payload = _STALE_CONNECTION_RETRY(self._send, body, headers)
+        except (OSError, http.client.HTTPException) as exc:
+            message = json.dumps({"error": f"tritonserver unreachable: {exc}"})
+            self._reply(502, message.encode())
+            return
         extra = {k: response.getheader(k) for k in FORWARDED_RESPONSE_HEADERS}
         self._reply(response.status, payload, {k: v for k, v in extra.items() if v})
 

@@ -1,12 +1,18 @@
 """Triton's model repository API (index, load, unload) and the few model endpoints the
-supervisor needs, over HTTP with the server's admin token (the repository API is restricted,
-:mod:`tddfa_tools.serve.admin_token`)."""
+supervisor needs, through ``tritonclient.http`` with the server's admin token (the repository
+API is restricted, :mod:`tddfa_tools.serve.admin_token`).
+
+tritonclient's HTTP client is not thread-safe (it runs on gevent): every thread that calls
+(the supervisor's watch loop, its canary, the caller of ``start``) gets its own client.
+"""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
+import threading
+
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from tddfa_tools.serve.server import TritonServer
 
@@ -19,64 +25,65 @@ class ModelControl:
     """Triton's model repository API over HTTP, with the server's admin token."""
 
     def __init__(self, server: TritonServer, timeout: float) -> None:
-        self._base = f"http://{server.url}"
-        self._headers = {"Content-Type": "application/json", **server.admin_headers("http")}
+        self._server = server
+        self._headers = server.admin_headers("http")
         self._timeout = timeout
+        self._local = threading.local()
 
-    def _call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        request = urllib.request.Request(
-            self._base + path, data=body, method=method, headers=self._headers
-        )
+    def _client(self, timeout: float | None = None) -> httpclient.InferenceServerClient:
+        """This thread's client (one per distinct timeout)."""
+        timeout = self._timeout if timeout is None else timeout
+        clients = self._local.__dict__.setdefault("clients", {})
+        key = (self._server.url, timeout)  # a restarted server keeps its ports
+        if key not in clients:
+            clients[key] = httpclient.InferenceServerClient(
+                self._server.url, connection_timeout=timeout, network_timeout=timeout
+            )
+        return clients[key]
+
+    def _call(self, what: str, method: str, *args: object, **kwargs: object):
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            raise ModelControlError(f"{method} {path}: {exc}") from exc
+            return getattr(self._client(), method)(*args, headers=self._headers, **kwargs)
+        except InferenceServerException as exc:
+            raise ModelControlError(f"{what}: {exc.message() or exc}") from exc
+        except OSError as exc:  # refused, reset, timed out
+            raise ModelControlError(f"{what}: {exc}") from exc
 
     def index(self) -> dict[str, str]:
         """{model name: state} of the repository (READY, UNAVAILABLE, LOADING, UNLOADING)."""
-        status, body = self._call("POST", "/v2/repository/index", b"{}")
-        if status != 200:
-            raise ModelControlError(f"repository index: HTTP {status} {body[:200]!r}")
-        return {entry["name"]: entry.get("state", "") for entry in json.loads(body)}
-
-    def _control(self, model: str, action: str) -> None:
-        status, body = self._call("POST", f"/v2/repository/models/{model}/{action}", b"{}")
-        if status != 200:
-            raise ModelControlError(f"{action} {model}: HTTP {status} {body[:300]!r}")
+        entries = self._call("repository index", "get_model_repository_index")
+        return {entry["name"]: entry.get("state", "") for entry in entries}
 
     def load(self, model: str) -> None:
-        self._control(model, "load")
+        self._call(f"load {model}", "load_model", model)
 
     def unload(self, model: str) -> None:
-        self._control(model, "unload")
+        self._call(f"unload {model}", "unload_model", model)
 
     def metadata(self, model: str) -> dict | None:
-        status, body = self._call("GET", f"/v2/models/{model}")
-        return json.loads(body) if status == 200 else None
+        """The model's metadata, or None when it is not served."""
+        try:
+            return self._call(f"metadata of {model}", "get_model_metadata", model)
+        except ModelControlError:
+            return None
 
     def config(self, model: str) -> dict:
-        status, body = self._call("GET", f"/v2/models/{model}/config")
-        return json.loads(body) if status == 200 else {}
-
-    def infer(self, model: str, header: dict, data: bytes, timeout: float) -> tuple[int, dict]:
-        """One binary-extension inference; (HTTP status, JSON header of the answer)."""
-        text = json.dumps(header).encode()
-        request = urllib.request.Request(
-            f"{self._base}/v2/models/{model}/infer",
-            data=text + data,
-            method="POST",
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Inference-Header-Content-Length": str(len(text)),
-            },
-        )
+        """The model's config as JSON, or {} when it is not served."""
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                body = response.read()
-                length = int(response.headers.get("Inference-Header-Content-Length") or len(body))
-                return response.status, json.loads(body[:length] or b"{}")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
+            return self._call(f"config of {model}", "get_model_config", model)
+        except ModelControlError:
+            return {}
+
+    def infer(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], timeout: float
+    ) -> None:
+        """One inference (binary tensors) asking for ``outputs``; raises
+        InferenceServerException with the server's message when it is refused, OSError
+        (TimeoutError included) when the server does not answer within ``timeout``."""
+        tensors = []
+        for name, array in inputs.items():
+            tensor = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array, binary_data=True)
+            tensors.append(tensor)
+        requested = [httpclient.InferRequestedOutput(n, binary_data=True) for n in outputs]
+        self._client(timeout).infer(model, tensors, outputs=requested)

@@ -40,10 +40,9 @@ import queue
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
+from tritonclient.utils import InferenceServerException
 
 from tddfa.contract import IMAGE_INPUT, OUTPUT_NAMES, STATELESS_ENSEMBLE
 from tddfa_tools.serve.embedded import TritonServerError
@@ -333,7 +332,7 @@ class Supervisor:
             self._busy.clear()
 
     # -- canary ---------------------------------------------------------------------------
-    def _make_canary(self, model: str) -> tuple[dict, bytes] | None:
+    def _make_canary(self, model: str) -> tuple[dict[str, np.ndarray], list[str]] | None:
         """The canary request for ``model``: a black frame asking for every output it has."""
         metadata = self.control.metadata(model)
         if metadata is None:
@@ -344,51 +343,40 @@ class Supervisor:
             return None
         rank = len(inputs[IMAGE_INPUT].get("shape", []))
         shape = [1, CANARY_SIDE, CANARY_SIDE, 3] if rank == 4 else [CANARY_SIDE, CANARY_SIDE, 3]
-        data = np.zeros(shape, np.uint8).tobytes()
         served = [o["name"] for o in metadata.get("outputs", [])]
         outputs = [name for name in OUTPUT_NAMES if name in served] or served
-        header = {
-            "inputs": [
-                {
-                    "name": IMAGE_INPUT,
-                    "shape": shape,
-                    "datatype": "UINT8",
-                    "parameters": {"binary_data_size": len(data)},
-                }
-            ],
-            "outputs": [{"name": n, "parameters": {"binary_data": True}} for n in outputs],
-        }
-        return header, data
+        return {IMAGE_INPUT: np.zeros(shape, np.uint8)}, outputs
 
     def canary(self) -> float | None:
         """Send one canary frame; returns its latency, or None when it failed (and queues
         what it found)."""
         if self._canary_request is None:
             return None
-        header, data = self._canary_request
+        inputs, outputs = self._canary_request
         start = time.monotonic()
         try:
-            status, answer = self.control.infer(
-                self.settings.canary_model, header, data, self.settings.canary_timeout
+            self.control.infer(
+                self.settings.canary_model, inputs, outputs, self.settings.canary_timeout
             )
-        except (TimeoutError, OSError, urllib.error.URLError, ValueError) as exc:
+        except TimeoutError:
             self.metrics.canary(None)
-            if "timed out" in str(exc) or isinstance(exc, TimeoutError):
-                return self._canary_timed_out()
+            return self._canary_timed_out()
+        except OSError as exc:
+            self.metrics.canary(None)
             LOG.warning("canary failed: %s", exc)
             return None
+        except InferenceServerException as exc:
+            self.metrics.canary(None)
+            error = exc.message() or str(exc)
+            LOG.warning("canary refused: %s", error)
+            match = UNHEALTHY.search(error)
+            if match:
+                self._events.put(("canary_failed", match["instance"]))
+            return None
         self._canary_timeouts = 0
-        if status == 200:
-            seconds = time.monotonic() - start
-            self.metrics.canary(seconds)
-            return seconds
-        self.metrics.canary(None)
-        error = str(answer.get("error", answer))
-        LOG.warning("canary refused (HTTP %d): %s", status, error)
-        match = UNHEALTHY.search(error)
-        if match:
-            self._events.put(("canary_failed", match["instance"]))
-        return None
+        seconds = time.monotonic() - start
+        self.metrics.canary(seconds)
+        return seconds
 
     def _canary_timed_out(self) -> None:
         """Count a hung canary; the second in a row queues a reload of every model."""

@@ -1,171 +1,192 @@
-"""The supervisor's counters and its small HTTP endpoint (Prometheus text format).
+"""The supervisor's metrics (prometheus_client) and its small HTTP endpoint.
 
-``GET /metrics``::
+``GET /metrics`` (Prometheus text format, or OpenMetrics when the scraper asks for it)::
 
-    tddfa_supervisor_model_failures_total{model="face_detector",cause="stub_exited"} 1
-    tddfa_supervisor_model_reloads_total{model="face_detector"} 1
-    tddfa_supervisor_model_healthy{model="face_detector"} 1
-    tddfa_supervisor_server_restarts_total 0
-    tddfa_supervisor_canary_failures_total 0
+    tddfa_supervisor_model_failures_total{cause="stub_exited",model="face_detector"} 1.0
+    tddfa_supervisor_model_reloads_total{model="face_detector"} 1.0
+    tddfa_supervisor_model_healthy{model="face_detector"} 1.0
+    tddfa_supervisor_server_up 1.0
+    tddfa_supervisor_server_restarts_total 0.0
+    tddfa_supervisor_canary_failures_total 0.0
     tddfa_supervisor_canary_seconds 0.084
 
 ``GET /health``: 200 with a JSON summary while every model serves, else 503 (a model is
 broken or reloading, or the server is down). Triton's own ``/v2/health/ready`` says the same
 for the models (``--strict-readiness``), this endpoint also covers the supervisor itself.
+
+Every :class:`SupervisorMetrics` has its own registry, so several supervisors in one process
+(tests, one server per GPU) never share counters.
 """
 
 from __future__ import annotations
 
 import collections
-import http.server
 import json
 import logging
+import socketserver
 import threading
+from collections.abc import Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 LOG = logging.getLogger(__name__)
 
 CAUSES = ("stub_exited", "stub_unhealthy", "canary_failed", "canary_timeout")
-_HELP = {
-    "tddfa_supervisor_model_failures_total": (
-        "counter",
-        "Broken Python stubs detected, per model and cause.",
-    ),
-    "tddfa_supervisor_model_reloads_total": (
-        "counter",
-        "Models reloaded by the supervisor (unload + load) after a failure.",
-    ),
-    "tddfa_supervisor_model_healthy": (
-        "gauge",
-        "1 while the model serves, 0 while it is broken or reloading.",
-    ),
-    "tddfa_supervisor_server_restarts_total": (
-        "counter",
-        "tritonserver restarts after it exited unexpectedly.",
-    ),
-    "tddfa_supervisor_canary_failures_total": ("counter", "Canary requests that failed."),
-    "tddfa_supervisor_canary_seconds": ("gauge", "Latency of the last successful canary."),
-}
+# Counters without the extra ``*_created`` series: a scrape shows what the dashboard uses.
+prometheus_client.disable_created_metrics()
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _samples(metric: Counter | Gauge, suffix: str = "") -> Iterable[tuple[dict, float]]:
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name == family.name + suffix:
+                yield sample.labels, sample.value
 
 
 class SupervisorMetrics:
-    """Thread-safe counters of the supervisor."""
+    """The supervisor's counters and gauges (thread-safe: prometheus_client's own locks)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.failures: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.reloads: collections.Counter[str] = collections.Counter()
-        self.healthy: dict[str, bool] = {}
-        self.server_restarts = 0
-        self.server_up = False
-        self.canary_failures = 0
-        self.canary_seconds = 0.0
+        self.registry = CollectorRegistry(auto_describe=True)
+        options = {"namespace": "tddfa_supervisor", "registry": self.registry}
+        self._failures = Counter(
+            "model_failures",
+            "Broken Python stubs detected, per model and cause.",
+            ["model", "cause"],
+            **options,
+        )
+        self._reloads = Counter(
+            "model_reloads",
+            "Models reloaded by the supervisor (unload + load) after a failure.",
+            ["model"],
+            **options,
+        )
+        self._healthy = Gauge(
+            "model_healthy",
+            "1 while the model serves, 0 while it is broken or reloading.",
+            ["model"],
+            **options,
+        )
+        self._server_up = Gauge(
+            "server_up", "1 while tritonserver runs, 0 while it is down or restarting.", **options
+        )
+        self._restarts = Counter(
+            "server_restarts", "tritonserver restarts after it exited unexpectedly.", **options
+        )
+        self._canary_failures = Counter(
+            "canary_failures", "Canary requests that failed.", **options
+        )
+        self._canary_seconds = Gauge(
+            "canary_seconds", "Latency of the last successful canary.", **options
+        )
 
+    # -- events -----------------------------------------------------------------------------
     def failure(self, model: str, cause: str) -> None:
-        with self._lock:
-            self.failures[(model, cause)] += 1
-            self.healthy[model] = False
+        self._failures.labels(model=model, cause=cause).inc()
+        self._healthy.labels(model=model).set(0)
 
     def reloaded(self, model: str) -> None:
-        with self._lock:
-            self.reloads[model] += 1
-            self.healthy[model] = True
+        self._reloads.labels(model=model).inc()
+        self._healthy.labels(model=model).set(1)
 
-    def set_healthy(self, models: list[str] | set[str], healthy: bool = True) -> None:
-        with self._lock:
-            for model in models:
-                self.healthy[model] = healthy
+    def set_healthy(self, models: Iterable[str], healthy: bool = True) -> None:
+        for model in models:
+            self._healthy.labels(model=model).set(int(healthy))
 
     def server_restarted(self) -> None:
-        with self._lock:
-            self.server_restarts += 1
+        self._restarts.inc()
 
     def set_server_up(self, up: bool) -> None:
-        with self._lock:
-            self.server_up = up
+        self._server_up.set(int(up))
 
     def canary(self, seconds: float | None) -> None:
         """Record a canary: its latency, or None when it failed."""
-        with self._lock:
-            if seconds is None:
-                self.canary_failures += 1
-            else:
-                self.canary_seconds = seconds
+        if seconds is None:
+            self._canary_failures.inc()
+        else:
+            self._canary_seconds.set(seconds)
+
+    # -- reading back ---------------------------------------------------------------------
+    @property
+    def reloads(self) -> collections.Counter[str]:
+        """Reloads per model (0 for a model never reloaded)."""
+        return collections.Counter(
+            {labels["model"]: int(v) for labels, v in _samples(self._reloads, "_total")}
+        )
+
+    @property
+    def server_restarts(self) -> int:
+        return int(next(v for _, v in _samples(self._restarts, "_total")))
+
+    def broken_models(self) -> list[str]:
+        return sorted(labels["model"] for labels, v in _samples(self._healthy) if not v)
 
     def all_healthy(self) -> bool:
-        with self._lock:
-            return self.server_up and all(self.healthy.values())
+        up = next(v for _, v in _samples(self._server_up))
+        return bool(up) and not self.broken_models()
 
     def summary(self) -> dict:
-        with self._lock:
-            return {
-                "healthy": self.server_up and all(self.healthy.values()),
-                "server_up": self.server_up,
-                "broken_models": sorted(m for m, ok in self.healthy.items() if not ok),
-                "model_reloads": dict(self.reloads),
-                "server_restarts": self.server_restarts,
-            }
+        return {
+            "healthy": self.all_healthy(),
+            "server_up": bool(next(v for _, v in _samples(self._server_up))),
+            "broken_models": self.broken_models(),
+            "model_reloads": dict(self.reloads),
+            "server_restarts": self.server_restarts,
+        }
 
     def render(self) -> str:
-        """Prometheus text exposition (version 0.0.4)."""
-        with self._lock:
-            samples: dict[str, list[str]] = collections.defaultdict(list)
-            for (model, cause), count in sorted(self.failures.items()):
-                samples["tddfa_supervisor_model_failures_total"].append(
-                    f'{{model="{_escape(model)}",cause="{cause}"}} {count}'
-                )
-            for model, count in sorted(self.reloads.items()):
-                samples["tddfa_supervisor_model_reloads_total"].append(
-                    f'{{model="{_escape(model)}"}} {count}'
-                )
-            for model, ok in sorted(self.healthy.items()):
-                samples["tddfa_supervisor_model_healthy"].append(
-                    f'{{model="{_escape(model)}"}} {int(ok)}'
-                )
-            samples["tddfa_supervisor_server_restarts_total"].append(f" {self.server_restarts}")
-            samples["tddfa_supervisor_canary_failures_total"].append(f" {self.canary_failures}")
-            samples["tddfa_supervisor_canary_seconds"].append(f" {self.canary_seconds:.6f}")
-        lines = []
-        for name, (kind, text) in _HELP.items():
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-            lines += [f"{name}{sample}" for sample in samples.get(name, [])]
-        return "\n".join(lines) + "\n"
+        """The Prometheus text exposition of every metric."""
+        return prometheus_client.generate_latest(self.registry).decode()
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        LOG.debug("supervisor endpoint: %s", format % args)
+
+
+def _application(metrics: SupervisorMetrics) -> Callable:
+    """WSGI: ``/metrics`` by prometheus_client, ``/health`` the JSON summary."""
+    exposition = prometheus_client.make_wsgi_app(metrics.registry)
+
+    def application(environ: dict, start_response: Callable) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return exposition(environ, start_response)
+        if path == "/health":
+            summary = metrics.summary()
+            body = json.dumps(summary).encode()
+            status = "200 OK" if summary["healthy"] else "503 Service Unavailable"
+            kind = "application/json"
+        else:
+            body, status, kind = (
+                b"not found: use /metrics or /health\n",
+                "404 Not Found",
+                "text/plain",
+            )
+        start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return application
 
 
 class MetricsServer:
     """``/metrics`` and ``/health`` of :class:`SupervisorMetrics` on ``host:port`` (0: free
-    port), served from a daemon thread."""
+    port), served from a daemon thread. Raises OSError when the port cannot be bound."""
 
     def __init__(self, metrics: SupervisorMetrics, host: str, port: int) -> None:
-        owner = metrics
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    body, status = owner.render().encode(), 200
-                    kind = "text/plain; version=0.0.4; charset=utf-8"
-                elif path == "/health":
-                    summary = owner.summary()
-                    body = json.dumps(summary).encode()
-                    status = 200 if summary["healthy"] else 503
-                    kind = "application/json"
-                else:
-                    body, status, kind = b"not found: use /metrics or /health\n", 404, "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                LOG.debug("supervisor endpoint: %s", format % args)
-
-        self._server = http.server.ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = make_server(
+            host,
+            port,
+            _application(metrics),
+            server_class=_ThreadingServer,
+            handler_class=_QuietHandler,
+        )
         self.host = host
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
