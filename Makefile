@@ -29,7 +29,7 @@ READY_TIMEOUT ?= 600
 
 help:
 	@echo "make setup   system packages + .venv (tools/setup.sh, idempotent)"
-	@echo "make build   build the CPU model repository into build/model_repository"
+	@echo "make build   build the CPU model repository (tddfa build: ~/.local/share/tddfa/model_repository)"
 	@echo "make serve   run the server in the foreground (Ctrl-C stops it)"
 	@echo "make demo    setup, build, render $(DEMO_IN) -> $(DEMO_OUT)"
 	@echo "make test    setup, then the test suite"

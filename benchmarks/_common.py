@@ -23,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tddfa_tools.locations import default_repository
+
 LOG = logging.getLogger("benchmarks")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-DEFAULT_REPOSITORY = REPO_ROOT / "build" / "model_repository"
+DEFAULT_REPOSITORY = default_repository()  # where `tddfa build` writes
 WORK_DIR = REPO_ROOT / "build" / "bench"  # git-ignored scratch (clips, outputs)
 SAMPLE_VIDEO = Path("video") / "emma720.mp4"
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tddfa.files import atomic_path
 from tddfa_tools.assets.table import ASSETS, Asset, AssetError
+from tddfa_tools.locations import user_cache_dir
 
 LOG = logging.getLogger(__name__)
 
@@ -34,8 +35,7 @@ _CHUNK = 1 << 20
 
 def cache_dir() -> Path:
     """The user cache: ``$XDG_CACHE_HOME/tddfa/assets`` or ``~/.cache/tddfa/assets``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tddfa" / "assets"
+    return user_cache_dir() / "assets"
 
 
 def explicit_dir(asset_dir: str | os.PathLike | None = None) -> Path | None:

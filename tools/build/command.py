@@ -8,6 +8,7 @@ from tddfa.config import PipelineConfig
 from tddfa_tools.build.flavours import NETWORK_CHOICES
 from tddfa_tools.build.options import FLAVOURS, MAX_BATCH_SIZE_LIMIT, BuildOptions
 from tddfa_tools.build.repository import TEMPLATE_MODELS, build_repository
+from tddfa_tools.locations import default_models_dir, default_repository
 
 
 def _instance_counts(items: list[str]) -> tuple[tuple[str, int], ...]:
@@ -51,17 +52,23 @@ def register(subparsers) -> None:
         default="python",
         help="how the two networks are served: python (tddfa.runners inside the Python steps, "
         "the embedded server), onnxruntime or tensorrt (Triton's native backends, called "
-        "through BLS: the NGC container) (default: python)",
+        "through BLS: the NGC container) (default: %(default)s)",
     )
     parser.add_argument(
         "--networks",
         choices=NETWORK_CHOICES,
         default=None,
-        help="python flavour: run the networks inside the steps (in-process, the default) or "
-        "as Python models the steps call through BLS (models: the native flavours' layout, "
-        "testable on the embedded server)",
+        help="python flavour: run the networks inside the steps (in-process) or as Python "
+        "models the steps call through BLS (models: the native flavours' layout, testable on "
+        "the embedded server) (default: in-process for python, models for the others)",
     )
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="where every step runs: cpu (Mesa llvmpipe, onnxruntime) or gpu (CUDA, NVIDIA EGL, "
+        "device tensors between steps) (default: %(default)s)",
+    )
     parser.add_argument(
         "--max-faces",
         type=int,
@@ -83,7 +90,13 @@ def register(subparsers) -> None:
         help="GPU builds: comma-separated device ids that each get --instances instances of "
         "every step, e.g. 0,1 (default: every visible GPU)",
     )
-    parser.add_argument("--instances", type=int, default=1, help="instances per step")
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        metavar="N",
+        help="instances (processes) of every step (default: %(default)s)",
+    )
     parser.add_argument(
         "--instance-count",
         action="append",
@@ -96,7 +109,8 @@ def register(subparsers) -> None:
         "--regressor",
         choices=("auto", "mb05", "mb1"),
         default="auto",
-        help="auto: mb1 if its weights are present, else mb05",
+        help="the 3DMM regressor: auto picks mb1 if its weights are present, else mb05 "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--fp32",
@@ -104,14 +118,26 @@ def register(subparsers) -> None:
         help="GPU networks in fp32: TensorRT engines and the PyTorch CUDA runner (default fp16)",
     )
     parser.add_argument(
-        "--assets", type=Path, default=None, help="asset folder (else TDDFA_ASSET_DIR)"
+        "--assets",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="asset folder (default: $TDDFA_ASSET_DIR, then the user cache)",
     )
-    parser.add_argument("--out", type=Path, default=BuildOptions.out)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=default_repository(),
+        metavar="DIR",
+        help="the model repository to write (replaced only when the build succeeded; "
+        "default: %(default)s, where `tddfa serve` looks)",
+    )
     parser.add_argument(
         "--models-dir",
         type=Path,
-        default=BuildOptions.models_dir,
-        help="cache of exported ONNX files and BFM tables",
+        default=default_models_dir(),
+        metavar="DIR",
+        help="cache of exported ONNX files and BFM tables (default: %(default)s)",
     )
     parser.set_defaults(func=_run)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tddfa.config import PipelineConfig
 from tddfa_tools.build.flavours import layout_for
+from tddfa_tools.locations import default_models_dir, default_repository
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FLAVOURS = ("python", "onnxruntime", "tensorrt")
 MAX_BATCH_SIZE_LIMIT = 32
 
@@ -19,8 +19,8 @@ class BuildOptions:
     device: str = "cpu"  # cpu | gpu
     pipeline: PipelineConfig = PipelineConfig()
     max_batch_size: int = 8
-    out: Path = REPO_ROOT / "build" / "model_repository"
-    models_dir: Path = REPO_ROOT / "build" / "models"
+    out: Path = dataclasses.field(default_factory=default_repository)
+    models_dir: Path = dataclasses.field(default_factory=default_models_dir)
     asset_dir: Path | None = None
     regressor: str = "auto"  # auto | mb05 | mb1
     fp16: bool = True  # network precision on GPU (TensorRT engines, PyTorch CUDA runner)

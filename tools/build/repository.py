@@ -35,11 +35,22 @@ from tddfa_tools.build.model_config import (
     load_repository,
     save_config,
 )
-from tddfa_tools.build.options import REPO_ROOT, BuildOptions
+from tddfa_tools.build.options import BuildOptions
 
 log = logging.getLogger(__name__)
 
-TEMPLATE = REPO_ROOT / "model_repository"
+
+
+def _template() -> Path:
+    """The committed ``model_repository/`` (configs and adapters of the default build): package
+    data of an installed wheel, else the checkout's folder (an editable install)."""
+    packaged = Path(__file__).resolve().parent / "templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "model_repository"
+
+
+TEMPLATE = _template()
 ENSEMBLES = (STATELESS_ENSEMBLE, SEQUENCE_ENSEMBLE)
 # Models that read the BFM tables (<version>/bfm.npz) and say which BFM they use.
 BFM_MODELS = ("face_aligner", "face_tracker", "face_renderer", "face_vertices")

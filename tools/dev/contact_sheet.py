@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tddfa_tools.build.options import REPO_ROOT
+from tddfa_tools.locations import default_repository
 
 log = logging.getLogger(__name__)
 
 TILE_WIDTH = 320  # pixels per picture in the sheet
 COLUMNS = 3
+REPO_ROOT = Path(__file__).resolve().parents[2]  # a developer tool: run from the checkout
 
 
 def render_modes(repository: Path, image: np.ndarray, asset_dir: Path | None) -> dict:
@@ -100,7 +101,7 @@ def contact_sheet(pictures: dict, crop: tuple, side: int) -> Image.Image:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=REPO_ROOT / "build" / "model_repository")
+    parser.add_argument("--repository", type=Path, default=default_repository())
     parser.add_argument("--assets", type=Path, default=None, help="asset folder")
     parser.add_argument("--image", type=Path, default=None, help="photo (default: emma.jpg)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "render_modes.jpg")

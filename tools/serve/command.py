@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from tddfa_tools.locations import default_repository
 from tddfa_tools.serve.allocator import ALLOCATORS
 from tddfa_tools.serve.cuda_mps import (
     cuda_memory_pool_args,
@@ -25,7 +26,6 @@ from tddfa_tools.serve.cuda_mps import (
 from tddfa_tools.serve.embedded import TritonServerError
 from tddfa_tools.serve.server import (
     DEFAULT_PORTS,
-    DEFAULT_REPOSITORY,
     SUPERVISOR_PORT,
     TritonServer,
 )
@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model-repository",
         type=Path,
-        default=DEFAULT_REPOSITORY,
-        help="model repository folder (default: %(default)s, written by `tddfa build`)",
+        default=default_repository(),
+        help="model repository folder (default: %(default)s, where `tddfa build` writes)",
     )
     for name, number in DEFAULT_PORTS.items():
         parser.add_argument(

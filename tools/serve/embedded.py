@@ -21,6 +21,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from tddfa_tools.locations import user_cache_dir
+
 LOGGER = logging.getLogger(__name__)
 
 SETUP_HINT = "run tools/setup.sh (or `pip install --no-deps nvidia-pytriton==0.7.0`)"
@@ -59,11 +61,6 @@ def _wheel_libs(dist: Path) -> Path:
     return dist.parent.parent / "nvidia_pytriton.libs"
 
 
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tddfa" / "tritonserver"
-
-
 def prepare_backends(dist: Path | None = None, cache_root: Path | None = None) -> Path:
     """Return a backend directory whose ``python/`` holds the stub for this interpreter.
 
@@ -86,7 +83,11 @@ def prepare_backends(dist: Path | None = None, cache_root: Path | None = None) -
         version = importlib.metadata.version("nvidia-pytriton")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    target = (cache_root or _cache_root()) / f"{version}-py{python_tag()}" / "backends"
+    target = (
+        (cache_root or user_cache_dir() / "tritonserver")
+        / f"{version}-py{python_tag()}"
+        / "backends"
+    )
     if (target / "python" / stub.name).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

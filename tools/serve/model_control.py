@@ -2,13 +2,13 @@
 supervisor needs, through ``tritonclient.http`` with the server's admin token (the repository
 API is restricted, :mod:`tddfa_tools.serve.admin_token`).
 
-tritonclient's HTTP client is not thread-safe (it runs on gevent): every thread that calls
-(the supervisor's watch loop, its canary, the caller of ``start``) gets its own client.
+Every call opens its own client and closes it after: tritonclient's HTTP client is not
+thread-safe (it runs on gevent) and the supervisor calls from several threads, and a kept-alive
+connection would hold up the server's shutdown (Triton waits for open connections). The calls
+are rare (a reload, a canary every 30 s).
 """
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import tritonclient.http as httpclient
@@ -28,22 +28,17 @@ class ModelControl:
         self._server = server
         self._headers = server.admin_headers("http")
         self._timeout = timeout
-        self._local = threading.local()
 
     def _client(self, timeout: float | None = None) -> httpclient.InferenceServerClient:
-        """This thread's client (one per distinct timeout)."""
         timeout = self._timeout if timeout is None else timeout
-        clients = self._local.__dict__.setdefault("clients", {})
-        key = (self._server.url, timeout)  # a restarted server keeps its ports
-        if key not in clients:
-            clients[key] = httpclient.InferenceServerClient(
-                self._server.url, connection_timeout=timeout, network_timeout=timeout
-            )
-        return clients[key]
+        return httpclient.InferenceServerClient(
+            self._server.url, connection_timeout=timeout, network_timeout=timeout
+        )
 
     def _call(self, what: str, method: str, *args: object, **kwargs: object):
         try:
-            return getattr(self._client(), method)(*args, headers=self._headers, **kwargs)
+            with self._client() as client:
+                return getattr(client, method)(*args, headers=self._headers, **kwargs)
         except InferenceServerException as exc:
             raise ModelControlError(f"{what}: {exc.message() or exc}") from exc
         except OSError as exc:  # refused, reset, timed out
@@ -86,4 +81,5 @@ class ModelControl:
             tensor.set_data_from_numpy(array, binary_data=True)
             tensors.append(tensor)
         requested = [httpclient.InferRequestedOutput(n, binary_data=True) for n in outputs]
-        self._client(timeout).infer(model, tensors, outputs=requested)
+        with self._client(timeout) as client:
+            client.infer(model, tensors, outputs=requested)

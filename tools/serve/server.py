@@ -5,7 +5,7 @@ finds it and prepares its Python backend); ``binary=`` runs another one (the NGC
 
 Library use::
 
-    with TritonServer("build/model_repository") as server:
+    with TritonServer(default_repository()) as server:
         client = tritonclient.http.InferenceServerClient(server.url)
 
 CLI: ``tddfa serve [--model-repository DIR] [--host ADDR] [--http-port N] ...``: the server
@@ -45,7 +45,6 @@ from tddfa_tools.serve.embedded import (
 LOGGER = logging.getLogger(__name__)
 SERVER_LOGGER = logging.getLogger("tritonserver")
 
-DEFAULT_REPOSITORY = Path("build/model_repository")
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 SUPERVISOR_PORT = 8003  # the supervisor's own /metrics and /health
 
@@ -89,7 +88,7 @@ class TritonServer:
 
     def __init__(
         self,
-        model_repository: str | os.PathLike[str] = DEFAULT_REPOSITORY,
+        model_repository: str | os.PathLike[str],
         *,
         http_port: int = 0,
         grpc_port: int = 0,
