@@ -36,6 +36,7 @@ import numpy as np
 from tritonclient.utils import triton_to_np_dtype
 
 from tddfa.contract import DEFAULT_OUTPUTS, RENDER_MODE_PARAMETER, UV_MODE
+from tddfa_clients import stale_regions
 from tddfa_clients.errors import (
     ClientError,
     InferenceError,
@@ -92,6 +93,8 @@ from tddfa_clients.transport import (  # noqa: F401  (re-exported)
 from tddfa_tools.serve import admin_token
 
 LOG = logging.getLogger(__name__)
+END_FRAME_SIDE = 64  # pixels: the frame that ends a sequence stopped early
+END_WAIT_S = 5.0
 
 INPUT = "IMAGE"
 EXPECTED_DTYPES = {
@@ -290,10 +293,12 @@ class FrameClient:
     # -- shared memory ----------------------------------------------------------------
 
     def _decide_shared_memory(self, mode: str) -> bool:
-        if mode == "cuda":
-            return self._setup_cuda_shared_memory()
         if mode == "none" or (mode == "auto" and not is_local(self.url)):
             return False
+        if is_local(self.url):  # regions that clients killed before cleaning up left here
+            stale_regions.reap(self._protocol)
+        if mode == "cuda":
+            return self._setup_cuda_shared_memory()
         try:
             import tritonclient.utils.shared_memory  # noqa: F401  (needs setuptools < 81)
         except ImportError as exc:
@@ -473,9 +478,10 @@ class FrameClient:
         prepared = 0  # frames copied into their requests
         sent = 0  # frames submitted
         held: tuple | None = None  # a copied sequence frame waiting to learn if it is the last
+        ended = False  # the sequence's END went out
 
         def submit(frame: tuple, last: bool) -> None:
-            nonlocal sent
+            nonlocal sent, ended
             key, slot, inputs, outputs, placement = frame
             sequence = None
             if sequence_id is not None:
@@ -491,6 +497,7 @@ class FrameClient:
                 self._slots[slot].in_flight = future
             pending.append((key, slot, placement, future))
             sent += 1
+            ended = last
 
         try:
             for key, image in items:
@@ -517,6 +524,25 @@ class FrameClient:
             for _, slot, _, future in pending:
                 if request_ended(future, self.timeout) and self._use_shm:
                     self._slots[slot].in_flight = None
+            if sequence_id is not None and sent and not ended:
+                self._end_sequence(sequence_id)
+
+    def _end_sequence(self, sequence_id: int) -> None:
+        """End a sequence stopped early (an error, Ctrl-C, SIGTERM) now instead of at the
+        server's idle timeout: one black frame with END, over the network, answer ignored."""
+        module = self._protocol.module
+        black = np.zeros((1, END_FRAME_SIDE, END_FRAME_SIDE, 3) if self.batched else
+                         (END_FRAME_SIDE, END_FRAME_SIDE, 3), np.uint8)  # fmt: skip
+        tensor = module.InferInput(INPUT, list(black.shape), "UINT8")
+        tensor.set_data_from_numpy(black)
+        outputs = [module.InferRequestedOutput("FACE_COUNT")]
+        try:
+            future = self._protocol.submit(
+                self.model, [tensor], outputs, SequenceFrame(sequence_id, end=True)
+            )
+            request_ended(future, min(self.timeout, END_WAIT_S))
+        except Exception as exc:  # noqa: BLE001  (already stopping: the idle timeout remains)
+            LOG.debug("could not end sequence %d: %s", sequence_id, exc)
 
     def _finish(
         self, key: Key, slot: int, placement: dict, future: concurrent.futures.Future

@@ -6,7 +6,8 @@ Each subcommand module exposes ``register(subparsers)``, which adds its parser a
 One error boundary (:func:`main`): an expected failure (bad input or output, missing
 assets, server down or refusing, codec unavailable...) prints ONE line,
 ``tddfa: error: <problem and fix>`` (plus indented details where the error lists several
-items), and exits 1; argparse refuses bad arguments with exit status 2; Ctrl-C exits 130.
+items), and exits 1; argparse refuses bad arguments with exit status 2; Ctrl-C, SIGTERM and
+SIGHUP run the same cleanup and exit 128 + the signal (130, 143, 129; :mod:`tddfa_tools.signals`).
 Anything else is a bug: one line saying so, exit 1. ``--debug`` prints the traceback.
 """
 
@@ -16,6 +17,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+from tddfa_tools.signals import exit_status, stop_like_ctrl_c
 
 # (subcommand module, imported lazily so `tddfa --help` stays fast)
 SUBCOMMANDS = (
@@ -97,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        return 130
+        with stop_like_ctrl_c():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM, SIGHUP: cleanup has run
+        return exit_status(interrupt)
     except Exception as exc:  # the one error boundary: a line, not a stack
         if args.debug:
             raise

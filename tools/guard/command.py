@@ -10,6 +10,7 @@ from types import FrameType
 
 from tddfa_tools.guard.proxy import GrpcGuard, HttpGuard
 from tddfa_tools.guard.rules import Limits
+from tddfa_tools.signals import SIGNALS as STOP_SIGNALS
 
 LOG = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         LOG.info("%s received: stopping the guard", signal.Signals(signum).name)
         stop.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, *STOP_SIGNALS)}
     http_guard = HttpGuard(args.host, args.http_port, args.upstream_http, limits, args.timeout)
     grpc_guard = GrpcGuard(args.host, args.grpc_port, args.upstream_grpc, limits, args.timeout)
     try:

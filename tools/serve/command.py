@@ -4,7 +4,7 @@ The server (:class:`tddfa_tools.serve.server.TritonServer`) binds 127.0.0.1 unle
 otherwise, loads every model at start (explicit model control) and closes Triton's admin
 APIs to requests without its admin token; the supervisor
 (:class:`tddfa_tools.serve.supervisor.Supervisor`) reloads a model whose Python stub died or hung
-and restarts a crashed server. SIGINT/SIGTERM stop everything cleanly, exit status 0.
+and restarts a crashed server. Ctrl-C, SIGTERM and SIGHUP stop everything cleanly, exit status 0.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tddfa_tools.serve.server import (
     SUPERVISOR_PORT,
     TritonServer,
 )
+from tddfa_tools.signals import SIGNALS as STOP_SIGNALS
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tritonserver) with the model repository, wait until it is ready and supervise it: "
         "a model whose Python stub dies or hangs is reloaded, a crashed server restarted; "
         "readiness is false meanwhile and the events are counted on the supervisor's "
-        "/metrics. Stops cleanly on Ctrl-C or SIGTERM (exit 0). Port 0 picks a free port.",
+        "/metrics. Stops cleanly on Ctrl-C, SIGTERM or SIGHUP (exit 0). Port 0 picks a free port.",
     )
     parser.add_argument(
         "--model-repository",
@@ -169,7 +170,7 @@ def spanning_gpus_warning(repository: Path, gpus: tuple[int, ...] | None) -> str
 
 
 def run(args: argparse.Namespace) -> int:
-    """``tddfa serve``: serve until SIGINT/SIGTERM (exit 0), or exit 1 when the server cannot
+    """``tddfa serve``: serve until Ctrl-C, SIGTERM or SIGHUP (exit 0), or exit 1 when the server cannot
     be started or keeps crashing (the supervisor restarts it otherwise)."""
     from tddfa_tools.serve.supervisor import Supervisor, SupervisorSettings
 
@@ -219,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         if args.supervise
         else None
     )
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, *STOP_SIGNALS)}
     try:
         try:
             server.start()
