@@ -69,11 +69,8 @@ def good_request(ensemble_server, test_images):
 def guard(ensemble_server):
     """`tddfa guard` (HTTP and gRPC, default limits) in front of the ensemble server;
     yields (http url, grpc url)."""
-    from tddfa_tools.guard.proxy import GrpcGuard, HttpGuard
-    from tddfa_tools.guard.rules import Limits
+    from tddfa_tools.guard.proxy import Guard
 
-    http = HttpGuard("127.0.0.1", 0, ensemble_server.http_url, Limits()).start()
-    grpc = GrpcGuard("127.0.0.1", 0, ensemble_server.grpc_url, Limits()).start()
-    yield f"127.0.0.1:{http.port}", f"127.0.0.1:{grpc.port}"
-    grpc.stop()
-    http.stop()
+    guard = Guard("127.0.0.1", 0, 0, ensemble_server.http_url, ensemble_server.grpc_url).start()
+    yield f"127.0.0.1:{guard.http.port}", f"127.0.0.1:{guard.grpc.port}"
+    guard.stop()

@@ -1,20 +1,47 @@
-"""Safe defaults of `tddfa serve` (docs/security.md): it binds 127.0.0.1 unless told
-otherwise, closes Triton's admin APIs to requests without its token, controls models
-explicitly (the supervisor reloads through it), and never logs the token."""
+"""Safe defaults of `tddfa serve` (docs/security.md): it binds 127.0.0.1 unless told otherwise (and then puts
+the guard in front), its ports follow the HTTP port and a taken one is named, it closes
+Triton's admin APIs to requests without its token, controls models explicitly (the
+supervisor reloads through it), and never logs the token."""
 
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
+import pytest
+
 from tddfa_tools.cli import build_parser
+from tddfa_tools.serve.embedded import TritonServerError
+from tddfa_tools.serve.ports import Ports, check_free, is_loopback
 from tddfa_tools.serve.server import TritonServer
 
 
 def test_cli_binds_loopback_by_default() -> None:
     args = build_parser().parse_args(["serve"])
-    assert args.host == "127.0.0.1" and args.supervise and args.supervisor_port == 8003
+    assert args.host == "127.0.0.1" and args.supervise and not args.expose_triton
     assert build_parser().parse_args(["serve", "--host", "0.0.0.0"]).host == "0.0.0.0"
+
+
+def test_ports_follow_the_http_port() -> None:
+    assert Ports.derived() == Ports(8000, 8001, 8002, 8003)
+    assert Ports.derived(9000) == Ports(9000, 9001, 9002, 9003)
+    assert Ports.derived(9000, metrics=9100) == Ports(9000, 9001, 9100, 9003)
+    assert Ports.derived(0) == Ports(0, 0, 0, 0)  # any free port, each
+
+
+def test_loopback_addresses() -> None:
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.1.2.3"))
+
+
+def test_a_port_in_use_is_named_with_its_option() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(TritonServerError, match=rf"port {port} \(--grpc-port\) on 127.0.0.1"):
+            check_free("127.0.0.1", {"--http-port": 0, "--grpc-port": port})
 
 
 def test_command_line(tmp_path: Path) -> None:

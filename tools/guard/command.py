@@ -8,7 +8,7 @@ import signal
 import threading
 from types import FrameType
 
-from tddfa_tools.guard.proxy import GrpcGuard, HttpGuard
+from tddfa_tools.guard.proxy import Guard
 from tddfa_tools.guard.rules import Limits
 from tddfa_tools.signals import SIGNALS as STOP_SIGNALS
 
@@ -63,20 +63,21 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, *STOP_SIGNALS)}
-    http_guard = HttpGuard(args.host, args.http_port, args.upstream_http, limits, args.timeout)
-    grpc_guard = GrpcGuard(args.host, args.grpc_port, args.upstream_grpc, limits, args.timeout)
+    guard = Guard(
+        args.host,
+        args.http_port,
+        args.grpc_port,
+        args.upstream_http,
+        args.upstream_grpc,
+        limits,
+        args.timeout,
+    )
     try:
-        http_guard.start()
-        grpc_guard.start()
-        LOG.info(
-            "guarding http %s:%d -> %s and grpc %s:%d -> %s; Ctrl-C stops",
-            args.host, http_guard.port, args.upstream_http,
-            args.host, grpc_guard.port, args.upstream_grpc,
-        )  # fmt: skip
+        guard.start()
+        LOG.info("Ctrl-C stops the guard")
         stop.wait()
     finally:
-        grpc_guard.stop()
-        http_guard.stop()
+        guard.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0

@@ -309,11 +309,13 @@ class GrpcGuard:
     ) -> None:
         size = ("grpc.max_receive_message_length", limits.max_body_bytes)
         send = ("grpc.max_send_message_length", -1)
+        exclusive = ("grpc.so_reuseport", 0)  # a port in use is an error, never shared
         self._channel = grpc.insecure_channel(
             upstream, options=[("grpc.max_receive_message_length", -1), send]
         )
         self._server = grpc.server(
-            concurrent.futures.ThreadPoolExecutor(max_workers=workers), options=[size, send]
+            concurrent.futures.ThreadPoolExecutor(max_workers=workers),
+            options=[size, send, exclusive],
         )
         self._server.add_generic_rpc_handlers((_GrpcForwarder(self._channel, limits, timeout),))
         self.port = self._server.add_insecure_port(f"{host}:{port}")
@@ -327,3 +329,42 @@ class GrpcGuard:
     def stop(self) -> None:
         self._server.stop(grace=5).wait()
         self._channel.close()
+
+
+class Guard:
+    """Both sides in front of one tritonserver: HTTP on ``host:http_port`` to
+    ``upstream_http``, gRPC on ``host:grpc_port`` to ``upstream_grpc`` (0: free ports)."""
+
+    def __init__(
+        self,
+        host: str,
+        http_port: int,
+        grpc_port: int,
+        upstream_http: str,
+        upstream_grpc: str,
+        limits: Limits | None = None,
+        timeout: float = 600.0,
+    ) -> None:
+        limits = limits or Limits()
+        self.host = host
+        self.upstream_http, self.upstream_grpc = upstream_http, upstream_grpc
+        self.http = HttpGuard(host, http_port, upstream_http, limits, timeout)
+        try:
+            self.grpc = GrpcGuard(host, grpc_port, upstream_grpc, limits, timeout)
+        except BaseException:
+            self.http.stop()
+            raise
+
+    def start(self) -> Guard:
+        self.http.start()
+        self.grpc.start()
+        LOG.info(
+            "guarding http %s:%d -> %s and grpc %s:%d -> %s",
+            self.host, self.http.port, self.upstream_http,
+            self.host, self.grpc.port, self.upstream_grpc,
+        )  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        self.grpc.stop()
+        self.http.stop()

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from tddfa_tools.guard.proxy import Guard
 from tddfa_tools.locations import default_repository
 from tddfa_tools.serve.allocator import ALLOCATORS
 from tddfa_tools.serve.cuda_mps import (
@@ -24,14 +25,19 @@ from tddfa_tools.serve.cuda_mps import (
     visible_gpu_count,
 )
 from tddfa_tools.serve.embedded import TritonServerError
-from tddfa_tools.serve.server import (
-    DEFAULT_PORTS,
-    SUPERVISOR_PORT,
-    TritonServer,
+from tddfa_tools.serve.ports import (
+    DEFAULT_HTTP_PORT,
+    OFFSETS,
+    Ports,
+    bind_error,
+    check_free,
+    is_loopback,
 )
+from tddfa_tools.serve.server import TritonServer
 from tddfa_tools.signals import SIGNALS as STOP_SIGNALS
 
 LOGGER = logging.getLogger(__name__)
+LOOPBACK = "127.0.0.1"
 
 
 # -- CLI ---------------------------------------------------------------------------------------
@@ -53,32 +59,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=default_repository(),
         help="model repository folder (default: %(default)s, where `tddfa build` writes)",
     )
-    for name, number in DEFAULT_PORTS.items():
-        parser.add_argument(
-            f"--{name}-port", type=port, default=number, metavar="N", help=f"default {number}"
-        )
     parser.add_argument(
-        "--supervisor-port",
+        "--http-port",
         type=port,
-        default=SUPERVISOR_PORT,
+        default=DEFAULT_HTTP_PORT,
         metavar="N",
-        help=f"the supervisor's /metrics and /health (default {SUPERVISOR_PORT})",
+        help="HTTP port; the other ports follow it unless given (default: %(default)s)",
     )
+    for name, offset in OFFSETS.items():
+        what = "the supervisor's /metrics and /health" if name == "supervisor" else name
+        parser.add_argument(
+            f"--{name}-port",
+            type=port,
+            default=None,
+            metavar="N",
+            help=f"{what} port (default: the HTTP port + {offset}; 0: any free port)",
+        )
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to bind (default: %(default)s, this machine only; 0.0.0.0 exposes the "
-        "server: put a proxy in front, see docs/security.md)",
+        help="address to bind (default: %(default)s, this machine only). Any other address "
+        "puts the checking proxy of `tddfa guard` on the HTTP and gRPC ports and keeps "
+        "tritonserver on 127.0.0.1 (docs/security.md); metrics and supervisor ports bind here",
     )
     parser.add_argument(
-        "--log-verbose", type=non_negative_int, default=0, metavar="N", help="Triton log verbosity"
+        "--expose-triton",
+        action="store_true",
+        help="with a --host other than loopback: bind tritonserver itself there, without the "
+        "guard (every request reaches Triton unchecked: only behind your own proxy)",
+    )
+    parser.add_argument(
+        "--log-verbose",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="Triton's --log-verbose level (default: %(default)s)",
     )
     parser.add_argument(
         "--startup-timeout",
         type=positive_float,
         default=300.0,
         metavar="S",
-        help="seconds to wait for readiness",
+        help="seconds to wait for readiness (default: %(default)s)",
     )
     parser.add_argument(
         "--canary-interval",
@@ -191,12 +213,25 @@ def run(args: argparse.Namespace) -> int:
     warning = spanning_gpus_warning(args.model_repository, args.gpus)
     if warning:
         LOGGER.warning("%s", warning)
+    ports = Ports.derived(args.http_port, args.grpc_port, args.metrics_port, args.supervisor_port)
+    guarded = not is_loopback(args.host) and not args.expose_triton
+    check_free(
+        args.host,
+        {
+            "--http-port": ports.http,
+            "--grpc-port": ports.grpc,
+            "--metrics-port": ports.metrics,
+            "--supervisor-port": ports.supervisor if args.supervise else 0,
+        },
+    )
     server = TritonServer(
         args.model_repository,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        host=args.host,
+        # behind the guard, tritonserver listens on loopback only (free ports, logged)
+        host=LOOPBACK if guarded else args.host,
+        http_port=0 if guarded else ports.http,
+        grpc_port=0 if guarded else ports.grpc,
+        metrics_host=args.host,
+        metrics_port=ports.metrics,
         log_verbose=args.log_verbose,
         startup_timeout=args.startup_timeout,
         extra_args=[
@@ -214,26 +249,30 @@ def run(args: argparse.Namespace) -> int:
             SupervisorSettings(
                 canary_interval=args.canary_interval,
                 metrics_host=args.host,
-                metrics_port=args.supervisor_port,
+                metrics_port=ports.supervisor,
             ),
         )
         if args.supervise
         else None
     )
+    guard: Guard | None = None
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, *STOP_SIGNALS)}
     try:
         try:
             server.start()
             if supervisor is not None:
-                supervisor.start()
+                _bind(supervisor.start, args.host, ports.supervisor, "--supervisor-port")
+            if guarded:
+                guard = _bind(
+                    lambda: Guard(
+                        args.host, ports.http, ports.grpc, server.url, server.grpc_url
+                    ).start(),
+                    args.host,
+                    ports.http,
+                    "--http-port or --grpc-port",
+                )
             starting.clear()
-            LOGGER.info(
-                "serving %s: --url %s --protocol grpc, or --url %s --protocol http%s; Ctrl-C stops",
-                server.model_repository,
-                server.grpc_url,
-                server.url,
-                f"; supervisor {supervisor.metrics_url}" if supervisor else "",
-            )
+            _log_serving(server, supervisor, guard)
             while not stop.wait(0.5):
                 if supervisor is None and not server.is_alive():
                     raise TritonServerError(
@@ -246,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             starting.set()  # signals during shutdown are logged, not raised
             stop.set()
+            if guard is not None:
+                guard.stop()
             if supervisor is not None:
                 supervisor.stop()
             server.stop()
@@ -253,3 +294,30 @@ def run(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _bind(start, host: str, port: int, option: str):
+    """``start()``, with a bind failure (a port taken since the check) named like one."""
+    try:
+        return start()
+    except OSError as exc:
+        raise TritonServerError(bind_error(host, port, option, exc)) from exc
+
+
+def _log_serving(server: TritonServer, supervisor, guard: Guard | None) -> None:
+    if guard is None:
+        where = f"--url {server.grpc_url} --protocol grpc, or --url {server.url} --protocol http"
+    else:
+        host = {"0.0.0.0": "HOST", "::": "HOST"}.get(guard.host, guard.host)
+        where = (
+            f"--url {host}:{guard.grpc.port} --protocol grpc, or --url {host}:{guard.http.port} "
+            f"--protocol http, every request checked by the guard (tritonserver itself on "
+            f"{server.grpc_url} / {server.url}, for local clients with shared memory)"
+        )
+    LOGGER.info(
+        "serving %s: %s; metrics %s%s; Ctrl-C stops",
+        server.model_repository,
+        where,
+        server.metrics_url,
+        f"; supervisor {supervisor.metrics_url}" if supervisor else "",
+    )

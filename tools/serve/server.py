@@ -45,9 +45,6 @@ from tddfa_tools.serve.embedded import (
 LOGGER = logging.getLogger(__name__)
 SERVER_LOGGER = logging.getLogger("tritonserver")
 
-DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
-SUPERVISOR_PORT = 8003  # the supervisor's own /metrics and /health
-
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that is free right now (the OS picks it; tiny race until it is bound)."""
@@ -64,6 +61,8 @@ class TritonServer:
         http_port, grpc_port, metrics_port: ports to bind; 0 picks a free one.
         host: address to bind; 127.0.0.1 unless the server must be reachable from other
             machines (then put it behind a proxy: docs/security.md).
+        metrics_host: address of the metrics port (default ``host``): Prometheus may scrape
+            from the network while inference stays on loopback behind the guard.
         log_verbose: Triton's ``--log-verbose`` level.
         startup_timeout: seconds to wait for ``/v2/health/ready``.
         exit_timeout: Triton's ``--exit-timeout-secs``: on stop it waits this long for open
@@ -94,6 +93,7 @@ class TritonServer:
         grpc_port: int = 0,
         metrics_port: int = 0,
         host: str = "127.0.0.1",
+        metrics_host: str | None = None,
         log_verbose: int = 0,
         startup_timeout: float = 120.0,
         exit_timeout: int = 10,
@@ -114,9 +114,10 @@ class TritonServer:
         self.gpus = None if gpus is None else tuple(int(g) for g in gpus)
         self._mps: CudaMps | None = None
         self.host = host
+        self.metrics_host = metrics_host or host
         self.http_port = http_port or free_port(host)
         self.grpc_port = grpc_port or free_port(host)
-        self.metrics_port = metrics_port or free_port(host)
+        self.metrics_port = metrics_port or free_port(self.metrics_host)
         self.log_verbose = log_verbose
         self.startup_timeout = startup_timeout
         self.exit_timeout = exit_timeout
@@ -146,7 +147,7 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         """Prometheus endpoint, a full URL."""
-        return f"http://{_client_host(self.host)}:{self.metrics_port}/metrics"
+        return f"http://{_client_host(self.metrics_host)}:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:
@@ -187,7 +188,7 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
-            f"--metrics-address={self.host}",
+            f"--metrics-address={self.metrics_host}",
             f"--metrics-port={self.metrics_port}",
             f"--log-verbose={self.log_verbose}",
             f"--exit-timeout-secs={self.exit_timeout}",
