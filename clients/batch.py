@@ -267,12 +267,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="server; repeat for several, or give a name that resolves to several addresses "
         "(a Kubernetes headless Service): work is spread over all (default: localhost)",
     )
-    parser.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
+    parser.add_argument(
+        "--protocol", choices=("http", "grpc"), default="grpc", help="transport (default: grpc)"
+    )
     parser.add_argument(
         "--jobs", type=positive_int, default=2, metavar="N", help="files in flight (default 2)"
     )
     parser.add_argument(
-        "--in-flight", type=positive_int, default=4, metavar="N", help="frames in flight per video"
+        "--in-flight",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="frames in flight per video (default 4)",
     )
     parser.add_argument(
         "--retries",
@@ -312,7 +318,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "default: the ones `tddfa build` made)",
     )
     parser.add_argument(
-        "--assets", type=Path, default=None, help="asset folder for --mesh's BFM tables"
+        "--assets",
+        type=Path,
+        default=None,
+        help="asset folder for --mesh's BFM tables (default: $TDDFA_ASSET_DIR, then the cache)",
     )
     parser.set_defaults(func=run)
 

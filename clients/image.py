@@ -201,7 +201,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", type=Path, help="image to process")
     parser.add_argument("output", type=Path, help="rendered image (.png or .jpg)")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--json", type=Path, help="also write the results as JSON here (default: not written)"
+    )
     add_mesh_arguments(parser)
     add_render_argument(parser)
     add_server_arguments(parser)
@@ -215,11 +217,14 @@ def add_mesh_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="MESH.glb|.obj|.ply",
         help="also write every face's mesh (colours from the image, BFM texture "
-        "coordinates) to one file",
+        "coordinates) to one file (default: not written)",
     )
     add_mesh_space_argument(parser)
     parser.add_argument(
-        "--assets", type=Path, default=None, help="asset folder for --mesh's BFM tables"
+        "--assets",
+        type=Path,
+        default=None,
+        help="asset folder for --mesh's BFM tables (default: $TDDFA_ASSET_DIR, then the cache)",
     )
 
 

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from tddfa.contract import STATELESS_ENSEMBLE
-from tddfa_clients.triton_client import normalize_url
+from tddfa_clients.triton_client import is_local, normalize_url
 from tddfa_clients.video import model_for
 from tddfa_clients.video_io import open_decoder, probe
 from tddfa_tools.arguments import positive_int
@@ -208,7 +208,7 @@ def run_perf(args: argparse.Namespace) -> list[tuple[str, list[dict[str, str]]]]
             csv_path = _csv_path(args.csv, protocol, len(protocols) > 1) or Path(tmp) / "out.csv"
             command = perf_command(
                 binary, url, protocol, args.concurrency, data, csv_path, shape,
-                args.shared_memory, args.measurement_interval, args.model or model_for(args.mode),
+                shared_memory_for(args.shared_memory, url, protocol), args.measurement_interval, args.model or model_for(args.mode),
                 args.stability_percentage, args.max_trials, args.frames if sequence else None,
             )  # fmt: skip
             LOG.info("running: %s", " ".join(command))
@@ -219,6 +219,15 @@ def run_perf(args: argparse.Namespace) -> list[tuple[str, list[dict[str, str]]]]
             LOG.debug("%s", completed.stdout)
             results.append((protocol, read_csv(csv_path)))
     return results
+
+
+def shared_memory_for(mode: str, url: str, protocol: str) -> str:
+    """``--shared-memory auto`` resolved: system when the server is on this host and its admin
+    token (needed to register regions) is readable, else none."""
+    if mode != "auto":
+        return mode
+    address = normalize_url(url, protocol)
+    return "system" if is_local(address) and admin_token.find_token(address) else "none"
 
 
 def _csv_path(base: Path | None, protocol: str, several: bool) -> Path | None:
@@ -247,14 +256,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HOST[:PORT]",
         help="gRPC endpoint for --protocol both (default: --url's host, port 8001)",
     )
-    parser.add_argument("--protocol", choices=("http", "grpc", "both"), default="grpc")
+    parser.add_argument(
+        "--protocol",
+        choices=("http", "grpc", "both"),
+        default="grpc",
+        help="transport; both: one sweep each (default: grpc)",
+    )
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--mode",
         choices=("detect", "track"),
-        default="detect",
-        help="detect (default): independent frames to tddfa; track: sequences of --frames "
-        "consecutive frames to tddfa_track (perf_analyzer's sequence mode)",
+        default="track",
+        help="track (default, as every client): sequences of --frames consecutive frames to "
+        "tddfa_track (perf_analyzer's sequence mode); detect: independent frames to tddfa",
     )
     parser.add_argument(
         "--concurrency", default="1:4:1", metavar="START:END:STEP", help="default 1:4:1"
@@ -267,8 +281,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"source of the frames (default: $TDDFA_ASSET_DIR/{SAMPLE_VIDEO})",
     )  # fmt: skip
     parser.add_argument(
-        "--shared-memory", choices=("none", "system", "cuda"), default="none",
-        help="how perf_analyzer passes tensors (system/cuda: server on this host)",
+        "--shared-memory", choices=("auto", "none", "system", "cuda"), default="auto",
+        help="how perf_analyzer passes tensors: system/cuda need the server on this host; "
+        "auto (default): system for a local server whose admin token is readable, else none",
     )  # fmt: skip
     parser.add_argument(
         "--measurement-interval", type=positive_int, default=8000, metavar="MS",
@@ -284,7 +299,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=5,
         help="windows tried per concurrency (default 5)",
     )
-    parser.add_argument("--csv", type=Path, help="write perf_analyzer's CSV here")
+    parser.add_argument(
+        "--csv", type=Path, help="write perf_analyzer's CSV here (default: not written)"
+    )
     parser.set_defaults(func=run)
 
 

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import dataclasses
 import importlib.util
 import logging
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -167,8 +170,7 @@ class SharedMemorySlot(RegionSlot):
     """System (POSIX) shared memory regions."""
 
     def _create(self, name: str, size: int) -> Any:
-        import tritonclient.utils.shared_memory as shm
-
+        shm = system_shm()
         handle = shm.create_shared_memory_region(name, "/" + name, size)
         try:
             self._protocol.shared_memory("register_system_shared_memory", name, "/" + name, size)
@@ -181,20 +183,33 @@ class SharedMemorySlot(RegionSlot):
         self._protocol.shared_memory("unregister_system_shared_memory", name)
 
     def _destroy(self, handle: Any) -> None:
-        import tritonclient.utils.shared_memory as shm
-
+        shm = system_shm()
         shm.destroy_shared_memory_region(handle)
 
     def write(self, image: np.ndarray) -> None:
-        import tritonclient.utils.shared_memory as shm
-
+        shm = system_shm()
         shm.set_shared_memory_region(self.handle("input"), [image])
 
     def read(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-        import tritonclient.utils.shared_memory as shm
-
+        shm = system_shm()
         view = shm.get_contents_as_numpy(self.handle("output"), dtype, shape, offset=offset)
         return np.array(view, copy=True)  # the region is reused by the next frame
+
+
+@contextlib.contextmanager
+def _quiet_pkg_resources() -> Iterator[None]:
+    """tritonclient 2.51's shared-memory modules import pkg_resources (kept importable by
+    setuptools < 81), which warns on import: not the user's concern, so not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+        yield
+
+
+def system_shm() -> Any:
+    """tritonclient's system shared-memory module (ImportError when it cannot load)."""
+    with _quiet_pkg_resources():
+        import tritonclient.utils.shared_memory as shm
+    return shm
 
 
 def have_cupy() -> bool:
@@ -209,7 +224,8 @@ def cuda_shm() -> Any:
     if have_cupy():
         return None
     try:
-        import tritonclient.utils.cuda_shared_memory as cudashm
+        with _quiet_pkg_resources():
+            import tritonclient.utils.cuda_shared_memory as cudashm
     except (ImportError, RuntimeError) as exc:
         raise ClientError(
             f"CUDA shared memory unavailable ({exc}): install CuPy (pip install "

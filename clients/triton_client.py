@@ -53,6 +53,7 @@ from tddfa_clients.shared_memory import (
     cuda_shm,
     is_device_array,
     request_ended,
+    system_shm,
 )
 
 __all__ = [  # the errors and constants live beside; importers keep using this module
@@ -300,7 +301,7 @@ class FrameClient:
         if mode == "cuda":
             return self._setup_cuda_shared_memory()
         try:
-            import tritonclient.utils.shared_memory  # noqa: F401  (needs setuptools < 81)
+            system_shm()  # needs setuptools < 81 (pkg_resources)
         except ImportError as exc:
             if mode == "system":
                 raise ClientError(

@@ -245,13 +245,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="rendered video (.mp4, .mov or .mkv); may be left out with --mesh",
     )
     add_server_arguments(parser)
-    parser.add_argument("--json", type=Path, help="per-frame results as JSON Lines")
+    parser.add_argument(
+        "--json", type=Path, help="per-frame results as JSON Lines (default: not written)"
+    )
     parser.add_argument(
         "--mesh",
         type=Path,
         metavar="ANIM.glb",
         help="also write every tracked face as one animated glTF binary (a mesh per track, "
-        "expression morph targets, pose keyframes at the frames' timestamps)",
+        "expression morph targets, pose keyframes at the frames' timestamps) (default: not "
+        "written)",
     )
     add_mesh_space_argument(parser)
     parser.add_argument(
@@ -262,7 +265,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the ones `tddfa build` made, built from the assets if missing)",
     )
     parser.add_argument(
-        "--assets", type=Path, default=None, help="asset folder for --mesh's BFM tables"
+        "--assets",
+        type=Path,
+        default=None,
+        help="asset folder for --mesh's BFM tables (default: $TDDFA_ASSET_DIR, then the cache)",
     )
     parser.add_argument(
         "--in-flight",
@@ -331,7 +337,7 @@ def add_mode_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_const",
         const=False,
         default=None,
-        help="--mode track without temporal smoothing",
+        help="--mode track without temporal smoothing (default: the server's smoothing)",
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import sys
 
@@ -42,6 +43,28 @@ EXPECTED_ERRORS = (
     ("tddfa_tools.assets.table", "AssetError"),
 )
 LOG = logging.getLogger("tddfa")
+# Libraries whose INFO lines say nothing a user can act on (PyOpenGL: "No OpenGL_accelerate
+# module loaded"); shown with -v.
+QUIET_LIBRARIES = ("OpenGL",)
+
+
+def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="debug logging"
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="show the Python traceback of an error (implies --verbose)",
+    )
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("tddfa-triton")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,12 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="3DDFA_V2 dense face reconstruction served by Triton: build the model "
         "repository, serve it, and send images and videos through it.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="show the Python traceback of an error (implies --verbose)",
+        "--version",
+        action="version",
+        version=f"%(prog)s {version()} (Triton client {importlib.metadata.version('tritonclient')})",
     )
+    _add_common(parser, False)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
@@ -65,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    for subparser in subparsers.choices.values():  # also after the subcommand: tddfa video -v
+        _add_common(subparser, argparse.SUPPRESS)
     return parser
 
 
@@ -91,14 +116,14 @@ def error_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv  # accepted anywhere, also after the subcommand
-    args = build_parser().parse_args([a for a in argv if a != "--debug"])
-    args.debug = debug
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    verbose = args.verbose or args.debug
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose or args.debug else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     try:
         with stop_like_ctrl_c():
             return int(args.func(args) or 0)

@@ -118,7 +118,7 @@ def test_missing_message_lists_url_and_fix(isolated):
     assert "download failed" in message
     assert "--assets" in message and resolve.ENV_ASSET_DIR in message
     assert "opt.bin" not in message
-    with pytest.raises(AssetError, match="downloads disabled"):
+    with pytest.raises(AssetError, match="not in the cache .*; `tddfa assets` downloads it"):
         resolve_assets(["x.bin"], download=False)
 
 

@@ -165,11 +165,12 @@ def resolve_assets(
             except AssetError as exc:
                 reason = str(exc)
         elif path is None:
-            reason = "downloads disabled"
+            where = f"{root} or the cache" if root is not None else f"the cache {cache_dir()}"
+            reason = f"not in {where}; `tddfa assets` downloads it"
         if path is not None:
             found[name] = path
         elif asset.optional:
-            LOG.info("optional asset %s not available (%s); continuing without it", name, reason)
+            LOG.info("%s (%s) not used: %s", name, asset.description, reason)
         else:
             missing.append((name, asset, reason))
     if missing:

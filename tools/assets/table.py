@@ -49,7 +49,7 @@ ASSETS: dict[str, Asset] = {
         V2_RAW + "weights/mb1_120x120.pth",
         None,
         optional=True,
-        description="MobileNetV1 x1.0 3DMM regressor (optional)",
+        description="optional MobileNetV1 x1.0 3DMM regressor",
     ),
     "param_mean_std_62d_120x120.pkl": Asset(
         "3ddfa_v2/param_mean_std_62d_120x120.pkl",
@@ -87,15 +87,15 @@ ASSETS: dict[str, Asset] = {
         "color.1024x1024.jpg",
         "f6363781b0fb985420932a818d442559443b3b3c74ae2f0e663bf8c6668b80a2",
         optional=True,
-        description="the FFmpeg GPU demo's face texture (a vertical rainbow), the texture "
-        "render mode's default (optional: a deployment may configure its own image)",
+        description="optional face texture of the FFmpeg GPU demo (a vertical rainbow), the "
+        "texture mode's default",
     ),
     "bfm_noneck_v3.pkl": Asset(
         "3ddfa_v2/bfm_noneck_v3.pkl",
         V2_RAW + "configs/bfm_noneck_v3.pkl",
         None,
         optional=True,
-        description="exact dense no-neck BFM bases (optional; else an approximate model)",
+        description="optional exact dense BFM; without it an approximate one is built",
     ),
     "u_shp.npy": Asset(
         "3ddfa_v1/u_shp.npy",

@@ -103,7 +103,7 @@ def register(subparsers) -> None:
         default=[],
         metavar="MODEL=N",
         help="instances of one step, overriding --instances (repeatable), "
-        "e.g. --instance-count face_renderer=4",
+        "e.g. --instance-count face_renderer=4 (default: --instances for every step)",
     )
     parser.add_argument(
         "--regressor",

@@ -107,7 +107,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=non_negative_float,
         default=30.0,
         metavar="S",
-        help="seconds between canary frames through the ensemble (finds hung steps; 0: off)",
+        help="seconds between canary frames through the ensemble (finds hung steps; 0: off) "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--no-supervise",
@@ -120,8 +121,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         metavar="BINARY",
-        help="run this tritonserver with its own backends instead of the wheel's (the NGC "
-        "container: /opt/tritonserver/bin/tritonserver)",
+        help="run this tritonserver with its own backends (the NGC container: "
+        "/opt/tritonserver/bin/tritonserver) (default: the embedded server of the "
+        "nvidia-pytriton wheel)",
     )
     parser.add_argument(
         "--cuda-memory-pool-mb",
@@ -158,7 +160,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=ALLOCATORS,
         default="auto",
         help="malloc of tritonserver and its stubs: jemalloc (returns freed memory, so RSS "
-        "stays flat over days), the system's glibc malloc, or auto: jemalloc when installed",
+        "stays flat over days), the system's glibc malloc, or auto: jemalloc when installed "
+        "(default: %(default)s)",
     )
     parser.set_defaults(func=run)
 

@@ -41,6 +41,7 @@ from tddfa_tools.serve.embedded import (
     server_environment,
     tritonserver_dist,
 )
+from tddfa_tools.serve.server_log import NO_GPU_NOTE, line_level
 
 LOGGER = logging.getLogger(__name__)
 SERVER_LOGGER = logging.getLogger("tritonserver")
@@ -70,7 +71,8 @@ class TritonServer:
         shm_prefix: name prefix of the Python backend's ``/dev/shm`` regions (unique by default,
             so leaks can be attributed to this server and are removed by :meth:`stop`).
         extra_args: more ``tritonserver`` flags, appended as given.
-        log_level: level at which server log lines are forwarded to the ``tritonserver`` logger.
+        log_level: level of forwarded server lines without Triton's severity letter (the
+            others keep Triton's level, :mod:`tddfa_tools.serve.server_log`).
         model_control: ``"explicit"`` (default: every model loaded at start, and the model
             control API available to the supervisor) or ``"none"``.
         restrict_admin: close Triton's shared-memory, model-repository, logging and trace
@@ -276,10 +278,19 @@ class TritonServer:
         process = self._process
         if process is None or process.stdout is None:
             return
+        gpu_build = any(
+            "KIND_GPU" in config.read_text(errors="replace")
+            for config in self.model_repository.glob("*/config.pbtxt")
+        )
+        noted_cpu = False
         for raw in iter(process.stdout.readline, b""):
             line = raw.decode("utf-8", errors="replace")
             self._log_tail.append(line)
-            SERVER_LOGGER.log(self.log_level, "%s", line.rstrip())
+            level = line_level(line, self.log_level, gpu_build)
+            if level == logging.DEBUG and not noted_cpu:
+                noted_cpu = True
+                LOGGER.info("%s", NO_GPU_NOTE)
+            SERVER_LOGGER.log(level, "%s", line.rstrip())
             for listener in self._log_listeners:
                 try:
                     listener(line)
