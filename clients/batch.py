@@ -31,7 +31,7 @@ from pathlib import Path
 import tenacity
 from tqdm import tqdm
 
-from tddfa.contract import STATELESS_ENSEMBLE, UV_MODE
+from tddfa.contract import UV_MODE
 from tddfa.files import is_temporary
 from tddfa_clients.batch_jobs import MESH_FORMATS, BadInput, Job, check_input, plan_jobs
 from tddfa_clients.batch_manifest import DONE, FAILED, MANIFEST, SKIPPED, Manifest
@@ -60,6 +60,7 @@ from tddfa_clients.triton_client import (
 from tddfa_clients.video import (
     add_mode_arguments,
     model_for,
+    outputs_for,
     process_video,
     uv_refusal,
 )
@@ -88,6 +89,13 @@ class Settings:
     mesh_space: str = DEFAULT_SPACE  # --mesh files' frame (tddfa_clients.mesh_space)
     bfm: Path | None = None  # --mesh of videos: the server's BFM tables (None: the build cache)
     assets: Path | None = None  # --mesh: asset folder (triangles, texture coordinates)
+    json: bool = False  # --json: each input's results beside its output
+
+
+def json_path_for(job: Job) -> Path:
+    """Where ``--json`` writes a job's results: ``.json`` beside an image's output, ``.jsonl``
+    (JSON Lines, one frame a line) beside a video's."""
+    return job.output.with_suffix(".json" if job.is_image else ".jsonl")
 
 
 def run_job(
@@ -127,10 +135,12 @@ def _run_once(
     """One attempt at ``job``: (frames, seconds)."""
     start = time.perf_counter()
     try:
-        outputs = ("RENDERED", "FACE_COUNT")
-        if job.mesh is not None:
-            outputs += ("VERTICES",) if job.is_image else ("PARAMS", "LANDMARKS", "TRACK_IDS")
-        model = STATELESS_ENSEMBLE if job.is_image else model_for(settings.mode)
+        mode = "detect" if job.is_image else settings.mode
+        outputs = outputs_for(mode, settings.json, mesh=job.mesh is not None and not job.is_image)
+        if job.mesh is not None and job.is_image:
+            outputs += ("VERTICES",)
+        model = model_for(mode)
+        json_path = json_path_for(job) if settings.json else None
         with ReplicaFrameClient(
             servers,
             settings.protocol,
@@ -143,7 +153,7 @@ def _run_once(
             if job.is_image:
                 tables = meshes.tables() if job.mesh is not None else None
                 process_image(
-                    client, job.source, job.output, None, None, job.mesh, tables,
+                    client, job.source, job.output, json_path, None, job.mesh, tables,
                     settings.mesh_space,
                 )  # fmt: skip
                 frames = 1
@@ -152,6 +162,7 @@ def _run_once(
                     client,
                     job.source,
                     job.output,
+                    json_path,
                     progress=settings.progress,
                     description=job.source.name,
                     smoothing=settings.smoothing,
@@ -219,7 +230,10 @@ def run_batch(
     todo = []
     meshes = MeshSources(settings.bfm, settings.assets) if mesh_format is not None else None
     for job in plan_jobs(inputs, out_dir, mesh_format):
-        if manifest.is_done(job):
+        if job.output.absolute() == job.source.absolute():
+            manifest.add(job, FAILED, "the output would replace the input: choose another --out")
+            counts["failed"] += 1
+        elif manifest.is_done(job):
             counts["already_done"] += 1
         elif job.output.exists() and not overwrite and not manifest.made(job):
             manifest.add(
@@ -298,6 +312,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace outputs that exist but are not recorded done",
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="also write each input's results beside its output: NAME.json for an image "
+        "(as tddfa image --json), NAME.jsonl for a video (as tddfa video --json)",
+    )
     add_mode_arguments(parser)
     add_render_argument(parser)
     parser.add_argument(
@@ -341,6 +361,7 @@ def run(args: argparse.Namespace) -> int:
         mesh_space=args.mesh_space,
         bfm=args.bfm,
         assets=args.assets,
+        json=args.json,
     )
     counts = run_batch(
         args.inputs,

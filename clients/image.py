@@ -22,6 +22,7 @@ from tddfa.contract import DEFAULT_OUTPUTS, RENDER_MODE_PARAMETER, RENDER_MODES
 from tddfa.files import atomic_path, atomic_paths
 from tddfa_clients.mesh import MeshTables, check_mesh_name, mesh_tables, write_faces_to
 from tddfa_clients.mesh_space import DEFAULT_SPACE, SPACES
+from tddfa_clients.output_paths import check_outputs
 from tddfa_clients.replicas import open_frame_client
 from tddfa_clients.triton_client import DEFAULT_TIMEOUT, FrameClient, FrameResult
 from tddfa_tools.arguments import positive_float
@@ -110,9 +111,9 @@ def faces_json(result: FrameResult) -> list[dict[str, Any]]:
         face = {
             "box": [round(float(v), 2) for v in box[:4]],
             "score": round(float(box[4]), 4),
-            "landmarks": np.round(result.landmarks[i], 2).tolist(),
+            "landmarks": np.round(result.landmarks[i].astype(np.float64), 2).tolist(),
             "pose": {"yaw": round(yaw, 3), "pitch": round(pitch, 3), "roll": round(roll, 3)},
-            "params": [float(v) for v in result.params[i]],
+            "params": [float(f"{v:.6g}") for v in result.params[i]],  # 6 significant digits
         }
         if result.track_ids is not None:
             face["track_id"] = int(result.track_ids[i])
@@ -129,8 +130,15 @@ def image_document(result: FrameResult, width: int, height: int, models: dict) -
     }
 
 
-def json_text(document: Any) -> str:
-    return json.dumps(document, indent=1) + "\n"
+def json_text(document: dict[str, Any]) -> str:
+    """The document as JSON, one face a line: {"image": ..., "models": ..., "faces": [...]}."""
+    faces = document.get("faces", [])
+    head = json.dumps({k: v for k, v in document.items() if k != "faces"})
+    lines = [f'{head[:-1]}, "faces": [' if head != "{}" else '{"faces": [']
+    lines += [
+        f" {json.dumps(face)}{',' if i < len(faces) - 1 else ''}" for i, face in enumerate(faces)
+    ]
+    return "\n".join(lines) + "\n]}\n"
 
 
 def process_image(
@@ -258,6 +266,7 @@ def render_parameters(mode: str | None) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Errors (ImageError, ClientError, OSError) reach the CLI's one-line error boundary."""
+    check_outputs(args.input, args.output, args.json, args.mesh)
     output_format(args.output)  # a bad output name or input fails before the server is asked
     if args.mesh is not None:
         check_mesh_name(args.mesh)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from tddfa.contract import DEFAULT_OUTPUTS, SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE, UV_MODE
 from tddfa.files import atomic_paths
 from tddfa_clients.image import (
+    IMAGE_SUFFIXES,
     add_mesh_space_argument,
     add_render_argument,
     add_server_arguments,
@@ -43,6 +44,7 @@ from tddfa_clients.image import (
 )
 from tddfa_clients.mesh_animation import FaceAnimation, check_animation_name, open_animation
 from tddfa_clients.mesh_model import load_face_model
+from tddfa_clients.output_paths import check_outputs
 from tddfa_clients.replicas import open_frame_client
 from tddfa_clients.shared_memory import cuda_shm
 from tddfa_clients.triton_client import (
@@ -201,6 +203,14 @@ def process_video(
     if info.frame_count and frames != info.frame_count:
         LOG.warning("%s: header says %d frames, decoded %d", source, info.frame_count, frames)
     return VideoStats(frames, time.perf_counter() - start, *names)
+
+
+def refuse_images(source: Path) -> None:
+    """VideoError for a still image given as a video (it would become a one-frame video)."""
+    if Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        raise VideoError(
+            f"{source} is an image, not a video: render it with `tddfa image {source} OUT.jpg`"
+        )
 
 
 def check_output_name(output: Path) -> None:
@@ -410,6 +420,8 @@ def run(args: argparse.Namespace) -> int:
         raise VideoError(uv_refusal(args.input))
     if args.output is None and args.mesh is None:
         raise VideoError("name an output video, or --mesh ANIM.glb, or both")
+    check_outputs(args.input, args.output, args.json, args.mesh)
+    refuse_images(args.input)
     if args.output is not None:  # bad names, inputs, codecs fail before the server is asked
         check_output_name(args.output)
     require_codecs(args.decoder, args.encoder if args.output is not None else "auto")
