@@ -18,7 +18,7 @@ LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logg
 _SEVERITY = re.compile(r"^(?:\d{4}-\d\d-\d\dT\S+ )?([IWEF])(?:\d{4} | )")
 GPU_PROBE = re.compile(
     r"CUDA driver version is insufficient|CudaDriverHelper has not been initialized|"
-    r"DCGM unable to start|no CUDA-capable device|Unable to allocate pinned system memory"
+    r"DCGM unable to start|no CUDA-capable device|(Unable|failed) to allocate pinned system memory"
 )
 NO_GPU_NOTE = (
     "tritonserver found no usable GPU; this repository runs on the CPU, so its GPU probe "
