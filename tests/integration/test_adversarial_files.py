@@ -171,12 +171,12 @@ def test_mistakes_are_one_line_and_write_nothing(
         (
             ["image", photo, tmp_path / "out.png", "--json", tmp_path / "no" / "x.json",
              "--url", url],
-            "No such file or directory",
+            f"the output folder {tmp_path / 'no'} does not exist: create it",
         ),
         (
             ["video", video, tmp_path / "out.mp4", "--json", tmp_path / "no" / "x.jsonl",
              "--url", url],
-            "No such file or directory",
+            f"the output folder {tmp_path / 'no'} does not exist: create it",
         ),
         (["video", video, tmp_path / "out.avi", "--url", url], "cannot write .avi video"),
         (["image", tmp_path / "missing.jpg", tmp_path / "out.png", "--url", url], "missing.jpg"),
