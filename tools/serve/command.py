@@ -57,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model-repository",
         type=Path,
         default=default_repository(),
+        metavar="DIR",
         help="model repository folder (default: %(default)s, where `tddfa build` writes)",
     )
     parser.add_argument(
@@ -67,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="HTTP port; the other ports follow it unless given (default: %(default)s)",
     )
     for name, offset in OFFSETS.items():
-        what = "the supervisor's /metrics and /health" if name == "supervisor" else name
+        what = {"grpc": "gRPC", "supervisor": "the supervisor's /metrics and /health"}.get(
+            name, name
+        )
         parser.add_argument(
             f"--{name}-port",
             type=port,
