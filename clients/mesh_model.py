@@ -4,7 +4,7 @@ texture coordinates.
 An animated mesh is the BFM itself (mean, shape and expression directions) driven by the
 parameters the server returns, so the client must hold the same dense bases as the
 server's ``face_vertices`` step. They come from ``--bfm`` (a ``bfm.npz``, or the model
-repository the server serves), else from the cache `tddfa build` fills (build/models),
+repository the server serves), else from the cache `tddfa build` fills (--models-dir),
 built from the assets when it is missing. The server says which kind it decodes with
 (exact or approximate, face_aligner's ``bfm`` parameter); a client holding the other
 kind stops with the fix instead of writing meshes that do not match the video.

@@ -164,7 +164,9 @@ def test_image_meshes_open_upright_where_the_faces_are(server, asset_dir, tmp_pa
 def _landmark_ids(asset_dir: Path) -> np.ndarray:
     from tddfa_tools.build.exports import bfm_tables
 
-    return load_bfm(bfm_tables(asset_dir)).landmark_vertex_ids
+    # the session's export cache (tests/conftest.py's built_repository fills it)
+    models_dir = Path(__file__).resolve().parents[2] / "build" / "models"
+    return load_bfm(bfm_tables(asset_dir, models_dir)).landmark_vertex_ids
 
 
 def test_batch_writes_meshes_beside_the_outputs(
