@@ -94,6 +94,14 @@ class RegionSlot:
     def _destroy(self, handle: Any) -> None:
         raise NotImplementedError
 
+    def _forget(self, name: str) -> None:
+        """After a registration that raised: the server may have registered ``name`` before
+        the call was interrupted (Ctrl-C, SIGTERM); unregister it, whatever the answer."""
+        try:
+            self._unregister(name)
+        except Exception:  # noqa: BLE001  (not registered: nothing to undo)
+            LOG.debug("%s was not registered", name)
+
     def ensure(self, role: str, size: int) -> str:
         """The region name for ``role`` holding at least ``size`` bytes."""
         current = self.regions.get(role)
@@ -175,6 +183,7 @@ class SharedMemorySlot(RegionSlot):
         try:
             self._protocol.shared_memory("register_system_shared_memory", name, "/" + name, size)
         except BaseException:
+            self._forget(name)
             shm.destroy_shared_memory_region(handle)
             raise
         return handle
@@ -322,6 +331,7 @@ class CudaSharedMemorySlot(RegionSlot):
                 "register_cuda_shared_memory", name, raw, self.server_device_id, size
             )
         except BaseException:
+            self._forget(name)
             self._destroy(handle)
             raise
         return handle
