@@ -200,6 +200,30 @@ def first_frames_clip(video: Path, frames: int) -> Path:
     return out
 
 
+def repeated_clip(video: Path, times: int, out: Path) -> Path:
+    """``video`` played ``times`` times in a row, its packets copied (no re-encoding, so a
+    decoder does the same work per frame): a long clip where start-up weighs little."""
+    import av
+
+    from tddfa.files import atomic_path
+
+    with av.open(str(video)) as source:
+        stream = source.streams.video[0]
+        packets = [p for p in source.demux(stream) if p.dts is not None]
+        step = packets[1].pts - packets[0].pts if len(packets) > 1 else 1
+        length = max(p.pts for p in packets) + step
+        with atomic_path(out) as temp, av.open(str(temp), "w", format="mp4") as sink:
+            copy = sink.add_stream_from_template(stream)
+            for k in range(times):
+                for packet in packets:
+                    again = av.Packet(bytes(packet))
+                    again.pts, again.dts = packet.pts + k * length, packet.dts + k * length
+                    again.time_base, again.stream = packet.time_base, copy
+                    again.is_keyframe = packet.is_keyframe
+                    sink.mux(again)
+    return out
+
+
 @contextlib.contextmanager
 def server_for(repository: Path, url: str | None, protocol: str = "grpc") -> Iterator[str]:
     """Yield ``host:port`` for ``protocol``: ``url`` as given, else a server started on

@@ -34,9 +34,9 @@ video() {  # label, extra arguments
     echo "== $1"; tail -n 3 "$out/video_$1.log"
 }
 for mode in detect track; do
-    video "1gpu_$mode" --url localhost:8001 --copies 16 --mode "$mode"
+    video "1gpu_$mode" --url localhost:8001 --streams 16 --mode "$mode"
     video "2gpu_$mode" --url localhost:8001 --url localhost:8011 --client-gpus 0,1 \
-        --copies 32 --mode "$mode"
+        --streams 32 --processes 2 --mode "$mode"
 done
 pkill -TERM -f "tddfa_tools.cli serve" 2>/dev/null
 wait

@@ -14,6 +14,7 @@
 #                            copies): 27 MB wheel -> ~3 MB; skipped with a hint when the wheel
 #                            is not there
 #   .carry/gpu_expected.npz  CPU outputs for tests/gpu (tests/gpu/make_expected.py)
+#   .carry/emma720x4.mp4     emma720.mp4 four times (1,200 frames, packets copied: 3 MB)
 #   .gl/*.deb                GL/EGL loaders (glvnd) for the NVIDIA EGL driver
 # The model repository is NOT carried: device_setup.sh builds it there (`tddfa build --device
 # gpu`: ONNX export + BFM tables; the BFM alone was 21.6 MB of the old 59 MB carry).
@@ -27,8 +28,10 @@ PYNVC_WHEEL=$(ls .whl/pynvvideocodec-2.2.4-cp312-*.whl 2>/dev/null | head -1 || 
 PY312=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
        --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 mkdir -p .carry .gl /tmp/tddfa_pack
+EXCLUDE=$(git rev-parse --git-common-dir)/info/exclude  # a worktree's .git is a file
+mkdir -p "$(dirname "$EXCLUDE")"
 for line in /.carry/ /.gl/ /.whl/; do
-  grep -qx "$line" .git/info/exclude 2>/dev/null || echo "$line" >> .git/info/exclude
+  grep -qx "$line" "$EXCLUDE" 2>/dev/null || echo "$line" >> "$EXCLUDE"
 done
 STAGE=$(mktemp -d /tmp/tddfa_pack/stage.XXXX)
 trap 'rm -rf "$STAGE"' EXIT
@@ -79,6 +82,9 @@ fi
 # -- assets (the repository is built from them on the device), reference, CPU outputs ----------
 tar -C "$SHARED" -cJf .carry/shared.tar.xz assets/3ddfa_v2 assets/3ddfa_v1 assets/images \
     assets/ffmpeg_gpu_demo/color.1024x1024.jpg assets/video/emma720.mp4 reference
+# the sample clip four times (1,200 frames, packets copied): host work per frame on a long clip
+(cd benchmarks && ../.venv/bin/python -c "import _common, pathlib; _common.repeated_clip(
+    pathlib.Path('$SHARED/assets/video/emma720.mp4'), 4, pathlib.Path('../.carry/emma720x4.mp4'))")
 test -f build/gpu_expected.npz || (cd tests/gpu && ../../.venv/bin/python make_expected.py --out ../../build/gpu_expected.npz)
 cp build/gpu_expected.npz .carry/gpu_expected.npz
 

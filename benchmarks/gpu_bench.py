@@ -144,6 +144,9 @@ def perf_sweep_point(servers, args, env, data, concurrency, on_hang) -> list:
 
     def one(k):
         try:
+            if args.outputs != "all":  # what a video client asks for: the client-like load
+                rows[k] = client_load(servers[k], args, share)
+                return
             server_env = dict(env)
             if servers[k].gpus is not None:
                 server_env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, servers[k].gpus))
@@ -166,6 +169,23 @@ def perf_sweep_point(servers, args, env, data, concurrency, on_hang) -> list:
             *(max(ms(r, k) for r in rows) for k in ("p50 latency", "p90 latency",
                                                     "p99 latency", "Server Queue",
                                                     "Server Compute Infer"))]  # fmt: skip
+
+
+def client_load(server, args, concurrency: int) -> dict[str, str]:
+    """tddfa_clients.perf_load at one concurrency against ``server``: only ``--outputs``
+    requested, frames in CUDA shared memory, sequences of ``--frames`` frames in track mode;
+    a perf_analyzer-like row (no server-side split: queue/compute read as nan)."""
+    from tddfa_clients.perf_load import LoadSettings, measure
+
+    frames = read_frames(args.video, args.frames)
+    settings = LoadSettings(
+        url=server.grpc_url, model="tddfa_track" if args.mode == "track" else ENSEMBLE,
+        outputs=tuple(o for o in args.outputs.split(",") if o), shared_memory="cuda",
+        sequence_length=args.frames if args.mode == "track" else None,
+        measurement_ms=args.interval_ms, gpu=server.gpus[0] if server.gpus else 0,
+    )  # fmt: skip
+    row = measure(settings, frames, concurrency, args.load_processes)
+    return {k: str(v) for k, v in row.items()}
 
 
 def read_stats(url: str) -> dict[str, dict]:
@@ -332,6 +352,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4, help="(b): pipelines in parallel")
     parser.add_argument("--frames", type=int, default=8, help="distinct frames for (a), (b)")
     parser.add_argument(
+        "--outputs", default="RENDERED",
+        help="(a): outputs to request (default RENDERED, what a video client asks for: the "
+        "project's client-like load); `all`: perf_analyzer, every output (VERTICES included)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mode", choices=("detect", "track"), default="detect",
+        help="(a) with --outputs: detect = tddfa; track = sequences of --frames frames to "
+        "tddfa_track",
+    )  # fmt: skip
+    parser.add_argument(
+        "--load-processes", type=int, default=2, help="(a) with --outputs: client processes"
+    )
+    parser.add_argument(
         "--perf-analyzer", type=Path, default=Path("/tmp/tddfa/site/bin/perf_analyzer")
     )
     parser.add_argument("--site", type=Path, default=Path("/tmp/tddfa/site"))
@@ -439,7 +472,10 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     report["a"] = rows
                     best = max(rows, key=lambda r: r[1])
-                    md += ["**(a) perf_analyzer, gRPC, CUDA shared memory in and out**", "",
+                    driver = ("perf_analyzer, every output" if args.outputs == "all" else
+                              f"client-like load (tddfa perf), outputs {args.outputs}, mode "
+                              f"{args.mode}")  # fmt: skip
+                    md += [f"**(a) {driver}, gRPC, CUDA shared memory in and out**", "",
                            f"{layout}; {len(frames)} distinct {frames[0].shape[1]}x{frames[0].shape[0]} "
                            f"frames of {args.video.name} (one face), batch 1 per request, time "
                            f"windows of {args.interval_ms} ms; several servers: concurrency split "

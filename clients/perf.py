@@ -1,8 +1,12 @@
-"""``tddfa perf``: perf_analyzer on the ensemble with real frames, concurrency sweep, CSV.
+"""``tddfa perf``: throughput and latency of the ensemble with real frames, concurrency sweep,
+CSV.
 
-perf_analyzer's random data is not a valid image, so this writes frames decoded from a
-sample video as ``--input-data`` JSON (raw uint8 bytes, base64, with their shape) and
-runs perf_analyzer from the tritonclient wheel over HTTP and/or gRPC.
+By default only the outputs a video client asks for are requested (RENDERED; ``--outputs``
+for others) by this project's own closed-loop load over gRPC (tddfa_clients.perf_load):
+perf_analyzer 2.51 requests every output of a model. ``--outputs all`` runs perf_analyzer
+from the tritonclient wheel over HTTP and/or gRPC; its random data is not a valid image, so
+frames decoded from a sample video are written as ``--input-data`` JSON (raw uint8 bytes,
+base64, with their shape).
 
 The binary needs Debian's ``libb64-0d`` (``apt-get install -y libb64-0d``) and a CUDA 12
 runtime library (the ``nvidia-cuda-runtime-cu12`` wheel; its lib folder is put on
@@ -74,13 +78,24 @@ def cuda_runtime_lib_dir() -> Path | None:
     return None
 
 
+def _on_library_path(pattern: str) -> bool:
+    """True when a folder of LD_LIBRARY_PATH holds a file matching ``pattern`` (the bundled
+    libraries of a wheel, whose names ctypes.util.find_library does not match)."""
+    folders = [Path(p) for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    return any(any(folder.glob(pattern)) for folder in folders if folder.is_dir())
+
+
 def perf_environment() -> dict[str, str]:
     """os.environ plus the library path perf_analyzer needs; raises PerfError if missing."""
-    if ctypes.util.find_library("b64") is None:
+    if ctypes.util.find_library("b64") is None and not _on_library_path("libb64*.so*"):
         raise PerfError("perf_analyzer needs libb64: apt-get install -y libb64-0d")
     env = dict(os.environ)
     lib = cuda_runtime_lib_dir()
-    if lib is None and ctypes.util.find_library("cudart") is None:
+    if (
+        lib is None
+        and ctypes.util.find_library("cudart") is None
+        and not _on_library_path("libcudart*.so.12*")
+    ):
         raise PerfError("perf_analyzer needs libcudart.so.12: pip install nvidia-cuda-runtime-cu12")
     if lib is not None:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
@@ -187,6 +202,64 @@ def summary_table(rows: list[dict[str, str]], protocol: str) -> str:
             f"{ms('p50 latency')} {ms('p90 latency')} {ms('p99 latency')}"
         )
     return "\n".join(lines)
+
+
+def sweep(text: str) -> list[int]:
+    """perf_analyzer's START:END:STEP (END and STEP optional) as a list of levels."""
+    try:
+        parts = [int(p) for p in text.split(":")]
+        start, end, step = (parts + [parts[0], 1][len(parts) - 1 :])[:3]
+        levels = list(range(start, end + 1, step))
+    except (ValueError, IndexError):
+        levels = []
+    if not levels or min(levels) < 1:
+        raise PerfError(f"--concurrency takes START:END:STEP of positive numbers, got {text!r}")
+    return levels
+
+
+def run_client_load(args: argparse.Namespace) -> list[tuple[str, list[dict[str, str]]]]:
+    """The client-like load (tddfa_clients.perf_load): only ``--outputs`` requested."""
+    from tddfa_clients.perf_load import CSV_FIELDS, LoadSettings, measure
+
+    if args.protocol != "grpc":
+        raise PerfError(
+            "the client-like load (--outputs) runs over gRPC: use --protocol grpc, or "
+            "--outputs all for perf_analyzer over HTTP (every output requested)"
+        )
+    levels = sweep(args.concurrency)
+    frames = read_frames(args.video, args.frames)
+    sequence = args.mode == "track"
+    settings = LoadSettings(
+        url=args.url, model=args.model or model_for(args.mode),
+        outputs=tuple(o for o in args.outputs.split(",") if o),
+        shared_memory=shared_memory_for(args.shared_memory, args.url, "grpc"),
+        sequence_length=args.frames if sequence else None,
+        measurement_ms=args.measurement_interval,
+    )  # fmt: skip
+    rows = []
+    for level in levels:
+        row = measure(settings, frames, level, args.processes)
+        LOG.info("concurrency %d: %.1f infer/s", level, row["Inferences/Second"])
+        rows.append({k: str(v) for k, v in row.items()})
+    if args.csv is not None:
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+    return [("grpc", rows)]
+
+
+def read_frames(video: Path, count: int) -> list:
+    """The first ``count`` frames of ``video`` as host RGB arrays."""
+    frames = []
+    with open_decoder(video, "cpu") as decoder:
+        for frame in decoder:
+            frames.append(frame.host_image())
+            if len(frames) >= count:
+                break
+    if not frames:
+        raise PerfError(f"{video}: no frames decoded")
+    return frames
 
 
 def run_perf(args: argparse.Namespace) -> list[tuple[str, list[dict[str, str]]]]:
@@ -300,7 +373,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="windows tried per concurrency (default 5)",
     )
     parser.add_argument(
-        "--csv", type=Path, help="write perf_analyzer's CSV here (default: not written)"
+        "--outputs", default="RENDERED", metavar="LIST|all",
+        help="outputs to request, comma-separated (default RENDERED: what a video client asks "
+        "for; FACE_COUNT always), measured by this client's own load over gRPC; `all`: "
+        "perf_analyzer, which requests every output (VERTICES included)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--processes", type=positive_int, default=1,
+        help="client processes the load is spread over (default 1; --outputs other than all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--csv", type=Path, help="write the sweep's CSV here (default: not written)"
     )
     parser.set_defaults(func=run)
 
@@ -310,7 +393,7 @@ def run(args: argparse.Namespace) -> int:
     if args.video is None:
         raise PerfError("no video to take frames from: pass --video FILE or set TDDFA_ASSET_DIR")
     probe(args.video)  # a missing or broken video is named before perf_analyzer is looked for
-    results = run_perf(args)
+    results = run_perf(args) if args.outputs == "all" else run_client_load(args)
     for protocol, rows in results:
         sys.stdout.write(summary_table(rows, protocol) + "\n")
     return 0

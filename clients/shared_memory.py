@@ -199,6 +199,13 @@ class SharedMemorySlot(RegionSlot):
         shm = system_shm()
         shm.set_shared_memory_region(self.handle("input"), [image])
 
+    def view(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        """A numpy view (no copy) of "output" at byte ``offset``, valid until the slot's next
+        request."""
+        import tritonclient.utils.shared_memory as shm
+
+        return shm.get_contents_as_numpy(self.handle("output"), dtype, shape, offset=offset)
+
     def read(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         shm = system_shm()
         view = shm.get_contents_as_numpy(self.handle("output"), dtype, shape, offset=offset)
@@ -317,6 +324,7 @@ class CudaSharedMemorySlot(RegionSlot):
         self.device_id = device_id  # as this process numbers its GPUs
         # as the server numbers the same GPU (a server started with --gpus N calls it 0)
         self.server_device_id = device_id if server_device_id is None else server_device_id
+        self._copied: Any = None  # the event the input copy is waited for with
 
     def _create(self, name: str, size: int) -> Any:
         cudashm = cuda_shm()
@@ -376,11 +384,14 @@ class CudaSharedMemorySlot(RegionSlot):
         another) into "input", complete when this returns.
 
         The copy runs on CuPy's current stream of this GPU (after the caller's earlier work
-        there; a DLPack producer orders its own work before it) and is waited for.
+        there; a DLPack producer orders its own work before it) and is waited for through an
+        event with blocking synchronisation (the thread sleeps instead of spinning).
         """
         import cupy
 
         with cupy.cuda.Device(self.device_id):
+            if self._copied is None:
+                self._copied = cupy.cuda.Event(block=True, disable_timing=True)
             stream = cupy.cuda.get_current_stream()
             source = as_cupy(image)
             if source.dtype != np.uint8:
@@ -395,7 +406,18 @@ class CudaSharedMemorySlot(RegionSlot):
                     packed = cupy.ascontiguousarray(source)
                     cupy.cuda.get_current_stream().synchronize()
                 target.data.copy_from_device_async(packed.data, packed.nbytes, stream)
-            stream.synchronize()
+            self._copied.record(stream)
+            self._copied.synchronize()
+
+    def view(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> Any:
+        """A CuPy view (no copy) of ``shape`` ``dtype`` values at byte ``offset`` of
+        "output", valid until the slot's next request."""
+        import cupy
+
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        with cupy.cuda.Device(self.device_id):
+            return self._region_array("output")[offset : offset + nbytes].view(dtype).reshape(shape)
 
     def read(
         self, offset: int, dtype: np.dtype, shape: tuple[int, ...], on_device: bool = False

@@ -17,6 +17,8 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from tddfa.contract import STATELESS_ENSEMBLE
 from tddfa_clients.errors import translate_error
 from tddfa_clients.port_probe import DEFAULT_PORTS, PROTOCOLS
@@ -201,6 +203,28 @@ class SequenceFrame:
         if self.parameters:
             arguments["parameters"] = self.parameters
         return arguments
+
+
+END_FRAME_SIDE = 64  # pixels: the frame that ends a sequence stopped early
+END_WAIT_S = 5.0
+
+
+def end_sequence(
+    transport: Transport, model: str, sequence_id: int, batched: bool, timeout: float
+) -> None:
+    """End a sequence stopped early (an error, Ctrl-C, SIGTERM) now instead of at the
+    server's idle timeout: one black frame with END, over the network, answer ignored."""
+    module = transport.module
+    shape = (END_FRAME_SIDE, END_FRAME_SIDE, 3)
+    black = np.zeros((1, *shape) if batched else shape, np.uint8)
+    tensor = module.InferInput(INPUT, list(black.shape), "UINT8")
+    tensor.set_data_from_numpy(black)
+    outputs = [module.InferRequestedOutput("FACE_COUNT")]
+    try:
+        future = transport.submit(model, [tensor], outputs, SequenceFrame(sequence_id, end=True))
+        future.result(timeout=min(timeout, END_WAIT_S))
+    except Exception as exc:  # noqa: BLE001  (already stopping: the idle timeout remains)
+        LOG.debug("could not end sequence %d: %s", sequence_id, exc)
 
 
 def new_sequence_id() -> int:

@@ -10,11 +10,10 @@ as CUDA arrays are copied device to device, never through the host), one input/o
 region pair per in-flight slot, reused from frame to frame, following
 create -> register -> use -> unregister -> destroy strictly.
 
-Every call has a deadline (``timeout``, default :data:`DEFAULT_TIMEOUT` s; gRPC calls
-included), so a stuck server cannot hang a client. A port that speaks the other protocol
-(``--url host:8000`` with gRPC) is recognised at once (:func:`detect_protocol`) and named.
-Shared-memory registration carries the server's admin token when this user's server
-published one (:mod:`tddfa_tools.serve.admin_token`); without it, frames go over the network.
+Every call has a deadline (``timeout``, default :data:`DEFAULT_TIMEOUT` s), so a stuck
+server cannot hang a client; a port that speaks the other protocol is named at once. The
+model contract: tddfa_clients.model_contract; the slots: tddfa_clients.shm_slots. Many videos
+from one process over gRPC streams: tddfa_clients.video_streams.
 
 Errors: :class:`ServerUnavailable` (connection refused, server down: worth retrying),
 :class:`InferenceError` (the server refused the request; carries the server's message),
@@ -25,18 +24,14 @@ Errors: :class:`ServerUnavailable` (connection refused, server down: worth retry
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import logging
-import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-from tritonclient.utils import triton_to_np_dtype
 
-from tddfa.contract import DEFAULT_OUTPUTS, RENDER_MODE_PARAMETER, UV_MODE
-from tddfa_clients import stale_regions
+from tddfa.contract import DEFAULT_OUTPUTS
 from tddfa_clients.errors import (
     ClientError,
     InferenceError,
@@ -45,20 +40,27 @@ from tddfa_clients.errors import (
     ServerUnavailable,
     translate_error,
 )
+from tddfa_clients.model_contract import (
+    EXPECTED_DTYPES,
+    INPUT,
+    FrameResult,
+    TensorSpec,
+    read_contract,
+)
 from tddfa_clients.shared_memory import (
     CUDA_ALIGNMENT,
     CUDA_SHM_HINT,
     CudaSharedMemorySlot,
-    SharedMemorySlot,
-    cuda_shm,
     is_device_array,
     request_ended,
-    system_shm,
 )
+from tddfa_clients.shm_slots import SHARED_MEMORY, close_slots, open_slots, output_layout
 
 __all__ = [  # the errors and constants live beside; importers keep using this module
     "CUDA_ALIGNMENT",
     "CUDA_SHM_HINT",
+    "EXPECTED_DTYPES",
+    "SHARED_MEMORY",
     "ClientError",
     "FrameClient",
     "FrameResult",
@@ -66,6 +68,7 @@ __all__ = [  # the errors and constants live beside; importers keep using this m
     "ModelMismatch",
     "ProtocolMismatch",
     "ServerUnavailable",
+    "TensorSpec",
     "served_on_gpu",
     "translate_error",
 ]
@@ -83,6 +86,7 @@ from tddfa_clients.transport import (  # noqa: F401  (re-exported)
     Transport,
     client_shm_prefix,
     dims,
+    end_sequence,
     is_local,
     new_sequence_id,
     normalize_url,
@@ -91,89 +95,12 @@ from tddfa_clients.transport import (  # noqa: F401  (re-exported)
     served_on_gpu,
     served_on_gpu_from,
 )
-from tddfa_tools.serve import admin_token
 
 LOG = logging.getLogger(__name__)
-END_FRAME_SIDE = 64  # pixels: the frame that ends a sequence stopped early
-END_WAIT_S = 5.0
 
-INPUT = "IMAGE"
-EXPECTED_DTYPES = {
-    "IMAGE": "UINT8",
-    "RENDERED": "UINT8",
-    "FACE_COUNT": "INT32",
-    "FACE_BOXES": "FP32",
-    "LANDMARKS": "FP32",
-    "POSE": "FP32",
-    "PARAMS": "FP32",
-    "VERTICES": "FP32",
-}
 DEFAULT_TIMEOUT = 120.0  # seconds one call may take (a CPU server under load: ~1 s a frame)
-SHARED_MEMORY = ("auto", "system", "cuda", "none")
 
 Key = TypeVar("Key")
-
-
-@dataclasses.dataclass
-class FrameResult:
-    """The ensemble's answer for one frame, rows beyond ``face_count`` trimmed.
-
-    rendered (H, W, 3) uint8 RGB (None when not requested; a CuPy array when the client
-    was made with ``rendered_on_device``); boxes (F, 5) float32
-    [x1, y1, x2, y2, score]; landmarks (F, 3, 68) float32 image coordinates; pose (F, 3)
-    float32 yaw, pitch, roll degrees; params (F, 62) float32; vertices (F, 3, N) float32
-    image space or None.
-    """
-
-    rendered: np.ndarray | None
-    face_count: int
-    boxes: np.ndarray
-    landmarks: np.ndarray
-    pose: np.ndarray
-    params: np.ndarray
-    vertices: np.ndarray | None = None
-    track_ids: np.ndarray | None = None  # (F,) int32 from the sequence ensemble
-
-    @classmethod
-    def from_outputs(cls, outputs: dict[str, np.ndarray]) -> FrameResult:
-        """Build from {tensor name: array without the batch dimension}."""
-        count = int(np.asarray(outputs["FACE_COUNT"]).reshape(-1)[0])
-
-        def rows(name: str, tail: tuple[int, ...]) -> np.ndarray:
-            if name not in outputs:
-                return np.zeros((0, *tail), np.float32)
-            return np.ascontiguousarray(outputs[name][:count])
-
-        vertices = outputs.get("VERTICES")
-        track_ids = outputs.get("TRACK_IDS")
-        return cls(
-            rendered=outputs.get("RENDERED"),
-            face_count=count,
-            boxes=rows("FACE_BOXES", (5,)),
-            landmarks=rows("LANDMARKS", (3, 68)),
-            pose=rows("POSE", (3,)),
-            params=rows("PARAMS", (62,)),
-            vertices=None if vertices is None else np.ascontiguousarray(vertices[:count]),
-            track_ids=None if track_ids is None else np.asarray(track_ids[:count], np.int32),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    """A model input/output as the server declares it (shape without the batch dim)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def byte_size(self, image_shape: tuple[int, ...]) -> int | None:
-        """Bytes of one item; -1 dims are taken from ``image_shape``; None when unknown."""
-        dims = list(self.shape)
-        if -1 in dims:
-            if len(dims) != len(image_shape):
-                return None
-            dims = [i if d < 0 else d for d, i in zip(dims, image_shape, strict=True)]
-        return int(np.prod(dims)) * np.dtype(triton_to_np_dtype(self.datatype)).itemsize
 
 
 class FrameClient:
@@ -234,58 +161,26 @@ class FrameClient:
             self._protocol = Transport(protocol, self.url, in_flight, timeout)
         except Exception as exc:
             raise translate_error(exc) from exc
-        self._slots: list[SharedMemorySlot | CudaSharedMemorySlot] = []
+        self._slots: list = []
         self._cuda = shared_memory == "cuda"
         self.cuda_device = cuda_device
         self.server_cuda_device = server_cuda_device
         self.rendered_on_device = rendered_on_device
         try:
-            self._read_model()
-            self._use_shm = self._decide_shared_memory(shared_memory)
+            contract = read_contract(self._protocol, model, self.url, self.outputs)
+            self._contract = contract
+            self.config, self.batched, self.specs = (
+                contract.config,
+                contract.batched,
+                contract.specs,
+            )
+            self._slots = open_slots(
+                self._protocol, self.url, shared_memory, in_flight, cuda_device, server_cuda_device
+            )
+            self._use_shm = bool(self._slots)
         except BaseException:
             self._protocol.close()
             raise
-
-    # -- model contract ---------------------------------------------------------------
-
-    def _read_model(self) -> None:
-        try:
-            metadata = self._protocol.model_metadata(self.model)
-            config = self._protocol.model_config(self.model)
-        except Exception as exc:
-            error = translate_error(exc)
-            if isinstance(error, InferenceError):
-                raise ModelMismatch(
-                    f"model {self.model!r} is not served at {self.url} ({error}); "
-                    "build and serve the repository with `tddfa build` and `tddfa serve`"
-                ) from exc
-            # no Triton answer: maybe the port speaks the other protocol (one quick probe
-            # instead of retrying a port that will never answer in this protocol)
-            hint = protocol_hint(self.url, self._protocol.name, detect_protocol(self.url))
-            if hint is not None:
-                raise ProtocolMismatch(hint) from exc
-            raise error from exc
-        self.config = config
-        self.batched = int(config.get("max_batch_size", 0) or 0) > 0
-        skip = 1 if self.batched else 0
-        specs = {}
-        for entry in [*metadata.get("inputs", []), *metadata.get("outputs", [])]:
-            shape = dims(entry.get("shape", []))[skip:]
-            specs[entry["name"]] = TensorSpec(entry["name"], entry["datatype"], shape)
-        for name in (INPUT, *self.outputs):
-            spec = specs.get(name)
-            if spec is None:
-                raise ModelMismatch(
-                    f"model {self.model!r} at {self.url} has no tensor {name}; it declares "
-                    f"{sorted(specs)}. Rebuild the repository with `tddfa build`."
-                )
-            expected = EXPECTED_DTYPES.get(name)
-            if expected and spec.datatype != expected:
-                raise ModelMismatch(
-                    f"{self.model}.{name} is {spec.datatype} on the server, this client needs "
-                    f"{expected}. Rebuild the repository with `tddfa build`."
-                )
-        self.specs = specs
 
     def served_models(self) -> dict[str, str]:
         """{"regressor": mb05|mb1, "bfm": exact|approximate} from face_aligner's config."""
@@ -293,76 +188,11 @@ class FrameClient:
 
     # -- shared memory ----------------------------------------------------------------
 
-    def _decide_shared_memory(self, mode: str) -> bool:
-        if mode == "none" or (mode == "auto" and not is_local(self.url)):
-            return False
-        if is_local(self.url):  # regions that clients killed before cleaning up left here
-            stale_regions.reap(self._protocol)
-        if mode == "cuda":
-            return self._setup_cuda_shared_memory()
-        try:
-            system_shm()  # needs setuptools < 81 (pkg_resources)
-        except ImportError as exc:
-            if mode == "system":
-                raise ClientError(
-                    f"system shared memory unavailable: {exc}. Install 'setuptools<81' "
-                    "(tritonclient 2.51 imports pkg_resources)"
-                ) from exc
-            LOG.warning("shared memory disabled (%s); sending frames over the network", exc)
-            return False
-        tag = f"{client_shm_prefix()}{uuid.uuid4().hex[:8]}"
-        self._slots = [
-            SharedMemorySlot(self._protocol, f"{tag}_{i}") for i in range(self.in_flight)
-        ]
-        # probe once, now: a server in a container may not see our /dev/shm, and a server
-        # started by `tddfa serve` registers regions only for holders of its admin token
-        try:
-            self._slots[0].ensure("input", 4096)
-        except Exception as exc:
-            self.close_shared_memory()
-            reason = translate_error(exc)
-            if mode == "auto":
-                LOG.warning("shared memory disabled (%s); sending frames over the network", reason)
-                return False
-            raise ClientError(
-                f"the server at {self.url} refused system shared memory ({reason}). Servers "
-                "started by `tddfa serve` allow it to the user who started them (admin token "
-                f"in {admin_token.token_dir()}, or ${admin_token.ENV_TOKEN}); else send "
-                "frames over the network (--no-shm)"
-            ) from exc
-        return True
-
-    def _setup_cuda_shared_memory(self) -> bool:
-        if not is_local(self.url):
-            raise ClientError(
-                f"CUDA shared memory needs the server on this host, got {self.url}; use "
-                "shared_memory='none' for a remote server"
-            )
-        cuda_shm()
-        tag = f"{client_shm_prefix()}cuda_{uuid.uuid4().hex[:8]}"
-        self._slots = [
-            CudaSharedMemorySlot(
-                self._protocol, f"{tag}_{i}", self.cuda_device, self.server_cuda_device
-            )
-            for i in range(self.in_flight)
-        ]
-        try:  # fail now, with the server's reason, not on the first frame
-            self._slots[0].ensure("input", 4096)
-        except Exception as exc:
-            self.close_shared_memory()
-            error = translate_error(exc)
-            raise ClientError(
-                f"cannot use CUDA shared memory on device {self.cuda_device} with the server "
-                f"at {self.url}: {error}. The server must run on this host with a GPU."
-            ) from exc
-        return True
-
     def close_shared_memory(self) -> None:
         """Unregister and destroy every shared memory region once the requests that use
         them have ended (up to ``timeout`` s each); regions are recreated on demand."""
         slots, self._slots = self._slots, []
-        for slot in slots:
-            slot.close(wait=self.timeout)
+        close_slots(slots, self.timeout)
 
     @property
     def uses_shared_memory(self) -> bool:
@@ -410,21 +240,16 @@ class FrameClient:
         in_name = region.ensure("input", nbytes)
         region.write(image)  # complete on return: the caller may reuse the image's memory
         tensor.set_shared_memory(in_name, nbytes)
-        sizes = {n: self.specs[n].byte_size(shape) for n in self.outputs}
-        if self.parameters.get(RENDER_MODE_PARAMETER) == UV_MODE and "RENDERED" in sizes:
-            sizes["RENDERED"] = None  # not the frame's size: it comes back in the response
-        offset = 0
-        align = CUDA_ALIGNMENT if self._cuda else 1  # device views need aligned offsets
-        for name, size in sizes.items():
-            if size is not None:
-                offset = -(-offset // align) * align
-                placement[name] = offset
-                offset += size
-        out_name = region.ensure("output", max(offset, 1))
+        layout, total = output_layout(
+            self._contract, self.outputs, shape, self._cuda, self.parameters
+        )
+        out_name = region.ensure("output", total)
         for requested in outputs:
             name = requested.name()
-            if name in placement:
-                requested.set_shared_memory(out_name, sizes[name], offset=placement[name])
+            if name in layout:
+                offset, size = layout[name]
+                requested.set_shared_memory(out_name, size, offset=offset)
+                placement[name] = offset
         return [tensor], outputs, placement
 
     def _collect(self, result: Any, slot: int, placement: dict[str, int]) -> FrameResult:
@@ -432,7 +257,7 @@ class FrameClient:
         region = self._slots[slot] if placement else None
         for name in self.outputs:
             if name in placement:  # a copy: the region is reused by the next frame
-                dtype = triton_to_np_dtype(self.specs[name].datatype)
+                dtype = self._contract.dtype(name)
                 shape = self._protocol.output_shape(result, name)
                 if isinstance(region, CudaSharedMemorySlot):
                     on_device = self.rendered_on_device and name == "RENDERED"
@@ -525,25 +350,8 @@ class FrameClient:
             for _, slot, _, future in pending:
                 if request_ended(future, self.timeout) and self._use_shm:
                     self._slots[slot].in_flight = None
-            if sequence_id is not None and sent and not ended:
-                self._end_sequence(sequence_id)
-
-    def _end_sequence(self, sequence_id: int) -> None:
-        """End a sequence stopped early (an error, Ctrl-C, SIGTERM) now instead of at the
-        server's idle timeout: one black frame with END, over the network, answer ignored."""
-        module = self._protocol.module
-        black = np.zeros((1, END_FRAME_SIDE, END_FRAME_SIDE, 3) if self.batched else
-                         (END_FRAME_SIDE, END_FRAME_SIDE, 3), np.uint8)  # fmt: skip
-        tensor = module.InferInput(INPUT, list(black.shape), "UINT8")
-        tensor.set_data_from_numpy(black)
-        outputs = [module.InferRequestedOutput("FACE_COUNT")]
-        try:
-            future = self._protocol.submit(
-                self.model, [tensor], outputs, SequenceFrame(sequence_id, end=True)
-            )
-            request_ended(future, min(self.timeout, END_WAIT_S))
-        except Exception as exc:  # noqa: BLE001  (already stopping: the idle timeout remains)
-            LOG.debug("could not end sequence %d: %s", sequence_id, exc)
+            if sequence_id is not None and sent and not ended:  # stopped early: end it now
+                end_sequence(self._protocol, self.model, sequence_id, self.batched, self.timeout)
 
     def _finish(
         self, key: Key, slot: int, placement: dict, future: concurrent.futures.Future

@@ -20,13 +20,14 @@ Choosing (``open_decoder`` / ``open_encoder``):
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import importlib.util
 import logging
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -38,6 +39,19 @@ DECODERS = ("auto", "nvdec", "cpu")
 OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")  # containers H.264 + copied audio go into
 ENCODERS = ("auto", "nvenc", "cpu")
 NO_PYAV_HINT = "install PyAV (pip install av) for audio and exact timestamps"
+X264_PRESETS = (  # libx264's speed/size trade-offs, fastest first
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSettings:
+    """libx264's quality (``crf``: 0 lossless .. 51; lower is better and larger) and speed
+    (``preset``); the defaults keep the quality every earlier release wrote. NVENC keeps its
+    own defaults."""
+
+    crf: int = 20
+    preset: str = "veryfast"
 
 
 class VideoError(RuntimeError):
@@ -129,6 +143,38 @@ def reason(exc: BaseException) -> str:
         return str(strerror)
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoStats:
+    frames: int
+    seconds: float
+    decoder: str
+    encoder: str
+    transport: str = "none"  # shared memory: cuda, system or none
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def check_output_name(output: Path) -> None:
+    """VideoError unless ``output`` ends in a container this client writes."""
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise VideoError(
+            f"{output}: cannot write {output.suffix or 'a file without suffix'} video; name the "
+            f"output {', '.join(OUTPUT_SUFFIXES)}"
+        )
+
+
+@contextlib.contextmanager
+def json_lines(paths: list[Path]) -> Iterator[TextIO | None]:
+    """The JSON Lines file open for writing at ``paths[0]`` (None when there is none)."""
+    if not paths:
+        yield None
+        return
+    with open(paths[0], "w") as handle:
+        yield handle
 
 
 # ---------------------------------------------------------------------------------------
@@ -260,11 +306,13 @@ def open_decoder(path: str | Path, kind: str = "auto", gpu_id: int = 0) -> Decod
         return _cpu_decoder(path)
 
 
-def _cpu_encoder(path: str | Path, info: VideoInfo, audio_from: str | Path | None) -> Encoder:
+def _cpu_encoder(
+    path: str | Path, info: VideoInfo, audio_from: str | Path | None, settings: EncoderSettings
+) -> Encoder:
     if have_pyav():
         from tddfa_clients.video_pyav import PyAVEncoder
 
-        return PyAVEncoder(path, info, audio_from)
+        return PyAVEncoder(path, info, audio_from, settings.crf, settings.preset)
     from tddfa_clients.video_opencv import OpenCVEncoder
 
     LOG.warning(
@@ -282,12 +330,14 @@ def open_encoder(
     kind: str = "auto",
     audio_from: str | Path | None = None,
     gpu_id: int = 0,
+    settings: EncoderSettings = EncoderSettings(),  # noqa: B008  (frozen)
 ) -> Encoder:
-    """An encoder for ``path``: ``nvenc``, ``cpu`` or ``auto`` (NVENC when the GPU has one)."""
+    """An encoder for ``path``: ``nvenc``, ``cpu`` or ``auto`` (NVENC when the GPU has one);
+    ``settings`` for libx264."""
     if kind not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
     if kind == "cpu":
-        return _cpu_encoder(path, info, audio_from)
+        return _cpu_encoder(path, info, audio_from, settings)
     missing = (
         "PyNvVideoCodec is not installed"
         if not nvidia_codec_available()
@@ -298,14 +348,14 @@ def open_encoder(
     if missing:
         if kind == "nvenc":
             raise CodecUnavailable(f"NVENC requested but {missing}: use --encoder cpu or auto")
-        return _cpu_encoder(path, info, audio_from)
+        return _cpu_encoder(path, info, audio_from, settings)
     if info.odd_size:  # NVENC is 4:2:0 only
         if kind == "nvenc":
             raise CodecUnavailable(
                 f"NVENC codes 4:2:0 only, which needs even sizes; this video is "
                 f"{info.width}x{info.height}: use --encoder cpu (libx264 4:4:4 keeps it)"
             )
-        return _cpu_encoder(path, info, audio_from)
+        return _cpu_encoder(path, info, audio_from, settings)
     try:
         from tddfa_clients.video_nvenc import NvEncoder
 
@@ -321,4 +371,4 @@ def open_encoder(
             "encoding on the CPU (rendered frames copied to the host)",
             reason(exc),
         )
-        return _cpu_encoder(path, info, audio_from)
+        return _cpu_encoder(path, info, audio_from, settings)

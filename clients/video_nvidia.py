@@ -3,8 +3,9 @@
 Decoded frames stay on the GPU: :class:`NvDecoder` yields CuPy views of the decoder's own
 output surfaces, which it REUSES: a frame is valid only until the next one is pulled (frames
 held across iterations were overwritten on an H200, 27-35 grey levels off). Its consumer
-copies each frame before asking for the next: ``FrameClient.infer_stream`` writes it into
-its CUDA shared memory slot (device to device, complete on return) before pulling again.
+copies each frame before asking for the next: ``FrameClient.infer_stream`` and the stream
+client (tddfa_clients.video_streams) write it into a CUDA shared memory slot (device to
+device) before pulling again.
 """
 
 from __future__ import annotations
@@ -35,9 +36,13 @@ class NvDecoder(Decoder):
     """NVDEC decoding through PyNvVideoCodec's SimpleDecoder; frames are (H, W, 3) uint8 RGB
     CuPy arrays on GPU ``gpu_id``, valid until the next frame is pulled (see the module doc).
 
-    After each batch the device is synchronised (this process's work only), so the frames
-    are complete whatever stream the decoder converted them on; the copy that consumes a
-    frame then needs no knowledge of the decoder's stream.
+    The decoder works on this object's own CUDA stream (:attr:`stream`, a blocking stream:
+    work that the decoding library leaves on the legacy default stream is ordered before it
+    too). Each frame is complete when it is yielded: one event recorded on that stream is
+    waited for with blocking synchronisation (the thread sleeps; no device-wide
+    synchronisation and no spinning, which cost a core per decoding process). A consumer
+    that does its own work on :attr:`stream` sets ``wait_each_frame = False`` and waits once,
+    after that work (tddfa_clients.video_streams copies each frame into shared memory so).
 
     Timestamps: the container's packet pts (PyAV demux, no decoding) when PyAV is installed,
     else the frame index (``VideoInfo.time_base`` is then one frame).
@@ -52,11 +57,18 @@ class NvDecoder(Decoder):
         import PyNvVideoCodec as nvc
 
         self.gpu_id = gpu_id
+        self.wait_each_frame = True
         self._batch = max(1, int(batch))
         self._device = cupy.cuda.Device(gpu_id)
+        with self._device:
+            self.stream = cupy.cuda.Stream(non_blocking=False)
+            self._decoded = cupy.cuda.Event(block=True, disable_timing=True)
+            context = cupy.cuda.driver.ctxGetCurrent()  # the primary context CuPy uses
         self._decoder = nvc.SimpleDecoder(
             str(self.path),
             gpu_id=gpu_id,
+            cuda_context=context,
+            cuda_stream=self.stream.ptr,
             use_device_memory=True,
             output_color_type=nvc.OutputColorType.RGB,
         )
@@ -68,16 +80,16 @@ class NvDecoder(Decoder):
             self._pts = []
 
     def __iter__(self) -> Iterator[Frame]:
-        import cupy
-
         index = 0
         while self._decoder is not None:
             frames = self._decoder.get_batch_frames(self._batch)
             if not frames:
                 break
-            with self._device:
-                cupy.cuda.runtime.deviceSynchronize()
+            with self._device, self.stream:
                 images = [_cupy_frame(frame) for frame in frames]
+                if self.wait_each_frame:
+                    self._decoded.record(self.stream)
+                    self._decoded.synchronize()
             for image in images:
                 if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                     raise VideoError(
@@ -86,7 +98,7 @@ class NvDecoder(Decoder):
                     )
                 pts = self._pts[index] if index < len(self._pts) else index
                 if not self.info.orientation.is_identity:  # turned on the device (one copy)
-                    with self._device:
+                    with self._device, self.stream:
                         image = self.info.orientation.apply(image)
                 yield Frame(image, int(pts), index)
                 index += 1

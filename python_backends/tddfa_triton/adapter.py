@@ -127,9 +127,14 @@ class StepModel:
         kind = args.get("model_instance_kind", "CPU")
         self.device_id = None if kind == "CPU" else int(args.get("model_instance_device_id", 0))
         device = "cpu" if self.device_id is None else f"cuda:{self.device_id}"
+        scheduling = None
         if self.device_id is not None:
             import cupy  # every CuPy allocation of this instance lands on its device
 
+            from tddfa.gpu_scheduling import CUDA_WAIT_PARAMETER, use_blocking_sync
+
+            if parameters.get(CUDA_WAIT_PARAMETER) == "blocking":  # tddfa.gpu_scheduling
+                scheduling = use_blocking_sync(self.device_id)
             cupy.cuda.Device(self.device_id).use()
         if install_stack_dump():  # evidence for a hung instance: docs/multi_gpu.md
             pb_utils.Logger.log_info(
@@ -158,6 +163,8 @@ class StepModel:
         details = [describe()] if describe else []
         if "bfm" in parameters:  # every model that uses the BFM says which one, once
             details.append(f"BFM {parameters['bfm']}")
+        if scheduling is not None:
+            details.append(scheduling)
         pb_utils.Logger.log_info(
             f"{self.context.model_name} loaded on {device}"
             + (f": {'; '.join(details)}" if details else "")

@@ -127,3 +127,69 @@ def test_tddfa_video_cli_end_to_end(gpu_server, video, tmp_path, caplog):
     while capture.read()[0]:
         count += 1
     assert count == 300
+
+
+def stream_sinks(count: int, want: list, limit: int):
+    """Per stream a sink comparing its first ``limit`` rendered frames (CUDA views of the
+    output regions) with ``want``; returns (sinks, {stream: [mean |difference| per frame]})."""
+    import cupy
+
+    diffs: dict[int, list[float]] = {i: [] for i in range(count)}
+
+    def sink_for(stream: int):
+        def sink(index, result):
+            assert isinstance(result.rendered, cupy.ndarray)  # left on the device
+            if index < limit:
+                got = cupy.asnumpy(result.rendered).astype(np.int16)
+                diffs[stream].append(float(np.abs(got - want[index].astype(np.int16)).mean()))
+
+        return sink
+
+    return [sink_for(i) for i in range(count)], diffs
+
+
+def test_stream_client_sixteen_nvdec_streams_in_one_process(gpu_server, video):
+    """`tddfa video`'s stream client: 16 NVDEC videos in one process, frames copied device
+    to device into CUDA shared memory (blocking event waits, no device-wide synchronisation),
+    RENDERED read in place: every stream's frames equal the host-copied reference."""
+    from tddfa_clients.video_streams import StreamOptions, VideoJob, run_videos
+
+    want = reference(gpu_server, video, 30)
+    sinks, diffs = stream_sinks(16, want, 30)
+    options = StreamOptions(in_flight=4, shared_memory="cuda", decoder="nvdec", timeout=120)
+    results = run_videos(gpu_server, [VideoJob(video, sink=s) for s in sinks], options)
+    for stats in results:
+        assert not isinstance(stats, BaseException), stats
+        assert (stats.frames, stats.transport) == (300, "cuda")
+    for stream, values in diffs.items():
+        assert len(values) == 30 and max(values) < MEAN_ABS_LIMIT, (stream, values)
+
+
+def test_stream_client_sequences_match_the_frame_client(gpu_server, video):
+    """Track mode: two NVDEC sequences through the stream client give the frames one
+    sequence through the FrameClient gives (host-copied NVDEC frames, request body)."""
+    import cupy
+
+    from tddfa_clients.triton_client import FrameClient, new_sequence_id
+    from tddfa_clients.video import host_frames
+    from tddfa_clients.video_nvidia import NvDecoder
+    from tddfa_clients.video_streams import StreamOptions, VideoJob, run_videos
+
+    limit = 25  # compared frames, well before the reference sequence's END (smoothing)
+    with NvDecoder(video) as decoder, FrameClient(
+        gpu_server, "grpc", model="tddfa_track", outputs=("RENDERED", "FACE_COUNT"),
+        in_flight=4, shared_memory="none", timeout=120,
+    ) as client:  # fmt: skip
+        frames = itertools.islice(host_frames(decoder), limit + 5)
+        want = [
+            r.rendered if isinstance(r.rendered, np.ndarray) else cupy.asnumpy(r.rendered)
+            for _, r in client.infer_stream(frames, sequence_id=new_sequence_id())
+        ]
+    sinks, diffs = stream_sinks(2, want, limit)
+    options = StreamOptions(
+        model="tddfa_track", in_flight=4, shared_memory="cuda", decoder="nvdec", timeout=120
+    )
+    results = run_videos(gpu_server, [VideoJob(video, sink=s) for s in sinks], options)
+    assert all(not isinstance(r, BaseException) and r.frames == 300 for r in results), results
+    for stream, values in diffs.items():
+        assert len(values) == limit and max(values) < MEAN_ABS_LIMIT, (stream, values)

@@ -291,7 +291,7 @@ def test_perf_analyzer_reports_throughput(standin_server, asset_dir, tmp_path) -
     from tddfa_tools.cli import main
 
     code = main([
-        "perf", "--url", standin_server.url, "--protocol", "both",
+        "perf", "--url", standin_server.url, "--protocol", "both", "--outputs", "all",
         "--grpc-url", standin_server.grpc_url, "--concurrency", "1:2:1", "--frames", "4",
         "--video", str(asset_dir / "video" / "two_faces_360p.mp4"),
         "--measurement-interval", "1000", "--csv", str(tmp_path / "perf.csv"),
@@ -363,7 +363,7 @@ def test_perf_analyzer_drives_the_sequence_ensemble(ensemble_server, asset_dir, 
 
     code = main([
         "perf", "--url", ensemble_server.grpc_url, "--protocol", "grpc", "--mode", "track",
-        "--concurrency", "1:1:1", "--frames", "6",
+        "--concurrency", "1:1:1", "--frames", "6", "--outputs", "all",
         "--video", str(asset_dir / "video" / "two_faces_360p.mp4"),
         "--measurement-interval", "3000", "--csv", str(tmp_path / "perf.csv"),
         "--stability-percentage", "100", "--max-trials", "10",
@@ -374,3 +374,35 @@ def test_perf_analyzer_drives_the_sequence_ensemble(ensemble_server, asset_dir, 
     with httpclient.InferenceServerClient(ensemble_server.http_url) as client:
         stats = client.get_inference_statistics("face_tracker")["model_stats"][0]
     assert int(stats["inference_stats"]["success"]["count"]) >= 6  # sequences really ran
+
+
+def _successes(url: str, model: str) -> int:
+    with httpclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(model)["model_stats"][0]
+    return int(stats["inference_stats"]["success"]["count"])
+
+
+@pytest.mark.parametrize("mode", ["detect", "track"])
+def test_perf_asks_for_what_a_video_client_asks(ensemble_server, asset_dir, tmp_path, mode):
+    """`tddfa perf` (default --outputs RENDERED) drives the ensemble with real frames and
+    runs the renderer but never face_vertices; in track mode whole sequences reach the
+    tracker."""
+    from tddfa_tools.cli import main
+
+    step = "face_tracker" if mode == "track" else "face_detector"
+    before = {m: _successes(ensemble_server.http_url, m) for m in (step, "face_renderer",
+                                                                   "face_vertices")}  # fmt: skip
+    code = main([
+        "perf", "--url", ensemble_server.grpc_url, "--mode", mode, "--concurrency", "2",
+        "--frames", "3", "--video", str(asset_dir / "video" / "two_faces_360p.mp4"),
+        "--measurement-interval", "2000", "--shared-memory", "system",
+        "--csv", str(tmp_path / "perf.csv"),
+    ])  # fmt: skip
+    assert code == 0
+    header, row = (tmp_path / "perf.csv").read_text().strip().splitlines()[:2]
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    assert float(values["Inferences/Second"]) > 0 and float(values["p50 latency"]) > 0
+    after = {m: _successes(ensemble_server.http_url, m) for m in before}
+    assert after["face_vertices"] == before["face_vertices"]  # VERTICES never asked for
+    assert after["face_renderer"] > before["face_renderer"]
+    assert after[step] - before[step] >= 3

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.utils
 
-from tddfa_clients import shared_memory, triton_client, video, video_io
+from tddfa_clients import shared_memory, triton_client, video_client, video_io
 from tddfa_clients.triton_client import ClientError, FrameClient
 
 OUTPUTS = {  # name: (datatype, shape without batch; -1 = the frame's dims)
@@ -492,11 +492,11 @@ def test_video_frames_go_device_to_device_and_back(fake, monkeypatch, tmp_path):
     images = frames(7, (19, 29, 3))
     info = video_io.VideoInfo(29, 19, 7, Fraction(25), Fraction(1, 25), "h264", False)
     encoder = RecordingEncoder()
-    monkeypatch.setattr(video, "probe", lambda path: info)
-    monkeypatch.setattr(video, "open_decoder", lambda *a, **k: FakeNvDecoder(images))
-    monkeypatch.setattr(video, "open_encoder", encoder.open)
+    monkeypatch.setattr(video_client, "probe", lambda path: info)
+    monkeypatch.setattr(video_client, "open_decoder", lambda *a, **k: FakeNvDecoder(images))
+    monkeypatch.setattr(video_client, "open_encoder", encoder.open)
     with FrameClient("localhost", "grpc", in_flight=3, shared_memory="cuda") as client:
-        stats = video.process_video(
+        stats = video_client.process_video(
             client, tmp_path / "in.mp4", tmp_path / "out.mp4", progress=False
         )
     assert (stats.frames, stats.transport) == (7, "cuda")
@@ -513,7 +513,7 @@ def test_video_host_transport_copies_nvdec_frames_to_the_host(monkeypatch):
     monkeypatch.setattr(video_io, "host_array", lambda image: image.host.copy())
     decoder = FakeNvDecoder(frames(2))
     client = types.SimpleNamespace(shared_memory_kind="system")
-    pulled = list(video.frames_for(client, decoder))
+    pulled = list(video_client.frames_for(client, decoder))
     assert all(isinstance(image, np.ndarray) for _, image in pulled)  # host copies
     np.testing.assert_array_equal(pulled[0][1], decoder.images[0])  # not overwritten
 
@@ -529,15 +529,15 @@ def test_video_host_transport_copies_nvdec_frames_to_the_host(monkeypatch):
     ],
 )
 def test_auto_transport(monkeypatch, decoder, url, on_gpu, cuda_ok, expected):
-    monkeypatch.setattr(video, "served_on_gpu", lambda *a, **k: on_gpu)
+    monkeypatch.setattr(video_client, "served_on_gpu", lambda *a, **k: on_gpu)
 
     def fake_cuda_shm():
         if not cuda_ok:
             raise ClientError("CUDA shared memory unavailable")
 
-    monkeypatch.setattr(video, "cuda_shm", fake_cuda_shm)
-    assert video.choose_transport("auto", decoder, url, "grpc") == expected
-    assert video.choose_transport("system", decoder, url, "grpc") == "system"
+    monkeypatch.setattr(video_client, "cuda_shm", fake_cuda_shm)
+    assert video_client.choose_transport("auto", decoder, url, "grpc") == expected
+    assert video_client.choose_transport("system", decoder, url, "grpc") == "system"
 
 
 def test_regions_registered_under_the_servers_gpu_number(fake, monkeypatch):
