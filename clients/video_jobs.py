@@ -51,8 +51,8 @@ def make_jobs(
     if out_dir is None and list_file is None:
         if len(paths) != 2:
             raise VideoError(
-                f"give one input and its output (`tddfa video IN OUT`), or several inputs with "
-                f"--out-dir DIR; got {len(paths)} path(s)"
+                f"give one input and its output (`tddfa video IN OUT`), several inputs with "
+                f"--out-dir DIR, or one input with --mesh ANIM.glb; got {len(paths)} path(s)"
             )
         entries.append((paths[0], paths[1]))
     else:
