@@ -74,8 +74,10 @@ def open_slots(
     # started by `tddfa serve` registers regions only for holders of its admin token
     try:
         slots[0].ensure("input", PROBE_BYTES)
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C or SIGTERM here too: the probe region goes
         close_slots(slots, 0.0)
+        if not isinstance(exc, Exception):
+            raise
         reason = translate_error(exc)
         if mode == "auto":
             LOG.warning("shared memory disabled (%s); sending frames over the network", reason)
@@ -106,8 +108,10 @@ def _cuda_slots(
     ]
     try:  # fail now, with the server's reason, not on the first frame
         slots[0].ensure("input", PROBE_BYTES)
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C or SIGTERM here too: the probe region goes
         close_slots(slots, 0.0)
+        if not isinstance(exc, Exception):
+            raise
         raise CudaSharedMemoryRefused(
             f"cannot use CUDA shared memory on device {cuda_device} with the server "
             f"at {url}: {translate_error(exc)}. The server must run on this host with a GPU."

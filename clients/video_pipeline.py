@@ -73,6 +73,8 @@ class VideoPipeline:
         self.device_frames = False
         self.frames = 0
         self.error: BaseException | None = None
+        self.sequence_id: int | None = None  # set once a sequence's first frame is staged
+        self.sequence_ended = False  # its END frame went out
 
     async def process(self) -> VideoStats:
         job, options = self.job, self.options
@@ -97,8 +99,10 @@ class VideoPipeline:
                                      options.encoder_settings)
                     )
                 )  # fmt: skip
-            self.slots = await asyncio.to_thread(
-                open_slots, self.client.transport, self.client.url, options.shared_memory,
+            # here, not in a worker thread: a cancelled wait (Ctrl-C, SIGTERM) would leave the
+            # regions it registers to nobody
+            self.slots = open_slots(
+                self.client.transport, self.client.url, options.shared_memory,
                 options.in_flight, options.gpu, options.server_gpu,
             )  # fmt: skip
             stack.callback(close_slots, self.slots, options.timeout)
@@ -142,6 +146,9 @@ class VideoPipeline:
             self.done.put(_END)
             await asyncio.to_thread(decode.join)
             await asyncio.to_thread(encode.join)
+            if self.sequence_id is not None and not self.sequence_ended:
+                # stopped early (an error, Ctrl-C, SIGTERM): end it now, not at the idle timeout
+                await asyncio.to_thread(self.client.end_sequence, self.sequence_id)
         if self.error is not None:
             raise self.error
 
@@ -152,7 +159,8 @@ class VideoPipeline:
         send = lambda item: loop.call_soon_threadsafe(self.staged.put_nowait, item)  # noqa: E731
         sequence = {}
         if self.sequence:
-            sequence = {"sequence_id": new_sequence_id(), "sequence_start": True}
+            self.sequence_id = new_sequence_id()
+            sequence = {"sequence_id": self.sequence_id, "sequence_start": True}
             extra = {} if self.options.smoothing is None else {"smoothing": self.options.smoothing}
             merged = {**self.options.parameters, **extra}
             if merged:
@@ -260,6 +268,8 @@ class VideoPipeline:
                     self.error = item.error
                     return
                 item.sent = time.monotonic()
+                if item.request.get("sequence_end"):
+                    self.sequence_ended = True
                 pending[item.request["request_id"]] = item
                 yield item.request
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import signal
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,15 +40,13 @@ from tddfa.contract import SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE
 from tddfa.gpu_scheduling import use_blocking_sync
 from tddfa_clients.errors import translate_error
 from tddfa_clients.model_contract import FrameResult, read_contract
-from tddfa_clients.transport import (
-    GRPC_KEEPALIVE,
-    Transport,
-    normalize_url,
-)
+from tddfa_clients.transport import GRPC_KEEPALIVE, Transport, end_sequence, normalize_url
 from tddfa_clients.video_io import EncoderSettings, VideoStats
 from tddfa_clients.video_pipeline import VideoPipeline
+from tddfa_tools.signals import Terminated
 
 LOG = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +110,7 @@ class StreamClient:
             self.transport = Transport("grpc", self.url, options.in_flight, options.timeout)
         except Exception as exc:
             raise translate_error(exc) from exc
+        self._ending = threading.Lock()  # the transport's sequence stream, one caller at a time
         try:
             self.contract = read_contract(self.transport, options.model, self.url, self.outputs)
         except BaseException:
@@ -118,19 +119,61 @@ class StreamClient:
 
     def run(self, jobs: Sequence[VideoJob]) -> list[VideoStats | BaseException]:
         """Process ``jobs`` concurrently; per job its VideoStats or the error that failed it
-        (VideoError, ClientError, OSError). KeyboardInterrupt stops them all."""
-        return asyncio.run(self._run(jobs))
+        (VideoError, ClientError, OSError).
 
-    async def _run(self, jobs: Sequence[VideoJob]) -> list[VideoStats | BaseException]:
+        Ctrl-C, SIGTERM and SIGHUP cancel every video at its next wait (each cleans up:
+        staging files, shared memory, its sequence ended), then raise KeyboardInterrupt
+        (:class:`tddfa_tools.signals.Terminated` for the last two), as the CLI expects. The
+        event loop takes the signals itself: an exception raised at any point of the loop's
+        C code (gRPC's) is not safe."""
+        stopped: list[int] = []
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        try:
+            return asyncio.run(self._run(jobs, stopped))
+        except asyncio.CancelledError:
+            if not stopped:
+                raise
+            if stopped[0] == signal.SIGINT:
+                raise KeyboardInterrupt from None
+            raise Terminated(stopped[0]) from None
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    async def _run(
+        self, jobs: Sequence[VideoJob], stopped: list[int]
+    ) -> list[VideoStats | BaseException]:
         import tritonclient.grpc.aio as aio
 
+        if threading.current_thread() is threading.main_thread():
+            loop, task = asyncio.get_running_loop(), asyncio.current_task()
+
+            def stop(signum: int) -> None:
+                if not stopped:  # one stop is enough: let the cleanup finish
+                    stopped.append(signum)
+                    task.cancel()
+
+            for sig in STOP_SIGNALS:
+                loop.add_signal_handler(sig, stop, sig)
         keepalive = aio.KeepAliveOptions(**GRPC_KEEPALIVE)
         connection = aio.InferenceServerClient(self.url, keepalive_options=keepalive)
+        tasks = [asyncio.ensure_future(VideoPipeline(self, j, connection).process()) for j in jobs]
         try:
-            videos = [VideoPipeline(self, job, connection) for job in jobs]
-            return await asyncio.gather(*(v.process() for v in videos), return_exceptions=True)
+            return await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            await asyncio.wait(tasks)  # each video finishes its cleanup (they were cancelled)
+            raise
         finally:
             await connection.close()
+
+    def end_sequence(self, sequence_id: int) -> None:
+        """End a sequence stopped early (one black END frame; from any thread)."""
+        with self._ending:
+            end_sequence(
+                self.transport, self.options.model, sequence_id, self.contract.batched,
+                self.options.timeout,
+            )  # fmt: skip
 
     def close(self) -> None:
         self.transport.close()
