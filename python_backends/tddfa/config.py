@@ -58,12 +58,28 @@ class PipelineConfig:
     track_iou_threshold: float = 0.3
     # A tracked crop whose best FaceBoxes score falls below this holds no face any more.
     track_min_face_score: float = 0.5
-    # One Euro smoothing of tracked faces (tddfa.smoothing): cutoff at rest (Hz), its rise
-    # with speed (1/(px/s)), and the frame rate the filter assumes.
+    # How far a re-detection moves a tracked face's box towards the detector's (0: never,
+    # 1: to the detection at once); the box follows the smoothed landmarks in between.
+    track_box_blend: float = 0.2
+    # Lost tracks are remembered this many frames; a detection near where one was expected
+    # and with its identity (shape distance <= track_identity_distance, tddfa.identity)
+    # takes its id back. track_appearance false: match by overlap alone.
+    track_keep_lost: int = 30
+    track_appearance: bool = True
+    track_identity_distance: float = 0.1
+    # Smoothing of tracked faces (tddfa.smoothing): false gives the regressor's raw outputs.
+    # Its parts: hold the identity, filter pose and expression, use the image motion; the
+    # filter's noise model in pixels of the 120x120 crop: the regressor's noise, the change
+    # of a face's velocity per frame, the image motion's error; innovations beyond
+    # smoothing_gate standard deviations raise the gain.
     smoothing: bool = True
-    smoothing_min_cutoff: float = 1.0
-    smoothing_beta: float = 0.15
-    smoothing_frame_rate: float = 30.0
+    smoothing_identity: bool = True
+    smoothing_filter: bool = True
+    smoothing_motion: bool = True
+    smoothing_measurement_noise: float = 0.4
+    smoothing_acceleration_noise: float = 0.07
+    smoothing_motion_noise: float = 0.07
+    smoothing_gate: float = 2.5
 
     def __post_init__(self) -> None:
         """Refuse values no pipeline can run with, naming the option and the fix."""
@@ -82,7 +98,14 @@ class PipelineConfig:
         for name in counts:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("pre_nms_threshold", "nms_iou_threshold", "score_threshold", "render_alpha"):
+        unit = (
+            "pre_nms_threshold",
+            "nms_iou_threshold",
+            "score_threshold",
+            "render_alpha",
+            "track_box_blend",
+        )
+        for name in unit:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
         if self.min_image_size > min(self.max_image_height, self.max_image_width):
@@ -104,7 +127,7 @@ class PipelineConfig:
             raw = parameters[field.name]
             if isinstance(raw, Mapping):
                 raw = raw["string_value"]
-            values[field.name] = _parse(field.name, type(field.default), raw)
+            values[field.name] = parse_setting(field.name, raw)
         return cls(**values)
 
     def to_parameters(self) -> dict[str, str]:
@@ -112,13 +135,17 @@ class PipelineConfig:
         return {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
-def _parse(name: str, kind: type, raw: Any) -> Any:
-    if kind is bool and isinstance(raw, str):
-        lowered = raw.strip().lower()
+def parse_setting(name: str, raw: Any, what: str = "parameter") -> Any:
+    """``raw`` (a string, or a JSON value) as the type of the config field ``name``."""
+    kind = type(PipelineConfig.__dataclass_fields__[name].default)
+    if kind is bool and not isinstance(raw, bool):
+        lowered = str(raw).strip().lower()
         if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-            raise ValueError(f"parameter {name} must be true or false, got {raw!r}")
+            raise ValueError(f"{what} {name} must be true or false, got {raw!r}")
         return lowered in ("true", "1", "yes", "on")
+    if kind is not bool and isinstance(raw, bool):
+        raise ValueError(f"{what} {name} must be a {kind.__name__}, got {raw!r}")
     try:
         return kind(raw)
     except (TypeError, ValueError):
-        raise ValueError(f"parameter {name} must be a {kind.__name__}, got {raw!r}") from None
+        raise ValueError(f"{what} {name} must be a {kind.__name__}, got {raw!r}") from None

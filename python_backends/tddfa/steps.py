@@ -15,7 +15,8 @@ import numpy as np
 
 from tddfa.aligner import Aligner
 from tddfa.detector import Detector
-from tddfa.tracking import SequenceStore, Tracker
+from tddfa.config import parse_setting
+from tddfa.tracking import SEQUENCE_SETTINGS, SequenceStore, Tracker
 from tddfa.xp import get_xp, to_numpy
 
 Arrays = Mapping[str, Any]
@@ -90,8 +91,8 @@ class TrackerStep:
     Inputs: IMAGE and the sequence controls START, END, READY (B,1) and CORRID (B,1).
     """
 
-    # per sequence, read on its START frame: "smoothing": true | false
-    request_parameters = ("smoothing",)
+    # per sequence, read on its START frame: the tracker's settings, e.g. "smoothing": false
+    request_parameters = SEQUENCE_SETTINGS
 
     def __init__(self, tracker: Tracker, store: SequenceStore):
         self.tracker = tracker
@@ -99,12 +100,16 @@ class TrackerStep:
 
     def describe(self) -> str:
         cfg = self.tracker.config
-        smoothing = (
-            f"One Euro smoothing (min_cutoff {cfg.smoothing_min_cutoff} Hz, beta "
-            f"{cfg.smoothing_beta})"
-            if cfg.smoothing
-            else "no smoothing"
-        )
+        parts = [
+            name
+            for name, on in (
+                ("identity held", cfg.smoothing_identity),
+                ("pose/expression Kalman filter", cfg.smoothing_filter),
+                ("image motion", cfg.smoothing_motion),
+            )
+            if on
+        ]
+        smoothing = f"smoothing ({', '.join(parts) or 'none'})" if cfg.smoothing else "no smoothing"
         return (
             f"tracking (detect every {cfg.track_detect_every} frames and when lost), "
             f"{smoothing}, idle timeout {self.store.idle_timeout:g} s"
@@ -121,8 +126,7 @@ class TrackerStep:
             )
 
     def validate_parameters(self, parameters: Mapping[str, Any]) -> None:
-        if "smoothing" in parameters:
-            _flag("smoothing", parameters["smoothing"])
+        self.tracker.configure(_settings(parameters))
 
     def run(self, inputs: Arrays, parameters: list[dict] | None = None) -> dict[str, Any]:
         images = inputs["IMAGE"]
@@ -140,8 +144,8 @@ class TrackerStep:
         for part in _unique_runs(rows, ids):
             states = [self.store.get(ids[b], bool(flags["START"][b])) for b in part]
             for b, state in zip(part, states, strict=True):
-                if state.frames == 0 and parameters and "smoothing" in parameters[b]:
-                    state.smoothing = _flag("smoothing", parameters[b]["smoothing"])
+                if state.frames == 0 and parameters:
+                    state.settings = _settings(parameters[b])
             frames = images if len(part) == batch else images[_index(images, part)]
             for name, array in self.tracker.step(frames, states).items():
                 out[name][part] = array
@@ -152,12 +156,13 @@ class TrackerStep:
         return out
 
 
-def _flag(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise ValueError(f"request parameter {name} must be true or false, got {value!r}")
+def _settings(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """A sequence's request parameters -> its tracker settings (ValueError naming a bad one)."""
+    return {
+        name: parse_setting(name, value, "request parameter")
+        for name, value in parameters.items()
+        if name in SEQUENCE_SETTINGS
+    }
 
 
 def _sequence_key(value: Any) -> Any:
