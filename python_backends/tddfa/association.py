@@ -96,6 +96,7 @@ def match_identities(
     """
     if not len(boxes) or not len(predicted):
         return {}
+    distances = np.asarray(distances, np.float64)
     overlap = iou(boxes, predicted)
     if max_distance is None:
         return assign(np.where(overlap >= iou_threshold, 1.0 - overlap, FORBIDDEN))

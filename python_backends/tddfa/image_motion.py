@@ -27,8 +27,8 @@ SPECTRUM_SIGMA = 0.25
 
 
 def gray(crops: Any) -> Any:
-    """(N, 3, S, S) float32 RGB crops -> (N, S, S) float32 luminance-like mean."""
-    return crops.mean(axis=1)
+    """(..., 3, S, S) float32 RGB crops -> (..., S, S) float32: the channels' mean."""
+    return crops.mean(axis=-3)
 
 
 def _window(xp: Any, size: int) -> Any:

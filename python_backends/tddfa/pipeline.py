@@ -23,8 +23,9 @@ from tddfa.contract import DEFAULT_RENDER_MODE, RENDER_MODE_PARAMETER
 from tddfa.detector import Detector
 from tddfa.graph import ENSEMBLES, SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE, STEPS
 from tddfa.render.step import build_render_step, build_vertices_step
+from tddfa.sequence_store import SequenceStore
 from tddfa.steps import SEQUENCE_CONTROLS, AlignerStep, DetectorStep, TrackerStep
-from tddfa.tracking import SequenceStore, Tracker
+from tddfa.tracking import Tracker
 
 
 class Pipeline:
@@ -138,10 +139,11 @@ class Pipeline:
         sequence_id: int,
         start: bool = False,
         end: bool = False,
-        smoothing: bool | None = None,
+        settings: dict[str, Any] | None = None,
     ):
         """One frame (H,W,3) of sequence ``sequence_id`` -> ``tddfa_track``'s outputs (1, ...).
-        ``smoothing``: the sequence's choice on its START frame (None: the model default)."""
+        ``settings``: the sequence's request parameters on its START frame, e.g.
+        ``{"smoothing": False}`` (tddfa.sequence_store.SEQUENCE_SETTINGS)."""
         images = image[None] if image.ndim == 3 else image
         t = {
             "IMAGE": images,
@@ -151,8 +153,8 @@ class Pipeline:
             "CORRID": np.asarray([[sequence_id]], np.uint64),
         }
         self.tracker.validate(t)
-        parameters = {} if smoothing is None else {"smoothing": smoothing}
-        return self.run_ensemble(SEQUENCE_ENSEMBLE, t, parameters)
+        self.tracker.validate_parameters(settings or {})
+        return self.run_ensemble(SEQUENCE_ENSEMBLE, t, dict(settings or {}))
 
     def close(self) -> None:
         if self.renderer is not None:

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from tddfa.aligner import Aligner
-from tddfa.detector import Detector
 from tddfa.config import parse_setting
-from tddfa.tracking import SEQUENCE_SETTINGS, SequenceStore, Tracker
+from tddfa.detector import Detector
+from tddfa.sequence_store import SEQUENCE_SETTINGS, SequenceStore
+from tddfa.tracking import Tracker
 from tddfa.xp import get_xp, to_numpy
 
 Arrays = Mapping[str, Any]
@@ -86,7 +87,7 @@ SEQUENCE_CONTROLS = ("START", "END", "READY", "CORRID")
 
 class TrackerStep:
     """One frame of each of B sequences -> the stateless outputs plus TRACK_IDS (B,K) int32
-    and DETECTED (B,1) bool; the sequences' state lives in ``store`` (tddfa.tracking).
+    and DETECTED (B,1) bool; the sequences' state lives in ``store`` (tddfa.sequence_store).
 
     Inputs: IMAGE and the sequence controls START, END, READY (B,1) and CORRID (B,1).
     """

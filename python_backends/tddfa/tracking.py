@@ -2,19 +2,20 @@
 
 As in the original 3DDFA_V2 video demos, a tracked frame does not run the detector: each
 face is cropped where the previous frames put it. Where the original squares the
-landmarks' bounding box (MODELS.md 3, "tracking mode"), this tracker carries the face's
+landmarks' bounding box (its tracking mode), this tracker carries the face's
 detection box along with its landmarks: at detection it records where the box sits
 relative to the landmarks' bounding box, and on later frames it puts the box back at the
 same place relative to where the face is expected (the smoothed landmarks moved on by
-the face's velocity) and crops with the detection rule (MODELS.md 3). A face that does not
+the face's velocity) and crops with the detection rule (tddfa.roi). A face that does not
 move is therefore cropped exactly as its detection was, so tracked results equal
 per-frame ones on still segments and cannot drift.
 
 The detector runs on a sequence's first frame, every ``track_detect_every`` frames (to find
 faces that entered) and on any frame where a track was lost. A tracked face is lost when
 FaceBoxes on its own crop no longer sees a face, when its crop is implausible (too small,
-the face leaving the frame) or when another track took its place (two tracks on one face
-after a crossing: the one whose identity and position fit keeps it). On a detection frame
+the face leaving the frame), when its fit jumps away from where it was expected (pulled
+onto another face passing in front) or when another track took its place (two tracks on
+one face: the one whose identity fits keeps it); checks: tddfa.tracks. On a detection frame
 tracked faces keep their tracked crop; each detection that overlaps one only moves its
 box a little towards the detector's (``track_box_blend``: boxes do not jump at
 re-detection). Other detections are regressed from their detection crop and either take
@@ -26,112 +27,29 @@ its pose and expression; every output (landmarks, pose, params, mesh, box) deriv
 the smoothed state, so they agree with each other. The per-face score is FaceBoxes' score
 on the face's tracked crop (the detection score on the frame a track starts).
 
-State is plain host memory per sequence plus each face's last crop (57 kB, on the frames'
-device) for the image motion; :class:`SequenceStore` keeps it by sequence id and frees it
-on END or after an idle timeout.
+State per sequence (tddfa.sequence_store): a few kilobytes of host memory per face plus
+its last crop (57 kB, on the frames' device) for the image motion; faces are described in
+tddfa.tracks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from tddfa import image_motion, params, roi
 from tddfa.aligner import Aligner
-from tddfa.association import (
-    box_from_landmarks,
-    box_relative_to,
-    iou,
-    landmark_box,
-    match_boxes,
-    match_identities,
-)
+from tddfa.association import box_from_landmarks, box_relative_to, match_boxes, match_identities
 from tddfa.config import NUM_EXP, NUM_SHAPE, REGRESSOR_SIZE, PipelineConfig
 from tddfa.detector import Detector
 from tddfa.identity import IdentityEstimate
+from tddfa.sequence_store import SequenceState
 from tddfa.smoothing import FaceFilter, FaceGeometry, SmoothingConfig, crop_scale
+from tddfa.tracks import Measured, Track, drop_duplicates, fits, jumped, plausible
 from tddfa.xp import get_xp, to_numpy
-
-# A tracked face's landmarks must span at least this fraction of its crop's side (a crop
-# that slid off the face yields a collapsed fit) and at most this much (a runaway crop).
-MIN_LANDMARK_SPREAD = 0.25
-MAX_LANDMARK_SPREAD = 1.0
-# ... and at least this fraction of the landmarks' bounding box must be inside the frame.
-MIN_VISIBLE_FRACTION = 0.5
-# Two tracked faces whose boxes overlap this much are one face seen twice.
-DUPLICATE_IOU = 0.5
-# A tracked face whose landmarks land further than this fraction of its size from where it
-# was expected was pulled away by something else in its crop (another face passing in
-# front): it is lost for this frame rather than followed.
-MAX_JUMP = 0.25
-# What a tracker step returns per frame (besides the aligner's outputs).
-TRACK_OUTPUTS = ("FACE_BOXES", "FACE_COUNT", "TRACK_IDS", "DETECTED")
-# The tracker's settings a sequence may choose for itself on its START frame.
-SEQUENCE_SETTINGS = (
-    "smoothing",
-    "smoothing_identity",
-    "smoothing_filter",
-    "smoothing_motion",
-    "track_box_blend",
-    "track_appearance",
-)
-
-
-@dataclasses.dataclass
-class Track:
-    track_id: int
-    box_in_landmarks: np.ndarray  # (4,) the face's box relative to its landmarks' box
-    identity: IdentityEstimate
-    landmarks: np.ndarray  # (3, 68) output landmarks of the last frame the face was seen
-    next_landmarks: np.ndarray  # (3, 68) where the next crop goes
-    score: float = 0.0
-    filter: FaceFilter | None = None
-    crop: Any = None  # (120, 120) gray crop of the last frame (image motion), frames' device
-    roi: np.ndarray | None = None  # (4,) the ROI that crop was cut from
-    anchor: np.ndarray | None = None  # (2,) image point whose motion is measured
-    missing: int = 0  # frames since the face was last seen (lost tracks)
-    outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # smoothed
-
-    def expected_landmarks(self, frames: int, bfm: Any) -> np.ndarray:
-        """(3, 68) where the face should be ``frames`` frames after it was last seen."""
-        if self.filter is None or frames <= 1:
-            return self.next_landmarks
-        transform, alpha_exp = self.filter.predicted(frames)
-        shape = self.identity.mean.astype(np.float32)
-        return params.landmarks_from_transform(transform[None], shape[None], alpha_exp[None], bfm)[
-            0
-        ]
-
-
-@dataclasses.dataclass
-class SequenceState:
-    """Everything the tracker keeps about one sequence."""
-
-    tracks: list[Track] = dataclasses.field(default_factory=list)
-    lost: list[Track] = dataclasses.field(default_factory=list)  # remembered, not output
-    next_track_id: int = 1
-    frames: int = 0  # frames processed
-    frames_since_detection: int = 0
-    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # SEQUENCE_SETTINGS
-    config: PipelineConfig | None = None  # the tracker's config with the settings applied
-
-
-@dataclasses.dataclass
-class Measured:
-    """One face's regression on one frame (host arrays), with its crop's facts."""
-
-    outputs: dict[str, np.ndarray]  # the aligner's outputs for this face
-    roi: np.ndarray  # (4,)
-    score: float
-    crop: Any  # (120, 120) gray crop, frames' device
-    motion: tuple[np.ndarray, float] | None = None  # anchor displacement (2,) px, peak
-    detection: np.ndarray | None = None  # (5,) the detection this face matched, if any
-    fresh: bool = False  # a new or re-found track: its box is the detection's
 
 
 class Tracker:
@@ -244,6 +162,7 @@ class Tracker:
         pending = []  # (frame, track index, face) waiting for their image motion
         for i, b in enumerate(rows):
             state = states[b]
+            cfg = state.config
             for j, track in enumerate(state.tracks):
                 face = Measured(
                     {name: array[i, j] for name, array in aligned.items()},
@@ -253,9 +172,11 @@ class Tracker:
                 )
                 slot += 1
                 if (
-                    scores[i, j] < state.config.track_min_face_score
-                    or not self._plausible(rois[i, j], face.outputs["LANDMARKS"], height, width)
-                    or _jumped(track.next_landmarks, face.outputs["LANDMARKS"])
+                    scores[i, j] < cfg.track_min_face_score
+                    or not plausible(
+                        rois[i, j], face.outputs["LANDMARKS"], height, width, cfg.track_min_roi_area
+                    )
+                    or jumped(track.next_landmarks, face.outputs["LANDMARKS"])
                 ):
                     continue
                 found[b][j] = face
@@ -263,7 +184,7 @@ class Tracker:
                     pending.append((b, j, face))
         self._image_motion(states, pending)
         for b in rows:
-            self._drop_duplicates(states[b], found[b])
+            drop_duplicates(states[b].tracks, found[b], states[b].config.track_appearance)
         return found
 
     def _image_motion(self, states: Sequence[SequenceState], pending: list) -> None:
@@ -285,49 +206,6 @@ class Tracker:
         for (_, _, face), d, p in zip(pending, moved, to_numpy(peak), strict=True):
             face.motion = (d, float(p))
 
-    def _drop_duplicates(self, state: SequenceState, found: dict[int, Measured]) -> None:
-        """Two tracks on one face (after a crossing): the one whose identity fits the face
-        better (or, without appearance, the older) keeps it; the other is lost."""
-        seen = sorted(found)
-        if len(seen) < 2:
-            return
-        overlap = iou(*[landmark_box(np.stack([found[j].outputs["LANDMARKS"] for j in seen]))] * 2)
-        for a in range(len(seen)):
-            for b in range(a + 1, len(seen)):
-                ja, jb = seen[a], seen[b]
-                if ja not in found or jb not in found or overlap[a, b] < DUPLICATE_IOU:
-                    continue
-                fit = [
-                    state.tracks[j].identity.distance(found[j].outputs["ALPHA_SHP"])
-                    if state.config.track_appearance
-                    else state.tracks[j].track_id
-                    for j in (ja, jb)
-                ]
-                del found[jb if fit[0] <= fit[1] else ja]
-
-    @staticmethod
-    def _measured_box(track: Track, face: Measured) -> np.ndarray:
-        return box_from_landmarks(track.box_in_landmarks, face.outputs["LANDMARKS"])
-
-    def _plausible(
-        self, roi_box: np.ndarray, landmarks: np.ndarray, height: int, width: int
-    ) -> bool:
-        """Whether a tracked face is still a face: its crop is large enough (the original's
-        2020 px^2 rule), the new landmarks span a sane part of the crop, and at least half
-        of their bounding box is inside the frame (a face sliding out is dropped, not
-        followed into the border)."""
-        side = float(roi_box[2] - roi_box[0])
-        if side * side < self.config.track_min_roi_area:
-            return False
-        x1, y1, x2, y2 = landmark_box(landmarks[None])[0]
-        spread = max(x2 - x1, y2 - y1) / side
-        if not MIN_LANDMARK_SPREAD <= spread <= MAX_LANDMARK_SPREAD:
-            return False
-        inside_w = max(0.0, min(x2, width) - max(x1, 0.0))
-        inside_h = max(0.0, min(y2, height) - max(y1, 0.0))
-        area = max((x2 - x1) * (y2 - y1), 1e-6)
-        return inside_w * inside_h / area >= MIN_VISIBLE_FRACTION
-
     # ------------------------------------------------------------------ detection
     def _detect(
         self, images: Any, states: Sequence[SequenceState], measured: list, rows: list[int]
@@ -341,7 +219,10 @@ class Tracker:
             state, found = states[b], measured[b]
             detections = boxes[i, : int(counts[i])]
             seen = sorted(found)
-            tracked = [self._measured_box(state.tracks[j], found[j]) for j in seen]
+            tracked = [
+                box_from_landmarks(state.tracks[j].box_in_landmarks, found[j].outputs["LANDMARKS"])
+                for j in seen
+            ]
             matched = match_boxes(
                 detections,
                 np.stack(tracked) if tracked else np.zeros((0, 4)),
@@ -371,7 +252,7 @@ class Tracker:
                 )
                 for j, d in enumerate(new[i])
             ]
-            faces = [f for f in faces if _fits(f.detection, f.outputs["LANDMARKS"])]
+            faces = [f for f in faces if fits(f.detection, f.outputs["LANDMARKS"])]
             self._adopt(states[b], measured[b], faces)
 
     def _adopt(self, state: SequenceState, found: dict, faces: list[Measured]) -> None:
@@ -525,60 +406,3 @@ class Tracker:
                 out["TRACK_IDS"][b, j] = track.track_id
             out["FACE_COUNT"][b, 0] = len(state.tracks)
         return out
-
-
-def _fits(detection: np.ndarray, landmarks: np.ndarray) -> bool:
-    """Whether a detection's (3, 68) fit is of the detected face: the detection box's
-    centre lies within the landmarks' box (a crop holding a second face, e.g. one passing
-    in front, can pull the fit onto that one)."""
-    x1, y1, x2, y2 = landmark_box(landmarks[None])[0]
-    cx, cy = (detection[0] + detection[2]) / 2, (detection[1] + detection[3]) / 2
-    return bool(x1 <= cx <= x2 and y1 <= cy <= y2)
-
-
-def _jumped(expected: np.ndarray, landmarks: np.ndarray) -> bool:
-    """Whether (3, 68) landmarks are further than MAX_JUMP of the face's size from the
-    (3, 68) expected ones."""
-    x1, y1, x2, y2 = landmark_box(expected[None])[0]
-    gap = np.linalg.norm(landmarks[:2].mean(axis=1) - expected[:2].mean(axis=1))
-    return bool(gap > MAX_JUMP * max(x2 - x1, y2 - y1))
-
-
-class SequenceStore:
-    """Sequence states by id: created on START, dropped on END or after ``idle_timeout``
-    seconds without a frame. Thread-safe (the Triton model sweeps from a timer thread)."""
-
-    def __init__(self, idle_timeout: float, clock: Callable[[], float] = time.monotonic):
-        if idle_timeout <= 0:
-            raise ValueError(f"idle_timeout must be > 0 seconds, got {idle_timeout}")
-        self.idle_timeout = idle_timeout
-        self.clock = clock
-        self._states: dict[Hashable, tuple[SequenceState, float]] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._states)
-
-    def get(self, sequence_id: Hashable, start: bool) -> SequenceState:
-        """The state of ``sequence_id``; a START frame (or an unknown id) begins afresh."""
-        with self._lock:
-            entry = self._states.get(sequence_id)
-            state = SequenceState() if start or entry is None else entry[0]
-            self._states[sequence_id] = (state, self.clock())
-            return state
-
-    def end(self, sequence_id: Hashable) -> None:
-        with self._lock:
-            self._states.pop(sequence_id, None)
-
-    def sweep(self) -> int:
-        """Drop sequences idle for longer than the timeout; returns how many."""
-        now = self.clock()
-        with self._lock:
-            stale = [
-                key for key, (_, seen) in self._states.items() if now - seen > self.idle_timeout
-            ]
-            for key in stale:
-                del self._states[key]
-        return len(stale)

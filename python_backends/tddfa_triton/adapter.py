@@ -231,7 +231,7 @@ class NetworkModel(StepModel):
 
 class SequenceModel(StepModel):
     """A StepModel whose step keeps per-sequence state in ``step.store``
-    (tddfa.tracking.SequenceStore): a timer thread frees sequences idle for longer than the
+    (tddfa.sequence_store.SequenceStore): a timer thread frees sequences idle for longer than the
     config's ``max_sequence_idle_microseconds`` (the sequence batcher frees its own slot then
     but does not tell the model) and publishes the number of open sequences as the gauge
     ``tddfa_open_sequences`` on Triton's /metrics."""

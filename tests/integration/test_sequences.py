@@ -48,12 +48,12 @@ def clip(test_images):
     return make_clip(test_images["JianzhuGuo.jpg"], frames=14, still=2, amplitude=8.0).frames
 
 
-def in_process(landmark_pipeline, frames, smoothing=None):
+def in_process(landmark_pipeline, frames, **settings):
     sequence = next(SEQUENCE_IDS)
     return [
         {
             n: a[0]
-            for n, a in landmark_pipeline.track(f, sequence, i == 0, smoothing=smoothing).items()
+            for n, a in landmark_pipeline.track(f, sequence, i == 0, settings=settings).items()
         }
         for i, f in enumerate(frames)
     ]

@@ -1,5 +1,7 @@
-"""Tracking and smoothing (tddfa.tracking, tddfa.smoothing): the filter's properties, the
-sequence store, and the tracker on real frames with the real networks (in-process)."""
+"""Tracking (tddfa.tracking, tddfa.association, tddfa.sequence_store): matching, the
+sequence store, and the tracker on real frames with the real networks (in-process).
+The tracking targets (jitter, lag, box jumps, identities) are tested through the server:
+tests/integration/test_sequences.py."""
 
 from __future__ import annotations
 
@@ -8,67 +10,45 @@ import itertools
 import numpy as np
 import pytest
 
-from tddfa.smoothing import OneEuroConfig, OneEuroFilter, smoothing_factor
-from tddfa.tracking import (
-    SequenceStore,
+from tddfa.association import (
     box_from_landmarks,
     box_relative_to,
     iou,
-    match_detections,
+    match_boxes,
+    match_identities,
 )
-from tddfa_tools.dev.motion_clip import make_clip, measure
+from tddfa.sequence_store import SequenceStore
+from tddfa_tools.dev.motion_clip import make_clip
 
 SEQUENCE_IDS = itertools.count(1000)
 
 
-# ---------------------------------------------------------------------------- One Euro filter
+# ---------------------------------------------------------------------------- matching
 
 
-def run_filter(values, config, displacements=None):
-    f = OneEuroFilter(config)
-    if displacements is None:
-        displacements = [0.0] + [abs(b - a) for a, b in zip(values, values[1:], strict=False)]
-    return np.array([f(np.array([v]), d)[0] for v, d in zip(values, displacements, strict=True)])
-
-
-def test_constant_input_passes_unchanged():
-    out = run_filter([3.5] * 20, OneEuroConfig())
-    np.testing.assert_allclose(out, 3.5)
-
-
-def test_noise_at_rest_is_reduced():
-    rng = np.random.default_rng(0)
-    noise = rng.normal(0, 1, 600)
-    out = run_filter(noise, OneEuroConfig(min_cutoff=1.0, beta=0.0))
-    # an exponential filter of weight a keeps sqrt(a / (2 - a)) of white noise
-    a = smoothing_factor(1.0, 30.0)
-    assert out[100:].std() == pytest.approx(np.sqrt(a / (2 - a)), rel=0.15)
-
-
-def test_beta_reduces_lag_on_a_ramp():
-    ramp = list(np.arange(60) * 2.0)  # 60 px/s at 30 fps
-    lags = [ramp[-1] - run_filter(ramp, OneEuroConfig(beta=b))[-1] for b in (0.0, 0.05, 0.5)]
-    assert lags[0] > lags[1] > lags[2] > 0
-
-
-def test_bad_filter_settings_are_refused():
-    with pytest.raises(ValueError, match="min_cutoff"):
-        OneEuroConfig(min_cutoff=0)
-    with pytest.raises(ValueError, match="beta"):
-        OneEuroConfig(beta=-1)
-
-
-# ---------------------------------------------------------------------------- helpers, store
-
-
-def test_iou_and_greedy_matching():
+def test_iou_and_matching():
     a = np.array([[0, 0, 10, 10], [100, 100, 110, 110]], float)
     b = np.array([[102, 100, 112, 110], [0, 0, 10, 10], [50, 50, 60, 60]], float)
     overlap = iou(a, b)
     assert overlap[0, 1] == 1 and overlap[0, 0] == 0
     assert overlap[1, 0] == pytest.approx(80 / 120)
-    assert match_detections(a, b, 0.3) == {0: 1, 1: 0}  # detection index -> track index
-    assert match_detections(a, b, 0.9) == {1: 0}
+    assert match_boxes(a, b, 0.3) == {0: 1, 1: 0}  # box index -> other index
+    assert match_boxes(a, b, 0.9) == {0: 1}
+
+
+def test_lost_tracks_are_matched_by_position_and_identity():
+    detections = np.array([[100, 100, 200, 220], [300, 100, 400, 220]], float)
+    expected = np.array([[305, 102, 405, 222], [110, 95, 210, 215]], float)
+    close, far = 0.03, 0.5
+    distances = np.array([[far, close], [close, far]])
+    assert match_identities(detections, expected, distances, 0.3, 0.1) == {0: 1, 1: 0}
+    # a different face where a lost one was expected does not take its id ...
+    assert match_identities(detections[:1], expected[1:], [[far]], 0.3, 0.1) == {}
+    # ... unless identities are not compared
+    assert match_identities(detections[:1], expected[1:], [[far]], 0.3, None) == {0: 0}
+    # two lost faces expected at one place: identity decides
+    both = np.array([[105, 100, 205, 220], [100, 105, 200, 225]], float)
+    assert match_identities(detections[:1], both, [[far / 3, close]], 0.3, 0.1) == {0: 1}
 
 
 def test_box_relative_to_landmarks_round_trips():
@@ -107,12 +87,12 @@ def test_store_starts_ends_and_frees_idle_sequences():
 # ---------------------------------------------------------------------------- the tracker
 
 
-def track(pipeline, frames, smoothing=None):
+def track(pipeline, frames, **settings):
     sequence = next(SEQUENCE_IDS)
     outputs = []
     for i, frame in enumerate(frames):
         out = pipeline.track(
-            frame, sequence, start=i == 0, end=i == len(frames) - 1, smoothing=smoothing
+            frame, sequence, start=i == 0, end=i == len(frames) - 1, settings=settings
         )
         outputs.append({name: array[0] for name, array in out.items()})
     return outputs
@@ -138,20 +118,7 @@ def test_still_frames_equal_per_frame_results_and_skip_the_detector(landmark_pip
 
 @pytest.fixture(scope="module")
 def motion_clip(test_images):
-    return make_clip(test_images["JianzhuGuo.jpg"], frames=90, still=15, amplitude=8.0)
-
-
-def test_tracking_and_smoothing_halve_jitter_without_lag(landmark_pipeline, motion_clip):
-    per_frame = np.stack([landmark_pipeline(f)["LANDMARKS"][0, 0] for f in motion_clip.frames])
-    outputs = track(landmark_pipeline, motion_clip.frames)
-    tracked = np.stack([o["LANDMARKS"][0] for o in outputs])
-    assert {int(o["TRACK_IDS"][0]) for o in outputs} == {1}  # one face, one id
-    baseline, smooth = (
-        measure(per_frame, motion_clip.affines),
-        measure(tracked, motion_clip.affines),
-    )
-    assert smooth.jitter <= 0.5 * baseline.jitter, (smooth, baseline)
-    assert smooth.spread <= 1.2 * baseline.spread, (smooth, baseline)
+    return make_clip(test_images["JianzhuGuo.jpg"], frames=40, still=5, amplitude=8.0)
 
 
 def test_smoothing_can_be_switched_off_per_sequence(landmark_pipeline, motion_clip):
@@ -160,6 +127,30 @@ def test_smoothing_can_be_switched_off_per_sequence(landmark_pipeline, motion_cl
     off = np.stack([o["LANDMARKS"][0] for o in track(landmark_pipeline, frames, smoothing=False)])
     np.testing.assert_array_equal(on[0], off[0])  # the first frame has no history
     assert np.abs(on - off).max() > 0.05  # the filter acts on the moving frames
+
+
+def test_the_identity_is_held_along_a_track(landmark_pipeline, motion_clip):
+    frames = motion_clip.frames[5:25]
+    shape = slice(12, 52)  # PARAMS: 12 pose, 40 shape, 10 expression
+    held = np.stack([o["PARAMS"][0, shape] for o in track(landmark_pipeline, frames)])
+    raw = np.stack(
+        [o["PARAMS"][0, shape] for o in track(landmark_pipeline, frames, smoothing_identity=False)]
+    )
+    np.testing.assert_array_equal(held[0], raw[0])
+    # each frame's shape is the regressor's; the held one moves a fraction as much
+    assert np.abs(np.diff(held, axis=0)).mean() < 0.3 * np.abs(np.diff(raw, axis=0)).mean()
+
+
+def test_bad_sequence_settings_are_refused(landmark_pipeline, test_images):
+    image = test_images["emma.jpg"]
+    with pytest.raises(ValueError, match="track_box_blend must be within"):
+        landmark_pipeline.track(
+            image, next(SEQUENCE_IDS), start=True, settings={"track_box_blend": 2}
+        )
+    with pytest.raises(ValueError, match="smoothing_motion must be true or false"):
+        landmark_pipeline.track(
+            image, next(SEQUENCE_IDS), start=True, settings={"smoothing_motion": "maybe"}
+        )
 
 
 def _scene(background, faces):

@@ -5,8 +5,9 @@ face_detector / face_regressor models when the config names them (tddfa_triton.b
 from tddfa.aligner import Aligner
 from tddfa.bfm import load_bfm
 from tddfa.config import REGRESSOR_SIZE
+from tddfa.sequence_store import SequenceStore
 from tddfa.steps import TrackerStep
-from tddfa.tracking import SequenceStore, Tracker
+from tddfa.tracking import Tracker
 from tddfa_triton import SequenceModel
 
 
