@@ -189,7 +189,7 @@ def test_native_layout_frames(ort_client, onnxruntime_layout, landmark_pipeline,
 def test_native_layout_sequence(ort_client, landmark_pipeline, test_images):
     """face_tracker with the graph as its detector (BlsDetector: detection, and the tracked
     crop's check as uint8 frames) follows the in-process tracker on a short clip."""
-    frames = make_clip(test_images["JianzhuGuo.jpg"], frames=4, still=1, amplitude=8.0).frames
+    frames = make_clip(test_images["JianzhuGuo.jpg"], frames=5, still=1, amplitude=8.0).frames
     outputs = (*OUTPUTS, "TRACK_IDS", "DETECTED")
     sequence = 8102
     for i, (got, want) in enumerate(
