@@ -102,8 +102,9 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
 
 
 def faces_json(result: FrameResult) -> list[dict[str, Any]]:
-    """Per face: box [x1, y1, x2, y2], score, landmarks (3 x 68), pose, params (62), and
-    track_id when the result came from the sequence ensemble."""
+    """Per face: box [x1, y1, x2, y2], score (the detector's; on a tracked frame FaceBoxes'
+    score on the face's own crop: a per-face confidence), landmarks (3 x 68), pose,
+    params (62), and track_id when the result came from the sequence ensemble."""
     faces = []
     for i in range(result.face_count):
         box = result.boxes[i]
@@ -119,6 +120,19 @@ def faces_json(result: FrameResult) -> list[dict[str, Any]]:
             face["track_id"] = int(result.track_ids[i])
         faces.append(face)
     return faces
+
+
+def frame_record(index: int, pts: int, time_base: Any, result: FrameResult) -> dict[str, Any]:
+    """One video frame's JSON Lines record: frame index, pts, time (s), ``detected``
+    (whether the detector ran on the frame: always in detect mode; false means the faces
+    were tracked from the frames before), and the faces (:func:`faces_json`)."""
+    return {
+        "frame": index,
+        "pts": pts,
+        "time": round(float(pts * time_base), 6),
+        "detected": True if result.detected is None else result.detected,
+        "faces": faces_json(result),
+    }
 
 
 def image_document(result: FrameResult, width: int, height: int, models: dict) -> dict:

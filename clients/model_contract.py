@@ -52,6 +52,7 @@ class FrameResult:
     params: np.ndarray
     vertices: np.ndarray | None = None
     track_ids: np.ndarray | None = None  # (F,) int32 from the sequence ensemble
+    detected: bool | None = None  # sequence ensemble: the detector ran on this frame
 
     @classmethod
     def from_outputs(cls, outputs: dict[str, np.ndarray]) -> FrameResult:
@@ -65,6 +66,7 @@ class FrameResult:
 
         vertices = outputs.get("VERTICES")
         track_ids = outputs.get("TRACK_IDS")
+        detected = outputs.get("DETECTED")
         return cls(
             rendered=outputs.get("RENDERED"),
             face_count=count,
@@ -74,6 +76,7 @@ class FrameResult:
             params=rows("PARAMS", (62,)),
             vertices=None if vertices is None else np.ascontiguousarray(vertices[:count]),
             track_ids=None if track_ids is None else np.asarray(track_ids[:count], np.int32),
+            detected=None if detected is None else bool(np.asarray(detected).reshape(-1)[0]),
         )
 
 

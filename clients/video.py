@@ -189,7 +189,7 @@ def outputs_for(
     fields when wanted, plus what an animated mesh needs."""
     names = ["RENDERED", "FACE_COUNT"] if rendered else ["FACE_COUNT"]
     if json_wanted:
-        names += DEFAULT_OUTPUTS + (("TRACK_IDS",) if mode == "track" else ())
+        names += DEFAULT_OUTPUTS + (("TRACK_IDS", "DETECTED") if mode == "track" else ())
     if mesh:
         names += ("PARAMS", "LANDMARKS", "TRACK_IDS")
     return tuple(n for i, n in enumerate(names) if n not in names[:i])

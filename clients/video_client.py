@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from tddfa.contract import SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE
 from tddfa.files import atomic_paths
-from tddfa_clients.image import faces_json, render_parameters
+from tddfa_clients.image import frame_record, render_parameters
 from tddfa_clients.mesh_animation import FaceAnimation
 from tddfa_clients.replicas import open_frame_client
 from tddfa_clients.shared_memory import cuda_shm
@@ -162,12 +162,7 @@ def process_video(
                     if animation is not None:
                         animation.add(float(pts * info.time_base), result)
                     if lines is not None:
-                        record = {
-                            "frame": index,
-                            "pts": pts,
-                            "time": round(float(pts * info.time_base), 6),
-                            "faces": faces_json(result),
-                        }
+                        record = frame_record(index, pts, info.time_base, result)
                         lines.write(json.dumps(record) + "\n")
                     frames_done += 1
                     bar.update(1)

@@ -359,14 +359,9 @@ class VideoPipeline:
         if self.job.sink is not None:
             self.job.sink(staged.index, result)
         if self.lines is not None:
-            from tddfa_clients.image import faces_json
+            from tddfa_clients.image import frame_record
 
-            record = {
-                "frame": staged.index,
-                "pts": staged.pts,
-                "time": round(float(staged.pts * self.info.time_base), 6),
-                "faces": faces_json(result),
-            }
+            record = frame_record(staged.index, staged.pts, self.info.time_base, result)
             self.lines.write(json.dumps(record) + "\n")
         self.frames += 1
         if self.client.progress is not None:

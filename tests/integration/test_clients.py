@@ -345,6 +345,9 @@ def test_sample_videos_round_trip(ensemble_server, asset_dir, tmp_path, name, mo
         assert first_ids == set(range(1, len(faces) + 1))
         for track_id in first_ids:  # (emma720 also has a half face entering at the edge)
             assert sum(track_id in frame_ids for frame_ids in ids) >= 0.9 * len(ids), ids
+        detected = [record["detected"] for record in records]
+        assert detected[0] is True and detected.count(False) > 0.5 * len(detected)
+        assert all(0.5 <= face["score"] <= 1 for record in records for face in record["faces"])
 
 
 def test_no_client_shm_left() -> None:
