@@ -108,6 +108,12 @@ class PipelineConfig:
         for name in unit:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
+        if self.track_keep_lost < 0:
+            raise ValueError(f"track_keep_lost must be >= 0 frames, got {self.track_keep_lost}")
+        if not self.track_identity_distance > 0:
+            raise ValueError(
+                f"track_identity_distance must be > 0, got {self.track_identity_distance}"
+            )
         if self.min_image_size > min(self.max_image_height, self.max_image_width):
             raise ValueError(
                 f"min_image_size {self.min_image_size} exceeds the largest image allowed "

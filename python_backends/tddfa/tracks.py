@@ -24,7 +24,7 @@ MIN_LANDMARK_SPREAD = 0.25
 MAX_LANDMARK_SPREAD = 1.0
 # ... and at least this fraction of the landmarks' bounding box must be inside the frame.
 MIN_VISIBLE_FRACTION = 0.5
-# Two tracked faces whose boxes overlap this much are one face seen twice.
+# Two tracked faces whose landmarks' boxes overlap this much are one face seen twice.
 DUPLICATE_IOU = 0.5
 # A tracked face whose landmarks land further than this fraction of its size from where it
 # was expected was pulled away by something else in its crop (another face passing in
@@ -34,6 +34,9 @@ MAX_JUMP = 0.25
 
 @dataclasses.dataclass
 class Track:
+    """One face followed over frames: what the next frame needs to find it, smooth it and
+    tell it from other faces."""
+
     track_id: int
     box_in_landmarks: np.ndarray  # (4,) the face's box relative to its landmarks' box
     identity: IdentityEstimate
@@ -53,9 +56,10 @@ class Track:
             return self.next_landmarks
         transform, alpha_exp = self.filter.predicted(frames)
         shape = self.identity.mean.astype(np.float32)
-        return params.landmarks_from_transform(transform[None], shape[None], alpha_exp[None], bfm)[
-            0
-        ]
+        landmarks = params.landmarks_from_transform(
+            transform[None], shape[None], alpha_exp[None], bfm
+        )
+        return landmarks[0]
 
 
 @dataclasses.dataclass
@@ -115,7 +119,8 @@ def drop_duplicates(tracks: list[Track], found: dict[int, Measured], appearance:
     seen = sorted(found)
     if len(seen) < 2:
         return
-    overlap = iou(*[landmark_box(np.stack([found[j].outputs["LANDMARKS"] for j in seen]))] * 2)
+    boxes = landmark_box(np.stack([found[j].outputs["LANDMARKS"] for j in seen]))
+    overlap = iou(boxes, boxes)
     for a in range(len(seen)):
         for b in range(a + 1, len(seen)):
             ja, jb = seen[a], seen[b]
