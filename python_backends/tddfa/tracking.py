@@ -180,7 +180,8 @@ class Tracker:
                 ):
                     continue
                 found[b][j] = face
-                if track.crop is not None:
+                uses_motion = cfg.smoothing and cfg.smoothing_filter and cfg.smoothing_motion
+                if uses_motion and track.crop is not None:
                     pending.append((b, j, face))
         self._image_motion(states, pending)
         for b in rows:
