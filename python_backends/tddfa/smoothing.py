@@ -29,6 +29,7 @@ import numpy as np
 
 from tddfa.config import NUM_EXP, NUM_LANDMARKS, REGRESSOR_SIZE, PipelineConfig
 from tddfa.filters import ConstantVelocityKalman
+from tddfa.params import POSE_END, SHAPE_END
 
 # Components of the filtered vector: anchor (x, y, z), the 3x3 linear part, expression.
 ANCHOR, LINEAR, EXPRESSION = slice(0, 3), slice(3, 12), slice(12, 12 + NUM_EXP)
@@ -93,7 +94,7 @@ class FaceGeometry:
         extent = float(np.sqrt(np.square(mean - centroid).sum(axis=1).mean()))
         w_exp = np.asarray(bfm.w_exp_lm, np.float64).reshape(NUM_LANDMARKS, 3, NUM_EXP)
         reach = np.sqrt(np.square(w_exp).sum(axis=1).mean(axis=0))
-        shape_scale = np.asarray(bfm.param_std, np.float64)[12 : 12 + len(bfm.w_shp_lm.T)]
+        shape_scale = np.asarray(bfm.param_std, np.float64)[POSE_END:SHAPE_END]
         return cls(centroid, extent, reach, shape_scale)
 
 
