@@ -2,7 +2,7 @@
 
 As in the original 3DDFA_V2 video demos, a tracked frame does not run the detector: each
 face is cropped where the previous frames put it. Where the original squares the
-landmarks' bounding box (its tracking mode), this tracker carries the face's
+landmarks' bounding box (docs/models.md 3, tracking), this tracker carries the face's
 detection box along with its landmarks: at detection it records where the box sits
 relative to the landmarks' bounding box, and on later frames it puts the box back at the
 same place relative to where the face is expected (the smoothed landmarks moved on by
