@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from gpu_client import TIMEOUT_S
 
-from tddfa_tools.motion_clip import (
+from tddfa_tools.dev.motion_clip import (
     face_cutout,
     id_switches,
     make_clip,

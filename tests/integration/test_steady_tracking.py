@@ -1,5 +1,5 @@
 """Steady tracking through a real tritonserver, on clips with known motion
-(tddfa_tools.motion_clip): the tracked landmarks jitter less than 40 % of per-frame
+(tddfa_tools.dev.motion_clip): the tracked landmarks jitter less than 40 % of per-frame
 detection's with no more than 1.1x its spread (no lag), equal per-frame results on still
 frames, boxes do not jump when the detector runs again, and two faces that cross keep
 their ids."""
@@ -13,7 +13,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tddfa.contract import SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE
-from tddfa_tools.motion_clip import (
+from tddfa_tools.dev.motion_clip import (
     face_cutout,
     id_switches,
     make_clip,
