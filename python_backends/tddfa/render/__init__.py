@@ -1,4 +1,6 @@
-"""Drawing faces over frames with OpenGL (EGL): Mesa llvmpipe on CPU, NVIDIA EGL on GPU.
+"""Drawing faces over frames: a compiled CPU rasteriser (numba) on CPU, OpenGL on the
+NVIDIA EGL device on GPU (the same GL renderer also runs on Mesa llvmpipe: the reference
+the CPU renderer's pictures are tested against).
 
 One idea per module:
 
@@ -14,6 +16,9 @@ One idea per module:
 - :mod:`~tddfa.render.interop`: CUDA-OpenGL interop (GPU only);
 - :mod:`~tddfa.render.blend`: the drawing blended over the frames in CUDA (GPU only);
 - :mod:`~tddfa.render.renderer`: :class:`MeshRenderer`, which ties them together;
+- :mod:`~tddfa.render.shading`: the CPU renderer's vertex stage and the light model;
+- :mod:`~tddfa.render.raster`: the CPU renderer's triangle, line and blend kernels;
+- :mod:`~tddfa.render.cpu_renderer`: :class:`CpuRenderer`, the renderer of CPU builds;
 - :mod:`~tddfa.render.assets`: the per-vertex tables and texture (render_assets.npz);
 - :mod:`~tddfa.render.step`: the face_renderer and face_vertices steps.
 
@@ -21,12 +26,14 @@ Importing this package selects PyOpenGL's EGL platform (tddfa.gl_context) before
 """
 
 from tddfa.gl_context import GLContextError  # first: sets PYOPENGL_PLATFORM=egl
+from tddfa.render.cpu_renderer import CpuRenderer
 from tddfa.render.interop import InteropError
 from tddfa.render.normals import VertexNormals, vertex_normals
-from tddfa.render.programs import Lighting
 from tddfa.render.renderer import MeshFaces, MeshRenderer, OverlayFaces, Rendered
+from tddfa.render.shading import Lighting
 
 __all__ = [
+    "CpuRenderer",
     "GLContextError",
     "InteropError",
     "Lighting",

@@ -65,6 +65,51 @@ class Rendered:
     own: dict[int, Any]
 
 
+def check_settings(triangles: Any, alpha: float, uv_size: int, assets: Any) -> np.ndarray:
+    """A renderer's settings, checked (ValueError naming the problem): (3, T) non-negative
+    integer triangles (returned as an array), alpha in [0, 1], uv_size in 2..4096, render
+    assets (tddfa.render.assets.RenderAssets or None) covering every vertex."""
+    triangles = np.asarray(triangles)
+    if triangles.ndim != 2 or triangles.shape[0] != 3 or triangles.shape[1] < 1:
+        raise ValueError(f"triangles must be (3, T) int, got {triangles.shape}")
+    if not np.issubdtype(triangles.dtype, np.integer) or triangles.min() < 0:
+        raise ValueError("triangles must hold non-negative integer vertex indices")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if not 2 <= int(uv_size) <= 4096:
+        raise ValueError(f"uv_size must be in 2..4096, got {uv_size}")
+    if assets is not None and assets.num_vertices <= int(triangles.max()):
+        raise ValueError(
+            f"render assets cover {assets.num_vertices} vertices, the triangles use "
+            f"{int(triangles.max()) + 1}"
+        )
+    return triangles
+
+
+def one_frame_meshes(image: Any, vertices: Any, count: int) -> MeshFaces:
+    """The faces of a renderer's ``render(image, vertices, count)``: the first ``count`` of
+    (K, 3, N) image-space meshes over one (H, W, 3) frame, identity transforms, no z shift
+    (ValueError for a bad count or frame)."""
+    count = int(count)
+    if image.ndim != 3:
+        validate_images(image, 1)
+    if vertices.ndim != 3 or not 0 <= count <= vertices.shape[0]:
+        raise ValueError(
+            f"count must be in 0..{vertices.shape[0] if vertices.ndim == 3 else 0} "
+            f"(rows of vertices {tuple(vertices.shape)}), got {count}"
+        )
+    xp = get_xp(vertices)
+    identity = xp.zeros((count, 3, 4), xp.float32)
+    identity[:, [0, 1, 2], [0, 1, 2]] = 1.0
+    return MeshFaces(
+        frame=np.zeros(count, np.int64),
+        slot=np.arange(count),
+        vertices=vertices[:count],
+        transforms=identity,
+        shift_z=False,
+    )
+
+
 def validate_images(images: Any, batch: int) -> None:
     if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
         shape = tuple(images.shape)[1:] if images.ndim == 4 else tuple(images.shape)

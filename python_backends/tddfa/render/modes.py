@@ -53,5 +53,26 @@ def parse_modes(values: Iterable[Any] | None, frames: int) -> list[str]:
     return modes
 
 
+# the BFM table a mode draws with (render_assets.npz)
+_NEEDS_ASSETS = {"texture": "uv", "uv": "uv", "pncc": "ncc"}
+
+
+def check_available(modes: Iterable[str], has_assets: bool, has_texture: bool) -> None:
+    """ValueError naming the fix for a mode a renderer cannot draw: without the render
+    assets (pncc, texture, uv) or, for texture, without an image."""
+    for mode in set(modes):
+        need = _NEEDS_ASSETS.get(mode)
+        if need and not has_assets:
+            raise ValueError(
+                f"render mode {mode!r} needs the BFM's {need} table: build the repository "
+                "with `tddfa build` (render_assets.npz) or choose another mode"
+            )
+        if mode == "texture" and not has_texture:
+            raise ValueError(
+                "render mode 'texture' has no image: set the face_renderer parameter "
+                "texture_image, or rebuild with the FFmpeg demo's color.1024x1024.jpg"
+            )
+
+
 def mode_ids(modes: Sequence[str]) -> list[int]:
     return [MODE_IDS[m] for m in modes]

@@ -11,30 +11,15 @@ Every method needs the GL context current.
 
 from __future__ import annotations
 
-import dataclasses
-
 from tddfa.gl_context import GLContextError  # sets PYOPENGL_PLATFORM=egl first
 from tddfa.render import shaders
+from tddfa.render.shading import Lighting
 
 # isort: split
 # OpenGL only after tddfa.gl_context has chosen the EGL platform
 from OpenGL import GL
 
 UNITS = {"u_background": 0, "u_texture": 1, "u_ncc": 2, "u_uv": 3}  # texture units
-
-
-@dataclasses.dataclass(frozen=True)
-class Lighting:
-    """Light model of 3DDFA_V2's renderer (Sim3DR defaults); positions in its normalised
-    per-face frame (face centred, longest side 2, z towards the camera)."""
-
-    ambient: float = 0.3
-    diffuse: float = 0.6
-    specular: float = 0.1
-    specular_exponent: float = 5.0
-    light_position: tuple[float, float, float] = (0.0, 0.0, 5.0)
-    view_position: tuple[float, float, float] = (0.0, 0.0, 5.0)
-    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def _compile(vertex: str, fragment: str, what: str) -> int:

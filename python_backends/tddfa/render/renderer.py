@@ -40,7 +40,9 @@ from tddfa.render.faces import (
     MeshFaces,
     OverlayFaces,
     Rendered,
+    check_settings,
     meshes_on_host,
+    one_frame_meshes,
     overlay_geometry,
     overlays_on_host,
     subset_meshes,
@@ -57,17 +59,22 @@ from tddfa.render.instances import (
     mesh_columns,
 )
 from tddfa.render.interop import InteropError, open_interop
-from tddfa.render.modes import MESH_MODES, OVERLAY_MODES, OWN_IMAGE_MODES, parse_mode
+from tddfa.render.modes import (
+    MESH_MODES,
+    OVERLAY_MODES,
+    OWN_IMAGE_MODES,
+    check_available,
+    parse_mode,
+)
 from tddfa.render.normals import VertexNormals
-from tddfa.render.programs import Lighting
 from tddfa.render.scene import DrawCounts, Scene
 from tddfa.render.shaders import INSTANCE_FLOATS, OVERLAY_FLOATS
+from tddfa.render.shading import Lighting
 from tddfa.xp import get_xp
 
 logger = logging.getLogger(__name__)
 
 _NEEDS_NORMALS = frozenset({"shaded", "normals"})
-_NEEDS_ASSETS = {"texture": "uv", "uv": "uv", "pncc": "ncc"}
 
 
 class MeshRenderer:
@@ -106,25 +113,12 @@ class MeshRenderer:
         if layout not in ("auto", "frames"):
             raise ValueError(f"layout must be 'auto' or 'frames', got {layout!r}")
         self.layout = layout
-        triangles = np.asarray(triangles)
-        if triangles.ndim != 2 or triangles.shape[0] != 3 or triangles.shape[1] < 1:
-            raise ValueError(f"triangles must be (3, T) int, got {triangles.shape}")
-        if not np.issubdtype(triangles.dtype, np.integer) or triangles.min() < 0:
-            raise ValueError("triangles must hold non-negative integer vertex indices")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if not 2 <= int(uv_size) <= 4096:
-            raise ValueError(f"uv_size must be in 2..4096, got {uv_size}")
+        triangles = check_settings(triangles, alpha, uv_size, assets)
         self.device = device
         self.alpha = float(alpha)
         self.uv_size = int(uv_size)
         self.assets = assets
         self._max_index = int(triangles.max())
-        if assets is not None and assets.num_vertices <= self._max_index:
-            raise ValueError(
-                f"render assets cover {assets.num_vertices} vertices, the triangles use "
-                f"{self._max_index + 1}"
-            )
         self._normals = VertexNormals(triangles)
         lod = assets.lod_triangles if assets is not None else None
         self._coarse_normals = VertexNormals(lod) if lod is not None else self._normals
@@ -154,18 +148,7 @@ class MeshRenderer:
     # -- public API -----------------------------------------------------------------------
     def check_modes(self, modes: Sequence[str]) -> None:
         """Raise ValueError for a mode this renderer cannot draw (missing assets)."""
-        for mode in set(modes):
-            need = _NEEDS_ASSETS.get(mode)
-            if need and self.assets is None:
-                raise ValueError(
-                    f"render mode {mode!r} needs the BFM's {need} table: build the repository "
-                    "with `tddfa build` (render_assets.npz) or choose another mode"
-                )
-            if mode == "texture" and not self.has_texture:
-                raise ValueError(
-                    "render mode 'texture' has no image: set the face_renderer parameter "
-                    "texture_image, or rebuild with the FFmpeg demo's color.1024x1024.jpg"
-                )
+        check_available(modes, self.assets is not None, self.has_texture)
 
     def draw(
         self,
@@ -233,25 +216,8 @@ class MeshRenderer:
         Returns:
             (H, W, 3) uint8 RGB (or the mode's own image), a new array of the image's kind.
         """
-        count = int(count)
-        if image.ndim != 3:
-            validate_images(image, 1)
-        if vertices.ndim != 3 or not 0 <= count <= vertices.shape[0]:
-            raise ValueError(
-                f"count must be in 0..{vertices.shape[0] if vertices.ndim == 3 else 0} "
-                f"(rows of vertices {tuple(vertices.shape)}), got {count}"
-            )
-        xp = get_xp(vertices)
-        identity = xp.zeros((count, 3, 4), xp.float32)
-        identity[:, [0, 1, 2], [0, 1, 2]] = 1.0
-        meshes = MeshFaces(
-            frame=np.zeros(count, np.int64),
-            slot=np.arange(count),
-            vertices=vertices[:count],
-            transforms=identity,
-            shift_z=False,
-        )
-        result = self.draw(image[None], [mode], meshes, slots=max(count, 1))
+        meshes = one_frame_meshes(image, vertices, count)
+        result = self.draw(image[None], [mode], meshes, slots=max(int(count), 1))
         return result.own[0] if 0 in result.own else result.frames[0]
 
     @property

@@ -34,6 +34,7 @@ from tddfa.config import NUM_EXP, NUM_SHAPE, PipelineConfig
 from tddfa.contract import RENDER_MODE_PARAMETER
 from tddfa.params import apply_transform, model_to_image
 from tddfa.render.assets import RENDER_ASSETS_FILE, load_render_assets, load_texture_image
+from tddfa.render.cpu_renderer import CpuRenderer
 from tddfa.render.modes import (
     MESH_MODES,
     OVERLAY_MODES,
@@ -117,7 +118,7 @@ class RenderStep:
     request_parameters = (RENDER_MODE_PARAMETER,)
 
     def __init__(
-        self, renderer: MeshRenderer, decoder: DenseDecoder, coarse_below: float = 0.0
+        self, renderer: MeshRenderer | CpuRenderer, decoder: DenseDecoder, coarse_below: float = 0.0
     ) -> None:
         self.renderer = renderer
         self.decoder = decoder
@@ -252,14 +253,17 @@ def build_render_step(
     texture = None
     if config.texture_image.strip():
         texture = load_texture_image(version_dir / config.texture_image.strip())  # absolute stays
-    renderer = MeshRenderer(
-        bfm.tri,
-        device=device,
-        alpha=config.render_alpha,
-        assets=assets,
-        texture=texture,
-        uv_size=config.uv_size,
-    )
+    settings = {
+        "alpha": config.render_alpha,
+        "assets": assets,
+        "texture": texture,
+        "uv_size": config.uv_size,
+    }
+    # CPU: the compiled rasteriser; GPU: OpenGL on the NVIDIA EGL device
+    if device == "cpu":
+        renderer = CpuRenderer(bfm.tri, **settings)
+    else:
+        renderer = MeshRenderer(bfm.tri, device=device, **settings)
     return RenderStep(renderer, DenseDecoder(bfm), coarse_below=config.render_coarse_below)
 
 

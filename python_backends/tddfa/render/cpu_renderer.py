@@ -1,0 +1,331 @@
+"""CpuRenderer: the faces drawn on the CPU by a compiled rasteriser, the renderer of CPU builds.
+
+The same inputs, modes and pictures as :class:`tddfa.render.MeshRenderer` (OpenGL, which
+remains the GPU renderer and the reference the tests compare with), without a GL context:
+per frame, only the rectangle around its faces is drawn. A face's vertices go through the
+vertex stage (:mod:`tddfa.render.shading`), its triangles into a z-buffered region
+(:mod:`tddfa.render.raster`), and the region is blended over a copy of the frame, every
+pixel once. The numba kernels release the GIL and need no thread of their own: on a
+2-core machine the other core keeps decoding and encoding.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from tddfa.contract import DEFAULT_RENDER_MODE
+from tddfa.render import raster, shading
+from tddfa.render.assets import RenderAssets
+from tddfa.render.faces import (
+    MeshFaces,
+    OverlayFaces,
+    Rendered,
+    check_settings,
+    one_frame_meshes,
+    overlay_geometry,
+    subset_overlays,
+    validate_images,
+    validate_meshes,
+)
+from tddfa.render.modes import (
+    BLENDED_MODES,
+    MESH_MODES,
+    OVERLAY_MODES,
+    OWN_IMAGE_MODES,
+    check_available,
+    parse_mode,
+)
+from tddfa.render.shading import Lighting
+from tddfa.xp import get_xp
+
+logger = logging.getLogger(__name__)
+
+# what the vertex stage computes per mode (wireframe: the lines carry their colour)
+_VERTEX_VALUES = {
+    "shaded": shading.LIT,
+    "normals": shading.NORMALS,
+    "depth": shading.DEPTH,
+    "pncc": shading.TABLE,
+    "texture": shading.TEXELS,
+    "wireframe": shading.DEPTH,
+    "uv": shading.FRAME,
+}
+_NEEDS_NORMALS = frozenset({"shaded", "normals"})
+
+
+def _edges(triangles: np.ndarray) -> np.ndarray:
+    """(T, 3) triangles -> (E, 2) int32 unique undirected edges."""
+    pairs = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+    return np.ascontiguousarray(np.unique(np.sort(pairs, axis=1), axis=0), dtype=np.int32)
+
+
+class _Mesh:
+    """One triangulation: its (T, 3) triangles, (E, 2) edges and the (M,) vertices they
+    use (a coarse mesh uses a third of them: the vertex stage skips the rest), int32."""
+
+    def __init__(self, triangles: np.ndarray) -> None:
+        self.triangles = np.ascontiguousarray(np.asarray(triangles).T, dtype=np.int32)
+        self.edges = _edges(self.triangles)
+        self.vertices = np.unique(self.triangles).astype(np.int32)
+
+
+class CpuRenderer:
+    """Draws faces over numpy frames on the CPU (see the module doc).
+
+    Args: as :class:`tddfa.render.MeshRenderer` (``device`` is always ``"cpu"``):
+        triangles (3, T), alpha, lighting, assets, texture, uv_size, wire_color.
+    """
+
+    device = "cpu"
+    uses_interop = False
+
+    def __init__(
+        self,
+        triangles: np.ndarray,
+        alpha: float = 0.6,
+        lighting: Lighting | None = None,
+        assets: RenderAssets | None = None,
+        texture: np.ndarray | None = None,
+        uv_size: int = 256,
+        wire_color: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    ) -> None:
+        triangles = check_settings(triangles, alpha, uv_size, assets)
+        self.alpha = float(alpha)
+        self.uv_size = int(uv_size)
+        self.assets = assets
+        self._max_index = int(triangles.max())
+        self._alpha8 = int(np.floor(self.alpha * 255 + 0.5))  # the GL target's 8-bit weight
+        self._light = (lighting or Lighting()).packed()
+        self._wire = np.asarray(wire_color, np.float64)
+        self._full = _Mesh(triangles)
+        lod = assets.lod_triangles if assets is not None else None
+        self._coarse = _Mesh(lod) if lod is not None else None
+        self.has_coarse_mesh = self._coarse is not None
+        vertices = self._max_index + 1
+        self._ncc = np.zeros((3, vertices), np.float32)
+        self._uv = np.zeros((vertices, 2), np.float32)
+        if assets is not None:
+            self._ncc[:] = assets.ncc[:, :vertices]
+            self._uv[:] = assets.uv[:vertices]
+        # a uv map's vertices: (u (S - 1), (1 - v) (S - 1)) in slot 0, at depth 0
+        side = self.uv_size - 1.0
+        self._atlas_positions = np.stack(
+            [self._uv[:, 0] * side, (1.0 - self._uv[:, 1]) * side, np.zeros(vertices)]
+        ).astype(np.float64)
+        texture = texture if texture is not None else (assets.texture if assets else None)
+        self.has_texture = texture is not None
+        self._texture = np.ascontiguousarray(
+            texture if texture is not None else np.zeros((1, 1, 3)), dtype=np.uint8
+        )
+        self._texture_size = np.array(self._texture.shape[1::-1], np.float64)
+        self._closed = False
+        self._warm_up()
+
+    # -- public API (as MeshRenderer) -----------------------------------------------------
+    def check_modes(self, modes: Sequence[str]) -> None:
+        """Raise ValueError for a mode this renderer cannot draw (missing assets)."""
+        check_available(modes, self.assets is not None, self.has_texture)
+
+    def draw(
+        self,
+        images: Any,
+        modes: Sequence[str],
+        meshes: MeshFaces | None = None,
+        overlays: OverlayFaces | None = None,
+        slots: int = 1,
+    ) -> Rendered:
+        """Draw a batch: (B, H, W, 3) uint8 numpy frames, B mode names, the faces of the
+        mesh and overlay modes, K ``slots`` (a uv map is (S, K * S, 3)). As
+        :meth:`tddfa.render.MeshRenderer.draw`."""
+        if self._closed:
+            raise ValueError("the renderer is closed")
+        modes = [parse_mode(m) for m in modes]
+        validate_images(images, len(modes))
+        if get_xp(images) is not np:
+            raise ValueError(
+                "the CPU renderer draws numpy frames: pass numpy, or build the renderer "
+                "on device='cuda:N' for CuPy frames"
+            )
+        self.check_modes(modes)
+        if meshes is not None:
+            validate_meshes(meshes, len(modes), slots, self._max_index)
+        frames = np.array(images, copy=True, order="C")
+        own: dict[int, Any] = {}
+        geometry = None
+        if overlays is not None:
+            overlays = subset_overlays(
+                overlays, [modes[f] in OVERLAY_MODES for f in overlays.frame]
+            )
+            geometry = overlay_geometry(overlays, modes) if overlays is not None else None
+        mesh_faces = _by_frame(meshes, len(modes))
+        overlay_faces = _by_frame(overlays, len(modes))
+        for frame, mode in enumerate(modes):
+            if mode in OWN_IMAGE_MODES:
+                own[frame] = self._uv_map(images[frame], meshes, mesh_faces[frame], slots)
+            elif mode in MESH_MODES and mesh_faces[frame]:
+                self._draw_meshes(frames[frame], mode, meshes, mesh_faces[frame])
+            elif mode in OVERLAY_MODES and overlay_faces[frame]:
+                self._draw_overlays(frames[frame], geometry, overlay_faces[frame])
+        return Rendered(frames, own)
+
+    def render(self, image: Any, vertices: Any, count: int, mode: str = DEFAULT_RENDER_MODE) -> Any:
+        """Draw the first ``count`` image-space meshes (K, 3, N) over one (H, W, 3) frame,
+        no transform, no z shift; as :meth:`tddfa.render.MeshRenderer.render`."""
+        meshes = one_frame_meshes(image, vertices, count)
+        result = self.draw(image[None], [mode], meshes, slots=max(int(count), 1))
+        return result.own[0] if 0 in result.own else result.frames[0]
+
+    def close(self) -> None:
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> CpuRenderer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- drawing --------------------------------------------------------------------------
+    def _vertex_stage(self, meshes: MeshFaces, face: int, mode: str, frame: np.ndarray):
+        """(positions (3, N), low, high, mesh, per-vertex values) of one face."""
+        model = np.ascontiguousarray(meshes.vertices[face], dtype=np.float32)
+        transform = np.ascontiguousarray(meshes.transforms[face], dtype=np.float32)
+        positions, low, high = shading.to_image(model, transform, bool(meshes.shift_z))
+        coarse = meshes.coarse is not None and bool(meshes.coarse[face]) and mode != "uv"
+        mesh = self._coarse if coarse and self._coarse is not None else self._full
+        normals = positions
+        if mode in _NEEDS_NORMALS:
+            normals = shading.vertex_normals(positions, mesh.triangles, mesh.vertices)
+        values = shading.vertex_colours(
+            _VERTEX_VALUES[mode], mesh.vertices, positions, normals, low, high, self._light, self._ncc,
+            self._uv, self._texture_size, frame,
+        )  # fmt: skip
+        return positions, low, high, mesh, values
+
+    def _draw_meshes(self, frame: np.ndarray, mode: str, meshes, faces: list[int]) -> None:
+        """Every face of one frame (all in ``mode``) over ``frame``, in place."""
+        stages = [self._vertex_stage(meshes, i, mode, frame) for i in faces]
+        region = _region([(s[1], s[2]) for s in stages], frame.shape)
+        if region is None:
+            return
+        depth, colour, written = _buffers(region)
+        if mode == "wireframe":
+            # visible edges only: every face's surface depth first (pushed back a
+            # little), then the edges where they are not behind it
+            snapped = [raster.snap(s[0]) for s in stages]
+            for (positions, _, _, mesh, values), (fx, fy, valid) in zip(
+                stages, snapped, strict=True
+            ):
+                raster.fill_triangles(
+                    positions, fx, fy, valid, values, mesh.triangles, region, depth, colour,
+                    written, False, True,
+                )  # fmt: skip
+            for (positions, _, _, mesh, _), (_, _, valid) in zip(stages, snapped, strict=True):
+                raster.draw_lines(
+                    positions, valid, mesh.edges, self._wire, region, depth, colour, written
+                )
+        else:
+            for positions, _, _, mesh, values in stages:
+                fx, fy, valid = raster.snap(positions)
+                raster.fill_triangles(
+                    positions, fx, fy, valid, values, mesh.triangles, region, depth, colour,
+                    written, True, False,
+                )  # fmt: skip
+        alpha8 = self._alpha8 if mode in BLENDED_MODES else 255
+        raster.composite(frame, region, colour, written, alpha8, self._texture, mode == "texture")
+
+    def _uv_map(self, image: np.ndarray, meshes, faces: list[int], slots: int) -> np.ndarray:
+        """The frame's (S, K * S, 3) uv atlas: each face's map in its slot's square, the
+        first triangle drawn at a pixel wins; black where nothing is drawn."""
+        side = self.uv_size
+        atlas = np.zeros((side, slots * side, 3), np.uint8)
+        image = np.ascontiguousarray(image)
+        for i in faces:
+            _, _, _, mesh, values = self._vertex_stage(meshes, i, "uv", image)
+            slot = int(meshes.slot[i])
+            positions = self._atlas_positions.copy()
+            positions[0] += slot * side
+            region = np.array([slot * side, 0, (slot + 1) * side, side], np.int64)
+            depth, colour, written = _buffers(region)
+            fx, fy, valid = raster.snap(positions)
+            raster.fill_triangles(
+                positions, fx, fy, valid, values, mesh.triangles, region, depth, colour,
+                written, True, False,
+            )  # fmt: skip
+            raster.composite(atlas, region, colour, written, 255, self._texture, False)
+        return atlas
+
+    def _draw_overlays(self, frame: np.ndarray, geometry, faces: list[int]) -> None:
+        """Landmark dots or pose boxes of one frame's faces over it, opaque."""
+        low, high = (np.asarray(b, np.float64) for b in geometry.bounds())
+        region = _region([(low[i], high[i]) for i in faces], frame.shape)
+        if region is None:
+            return
+        _, colour, written = _buffers(region)
+        for i in faces:
+            raster.fill_discs(
+                np.ascontiguousarray(geometry.position[i], dtype=np.float64),
+                np.ascontiguousarray(geometry.disc[i], dtype=np.float64),
+                np.asarray(geometry.color[i], np.float64),
+                region, colour, written,
+            )  # fmt: skip
+        raster.composite(frame, region, colour, written, 255, self._texture, False)
+
+    def _warm_up(self) -> None:
+        """Compile (or load from numba's cache) every kernel now, not on the first frame."""
+        n = self._max_index + 1
+        corners = np.zeros((3, n), np.float32)
+        corners[:2, : min(n, 3)] = np.array([[1, 6, 1], [1, 1, 6]], np.float32)[:, : min(n, 3)]
+        image = np.zeros((8, 8, 3), np.uint8)
+        meshes = one_frame_meshes(image, corners[None], 1)
+        for mode in ("shaded", "texture", "wireframe"):
+            self._draw_meshes(image.copy(), mode, meshes, [0])
+        self._uv_map(image, meshes, [0], 1)
+        landmarks = np.full((1, 3, 68), 4.0, np.float32)
+        transform = np.eye(3, 4, dtype=np.float32)[None]
+        overlays = OverlayFaces(np.zeros(1, np.int64), landmarks, transform)
+        self.draw(image[None], ["landmarks"], overlays=overlays)
+
+
+def _by_frame(faces, frames: int) -> list[list[int]]:
+    """Per frame, the indices of its faces in ``faces`` (MeshFaces / OverlayFaces / None)."""
+    out: list[list[int]] = [[] for _ in range(frames)]
+    if faces is not None:
+        for i, frame in enumerate(faces.frame):
+            out[int(frame)].append(i)
+    return out
+
+
+def _region(boxes, shape) -> np.ndarray | None:
+    """The (4,) int64 x0, y0, x1, y1 (exclusive) of the pixel centres inside the union of
+    ``boxes`` ((low, high) with x, y first) and the frame; None when empty."""
+    height, width = shape[:2]
+    lows = [b[0][:2] for b in boxes if np.all(b[0][:2] <= b[1][:2])]
+    highs = [b[1][:2] for b in boxes if np.all(b[0][:2] <= b[1][:2])]
+    if not lows:
+        return None
+    low, high = np.min(lows, axis=0), np.max(highs, axis=0)
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        return None
+    x0, y0 = max(0, int(np.ceil(low[0]))), max(0, int(np.ceil(low[1])))
+    x1, y1 = min(width, int(np.floor(high[0])) + 1), min(height, int(np.floor(high[1])) + 1)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return np.array([x0, y0, x1, y1], np.int64)
+
+
+def _buffers(region: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depth (-inf: nothing drawn), colour and written-flag buffers of a region."""
+    height, width = int(region[3] - region[1]), int(region[2] - region[0])
+    return (
+        np.full((height, width), -np.inf, np.float32),
+        np.empty((height, width, 3), np.float32),
+        np.zeros((height, width), np.uint8),
+    )

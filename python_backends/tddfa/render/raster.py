@@ -1,0 +1,358 @@
+"""The CPU rasteriser's kernels (numba): triangles and lines into a z-buffered region.
+
+The rules are OpenGL's, as Mesa llvmpipe applies them, so that the pictures match the GL
+renderer's (tests/unit/render compare them):
+
+- pixel (i, j) is sampled at its centre, image coordinates (i, j) (the GL path maps image
+  pixel centres to window pixel centres);
+- vertices snap to 1/256 px (llvmpipe's 8 sub-pixel bits) and coverage is decided with
+  exact integer edge functions and a top-left rule: a pixel centre on an edge shared by
+  two triangles is drawn by exactly one of them (no holes, no double blends);
+- attributes and depth are interpolated linearly (no perspective: w = 1);
+- depth: larger image z is nearer; a fragment replaces the stored one only when strictly
+  nearer (GL_LESS), so of equal depths the first drawn stays;
+- polygon offset (the wireframe's hidden-surface pass) as glPolygonOffset(1, 1) on a
+  24-bit depth buffer over z in +-65,536 px: the surface moves back by its largest depth
+  slope plus 1/128 px;
+- lines: one pixel per column (x-major) or row (y-major) between the end points,
+  half-open (the diamond-exit rule in effect), depth tested with GL_LEQUAL.
+
+A region is a rectangle ``(x0, y0, x1, y1)`` (x1, y1 exclusive) of the picture; the
+region buffers (``depth`` (h, w) float32, ``colour`` (h, w, C) float32, ``written`` (h, w)
+uint8) cover exactly it. Kernels release the GIL; they compile once and are cached on
+disk (numba ``cache=True``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+SHIFT = 8  # fixed-point bits below the pixel (as llvmpipe)
+SUBPIXEL = 1 << SHIFT
+# vertices further out than this (pixels) are dropped with their triangles: the integer
+# edge functions must not overflow (2 * 2^28 sub-pixels squared < 2^63)
+GUARD = float(1 << 20)
+DEPTH_OFFSET_UNITS = 1.0 / 128.0  # glPolygonOffset's 1 unit, in image z pixels
+
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+
+@njit(**_JIT)
+def snap(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(3, N) image-space positions -> fixed-point x, y (N,) int64 and (N,) bool valid
+    (finite and within :data:`GUARD`)."""
+    n = positions.shape[1]
+    fx = np.empty(n, np.int64)
+    fy = np.empty(n, np.int64)
+    valid = np.empty(n, np.bool_)
+    for v in range(n):
+        x, y, z = positions[0, v], positions[1, v], positions[2, v]
+        ok = abs(x) < GUARD and abs(y) < GUARD and np.isfinite(z)  # NaN compares False
+        valid[v] = ok
+        fx[v] = np.int64(np.floor(x * SUBPIXEL + 0.5)) if ok else 0
+        fy[v] = np.int64(np.floor(y * SUBPIXEL + 0.5)) if ok else 0
+    return fx, fy, valid
+
+
+@njit(inline="always")
+def _pixel_span(low, high, first, last):
+    """Pixel centres (fixed point: i * SUBPIXEL) within [low, high], clipped to
+    [first, last]: (start, stop) inclusive, start > stop when none."""
+    return max(first, -((-low) >> SHIFT)), min(last, high >> SHIFT)
+
+
+@njit(inline="always")
+def _top_left_bias(dx, dy):
+    """0 if the edge (dx, dy) (interior on its positive side, y down) is a top or left
+    edge, whose pixel centres are covered; -1 otherwise."""
+    if dy < 0 or (dy == 0 and dx > 0):
+        return 0
+    return -1
+
+
+@njit(**_JIT)
+def fill_triangles(
+    positions: np.ndarray,
+    fx: np.ndarray,
+    fy: np.ndarray,
+    valid: np.ndarray,
+    attributes: np.ndarray,
+    triangles: np.ndarray,
+    region: np.ndarray,
+    depth: np.ndarray,
+    colour: np.ndarray,
+    written: np.ndarray,
+    write_colour: bool,
+    polygon_offset: bool,
+) -> None:
+    """Draw triangles with a depth test.
+
+    Args:
+        positions: (3, N) float64 image-space x, y, z (z towards the camera).
+        fx, fy, valid: :func:`snap` of ``positions``.
+        attributes: (N, 3) float32 per-vertex values, interpolated into ``colour``.
+        triangles: (T, 3) int32 vertex indices (either winding).
+        region: (4,) int64 x0, y0, x1, y1 of the buffers.
+        depth, colour, written: the region's buffers (see the module doc).
+        write_colour: False for a depth-only pass.
+        polygon_offset: move each triangle back by glPolygonOffset(1, 1).
+    """
+    x0, y0, x1, y1 = region[0], region[1], region[2], region[3]
+    width = x1 - x0
+    depth_at = depth.reshape(-1)
+    colour_at = colour.reshape(-1)
+    written_at = written.reshape(-1)
+    for t in range(triangles.shape[0]):
+        i0, i1, i2 = triangles[t, 0], triangles[t, 1], triangles[t, 2]
+        if not (valid[i0] and valid[i1] and valid[i2]):
+            continue
+        ax, ay, bx, by, cx, cy = fx[i0], fy[i0], fx[i1], fy[i1], fx[i2], fy[i2]
+        area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+        if area == 0:
+            continue
+        if area < 0:  # wind it the one way the edge functions expect
+            i1, i2 = i2, i1
+            bx, by, cx, cy = cx, cy, bx, by
+            area = -area
+        left, right = _pixel_span(min(ax, bx, cx), max(ax, bx, cx), x0, x1 - 1)
+        top, bottom = _pixel_span(min(ay, by, cy), max(ay, by, cy), y0, y1 - 1)
+        if left > right or top > bottom:
+            continue
+        # w0 = E(b -> c), w1 = E(c -> a), w2 = E(a -> b); E(p -> q)(P) =
+        # (qx - px) (Py - py) - (qy - py) (Px - px), positive inside; the top-left rule
+        # as a bias of -1 on the other edges, so that "inside" is w >= 0 for all three
+        d0x, d0y = cx - bx, cy - by
+        d1x, d1y = ax - cx, ay - cy
+        d2x, d2y = bx - ax, by - ay
+        bias0 = _top_left_bias(d0x, d0y)
+        bias1 = _top_left_bias(d1x, d1y)
+        bias2 = _top_left_bias(d2x, d2y)
+        sx, sy = left * SUBPIXEL, top * SUBPIXEL
+        row0 = d0x * (sy - by) - d0y * (sx - bx) + bias0
+        row1 = d1x * (sy - cy) - d1y * (sx - cx) + bias1
+        row2 = d2x * (sy - ay) - d2y * (sx - ax) + bias2
+        inverse = 1.0 / area
+        z0, z1, z2 = positions[2, i0], positions[2, i1], positions[2, i2]
+        offset = 0.0
+        if polygon_offset:  # the plane's depth slopes per pixel
+            dzdx = -(z0 * d0y + z1 * d1y + z2 * d2y) * inverse * SUBPIXEL
+            dzdy = (z0 * d0x + z1 * d1x + z2 * d2x) * inverse * SUBPIXEL
+            offset = max(abs(dzdx), abs(dzdy)) + DEPTH_OFFSET_UNITS
+        r0, g0, u0 = attributes[i0, 0], attributes[i0, 1], attributes[i0, 2]
+        r1, g1, u1 = attributes[i1, 0], attributes[i1, 1], attributes[i1, 2]
+        r2, g2, u2 = attributes[i2, 0], attributes[i2, 1], attributes[i2, 2]
+        for py in range(top, bottom + 1):
+            w0, w1, w2 = row0, row1, row2
+            start = (py - y0) * width - x0
+            entered = False
+            for px in range(left, right + 1):
+                if (w0 | w1 | w2) >= 0:
+                    entered = True
+                    b0 = (w0 - bias0) * inverse
+                    b1 = (w1 - bias1) * inverse
+                    b2 = (w2 - bias2) * inverse
+                    z = b0 * z0 + b1 * z1 + b2 * z2 - offset
+                    at = start + px
+                    if z > depth_at[at]:
+                        depth_at[at] = z
+                        if write_colour:
+                            colour_at[3 * at] = b0 * r0 + b1 * r1 + b2 * r2
+                            colour_at[3 * at + 1] = b0 * g0 + b1 * g1 + b2 * g2
+                            colour_at[3 * at + 2] = b0 * u0 + b1 * u1 + b2 * u2
+                            written_at[at] = 1
+                elif entered:  # a triangle's pixels on a row are contiguous
+                    break
+                w0 -= d0y * SUBPIXEL
+                w1 -= d1y * SUBPIXEL
+                w2 -= d2y * SUBPIXEL
+            row0 += d0x * SUBPIXEL
+            row1 += d1x * SUBPIXEL
+            row2 += d2x * SUBPIXEL
+
+
+@njit(**_JIT)
+def draw_lines(
+    positions: np.ndarray,
+    valid: np.ndarray,
+    edges: np.ndarray,
+    rgb: np.ndarray,
+    region: np.ndarray,
+    depth: np.ndarray,
+    colour: np.ndarray,
+    written: np.ndarray,
+) -> None:
+    """One-pixel lines along ``edges`` (E, 2) int32 in colour ``rgb`` (3,), depth tested
+    (GL_LEQUAL, depth written) against ``depth``."""
+    x0, y0, x1, y1 = region[0], region[1], region[2], region[3]
+    for e in range(edges.shape[0]):
+        a, b = edges[e, 0], edges[e, 1]
+        if not (valid[a] and valid[b]):
+            continue
+        ax, ay, az = positions[0, a], positions[1, a], positions[2, a]
+        bx, by, bz = positions[0, b], positions[1, b], positions[2, b]
+        x_major = abs(bx - ax) >= abs(by - ay)
+        if not x_major:  # walk rows: swap the axes' roles
+            ax, ay, bx, by = ay, ax, by, bx
+        if ax == bx:
+            continue
+        if ax > bx:
+            ax, ay, az, bx, by, bz = bx, by, bz, ax, ay, az
+        lo, hi = (x0, x1) if x_major else (y0, y1)
+        first = max(lo, np.int64(np.ceil(ax)))
+        last = min(hi - 1, np.int64(np.ceil(bx)) - 1)
+        step = 1.0 / (bx - ax)
+        for major in range(first, last + 1):
+            t = (major - ax) * step
+            minor = np.int64(np.floor(ay + t * (by - ay) + 0.5))
+            px, py = (major, minor) if x_major else (minor, major)
+            if px < x0 or px >= x1 or py < y0 or py >= y1:
+                continue
+            z = az + t * (bz - az)
+            row, col = py - y0, px - x0
+            if z >= depth[row, col]:
+                depth[row, col] = z
+                for c in range(3):
+                    colour[row, col, c] = rgb[c]
+                written[row, col] = 1
+
+
+@njit(**_JIT)
+def fill_discs(
+    points: np.ndarray,
+    disc: np.ndarray,
+    rgb: np.ndarray,
+    region: np.ndarray,
+    colour: np.ndarray,
+    written: np.ndarray,
+) -> None:
+    """2D overlay triangles (consecutive triples of ``points`` (V, 2) float64 image x, y),
+    no depth test, in colour ``rgb``; fragments whose interpolated ``disc`` (V, 2) position
+    lies beyond the unit circle are dropped (landmark dots; lines carry zeros)."""
+    x0, y0, x1, y1 = region[0], region[1], region[2], region[3]
+    for t in range(points.shape[0] // 3):
+        i0, i1, i2 = 3 * t, 3 * t + 1, 3 * t + 2
+        ax = np.int64(np.floor(points[i0, 0] * SUBPIXEL + 0.5))
+        ay = np.int64(np.floor(points[i0, 1] * SUBPIXEL + 0.5))
+        bx = np.int64(np.floor(points[i1, 0] * SUBPIXEL + 0.5))
+        by = np.int64(np.floor(points[i1, 1] * SUBPIXEL + 0.5))
+        cx = np.int64(np.floor(points[i2, 0] * SUBPIXEL + 0.5))
+        cy = np.int64(np.floor(points[i2, 1] * SUBPIXEL + 0.5))
+        area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+        if area == 0:
+            continue
+        if area < 0:
+            i1, i2 = i2, i1
+            bx, by, cx, cy = cx, cy, bx, by
+            area = -area
+        left, right = _pixel_span(min(ax, bx, cx), max(ax, bx, cx), x0, x1 - 1)
+        top, bottom = _pixel_span(min(ay, by, cy), max(ay, by, cy), y0, y1 - 1)
+        d0x, d0y = cx - bx, cy - by
+        d1x, d1y = ax - cx, ay - cy
+        d2x, d2y = bx - ax, by - ay
+        bias0, bias1, bias2 = (
+            _top_left_bias(d0x, d0y),
+            _top_left_bias(d1x, d1y),
+            _top_left_bias(d2x, d2y),
+        )
+        inverse = 1.0 / area
+        for py in range(top, bottom + 1):
+            sy = py * SUBPIXEL
+            for px in range(left, right + 1):
+                sx = px * SUBPIXEL
+                w0 = d0x * (sy - by) - d0y * (sx - bx)
+                w1 = d1x * (sy - cy) - d1y * (sx - cx)
+                w2 = d2x * (sy - ay) - d2y * (sx - ax)
+                if w0 + bias0 < 0 or w1 + bias1 < 0 or w2 + bias2 < 0:
+                    continue
+                b0, b1, b2 = w0 * inverse, w1 * inverse, w2 * inverse
+                u = b0 * disc[i0, 0] + b1 * disc[i1, 0] + b2 * disc[i2, 0]
+                v = b0 * disc[i0, 1] + b1 * disc[i1, 1] + b2 * disc[i2, 1]
+                if u * u + v * v > 1.0:
+                    continue
+                row, col = py - y0, px - x0
+                for c in range(3):
+                    colour[row, col, c] = rgb[c]
+                written[row, col] = 1
+
+
+@njit(inline="always")
+def _unorm8(value):
+    """float in [0, 1] (clamped) -> 0..255, rounded as GL's conversion to RGBA8."""
+    return np.int64(min(max(value, 0.0), 1.0) * 255.0 + 0.5)
+
+
+@njit(inline="always")
+def _div255(x):
+    """round(x / 255) for 0 <= x <= 255 * 255, without a division (a signed integer
+    division costs numba more than the rest of the blend)."""
+    x += 128
+    return (x + (x >> 8)) >> 8
+
+
+@njit(inline="always")
+def _taps(x, y, width, height):
+    """GL_LINEAR's four texels around (x, y) (texel centres at integers, clamped to the
+    edge) and the weights of the right and lower ones."""
+    fx, fy = np.floor(x), np.floor(y)
+    c0 = min(max(np.int64(fx), 0), width - 1)
+    c1 = min(max(np.int64(fx) + 1, 0), width - 1)
+    r0 = min(max(np.int64(fy), 0), height - 1)
+    r1 = min(max(np.int64(fy) + 1, 0), height - 1)
+    return c0, c1, r0, r1, x - fx, y - fy
+
+
+@njit(inline="always")
+def _mix(image, c0, c1, r0, r1, ax, ay, channel):
+    top = image[r0, c0, channel] * (1.0 - ax) + image[r0, c1, channel] * ax
+    low = image[r1, c0, channel] * (1.0 - ax) + image[r1, c1, channel] * ax
+    return (top * (1.0 - ay) + low * ay) / 255.0
+
+
+@njit(**_JIT)
+def bilinear(image: np.ndarray, x: float, y: float, channel: int) -> float:
+    """GL_LINEAR sampling of ``image`` (H, W, C) uint8 at texel coordinates (x, y) (texel
+    centres at integers), clamped to the edge; in [0, 1]."""
+    c0, c1, r0, r1, ax, ay = _taps(x, y, image.shape[1], image.shape[0])
+    return _mix(image, c0, c1, r0, r1, ax, ay, channel)
+
+
+@njit(**_JIT)
+def composite(
+    out: np.ndarray,
+    region: np.ndarray,
+    colour: np.ndarray,
+    written: np.ndarray,
+    alpha8: int,
+    texture: np.ndarray,
+    textured: bool,
+) -> None:
+    """Blend the region's drawing over ``out`` (H, W, 3) uint8 in place: the colour, stored
+    as 8 bits, weighted ``alpha8`` / 255 (255: opaque), every written pixel once, rounded
+    as GL does. ``textured``: the colour's first two channels are texel coordinates
+    (x, y) of ``texture`` (h, w, 3) uint8, sampled here once per visible pixel."""
+    x0, y0 = region[0], region[1]
+    height, width = colour.shape[0], colour.shape[1]
+    keep = 255 - alpha8
+    drawn = np.empty(3, np.int64)
+    for row in range(height):
+        line = out[y0 + row]
+        for col in range(width):
+            if not written[row, col]:
+                continue
+            if textured:
+                c0, c1, r0, r1, ax, ay = _taps(
+                    colour[row, col, 0], colour[row, col, 1], texture.shape[1], texture.shape[0]
+                )
+                for c in range(3):
+                    drawn[c] = _unorm8(_mix(texture, c0, c1, r0, r1, ax, ay, c))
+            else:
+                for c in range(3):
+                    drawn[c] = _unorm8(colour[row, col, c])
+            for c in range(3):
+                if keep:
+                    line[x0 + col, c] = _div255(
+                        np.int64(line[x0 + col, c]) * keep + drawn[c] * alpha8
+                    )
+                else:
+                    line[x0 + col, c] = drawn[c]
