@@ -16,9 +16,11 @@ One idea per module:
 - :mod:`~tddfa.render.interop`: CUDA-OpenGL interop (GPU only);
 - :mod:`~tddfa.render.blend`: the drawing blended over the frames in CUDA (GPU only);
 - :mod:`~tddfa.render.renderer`: :class:`MeshRenderer`, which ties them together;
-- :mod:`~tddfa.render.shading`: the CPU renderer's vertex stage and the light model;
+- :mod:`~tddfa.render.lighting`: the shaded mode's light model (both renderers);
+- :mod:`~tddfa.render.shading`: the CPU renderer's vertex stage;
 - :mod:`~tddfa.render.raster`: the CPU renderer's triangle, line and blend kernels;
-- :mod:`~tddfa.render.cpu_renderer`: :class:`CpuRenderer`, the renderer of CPU builds;
+- :mod:`~tddfa.render.cpu_renderer`: ``CpuRenderer``, the renderer of CPU builds (numba,
+  imported only where a CPU renderer is built: GPU machines need not have it);
 - :mod:`~tddfa.render.assets`: the per-vertex tables and texture (render_assets.npz);
 - :mod:`~tddfa.render.step`: the face_renderer and face_vertices steps.
 
@@ -26,14 +28,12 @@ Importing this package selects PyOpenGL's EGL platform (tddfa.gl_context) before
 """
 
 from tddfa.gl_context import GLContextError  # first: sets PYOPENGL_PLATFORM=egl
-from tddfa.render.cpu_renderer import CpuRenderer
 from tddfa.render.interop import InteropError
+from tddfa.render.lighting import Lighting
 from tddfa.render.normals import VertexNormals, vertex_normals
 from tddfa.render.renderer import MeshFaces, MeshRenderer, OverlayFaces, Rendered
-from tddfa.render.shading import Lighting
 
 __all__ = [
-    "CpuRenderer",
     "GLContextError",
     "InteropError",
     "Lighting",

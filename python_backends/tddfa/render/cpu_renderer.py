@@ -31,6 +31,7 @@ from tddfa.render.faces import (
     validate_images,
     validate_meshes,
 )
+from tddfa.render.lighting import Lighting
 from tddfa.render.modes import (
     BLENDED_MODES,
     MESH_MODES,
@@ -39,7 +40,6 @@ from tddfa.render.modes import (
     check_available,
     parse_mode,
 )
-from tddfa.render.shading import Lighting
 from tddfa.xp import get_xp
 
 logger = logging.getLogger(__name__)

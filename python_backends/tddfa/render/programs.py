@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from tddfa.gl_context import GLContextError  # sets PYOPENGL_PLATFORM=egl first
 from tddfa.render import shaders
-from tddfa.render.shading import Lighting
+from tddfa.render.lighting import Lighting
 
 # isort: split
 # OpenGL only after tddfa.gl_context has chosen the EGL platform

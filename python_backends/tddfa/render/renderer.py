@@ -59,6 +59,7 @@ from tddfa.render.instances import (
     mesh_columns,
 )
 from tddfa.render.interop import InteropError, open_interop
+from tddfa.render.lighting import Lighting
 from tddfa.render.modes import (
     MESH_MODES,
     OVERLAY_MODES,
@@ -69,7 +70,6 @@ from tddfa.render.modes import (
 from tddfa.render.normals import VertexNormals
 from tddfa.render.scene import DrawCounts, Scene
 from tddfa.render.shaders import INSTANCE_FLOATS, OVERLAY_FLOATS
-from tddfa.render.shading import Lighting
 from tddfa.xp import get_xp
 
 logger = logging.getLogger(__name__)

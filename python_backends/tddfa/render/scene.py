@@ -26,8 +26,8 @@ import numpy as np
 from tddfa.gl_context import GL_MIN_VERSION, GLContextError  # sets PYOPENGL_PLATFORM=egl
 from tddfa.render import shaders
 from tddfa.render.layout import Pass
+from tddfa.render.lighting import Lighting
 from tddfa.render.programs import Programs
-from tddfa.render.shading import Lighting
 
 # isort: split
 # OpenGL only after tddfa.gl_context has chosen the EGL platform

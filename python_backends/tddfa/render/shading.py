@@ -10,13 +10,9 @@ computes (tddfa.render.shaders), so both renderers draw the same picture.
   ambient + Lambert + specular light in the face's normalised frame), normals as colours,
   depth as grey, the PNCC code, texel coordinates of the texture image, or the frame
   sampled at the vertex (uv maps).
-
-:class:`Lighting` is the light model both renderers use.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 from numba import njit
@@ -27,28 +23,6 @@ from tddfa.render.raster import bilinear
 LIT, NORMALS, DEPTH, TABLE, TEXELS, FRAME = range(6)
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Lighting:
-    """Light model of 3DDFA_V2's renderer (Sim3DR defaults); positions in its normalised
-    per-face frame (face centred, longest side 2, z towards the camera)."""
-
-    ambient: float = 0.3
-    diffuse: float = 0.6
-    specular: float = 0.1
-    specular_exponent: float = 5.0
-    light_position: tuple[float, float, float] = (0.0, 0.0, 5.0)
-    view_position: tuple[float, float, float] = (0.0, 0.0, 5.0)
-    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
-
-    def packed(self) -> np.ndarray:
-        """(13,) float64: ambient, diffuse, specular, exponent, light xyz, view xyz, rgb."""
-        return np.array(
-            [self.ambient, self.diffuse, self.specular, self.specular_exponent,
-             *self.light_position, *self.view_position, *self.color],
-            np.float64,
-        )  # fmt: skip
 
 
 @njit(**_JIT)
@@ -152,7 +126,7 @@ def vertex_colours(
     Args:
         positions: (3, N) image-space positions; normals: (3, N) (LIT, NORMALS).
         low, high: (3,) the face's bounding box (LIT: its frame; DEPTH: its z extent).
-        light: :meth:`Lighting.packed`.
+        light: :meth:`tddfa.render.lighting.Lighting.packed`.
         table: (3, N) float32 PNCC code (TABLE); uv: (N, 2) float32 BFM texture
             coordinates (TEXELS); texture_size: (2,) width, height (TEXELS).
         frame: (H, W, 3) uint8, sampled bilinearly at each vertex (FRAME).

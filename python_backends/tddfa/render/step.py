@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,7 +34,6 @@ from tddfa.config import NUM_EXP, NUM_SHAPE, PipelineConfig
 from tddfa.contract import RENDER_MODE_PARAMETER
 from tddfa.params import apply_transform, model_to_image
 from tddfa.render.assets import RENDER_ASSETS_FILE, load_render_assets, load_texture_image
-from tddfa.render.cpu_renderer import CpuRenderer
 from tddfa.render.modes import (
     MESH_MODES,
     OVERLAY_MODES,
@@ -44,6 +43,9 @@ from tddfa.render.modes import (
 )
 from tddfa.render.renderer import MeshFaces, MeshRenderer, OverlayFaces
 from tddfa.xp import get_xp, to_numpy
+
+if TYPE_CHECKING:
+    from tddfa.render.cpu_renderer import CpuRenderer
 
 Arrays = Mapping[str, Any]
 LOG = logging.getLogger(__name__)
@@ -261,6 +263,8 @@ def build_render_step(
     }
     # CPU: the compiled rasteriser; GPU: OpenGL on the NVIDIA EGL device
     if device == "cpu":
+        from tddfa.render.cpu_renderer import CpuRenderer  # numba: CPU builds only
+
         renderer = CpuRenderer(bfm.tri, **settings)
     else:
         renderer = MeshRenderer(bfm.tri, device=device, **settings)
