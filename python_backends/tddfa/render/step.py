@@ -230,10 +230,18 @@ class VerticesStep:
 
 
 def build_render_step(
-    version_dir: str | os.PathLike, device: str = "cpu", config: PipelineConfig | None = None
+    version_dir: str | os.PathLike,
+    device: str = "cpu",
+    config: PipelineConfig | None = None,
+    *,
+    opengl: bool = False,
 ) -> RenderStep:
     """The face_renderer step from a model version folder: bfm.npz and render_assets.npz
     (without the latter the modes pncc, texture and uv answer with an error naming it).
+
+    ``device``: ``"cpu"`` draws with the compiled CPU rasteriser (tddfa.render.cpu_renderer),
+    ``"cuda:N"`` with OpenGL on that GPU's EGL device. ``opengl``: OpenGL on the CPU too
+    (Mesa llvmpipe; the reference pictures the tests and benchmarks compare with).
 
     ``config``: render_alpha, uv_size, texture_image (an image file for the texture mode,
     absolute or relative to the version folder; empty: the FFmpeg demo's rainbow) and
@@ -261,8 +269,7 @@ def build_render_step(
         "texture": texture,
         "uv_size": config.uv_size,
     }
-    # CPU: the compiled rasteriser; GPU: OpenGL on the NVIDIA EGL device
-    if device == "cpu":
+    if device == "cpu" and not opengl:
         from tddfa.render.cpu_renderer import CpuRenderer  # numba: CPU builds only
 
         renderer = CpuRenderer(bfm.tri, **settings)

@@ -1,6 +1,7 @@
 """Fixtures of the renderer tests: real faces of emma.jpg (the in-process ensemble's
 PARAMS and FACE_BOXES, turned back into the renderer's inputs), the BFM and the render
-assets of the built repository, and a face_renderer step built from them."""
+assets of the built repository, and face_renderer steps built from them (the CPU
+rasteriser and OpenGL on Mesa llvmpipe)."""
 
 from __future__ import annotations
 
@@ -80,8 +81,38 @@ def emma(landmark_pipeline, test_images) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def render_step(render_version: Path):
+    """The face_renderer step of a CPU build (the compiled CPU rasteriser)."""
     from tddfa.render.step import build_render_step
 
     step = build_render_step(render_version)
     yield step
     step.close()
+
+
+@pytest.fixture(scope="session")
+def gl_render_step(render_version: Path):
+    """The same step drawn by OpenGL on Mesa llvmpipe: the GPU renderer's code, and the
+    reference the CPU renderer's pictures are compared with."""
+    from tddfa.render.step import build_render_step
+
+    step = build_render_step(render_version, opengl=True)
+    yield step
+    step.close()
+
+
+@pytest.fixture(params=["cpu", "opengl"])
+def any_step(request):
+    """Each renderer's face_renderer step in turn: both must meet the modes' definitions."""
+    return request.getfixturevalue("render_step" if request.param == "cpu" else "gl_render_step")
+
+
+@pytest.fixture(params=["cpu", "opengl"])
+def renderer_type(request):
+    """Each renderer class in turn (same keyword arguments): CpuRenderer, MeshRenderer."""
+    if request.param == "cpu":
+        from tddfa.render.cpu_renderer import CpuRenderer
+
+        return CpuRenderer
+    from tddfa.render import MeshRenderer
+
+    return MeshRenderer

@@ -1,4 +1,5 @@
-"""MeshRenderer on Mesa llvmpipe (headless EGL): placement, orientation, depth, blending, sizes."""
+"""Both renderers (the CPU rasteriser; MeshRenderer on Mesa llvmpipe, headless EGL) on
+synthetic meshes: placement, orientation, depth, blending, sizes."""
 
 from __future__ import annotations
 
@@ -71,10 +72,12 @@ def assert_changes_inside(
     assert core.mean() > min_fill, f"only {core.mean():.0%} of the box's interior was drawn"
 
 
-@pytest.fixture(scope="module")
-def grid():
+@pytest.fixture(scope="module", params=["cpu", "opengl"])
+def grid(request):
+    from tddfa.render.cpu_renderer import CpuRenderer
+
     vertices, triangles = grid_mesh(0, 0, 1, 1)
-    renderer = MeshRenderer(triangles)
+    renderer = (CpuRenderer if request.param == "cpu" else MeshRenderer)(triangles)
     yield renderer
     renderer.close()
 
@@ -109,9 +112,9 @@ def test_mesh_desaturates_a_coloured_frame(grid):
     assert (spread < 220 * 0.5).all(), "blending a grey mesh must desaturate the frame"
 
 
-def test_alpha_blend_formula():
+def test_alpha_blend_formula(renderer_type):
     vertices, triangles = grid_mesh(5, 5, 45, 45, dome)
-    with MeshRenderer(triangles, alpha=1.0) as opaque, MeshRenderer(triangles, alpha=0.6) as half:
+    with renderer_type(triangles, alpha=1.0) as opaque, renderer_type(triangles, alpha=0.6) as half:
         black = np.zeros((50, 50, 3), np.uint8)
         white = np.full((50, 50, 3), 255, np.uint8)
         mesh_on_black = opaque.render(black, vertices[None], 1)
@@ -125,12 +128,12 @@ def test_alpha_blend_formula():
         assert np.abs(blended[mask] - expected[mask]).max() <= 1.5
 
 
-def test_nearer_face_wins_whatever_the_drawing_order():
+def test_nearer_face_wins_whatever_the_drawing_order(renderer_type):
     # face A: steep slope (dark), z in [0, 180]; face B: flat (bright) at z = 500, nearer
     far, triangles = grid_mesh(20, 20, 80, 80, lambda u, v: 90.0 * (u + 1))
     near, _ = grid_mesh(50, 50, 110, 110, 500.0)
     image = np.zeros((130, 130, 3), np.uint8)
-    with MeshRenderer(triangles) as renderer:
+    with renderer_type(triangles) as renderer:
         for order in ([far, near], [near, far]):
             out = renderer.render(image, np.stack(order), 2).astype(int)
             only_far, only_near, overlap = out[30:45, 30:45], out[90:105, 90:105], out[60:75, 60:75]
@@ -245,7 +248,7 @@ def place_face(model: np.ndarray, cx: float, cy: float, height: float) -> np.nda
     return np.stack([x, y, z - z.min()]).astype(np.float32)
 
 
-def test_bfm_mean_face_over_a_photo(asset_dir, mean_face):
+def test_bfm_mean_face_over_a_photo(asset_dir, mean_face, renderer_type):
     cv2 = pytest.importorskip("cv2")
     image = cv2.cvtColor(
         cv2.imread(str(asset_dir / "images" / "JianzhuGuo.jpg")), cv2.COLOR_BGR2RGB
@@ -253,7 +256,7 @@ def test_bfm_mean_face_over_a_photo(asset_dir, mean_face):
     h, w = image.shape[:2]
     model, triangles = mean_face
     faces = np.stack([place_face(model, w / 2, h / 2, 0.5 * h), np.zeros_like(model)])
-    with MeshRenderer(triangles) as renderer:
+    with renderer_type(triangles) as renderer:
         out = renderer.render(image, faces, 1)
     x, y = faces[0, 0], faces[0, 1]
     assert_changes_inside(image, out, (x.min(), y.min(), x.max(), y.max()), min_fill=0.7)
@@ -263,11 +266,11 @@ def test_bfm_mean_face_over_a_photo(asset_dir, mean_face):
     assert spread < np.ptp(image[mask].astype(int), axis=1).mean(), "the mesh is grey"
 
 
-def test_two_faces_left_and_right(mean_face):
+def test_two_faces_left_and_right(mean_face, renderer_type):
     model, triangles = mean_face
     image = np.full((240, 400, 3), 20, np.uint8)
     left, right = place_face(model, 100, 120, 160), place_face(model, 300, 120, 160)
-    with MeshRenderer(triangles) as renderer:
+    with renderer_type(triangles) as renderer:
         out = renderer.render(image, np.stack([left, right]), 2)
         only_left = renderer.render(image, np.stack([left, right]), 1)
     mask = changed_mask(image, out)

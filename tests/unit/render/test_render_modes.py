@@ -1,4 +1,5 @@
-"""Every render mode against its definition, on the real faces of emma.jpg (Mesa llvmpipe).
+"""Every render mode against its definition, on the real faces of emma.jpg, drawn by both
+renderers (the CPU rasteriser and OpenGL on Mesa llvmpipe).
 
 The definitions (docs/render_modes.md) follow 3DDFA_V2: depth = per-face normalised
 image z as grey; pncc = ncc_code as colour; texture = an image looked up at the BFM UV
@@ -90,26 +91,26 @@ def test_every_mode_is_drawn_by_one_pass_and_documented():
     assert tuple(dict.fromkeys(rows)) == RENDER_MODES
 
 
-def test_unknown_mode_names_the_valid_ones(render_step):
+def test_unknown_mode_names_the_valid_ones(any_step):
     with pytest.raises(ValueError, match="unknown render_mode 'sketch'") as error:
-        render_step.validate_parameters({RENDER_MODE_PARAMETER: "sketch"})
+        any_step.validate_parameters({RENDER_MODE_PARAMETER: "sketch"})
     for mode in RENDER_MODES:
         assert mode in str(error.value)
-    render_step.validate_parameters({})  # absent: the default
+    any_step.validate_parameters({})  # absent: the default
 
 
-def test_shaded_equals_drawing_the_vertices_output(render_step, emma, vertices):
+def test_shaded_equals_drawing_the_vertices_output(any_step, emma, vertices):
     """The transform in the vertex shader gives the picture of the VERTICES output."""
-    served = render(render_step, emma, "shaded")
-    legacy = render_step.renderer.render(emma["IMAGE"][0], vertices, len(vertices))
+    served = render(any_step, emma, "shaded")
+    legacy = any_step.renderer.render(emma["IMAGE"][0], vertices, len(vertices))
     diff = np.abs(served.astype(int) - legacy.astype(int)).max(axis=-1)
     assert diff.mean() < 0.05, diff.mean()
     assert (diff > 8).mean() < 1e-4
     assert (served != emma["IMAGE"][0]).any(axis=-1).mean() > 0.05
 
 
-def test_depth_is_the_nearest_surface_z(render_step, emma, vertices, nearest):
-    out = render(render_step, emma, "depth").astype(int)
+def test_depth_is_the_nearest_surface_z(any_step, emma, vertices, nearest):
+    out = render(any_step, emma, "depth").astype(int)
     drawn = (out != emma["IMAGE"][0]).any(axis=-1)
     assert drawn.mean() > 0.05 and (out[drawn] == out[drawn][:, :1]).all(), "depth is grey"
     z = vertices[nearest["face"], 2, nearest["vertex"]]
@@ -121,16 +122,15 @@ def test_depth_is_the_nearest_surface_z(render_step, emma, vertices, nearest):
     assert np.median(error) < 1.0 and (error < 4).mean() > 0.95, np.percentile(error, [50, 95])
 
 
-def test_pncc_colours_are_ncc_code_at_visible_vertices(render_step, emma, nearest, render_assets):
-    out = render(render_step, emma, "pncc").astype(float)
+def test_pncc_colours_are_ncc_code_at_visible_vertices(any_step, emma, nearest, render_assets):
+    out = render(any_step, emma, "pncc").astype(float)
     expected = 255 * render_assets.ncc[:, nearest["vertex"]].T
     error = np.abs(out[nearest["row"], nearest["col"]] - expected).max(axis=1)
     assert np.median(error) < 1.5 and (error < 4).mean() > 0.95, np.percentile(error, [50, 95])
 
 
-def test_texture_lookup_at_the_uv_coordinates(render_step, emma, nearest, render_assets, bfm):
+def test_texture_lookup_at_the_uv_coordinates(renderer_type, emma, nearest, render_assets, bfm):
     """A texture whose red is the column and green the row shows each vertex's (u, 1 - v)."""
-    from tddfa.render import MeshRenderer
     from tddfa.render.step import RenderStep
 
     side = 256
@@ -138,7 +138,7 @@ def test_texture_lookup_at_the_uv_coordinates(render_step, emma, nearest, render
     texture = np.zeros((side, side, 3), np.uint8)
     texture[..., 0] = np.rint(ramp)[None, :]
     texture[..., 1] = np.rint(ramp)[:, None]
-    renderer = MeshRenderer(bfm.tri, alpha=1.0, assets=render_assets, texture=texture)
+    renderer = renderer_type(bfm.tri, alpha=1.0, assets=render_assets, texture=texture)
     step = RenderStep(renderer, DenseDecoder(bfm))
     try:
         out = render(step, emma, "texture").astype(float)
@@ -151,9 +151,9 @@ def test_texture_lookup_at_the_uv_coordinates(render_step, emma, nearest, render
     assert (got[:, 2] == 0).mean() > 0.95
 
 
-def test_uv_maps_hold_the_frame_at_each_vertex(render_step, emma, vertices, render_assets):
-    atlas = render(render_step, emma, "uv").astype(float)
-    side = render_step.renderer.uv_size
+def test_uv_maps_hold_the_frame_at_each_vertex(any_step, emma, vertices, render_assets):
+    atlas = render(any_step, emma, "uv").astype(float)
+    side = any_step.renderer.uv_size
     k = emma["ALPHA_SHP"].shape[1]
     assert atlas.shape == (side, k * side, 3)
     assert (atlas[:, len(vertices) * side :] == 0).all(), "empty slots are black"
@@ -179,10 +179,10 @@ def test_uv_maps_hold_the_frame_at_each_vertex(render_step, emma, vertices, rend
         assert np.median(error) < 4 and (error < 16).mean() > 0.9, np.percentile(error, [50, 90])
 
 
-def test_landmark_dots_at_the_landmarks(render_step, emma):
+def test_landmark_dots_at_the_landmarks(any_step, emma):
     from tddfa.render.overlays import DOT_DIVISOR
 
-    out = render(render_step, emma, "landmarks").astype(int)
+    out = render(any_step, emma, "landmarks").astype(int)
     green = (out == [0, 255, 0]).all(axis=-1)
     landmarks = emma["LANDMARKS"][0, : int(emma["NUM_FACES"][0, 0])]
     x, y = landmarks[:, 0].ravel(), landmarks[:, 1].ravel()
@@ -196,14 +196,14 @@ def test_landmark_dots_at_the_landmarks(render_step, emma):
     assert not (changed & ~green).any(), "nothing but the dots is drawn"
 
 
-def test_pose_box_as_3ddfa_v2_draws_it(render_step, emma):
+def test_pose_box_as_3ddfa_v2_draws_it(any_step, emma):
     """plot_pose_box, written from the original's code (P from the params, box from the
     landmarks), drawn with OpenCV: our edges lie on its edges."""
     cv2 = pytest.importorskip("cv2")
     from tddfa.params import transform_to_camera
     from tddfa.roi import roi_from_box  # noqa: F401  (documents where the ROI comes from)
 
-    out = render(render_step, emma, "pose").astype(int)
+    out = render(any_step, emma, "pose").astype(int)
     ours = (out == [0, 255, 40]).all(axis=-1)
     reference = np.zeros(out.shape[:2], np.uint8)
     count = int(emma["NUM_FACES"][0, 0])
@@ -237,12 +237,10 @@ def test_pose_box_as_3ddfa_v2_draws_it(render_step, emma):
     assert (strict & covered).sum() / max(strict.sum(), 1) > 0.9
 
 
-def test_normals_of_planes():
-    from tddfa.render import MeshRenderer
-
+def test_normals_of_planes(renderer_type):
     grid = _grid(20, 20, 80, 80, n=6)
     image = np.zeros((100, 100, 3), np.uint8)
-    with MeshRenderer(grid[1], alpha=1.0) as renderer:
+    with renderer_type(grid[1], alpha=1.0) as renderer:
         flat = renderer.render(image, grid[0][None], 1, mode="normals")
         tilted = grid[0].copy()
         tilted[2] = 0.5 * tilted[0]  # z rises to the right: n ~ (-0.5, 0, 1)
@@ -252,14 +250,12 @@ def test_normals_of_planes():
     np.testing.assert_allclose(slope[50, 50], 255 * (n / 2 + 0.5), atol=1.5)
 
 
-def test_wireframe_draws_only_visible_edges_blended():
-    from tddfa.render import MeshRenderer
-
+def test_wireframe_draws_only_visible_edges_blended(renderer_type):
     near_vertices, triangles = _grid(10, 10, 90, 90, n=3, z=100.0)  # 40 px cells
     far_vertices, _ = _grid(10, 10, 90, 90, n=3, z=0.0)
     far_vertices[:2] = far_vertices[:2] + 20  # the far grid's edges fall between the near one's
     image = np.full((110, 110, 3), 40, np.uint8)
-    with MeshRenderer(triangles, alpha=0.6) as renderer:
+    with renderer_type(triangles, alpha=0.6) as renderer:
         both = renderer.render(image, np.stack([near_vertices, far_vertices]), 2, mode="wireframe")
         near = renderer.render(image, near_vertices[None], 1, mode="wireframe")
     changed = (both != image).any(axis=-1)
@@ -272,22 +268,22 @@ def test_wireframe_draws_only_visible_edges_blended():
 
 
 @pytest.mark.parametrize("mode", RENDER_MODES)
-def test_no_faces_leaves_the_frame(render_step, emma, mode):
+def test_no_faces_leaves_the_frame(any_step, emma, mode):
     faces = {**emma, "NUM_FACES": np.zeros((1, 1), np.int32)}
-    out = render(render_step, faces, mode)
+    out = render(any_step, faces, mode)
     if mode == "uv":
         assert not out.any(), "no face: a black UV atlas"
     else:
         np.testing.assert_array_equal(out, emma["IMAGE"][0])
 
 
-def test_a_batch_mixes_modes_and_equals_single_frames(render_step, emma):
+def test_a_batch_mixes_modes_and_equals_single_frames(any_step, emma):
     modes = ["shaded", "uv", "depth", "landmarks", "pose", "pncc"]
     batch = {name: np.concatenate([emma[name]] * len(modes)) for name in FACE_INPUTS}
-    out = render_step.run(batch, [{RENDER_MODE_PARAMETER: m} for m in modes])["RENDERED"]
+    out = any_step.run(batch, [{RENDER_MODE_PARAMETER: m} for m in modes])["RENDERED"]
     assert isinstance(out, list) and len(out) == len(modes)
     for mode, got in zip(modes, out, strict=True):
-        alone = render(render_step, emma, mode)
+        alone = render(any_step, emma, mode)
         assert got.shape == alone.shape, mode
         diff = np.abs(got.astype(int) - alone.astype(int)).max(axis=-1)
         # another tile moves the faces by whole pixels: rasterisation may flip a few edge pixels
@@ -295,10 +291,10 @@ def test_a_batch_mixes_modes_and_equals_single_frames(render_step, emma):
 
 
 def test_region_layout_equals_whole_frames(render_version, emma):
-    """The CPU path draws only around the faces; whole frames give the same picture."""
+    """OpenGL's host path draws only around the faces; whole frames give the same picture."""
     from tddfa.render.step import RenderStep, build_render_step
 
-    regions = build_render_step(render_version)
+    regions = build_render_step(render_version, opengl=True)
     frames = RenderStep(
         type(regions.renderer)(
             regions.decoder.bfm.tri, alpha=0.6, assets=regions.renderer.assets, layout="frames"
@@ -315,14 +311,13 @@ def test_region_layout_equals_whole_frames(render_version, emma):
         frames.close()
 
 
-def test_texture_needs_an_image(render_version, bfm, render_assets):
+def test_texture_needs_an_image(renderer_type, bfm, render_assets):
     import dataclasses
 
-    from tddfa.render import MeshRenderer
     from tddfa.render.step import RenderStep
 
     bare = dataclasses.replace(render_assets, texture=None)
-    step = RenderStep(MeshRenderer(bfm.tri, assets=bare), DenseDecoder(bfm))
+    step = RenderStep(renderer_type(bfm.tri, assets=bare), DenseDecoder(bfm))
     try:
         with pytest.raises(ValueError, match="texture_image"):
             step.validate_parameters({RENDER_MODE_PARAMETER: "texture"})
@@ -330,7 +325,8 @@ def test_texture_needs_an_image(render_version, bfm, render_assets):
         step.close()
 
 
-def test_configured_texture_image(render_version, emma, tmp_path):
+@pytest.mark.parametrize("opengl", [False, True])
+def test_configured_texture_image(render_version, emma, tmp_path, opengl):
     from PIL import Image
 
     from tddfa.config import PipelineConfig
@@ -340,6 +336,7 @@ def test_configured_texture_image(render_version, emma, tmp_path):
     step = build_render_step(
         render_version,
         config=PipelineConfig(render_alpha=1.0, texture_image=str(tmp_path / "plain.png")),
+        opengl=opengl,
     )
     try:
         out = render(step, emma, "texture")
