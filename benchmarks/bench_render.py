@@ -3,26 +3,21 @@
 The faces come from the in-process ensemble (no renderer) on the sample video's frames: its
 PARAMS and FACE_BOXES give face_renderer's inputs (tddfa.render.step.inputs_from_outputs).
 Each mode runs the face_renderer step over batches of those frames; the median of many
-batches is reported per frame. On a GPU (``--device cuda:0``) the inputs live on the device
-(CuPy) and each batch is timed to its completion (stream synchronised).
+batches is reported per frame. On the CPU the step draws with the compiled rasteriser
+(tddfa.render.cpu_renderer); ``--opengl`` also times OpenGL on Mesa llvmpipe (the renderer
+CPU builds used before, and the GPU renderer's code) on the same frames, the two in
+alternation so that both see the same load on a shared machine. On a GPU (``--device
+cuda:0``) the inputs live on the device (CuPy) and each batch is timed to its completion
+(stream synchronised).
 
-``--old-backends DIR`` also times the renderer of an older checkout on the same frames, in
-alternation with this one (so both see the same load on a shared machine): DIR is that
-checkout's ``python_backends`` (e.g. ``git archive d79d5f9 python_backends | tar -x -C
-/tmp/old``), whose ``tddfa.steps.RenderStep`` drew image-space vertices (MODEL_VERTICES +
-TRANSFORM) with ``tddfa.renderer``.
-
-  .venv/bin/python benchmarks/bench_render.py --modes shaded --frames 60
+  .venv/bin/python benchmarks/bench_render.py --opengl --frames 60
   .venv/bin/python benchmarks/bench_render.py --device cuda:0 --batch 8
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -39,34 +34,6 @@ from _common import (
 LOG = logging.getLogger("benchmarks.render")
 FACES = ("ALPHA_SHP", "ALPHA_EXP", "TRANSFORM", "NUM_FACES")
 INPUTS_CACHE = REPO_ROOT / "build" / "bench" / "render_inputs.npz"
-
-_OLD_RENDERER = r"""
-import json, os, sys, time
-import numpy as np
-os.environ.setdefault("EGL_PLATFORM", "surfaceless")
-from tddfa.bfm import load_bfm
-from tddfa.renderer import MeshRenderer
-from tddfa.steps import RenderStep
-data = dict(np.load(sys.argv[1]))
-bfm = load_bfm(sys.argv[2])
-batch, rounds = int(sys.argv[3]), int(sys.argv[4])
-n = bfm.num_vertices
-basis = np.concatenate([bfm.w_shp, bfm.w_exp], 1)
-alpha = np.concatenate([data["ALPHA_SHP"], data["ALPHA_EXP"]], -1)  # (B, K, 50)
-model = (alpha @ basis.T + bfm.u).reshape(*alpha.shape[:2], n, 3).transpose(0, 1, 3, 2)
-model = np.ascontiguousarray(model, dtype=np.float32)
-step = RenderStep(MeshRenderer(bfm.tri, alpha=0.6))
-times = []
-for _ in range(rounds):
-    for start in range(0, len(data["IMAGE"]) - batch + 1, batch):
-        part = slice(start, start + batch)
-        inputs = {"IMAGE": data["IMAGE"][part], "MODEL_VERTICES": model[part],
-                  "TRANSFORM": data["TRANSFORM"][part], "NUM_FACES": data["NUM_FACES"][part]}
-        began = time.perf_counter()
-        step.run(inputs)
-        times.append((time.perf_counter() - began) / batch)
-print(json.dumps(times))
-"""
 
 
 def face_inputs(repository: Path, video: Path, frames: int, device: str) -> dict[str, np.ndarray]:
@@ -115,15 +82,6 @@ def time_mode(step, data: dict, mode: str, batch: int, rounds: int, device: str)
     return times
 
 
-def old_times(old: Path, data_path: Path, bfm: Path, batch: int, rounds: int) -> list[float]:
-    env = {**os.environ, "PYTHONPATH": str(old), "EGL_PLATFORM": "surfaceless"}
-    args = [sys.executable, "-c", _OLD_RENDERER, str(data_path), str(bfm), str(batch), str(rounds)]
-    out = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
-    if out.returncode:
-        raise SystemExit(f"the old renderer failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> int:
     from tddfa.contract import RENDER_MODES
 
@@ -133,46 +91,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=60, help="video frames (default 60)")
     parser.add_argument("--batch", type=int, default=1, help="frames per batch (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="passes over the frames")
-    parser.add_argument("--old-backends", type=Path, help="also time an older renderer")
+    parser.add_argument(
+        "--opengl", action="store_true", help="also time OpenGL on Mesa llvmpipe (CPU only)"
+    )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     os.environ.setdefault("EGL_PLATFORM", "surfaceless")
+    if args.opengl and args.device != "cpu":
+        parser.error("--opengl compares on the CPU: the GPU renderer is OpenGL already")
 
     from tddfa.render.step import build_render_step
 
     data = face_inputs(args.repository, args.video, args.frames, args.device)
     faces = data["NUM_FACES"].ravel()
     version = args.repository / "face_renderer" / "1"
-    step = build_render_step(version, args.device)
-    rows, notes = [], []
+    steps = {"this": build_render_step(version, args.device)}
+    if args.opengl:
+        steps["opengl"] = build_render_step(version, opengl=True)
+    renderer = type(steps["this"].renderer).__name__
+    rows = []
     try:
         for mode in args.modes:
-            times = np.array(time_mode(step, data, mode, args.batch, args.rounds, args.device))
-            rows.append(_row(mode, args.batch, times))
-            LOG.info("%s: median %.2f ms/frame", mode, rows[-1][2])
+            times: dict[str, list[float]] = {name: [] for name in steps}
+            for _ in range(args.rounds):  # alternate, so both see the same machine load
+                for name, step in steps.items():
+                    times[name] += time_mode(step, data, mode, args.batch, 1, args.device)
+            row = _row(mode, args.batch, np.array(times["this"]))
+            if args.opengl:
+                gl = float(np.median(times["opengl"])) * 1000
+                row += [gl, f"{gl / row[2]:.1f}x"]
+            rows.append(row)
+            LOG.info("%s: median %.2f ms/frame", mode, row[2])
     finally:
-        step.close()
-    if args.old_backends:
-        bfm = version / "bfm.npz"
-        old, new = [], []
-        for _ in range(args.rounds):  # alternate, so both see the same machine load
-            old += old_times(args.old_backends, INPUTS_CACHE, bfm, args.batch, 1)
-            step = build_render_step(version, args.device)
-            try:
-                new += time_mode(step, data, "shaded", args.batch, 1, args.device)
-            finally:
-                step.close()
-        rows.append(_row("shaded (this, alternating)", args.batch, np.array(new)))
-        rows.append(_row(f"shaded ({args.old_backends})", args.batch, np.array(old)))
-        notes.append(f"old renderer: {args.old_backends}, run alternately with this one")
-    table = format_table(["mode", "batch", "median ms/frame", "p10", "p90", "batches"], rows)
+        for step in steps.values():
+            step.close()
+    header = ["mode", "batch", f"{renderer} median ms/frame", "p10", "p90", "batches"]
+    if args.opengl:
+        header += ["OpenGL llvmpipe median ms", "speed-up"]
+    table = format_table(header, rows)
     print(table)
-    notes.append(
+    notes = [
         f"frames: {args.video.name}, first {len(faces)}, faces per frame {faces.min()}-"
         f"{faces.max()} (mean {faces.mean():.2f}), {data['IMAGE'].shape[2]}x"
-        f"{data['IMAGE'].shape[1]}; device {args.device}; LP_NUM_THREADS="
-        f"{os.environ.get('LP_NUM_THREADS', 'unset')}"
-    )
+        f"{data['IMAGE'].shape[1]}; device {args.device}; renderer {renderer}"
+        + ("; OpenGL timed in alternation with it" if args.opengl else "")
+        + f"; LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS', 'unset')}"
+    ]
     if not args.no_results:
         append_results("face_renderer per render mode (benchmarks/bench_render.py)", table, notes)
     return 0
