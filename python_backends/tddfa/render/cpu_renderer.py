@@ -239,7 +239,10 @@ class CpuRenderer:
                     written, True, False,
                 )  # fmt: skip
         alpha8 = self._alpha8 if mode in BLENDED_MODES else 255
-        raster.composite(frame, region, colour, written, alpha8, self._texture, mode == "texture")
+        if mode == "texture":
+            raster.composite_texture(frame, region, colour, written, alpha8, self._texture)
+        else:
+            raster.composite(frame, region, colour, written, alpha8)
 
     def _uv_map(self, image: np.ndarray, meshes, faces: list[int], slots: int) -> np.ndarray:
         """The frame's (S, K * S, 3) uv atlas: each face's map in its slot's square, the
@@ -259,7 +262,7 @@ class CpuRenderer:
                 positions, fx, fy, valid, values, mesh.triangles, region, depth, colour,
                 written, True, False,
             )  # fmt: skip
-            raster.composite(atlas, region, colour, written, 255, self._texture, False)
+            raster.composite(atlas, region, colour, written, 255)
         return atlas
 
     def _draw_overlays(self, frame: np.ndarray, geometry, faces: list[int]) -> None:
@@ -276,7 +279,7 @@ class CpuRenderer:
                 np.asarray(geometry.color[i], np.float64),
                 region, colour, written,
             )  # fmt: skip
-        raster.composite(frame, region, colour, written, 255, self._texture, False)
+        raster.composite(frame, region, colour, written, 255)
 
     def _warm_up(self) -> None:
         """Compile (or load from numba's cache) every kernel now, not on the first frame."""

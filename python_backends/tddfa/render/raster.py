@@ -317,42 +317,53 @@ def bilinear(image: np.ndarray, x: float, y: float, channel: int) -> float:
     return _mix(image, c0, c1, r0, r1, ax, ay, channel)
 
 
+@njit(inline="always")
+def _blend(line, col, c, drawn, alpha8):
+    if alpha8 >= 255:
+        line[col, c] = drawn
+    else:
+        line[col, c] = _div255(np.int64(line[col, c]) * (255 - alpha8) + drawn * alpha8)
+
+
 @njit(**_JIT)
 def composite(
+    out: np.ndarray, region: np.ndarray, colour: np.ndarray, written: np.ndarray, alpha8: int
+) -> None:
+    """Blend the region's drawing over ``out`` (H, W, 3) uint8 in place: the colour, stored
+    as 8 bits, weighted ``alpha8`` / 255 (255: opaque), every written pixel once, rounded
+    as GL does."""
+    x0, y0 = region[0], region[1]
+    for row in range(colour.shape[0]):
+        line = out[y0 + row, x0:]
+        for col in range(colour.shape[1]):
+            if written[row, col]:
+                for c in range(3):
+                    _blend(line, col, c, _unorm8(colour[row, col, c]), alpha8)
+
+
+@njit(**_JIT)
+def composite_texture(
     out: np.ndarray,
     region: np.ndarray,
     colour: np.ndarray,
     written: np.ndarray,
     alpha8: int,
     texture: np.ndarray,
-    textured: bool,
 ) -> None:
-    """Blend the region's drawing over ``out`` (H, W, 3) uint8 in place: the colour, stored
-    as 8 bits, weighted ``alpha8`` / 255 (255: opaque), every written pixel once, rounded
-    as GL does. ``textured``: the colour's first two channels are texel coordinates
-    (x, y) of ``texture`` (h, w, 3) uint8, sampled here once per visible pixel."""
+    """As :func:`composite` for the texture mode: the colour's first two channels are
+    texel coordinates (x, y) of ``texture`` (h, w, 3) uint8, sampled (GL_LINEAR, clamped)
+    once per visible pixel."""
     x0, y0 = region[0], region[1]
-    height, width = colour.shape[0], colour.shape[1]
-    keep = 255 - alpha8
-    drawn = np.empty(3, np.int64)
-    for row in range(height):
-        line = out[y0 + row]
-        for col in range(width):
+    height, width = texture.shape[0], texture.shape[1]
+    for row in range(colour.shape[0]):
+        line = out[y0 + row, x0:]
+        for col in range(colour.shape[1]):
             if not written[row, col]:
                 continue
-            if textured:
-                c0, c1, r0, r1, ax, ay = _taps(
-                    colour[row, col, 0], colour[row, col, 1], texture.shape[1], texture.shape[0]
-                )
-                for c in range(3):
-                    drawn[c] = _unorm8(_mix(texture, c0, c1, r0, r1, ax, ay, c))
-            else:
-                for c in range(3):
-                    drawn[c] = _unorm8(colour[row, col, c])
+            c0, c1, r0, r1, ax, ay = _taps(colour[row, col, 0], colour[row, col, 1], width, height)
+            top, low = texture[r0], texture[r1]
             for c in range(3):
-                if keep:
-                    line[x0 + col, c] = _div255(
-                        np.int64(line[x0 + col, c]) * keep + drawn[c] * alpha8
-                    )
-                else:
-                    line[x0 + col, c] = drawn[c]
+                upper = top[c0, c] * (1.0 - ax) + top[c1, c] * ax
+                lower = low[c0, c] * (1.0 - ax) + low[c1, c] * ax
+                value = (upper * (1.0 - ay) + lower * ay) / 255.0
+                _blend(line, col, c, _unorm8(value), alpha8)
