@@ -35,9 +35,13 @@ class FakeTensor:
 class FakeRequest:
     tensors: dict
     parameters_json: str = ""
+    requested_outputs: tuple = ()  # none: Triton then asks for every output
 
     def parameters(self):
         return self.parameters_json
+
+    def requested_output_names(self):
+        return list(self.requested_outputs)
 
 
 @dataclasses.dataclass

@@ -191,7 +191,7 @@ class StepModel:
             results = [RuntimeError(f"{self.context.model_name} failed: {exc}")] * len(requests)
 
         responses = []
-        for result in results:
+        for request, result in zip(requests, results, strict=True):
             if isinstance(result, Exception):
                 code = (
                     pb_utils.TritonError.INVALID_ARG
@@ -201,8 +201,11 @@ class StepModel:
                 error = pb_utils.TritonError(f"{self.context.model_name}: {result}", code)
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
+            wanted = set(request.requested_output_names()) or self.output_dtypes
             tensors = [
-                to_tensor(name, result[name], dtype) for name, dtype in self.output_dtypes.items()
+                to_tensor(name, result[name], dtype)
+                for name, dtype in self.output_dtypes.items()
+                if name in wanted  # only what was asked for: each costs the stub a copy
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses

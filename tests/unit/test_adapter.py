@@ -54,3 +54,11 @@ def test_internal_failure_answers_every_request(pb_utils, built_repository):
     responses = model.execute([image_request((1, 64, 64, 3)), image_request((1, 64, 64, 3))])
     assert [r.error.code for r in responses] == [FakeError.INTERNAL] * 2
     assert "boom" in responses[0].error.message
+
+
+def test_only_the_requested_outputs_are_returned(pb_utils, built_repository):
+    model = load_model(built_repository / "face_detector", "face_detector")
+    request = image_request((1, 64, 64, 3))
+    request.requested_outputs = ("FACE_COUNT",)
+    (response,) = model.execute([request])
+    assert [t.name for t in response.output_tensors] == ["FACE_COUNT"]
