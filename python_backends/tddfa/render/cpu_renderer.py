@@ -5,13 +5,13 @@ remains the GPU renderer and the reference the tests compare with), without a GL
 per frame, only the rectangle around its faces is drawn. A face's vertices go through the
 vertex stage (:mod:`tddfa.render.shading`), its triangles into a z-buffered region
 (:mod:`tddfa.render.raster`), and the region is blended over a copy of the frame, every
-pixel once. The numba kernels release the GIL and need no thread of their own: on a
-2-core machine the other core keeps decoding and encoding.
+pixel once. A frame is drawn by one thread (the kernels release the GIL): a server
+scales over frames with more model instances, which costs less than splitting a frame
+(each part would set up every triangle again).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,8 +41,6 @@ from tddfa.render.modes import (
     parse_mode,
 )
 from tddfa.xp import get_xp
-
-logger = logging.getLogger(__name__)
 
 # what the vertex stage computes per mode (wireframe: the lines carry their colour)
 _VERTEX_VALUES = {
@@ -74,7 +72,8 @@ class _Mesh:
 
 
 class CpuRenderer:
-    """Draws faces over numpy frames on the CPU (see the module doc).
+    """Draws faces over numpy frames on the CPU (see the module doc). Its state is read-only
+    after construction: calls may come from several threads at once.
 
     Args: as :class:`tddfa.render.MeshRenderer` (``device`` is always ``"cpu"``):
         triangles (3, T), alpha, lighting, assets, texture, uv_size, wire_color.
