@@ -77,8 +77,41 @@ def run_original(frames: int, threads: int, assets: Path) -> dict[str, float]:
     return {mode: float(modes[key]["fps"]) for mode, key in ORIGINAL_MODES.items()}
 
 
-def served_in_memory(url: str, frames: list, mode: str) -> float:
-    """frames/s through the server with decoded frames, RENDERED back (10 warm-up frames)."""
+def server_cpu_seconds(url: str) -> dict[str, float]:
+    """CPU seconds so far of the tritonserver serving gRPC at ``url`` and of each of its
+    Python-backend stubs, by model name (/proc: Linux only; empty elsewhere)."""
+    port = url.rpartition(":")[2]
+    ticks = os.sysconf("SC_CLK_TCK")
+    processes = {}  # pid -> (parent pid, command line, CPU seconds)
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        processes[int(entry.name)] = (
+            int(fields[1]),
+            [c.decode(errors="replace") for c in command],
+            cpu,
+        )
+    servers = [
+        pid for pid, (_, command, _) in processes.items()
+        if command and command[0].endswith("tritonserver") and f"--grpc-port={port}" in command
+    ]  # fmt: skip
+    if not servers:
+        return {}
+    out = {"tritonserver": processes[servers[0]][2]}
+    for parent, command, cpu in processes.values():
+        if parent == servers[0] and len(command) > 1 and command[1].endswith("model.py"):
+            model = Path(command[1]).parents[1].name
+            out[model] = out.get(model, 0.0) + cpu
+    return out
+
+
+def served_in_memory(url: str, frames: list, mode: str) -> tuple[float, dict[str, float]]:
+    """frames/s through the server with decoded frames, RENDERED back (10 warm-up frames),
+    and the CPU milliseconds per frame of the client, tritonserver and each model's stubs."""
     from tddfa_clients.triton_client import FrameClient, new_sequence_id
     from tddfa_clients.video import model_for
 
@@ -86,9 +119,15 @@ def served_in_memory(url: str, frames: list, mode: str) -> float:
         sequence = (lambda: {"sequence_id": new_sequence_id()}) if mode == "track" else dict
         for _ in c.infer_stream(enumerate(frames[:10]), **sequence()):
             pass
+        before, client = server_cpu_seconds(url), time.process_time()
         start = time.perf_counter()
         done = sum(1 for _ in c.infer_stream(enumerate(frames[10:]), **sequence()))
-        return done / (time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        client = time.process_time() - client
+        after = server_cpu_seconds(url)
+    cpu = {"client": 1000 * client / done}
+    cpu.update({name: 1000 * (after[name] - before.get(name, 0.0)) / done for name in after})
+    return done / elapsed, cpu
 
 
 def video_io_ms(clip: Path) -> float:
@@ -136,10 +175,11 @@ def main() -> int:
     io_ms = video_io_ms(clip)
     original = run_original(args.frames, args.threads, assets)
     frames = read_frames(args.video, args.frames + 10)
-    rows = []
+    rows, cpu_rows = [], []
     with server_for(args.repository, args.url) as url:
         for mode in ("detect", "track"):
-            memory = served_in_memory(url, frames, mode)
+            memory, cpu = served_in_memory(url, frames, mode)
+            cpu_rows.append((mode, cpu))
             video = tddfa_video(url, clip, mode)
             in_memory = original[mode]
             file_to_file = 1000 / (1000 / in_memory + io_ms)
@@ -154,6 +194,16 @@ def main() -> int:
         ],
         rows,
     )  # fmt: skip
+    processes = sorted({name for _, cpu in cpu_rows for name in cpu if name != "client"})
+    cpu_table = format_table(
+        ["mode", "client", *processes, "total"],
+        [
+            [mode, cpu["client"], *(cpu.get(p, 0.0) for p in processes), sum(cpu.values())]
+            for mode, cpu in cpu_rows
+        ],
+    )
+    table += "\n\nCPU ms per frame, served in memory (client, server, each model's stubs):\n\n"
+    table += cpu_table
     print(table)
     print(f"decode + encode: {io_ms:.1f} ms/frame")
     if not args.no_results:
