@@ -42,23 +42,25 @@ from tddfa.render.modes import (
 )
 from tddfa.xp import get_xp
 
-# what the vertex stage computes per mode (wireframe: the lines carry their colour)
+# what the vertex stage computes per mode (wireframe: nothing, its lines carry their colour)
 _VERTEX_VALUES = {
     "shaded": shading.LIT,
     "normals": shading.NORMALS,
     "depth": shading.DEPTH,
     "pncc": shading.TABLE,
     "texture": shading.TEXELS,
-    "wireframe": shading.DEPTH,
     "uv": shading.FRAME,
 }
 _NEEDS_NORMALS = frozenset({"shaded", "normals"})
 
 
 def _edges(triangles: np.ndarray) -> np.ndarray:
-    """(T, 3) triangles -> (E, 2) int32 unique undirected edges."""
+    """(T, 3) triangles -> (E, 2) int32 unique undirected edges (one sort of int64 keys:
+    np.unique over rows takes 20x longer, at every model load)."""
     pairs = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
-    return np.ascontiguousarray(np.unique(np.sort(pairs, axis=1), axis=0), dtype=np.int32)
+    pairs = np.sort(pairs, axis=1).astype(np.int64)
+    keys = np.unique(pairs[:, 0] << 32 | pairs[:, 1])
+    return np.ascontiguousarray(np.stack([keys >> 32, keys & 0xFFFFFFFF], axis=1), dtype=np.int32)
 
 
 class _Mesh:
@@ -121,6 +123,7 @@ class CpuRenderer:
             texture if texture is not None else np.zeros((1, 1, 3)), dtype=np.uint8
         )
         self._texture_size = np.array(self._texture.shape[1::-1], np.float64)
+        self._no_values = np.zeros((vertices, 3), np.float32)  # a depth-only pass's
         self._closed = False
         self._warm_up()
 
@@ -199,12 +202,14 @@ class CpuRenderer:
         positions, low, high = shading.to_image(model, transform, bool(meshes.shift_z))
         coarse = meshes.coarse is not None and bool(meshes.coarse[face]) and mode != "uv"
         mesh = self._coarse if coarse and self._coarse is not None else self._full
+        if mode not in _VERTEX_VALUES:
+            return positions, low, high, mesh, self._no_values
         normals = positions
         if mode in _NEEDS_NORMALS:
             normals = shading.vertex_normals(positions, mesh.triangles, mesh.vertices)
         values = shading.vertex_colours(
-            _VERTEX_VALUES[mode], mesh.vertices, positions, normals, low, high, self._light, self._ncc,
-            self._uv, self._texture_size, frame,
+            _VERTEX_VALUES[mode], mesh.vertices, positions, normals, low, high, self._light,
+            self._ncc, self._uv, self._texture_size, frame,
         )  # fmt: skip
         return positions, low, high, mesh, values
 
