@@ -231,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     _common.setup_logging(args.verbose)
     from tddfa.pipeline import Pipeline
 
+    if args.device == "cpu":  # as the server's CPU instances
+        from tddfa.cpu_threads import blas_on_one_thread
+
+        blas_on_one_thread()
+
     frames = _common.read_frames(args.video, args.frames)
     batches = to_device(frames, args.device, args.batch)
     LOG.info(

@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from tddfa.render.step import build_render_step
 
+    if args.device == "cpu":  # as the server's CPU instances
+        from tddfa.cpu_threads import blas_on_one_thread
+
+        blas_on_one_thread()
     data = face_inputs(args.repository, args.video, args.frames, args.device)
     faces = data["NUM_FACES"].ravel()
     version = args.repository / "face_renderer" / "1"

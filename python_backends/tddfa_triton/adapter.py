@@ -128,13 +128,10 @@ class StepModel:
         self.device_id = None if kind == "CPU" else int(args.get("model_instance_device_id", 0))
         device = "cpu" if self.device_id is None else f"cuda:{self.device_id}"
         scheduling = None
-        if self.device_id is None:
-            # numpy's BLAS on one thread: OpenBLAS's idle workers busy-wait for ~0.1 s after
-            # every call, i.e. all the time between frames, on the cores the other steps and
-            # the video codecs need; the steps' matrix products (BFM decoding) are small
-            from threadpoolctl import threadpool_limits
+        if self.device_id is None:  # no BLAS worker spinning between frames
+            from tddfa.cpu_threads import blas_on_one_thread
 
-            threadpool_limits(limits=1, user_api="blas")
+            blas_on_one_thread()
         if self.device_id is not None:
             import cupy  # every CuPy allocation of this instance lands on its device
 
