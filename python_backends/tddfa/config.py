@@ -50,6 +50,9 @@ class PipelineConfig:
     # faces narrower than this (pixels) are drawn with the coarse mesh (37 % of the
     # triangles; within a grey level on average at that size); 0: always the full mesh
     render_coarse_below: float = 400.0
+    # the CPU renderer: threads a frame's faces are drawn with, in horizontal bands (0: one
+    # per core, at most 4; the GL renderer's llvmpipe also uses every core by default)
+    render_threads: int = 0
     # Sequences (tddfa_track): the detector runs on the first frame, every N frames (0 =
     # only when a track is lost) and when a track is lost; a tracked crop smaller than
     # this area (px^2, the original's rule) is lost; IoU that matches a detection to a track.

@@ -245,7 +245,8 @@ def build_render_step(
 
     ``config``: render_alpha, uv_size, texture_image (an image file for the texture mode,
     absolute or relative to the version folder; empty: the FFmpeg demo's rainbow) and
-    render_coarse_below (faces narrower than that many pixels get the coarse mesh).
+    render_coarse_below (faces narrower than that many pixels get the coarse mesh),
+    render_threads (the CPU renderer's threads a frame; 0: one per core, at most 4).
     """
     version_dir = Path(version_dir)
     config = config or PipelineConfig()
@@ -272,7 +273,7 @@ def build_render_step(
     if device == "cpu" and not opengl:
         from tddfa.render.cpu_renderer import CpuRenderer  # numba: CPU builds only
 
-        renderer = CpuRenderer(bfm.tri, **settings)
+        renderer = CpuRenderer(bfm.tri, threads=config.render_threads, **settings)
     else:
         renderer = MeshRenderer(bfm.tri, device=device, **settings)
     return RenderStep(renderer, DenseDecoder(bfm), coarse_below=config.render_coarse_below)

@@ -148,3 +148,25 @@ def test_the_cpu_renderer_opens_no_gl_context(render_version):
         assert gl_context._display_refs == before
     finally:
         step.close()
+
+
+def test_bands_drawn_by_several_threads_equal_one(render_step, emma, bfm, render_assets):
+    """The region cut into bands, drawn in parallel: the same picture to the bit."""
+    from tddfa.bfm import DenseDecoder
+    from tddfa.render.cpu_renderer import CpuRenderer
+    from tddfa.render.step import RenderStep
+
+    steps = [
+        RenderStep(CpuRenderer(bfm.tri, assets=render_assets, threads=n), DenseDecoder(bfm))
+        for n in (1, 3)
+    ]
+    try:
+        assert steps[1].renderer.threads == 3
+        for mode in ("shaded", "texture", "wireframe", "pncc"):
+            one, three = (_run(step, emma, mode) for step in steps)
+            np.testing.assert_array_equal(one, three, err_msg=mode)
+    finally:
+        for step in steps:
+            step.close()
+    with pytest.raises(ValueError, match="threads"):
+        CpuRenderer(bfm.tri, threads=-1)
