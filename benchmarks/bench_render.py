@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--opengl", action="store_true", help="also time OpenGL on Mesa llvmpipe (CPU only)"
     )
+    parser.add_argument(
+        "--threads", type=int, help="the CPU renderer's threads a frame (default: the config's)"
+    )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     os.environ.setdefault("EGL_PLATFORM", "surfaceless")
@@ -115,7 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     data = face_inputs(args.repository, args.video, args.frames, args.device)
     faces = data["NUM_FACES"].ravel()
     version = args.repository / "face_renderer" / "1"
-    steps = {"this": build_render_step(version, args.device)}
+    config = None
+    if args.threads is not None:
+        from tddfa.config import PipelineConfig
+
+        config = PipelineConfig(render_threads=args.threads)
+    steps = {"this": build_render_step(version, args.device, config)}
     if args.opengl:
         steps["opengl"] = build_render_step(version, opengl=True)
     renderer = type(steps["this"].renderer).__name__
@@ -144,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         f"frames: {args.video.name}, first {len(faces)}, faces per frame {faces.min()}-"
         f"{faces.max()} (mean {faces.mean():.2f}), {data['IMAGE'].shape[2]}x"
         f"{data['IMAGE'].shape[1]}; device {args.device}; renderer {renderer}"
+        + (f" ({steps['this'].renderer.threads} thread(s) a frame)" if args.device == "cpu" else "")
         + ("; OpenGL timed in alternation with it" if args.opengl else "")
         + f"; LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS', 'unset')}"
     ]

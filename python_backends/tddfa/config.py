@@ -51,8 +51,10 @@ class PipelineConfig:
     # triangles; within a grey level on average at that size); 0: always the full mesh
     render_coarse_below: float = 400.0
     # the CPU renderer: threads a frame's faces are drawn with, in horizontal bands (0: one
-    # per core, at most 4; the GL renderer's llvmpipe also uses every core by default)
-    render_threads: int = 0
+    # per core, at most 4). 1: a served video keeps the cores busy with the other steps and
+    # the codecs, where bands only add work (57 vs 46 frames/s tracked on 2 cores); more
+    # lower one frame's latency on idle cores
+    render_threads: int = 1
     # Sequences (tddfa_track): the detector runs on the first frame, every N frames (0 =
     # only when a track is lost) and when a track is lost; a tracked crop smaller than
     # this area (px^2, the original's rule) is lost; IoU that matches a detection to a track.

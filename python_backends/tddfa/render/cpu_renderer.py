@@ -98,7 +98,7 @@ class CpuRenderer:
         texture: np.ndarray | None = None,
         uv_size: int = 256,
         wire_color: tuple[float, float, float] = (1.0, 1.0, 1.0),
-        threads: int = 0,
+        threads: int = 1,
     ) -> None:
         triangles = check_settings(triangles, alpha, uv_size, assets)
         if threads < 0:
