@@ -159,13 +159,17 @@ def model_counts(
     server: RunningServer, model: str, inferences: int = 0, within: float = 10.0
 ) -> tuple[int, int]:
     """(inference_count, execution_count) Triton counted for ``model``; waits up to
-    ``within`` s for inference_count to reach ``inferences`` (Triton records an execution's
-    statistics just after sending its responses, so a client can be ahead of them)."""
+    ``within`` s for inference_count to reach ``inferences``, or, without a target (a
+    baseline), for the counts to stop changing (Triton records an execution's statistics
+    just after sending its responses, so a client can be ahead of them)."""
     deadline = time.monotonic() + within
+    previous = None
     with httpclient.InferenceServerClient(server.http_url) as client:
         while True:
             stats = client.get_inference_statistics(model)["model_stats"][0]
             counts = int(stats["inference_count"]), int(stats["execution_count"])
-            if counts[0] >= inferences or time.monotonic() >= deadline:
+            reached = counts[0] >= inferences if inferences else counts == previous
+            if reached or time.monotonic() >= deadline:
                 return counts
-            time.sleep(0.1)
+            previous = counts
+            time.sleep(0.2)
