@@ -6,7 +6,7 @@
 #                            nvidia-pytriton 0.7.0; libicudata (29 MB, only used by libxml2
 #                            for legacy encodings) replaced by an empty stub of the same soname
 #   .carry/pylibs.tar.xz     tritonclient 2.51 (grpc, utils, perf_analyzer), python-rapidjson
-#                            (cp312), PyOpenGL
+#                            (cp312), PyOpenGL, tenacity, prometheus-client, threadpoolctl
 #   .carry/shared.tar.xz     ../shared subset: the 3DDFA_V2 and 3DDFA assets (weights and the
 #                            pieces of the BFM), test photos, emma720.mp4, reference
 #   .carry/pynvc.tar.xz      PyNvVideoCodec 2.2.4 (NVDEC) from its wheel in .whl/, trimmed to
@@ -24,6 +24,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV_SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 SHARED=${TDDFA_SHARED:-$ROOT/../shared}
+export TDDFA_ASSET_DIR=${TDDFA_ASSET_DIR:-$SHARED/assets}
 PYNVC_WHEEL=$(ls .whl/pynvvideocodec-2.2.4-cp312-*.whl 2>/dev/null | head -1 || true)
 PY312=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
        --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
@@ -56,7 +57,8 @@ tar -C "$STAGE/pt" -cJf .carry/pytriton.tar.xz .
 # -- client-side Python packages ----------------------------------------------------------
 mkdir -p "$STAGE/py/bin" "$STAGE/whl"
 python3 -m pip download -q --no-deps "${PY312[@]}" -d "$STAGE/whl" \
-    tritonclient==2.51.0 python-rapidjson==1.25 PyOpenGL==3.1.10
+    tritonclient==2.51.0 python-rapidjson==1.25 PyOpenGL==3.1.10 \
+    tenacity prometheus-client threadpoolctl  # pure Python: the serve, batch and CPU-thread helpers
 for wheel in "$STAGE"/whl/*.whl; do unzip -qo "$wheel" -d "$STAGE/py"; done
 mv "$STAGE"/py/tritonclient-2.51.0.data/data/bin/perf_analyzer "$STAGE/py/bin/"
 mv "$STAGE"/py/tritonclient-2.51.0.data/purelib/tritonclient "$STAGE/py/"
@@ -85,7 +87,11 @@ tar -C "$SHARED" -cJf .carry/shared.tar.xz assets/3ddfa_v2 assets/3ddfa_v1 asset
 # the sample clip four times (1,200 frames, packets copied): host work per frame on a long clip
 (cd benchmarks && ../.venv/bin/python -c "import _common, pathlib; _common.repeated_clip(
     pathlib.Path('$SHARED/assets/video/emma720.mp4'), 4, pathlib.Path('../.carry/emma720x4.mp4'))")
-test -f build/gpu_expected.npz || (cd tests/gpu && ../../.venv/bin/python make_expected.py --out ../../build/gpu_expected.npz)
+# the CPU outputs tests/gpu compares with, always from this tree's code (a CPU build in
+# build/model_repository, made once)
+test -f build/model_repository/BUILD.json || .venv/bin/tddfa build --out build/model_repository
+.venv/bin/python tests/gpu/make_expected.py --repository build/model_repository \
+    --out build/gpu_expected.npz
 cp build/gpu_expected.npz .carry/gpu_expected.npz
 
 # -- GL loaders (the device README's recipe) ---------------------------------------------------
