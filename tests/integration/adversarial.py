@@ -1,12 +1,16 @@
 """Shared by the adversarial suite (test_adversarial_*.py): requests no well-behaved client
-sends, built by hand; "the server still gives the right answer" checks; stub processes.
+sends, built by hand; "the server still gives the right answer" checks; stub processes,
+and the checks that a request killed none (or, where Triton cannot avoid it, exactly one,
+healed by the supervisor).
 
 Everything goes against the ensemble's public contract (``tddfa.contract``: model, IMAGE,
-outputs), never against step names, so the suite holds whatever the steps are.
+outputs) and the declared graph (``tddfa.graph``: which step reads IMAGE first), never
+against step names typed here, so the suite holds whatever the steps are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -14,12 +18,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tddfa.contract import IMAGE_INPUT, STATELESS_ENSEMBLE
+from tddfa.graph import ENSEMBLES
 from tddfa_tools.serve.stubs import Stub, find_stubs
 
 MODEL = STATELESS_ENSEMBLE
@@ -192,10 +198,66 @@ def wait_until_right(url: str, image: np.ndarray, expected: Answer, within: floa
     raise AssertionError(f"no right answer within {within:.0f} s; last: {last}")
 
 
-# -- stubs and readiness -----------------------------------------------------------------
+# -- stubs: alive, or died and healed ----------------------------------------------------
+# The servers of the suite run under the supervisor, which reloads a model whose stub died:
+# a test that only checks "a good request works afterwards" passes whether or not its
+# request killed a stub. So every bad request is sent inside `no_stub_dies` (nothing died,
+# nothing was healed) or `stub_dies_and_heals` (the death Triton 2.51 cannot avoid, said so).
+FIRST_STEP = ENSEMBLES[MODEL].steps[0]  # the step that reads IMAGE first: where poison lands
+
+
 def stubs(server) -> list[Stub]:
     """The live stub processes of a RunningServer."""
     return find_stubs(server.process.shm_prefix)
+
+
+@dataclasses.dataclass(frozen=True)
+class Vitals:
+    """What a dead stub changes, seen from outside: the live stub of every model instance
+    (its pid: a stub started again has a new one), the supervisor's counters, the server."""
+
+    server_pid: int
+    stub_pids: dict[tuple[str, str], int]  # (model, instance) -> pid
+    failures: dict[tuple[str, str], int]  # (model, cause) -> count
+    reloads: dict[str, int]  # model -> count
+    server_restarts: int
+
+    @classmethod
+    def of(cls, server) -> Vitals:
+        metrics = server.supervisor.metrics
+        return cls(
+            server.process.pid,
+            {(stub.model, stub.instance): stub.pid for stub in stubs(server)},
+            dict(metrics.failures),
+            dict(metrics.reloads),
+            metrics.server_restarts,
+        )
+
+    def without(self, model: str) -> Vitals:
+        """The same, blind to ``model``."""
+        return dataclasses.replace(
+            self,
+            stub_pids={k: v for k, v in self.stub_pids.items() if k[0] != model},
+            failures={k: v for k, v in self.failures.items() if k[0] != model},
+            reloads={k: v for k, v in self.reloads.items() if k != model},
+        )
+
+    def changes(self, later: Vitals) -> list[str]:
+        """What differs in ``later``, in words (empty: nothing died, nothing was healed)."""
+        found = []
+        for label, before, after in (
+            ("stub pid", self.stub_pids, later.stub_pids),
+            ("supervisor failures", self.failures, later.failures),
+            ("supervisor reloads", self.reloads, later.reloads),
+        ):
+            found += [
+                f"{label} {key}: {before.get(key)} -> {after.get(key)}"
+                for key in sorted(set(before) | set(after))
+                if before.get(key) != after.get(key)
+            ]
+        if (self.server_pid, self.server_restarts) != (later.server_pid, later.server_restarts):
+            found.append(f"tritonserver restarted (pid {self.server_pid} -> {later.server_pid})")
+        return found
 
 
 class ReadinessLog:
@@ -224,3 +286,68 @@ class ReadinessLog:
 
     def model_not_ready_seen(self) -> bool:
         return any(not model for _, model, _ in self.samples)
+
+
+def _settle(server) -> None:
+    """Two supervisor polls: a death that already happened is counted (and being healed)."""
+    time.sleep(2 * server.supervisor.settings.poll_interval)
+
+
+def healed(server, within: float = RECOVERY_S) -> bool:
+    """Wait until the supervisor reports every model serving (no heal under way); False when
+    it still does not after ``within`` s."""
+    deadline = time.monotonic() + within
+    while not server.supervisor.metrics.all_healthy():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@contextlib.contextmanager
+def no_stub_dies(server) -> Iterator[None]:
+    """The block must leave every stub of ``server`` running: the same pids, nothing counted
+    or reloaded by the supervisor, the same tritonserver."""
+    assert healed(server), f"broken before the test: {server.supervisor.metrics.summary()}"
+    before = Vitals.of(server)
+    yield
+    _settle(server)
+    changes = before.changes(Vitals.of(server))
+    if changes:
+        healed(server, within=3 * RECOVERY_S)  # the next test starts from a served model
+    assert not changes, f"a stub died (the supervisor hides it by reloading): {changes}"
+
+
+@contextlib.contextmanager
+def stub_dies_and_heals(server, model: str, within: float = RECOVERY_S) -> Iterator[None]:
+    """The block must kill the stub of ``model`` and nothing else; within ``within`` s of its
+    end the supervisor must have counted the failure, reloaded ``model`` once and report
+    every model healthy, with a new stub for each instance of ``model``."""
+    assert healed(server), f"broken before the test: {server.supervisor.metrics.summary()}"
+    before = Vitals.of(server)
+    dead = {key: pid for key, pid in before.stub_pids.items() if key[0] == model}
+    assert dead, f"{model} has no stub to kill: {sorted(before.stub_pids)}"
+    yield
+    deadline = time.monotonic() + within
+    while True:
+        after = Vitals.of(server)
+        if (
+            all(after.stub_pids.get(key) not in (None, pid) for key, pid in dead.items())
+            and after.reloads.get(model, 0) > before.reloads.get(model, 0)
+            and server.supervisor.metrics.all_healthy()
+        ):
+            break
+        assert time.monotonic() < deadline, (
+            f"{model}: not killed and healed within {within:.0f} s: {before.changes(after)}"
+        )
+        time.sleep(0.1)
+    _settle(server)  # one heal, not a second one queued behind it
+    after = Vitals.of(server)
+    others = before.without(model).changes(after.without(model))
+    assert not others, f"more than {model} died or was reloaded: {others}"
+    assert after.reloads[model] == before.reloads.get(model, 0) + 1, before.changes(after)
+    causes = {
+        cause for (name, cause), n in after.failures.items()
+        if name == model and n > before.failures.get((name, cause), 0)
+    }  # fmt: skip
+    assert causes, f"the supervisor counted no failure of {model}: {before.changes(after)}"

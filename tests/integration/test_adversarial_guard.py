@@ -1,5 +1,5 @@
 """`tddfa guard` in front of the real ensemble: the poison requests (docs/security.md) never reach
-a stub (no model is reloaded), admin and shared-memory endpoints do not exist, and
+a stub (every stub process the same, nothing reloaded), admin and shared-memory endpoints do not exist, and
 well-formed clients (tritonclient, FrameClient, the CLI) work through it unchanged."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import grpc
 import numpy as np
 import pytest
-from adversarial import grpc_infer, http_infer_binary, http_request, wait_until_right
+from adversarial import grpc_infer, http_infer_binary, http_request, no_stub_dies, wait_until_right
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tddfa_clients.triton_client import FrameClient
@@ -22,27 +22,23 @@ POISON = [
 ]
 
 
-def _reloads(server) -> int:
-    return sum(server.supervisor.metrics.reloads.values())
-
-
 @pytest.mark.parametrize("shape, data", POISON, ids=["overflow", "negative"])
 def test_poison_shapes_stop_at_the_guard(ensemble_server, good_request, guard, shape, data):
     http_url, grpc_url = guard
-    before = _reloads(ensemble_server)
-    status, answer = http_infer_binary(http_url, shape, data)
-    assert status in (400, 413), answer
-    code, details, _ = grpc_infer(grpc_url, shape, data)
-    assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
-    assert details
     image, expected = good_request
-    wait_until_right(http_url, image, expected, within=1.0)  # no stub died: at once
-    assert _reloads(ensemble_server) == before
+    with no_stub_dies(ensemble_server):
+        status, answer = http_infer_binary(http_url, shape, data)
+        assert status in (400, 413), answer
+        code, details, _ = grpc_infer(grpc_url, shape, data)
+        assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert details
+        wait_until_right(http_url, image, expected, within=1.0)
 
 
-def test_typed_contents_out_of_range_stop_at_the_guard(guard) -> None:
-    code, details, _ = grpc_infer(guard[1], [1, 32, 32, 3], uint_contents=[300] * 3072)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "out of range" in details
+def test_typed_contents_out_of_range_stop_at_the_guard(ensemble_server, guard) -> None:
+    with no_stub_dies(ensemble_server):
+        code, details, _ = grpc_infer(guard[1], [1, 32, 32, 3], uint_contents=[300] * 3072)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "out of range" in details
 
 
 @pytest.mark.parametrize(
@@ -103,7 +99,9 @@ def test_frame_client_works_through_the_guard(guard, good_request, protocol) -> 
         assert result.rendered.shape == image.shape
 
 
-def test_streaming_infer_is_checked_message_by_message(guard, good_request) -> None:
+def test_streaming_infer_is_checked_message_by_message(
+    ensemble_server, guard, good_request
+) -> None:
     """ModelStreamInfer through the guard: a good frame is answered, a poison one ends the
     stream with INVALID_ARGUMENT before it reaches the server."""
     import queue
@@ -123,7 +121,7 @@ def test_streaming_infer_is_checked_message_by_message(guard, good_request) -> N
             "tddfa", [tensor], outputs=[grpcclient.InferRequestedOutput("FACE_COUNT")]
         )
 
-    with grpcclient.InferenceServerClient(guard[1]) as client:
+    with no_stub_dies(ensemble_server), grpcclient.InferenceServerClient(guard[1]) as client:
         client.start_stream(callback=lambda result, error: answers.put((result, error)))
         send([1, *image.shape], np.ascontiguousarray(image).tobytes())
         result, error = answers.get(timeout=60)

@@ -1,7 +1,8 @@
 """Shared memory and the other admin APIs: registering the server's own Python-backend
 regions (it crashed tritonserver 2.51 when an output was then written into one) and model
 control are refused without the admin token, on both protocols; the local clients, which
-hold the token, still use shared memory."""
+hold the token, still use shared memory. Every refused call leaves every stub process and
+tritonserver itself the same (the supervisor would hide a crash by healing it)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from adversarial import MODEL, http_request, ready, wait_until_right
+from adversarial import MODEL, http_request, no_stub_dies, ready, wait_until_right
 from tritonclient.utils import InferenceServerException
 
 from tddfa_clients.triton_client import ClientError, FrameClient
@@ -29,22 +30,27 @@ def _backend_region(server) -> str:
 def test_backend_region_cannot_be_registered_over_http(ensemble_server, good_request) -> None:
     region = _backend_region(ensemble_server)
     body = json.dumps({"key": f"/{region}", "offset": 0, "byte_size": 4096}).encode()
-    status, _, answer = http_request(
-        ensemble_server.http_url, "POST", "/v2/systemsharedmemory/region/evil/register", body
-    )
-    assert status == 403 and b"restricted" in answer, answer
-    status, _, answer = http_request(
-        ensemble_server.http_url, "POST", "/v2/cudasharedmemory/region/evil/register",
-        json.dumps({"raw_handle": {"b64": "AAAA"}, "device_id": 0, "byte_size": 64}).encode(),
-    )  # fmt: skip
-    assert status == 403, answer
     image, expected = good_request
-    wait_until_right(ensemble_server.http_url, image, expected, within=1.0)
+    with no_stub_dies(ensemble_server):
+        status, _, answer = http_request(
+            ensemble_server.http_url, "POST", "/v2/systemsharedmemory/region/evil/register", body
+        )
+        assert status == 403 and b"restricted" in answer, answer
+        status, _, answer = http_request(
+            ensemble_server.http_url, "POST", "/v2/cudasharedmemory/region/evil/register",
+            json.dumps({"raw_handle": {"b64": "AAAA"}, "device_id": 0, "byte_size": 64}).encode(),
+        )  # fmt: skip
+        assert status == 403, answer
+        wait_until_right(ensemble_server.http_url, image, expected, within=1.0)
 
 
 def test_backend_region_cannot_be_registered_over_grpc(ensemble_server, good_request) -> None:
     region = _backend_region(ensemble_server)
-    with grpcclient.InferenceServerClient(ensemble_server.grpc_url) as client:
+    image, expected = good_request
+    with (
+        no_stub_dies(ensemble_server),
+        grpcclient.InferenceServerClient(ensemble_server.grpc_url) as client,
+    ):
         with pytest.raises(InferenceServerException, match="restricted"):
             client.register_system_shared_memory("evil", f"/{region}", 4096, client_timeout=10)
         with pytest.raises(InferenceServerException, match="restricted"):
@@ -58,8 +64,7 @@ def test_backend_region_cannot_be_registered_over_grpc(ensemble_server, good_req
             ).regions
             == {}
         )
-    image, expected = good_request
-    wait_until_right(ensemble_server.http_url, image, expected, within=1.0)
+        wait_until_right(ensemble_server.http_url, image, expected, within=1.0)
 
 
 @pytest.mark.parametrize(
@@ -85,11 +90,12 @@ def test_backend_region_cannot_be_registered_over_grpc(ensemble_server, good_req
     ids=["unload", "load-with-code", "index", "logging", "trace"],
 )
 def test_admin_apis_need_the_token(ensemble_server, good_request, method, path, body) -> None:
-    status, _, answer = http_request(ensemble_server.http_url, method, path, body)
-    assert status == 403 and b"restricted" in answer, (status, answer)
-    assert ready(ensemble_server.http_url)
     image, expected = good_request
-    wait_until_right(ensemble_server.http_url, image, expected, within=1.0)
+    with no_stub_dies(ensemble_server):
+        status, _, answer = http_request(ensemble_server.http_url, method, path, body)
+        assert status == 403 and b"restricted" in answer, (status, answer)
+        assert ready(ensemble_server.http_url)
+        wait_until_right(ensemble_server.http_url, image, expected, within=1.0)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

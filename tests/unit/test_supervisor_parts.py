@@ -86,4 +86,5 @@ def test_metrics_text_counts_events() -> None:
     assert samples[("tddfa_supervisor_canary_seconds", ())] == 0.25
     assert samples[("tddfa_supervisor_server_up", ())] == 1
     assert metrics.reloads == {"a": 1} and metrics.server_restarts == 1
+    assert metrics.failures == {("a", "stub_exited"): 1}
     assert metrics.all_healthy()

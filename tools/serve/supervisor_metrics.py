@@ -117,6 +117,16 @@ class SupervisorMetrics:
         )
 
     @property
+    def failures(self) -> collections.Counter[tuple[str, str]]:
+        """Failures per (model, cause) (0 for a pair never counted)."""
+        return collections.Counter(
+            {
+                (labels["model"], labels["cause"]): int(v)
+                for labels, v in _samples(self._failures, "_total")
+            }
+        )
+
+    @property
     def server_restarts(self) -> int:
         return int(next(v for _, v in _samples(self._restarts, "_total")))
 
