@@ -49,7 +49,9 @@ def _registered(server) -> list[str]:
 
 def _start_video(server, asset_dir: Path, out: Path) -> subprocess.Popen:
     """`tddfa video` (tracked: one sequence, system shared memory: the server is local),
-    returned once its regions, its staging file and its sequence exist."""
+    returned once it is sending frames: its staging file exists and an output region is
+    registered on the server (the first frame has replaced the probe's small input region,
+    so no region is between create and register, or unregister and destroy)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "tddfa_tools.cli", "video",
          str(asset_dir / "video" / "emma720.mp4"), str(out),
@@ -60,7 +62,11 @@ def _start_video(server, asset_dir: Path, out: Path) -> subprocess.Popen:
     _wait(
         lambda: (
             process.poll() is not None
-            or (regions(prefix) and list(out.parent.glob(f".{out.stem}*.part*")))
+            or (
+                regions(prefix)
+                and list(out.parent.glob(f".{out.stem}*.part*"))
+                and any(n.startswith(prefix) and n.endswith("_output") for n in _registered(server))
+            )
         ),
         START_WITHIN_S,
         "the video client did not start sending frames",
