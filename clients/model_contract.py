@@ -13,23 +13,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tritonclient.utils import triton_to_np_dtype
+from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
+from tddfa import graph
 from tddfa.contract import IMAGE_INPUT
 from tddfa_clients.errors import InferenceError, ModelMismatch, ProtocolMismatch, translate_error
 from tddfa_clients.port_probe import detect_protocol, protocol_hint
 from tddfa_clients.transport import dims
 
 INPUT = IMAGE_INPUT
+# Triton dtypes of every tensor a client sends or reads, from the graph declaration.
 EXPECTED_DTYPES = {
-    "IMAGE": "UINT8",
-    "RENDERED": "UINT8",
-    "FACE_COUNT": "INT32",
-    "FACE_BOXES": "FP32",
-    "LANDMARKS": "FP32",
-    "POSE": "FP32",
-    "PARAMS": "FP32",
-    "VERTICES": "FP32",
+    name: np_to_triton_dtype(np.dtype(tensor.dtype)) for name, tensor in graph.TENSORS.items()
 }
 
 

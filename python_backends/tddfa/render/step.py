@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tddfa import graph
 from tddfa.bfm import DenseDecoder, load_bfm
-from tddfa.config import NUM_EXP, NUM_SHAPE, PipelineConfig
+from tddfa.config import PipelineConfig
 from tddfa.contract import RENDER_MODE_PARAMETER
 from tddfa.params import apply_transform, model_to_image
 from tddfa.render.assets import RENDER_ASSETS_FILE, load_render_assets, load_texture_image
@@ -86,24 +87,20 @@ def slot_rows(xp, inputs: Arrays, names: Sequence[str], frames: np.ndarray, slot
 
 
 def _check_faces(inputs: Arrays, with_image: bool) -> None:
-    """Ranks and the K axis of the face inputs (ValueError naming the problem)."""
-    ranks = {"ALPHA_SHP": 3, "ALPHA_EXP": 3, "TRANSFORM": 4, "NUM_FACES": 2}
-    if with_image:
-        ranks["IMAGE"] = 4
-    for name, rank in ranks.items():
+    """Shapes of the face inputs against the graph declaration (ValueError naming the
+    problem): the batch and K axes are taken from ALPHA_SHP, the rest is the declared
+    per-frame shape."""
+    names = ["ALPHA_SHP", "ALPHA_EXP", "TRANSFORM", "NUM_FACES"]
+    for name in names + (["IMAGE"] if with_image else []):
+        rank = 1 + len(graph.TENSORS[name].shape)  # with the batch axis
         if inputs[name].ndim != rank:
             raise ValueError(
                 f"{name} must have {rank} dimensions including the batch, "
                 f"got shape {tuple(inputs[name].shape)}"
             )
     batch, k = inputs["ALPHA_SHP"].shape[:2]
-    expected = {
-        "ALPHA_SHP": (batch, k, NUM_SHAPE),
-        "ALPHA_EXP": (batch, k, NUM_EXP),
-        "TRANSFORM": (batch, k, 3, 4),
-        "NUM_FACES": (batch, 1),
-    }
-    for name, shape in expected.items():
+    for name in names:
+        shape = (batch, *graph.TENSORS[name].dims(k))
         if tuple(inputs[name].shape) != shape:
             raise ValueError(
                 f"{name} must have shape {shape} (batch, K face slots), "
