@@ -16,16 +16,10 @@ from typing import Any
 from tddfa.contract import RENDER_MODE_PARAMETER, UV_MODE
 from tddfa.gpu_scheduling import use_blocking_sync
 from tddfa_clients import stale_regions
+from tddfa_clients.cuda_shared_memory import CUDA_ALIGNMENT, CudaSharedMemorySlot, cuda_shm
 from tddfa_clients.errors import ClientError, translate_error
 from tddfa_clients.model_contract import ModelContract
-from tddfa_clients.shared_memory import (
-    CUDA_ALIGNMENT,
-    CudaSharedMemorySlot,
-    RegionSlot,
-    SharedMemorySlot,
-    cuda_shm,
-    system_shm,
-)
+from tddfa_clients.shared_memory import RegionSlot, SharedMemorySlot, system_shm
 from tddfa_clients.transport import client_shm_prefix, is_local
 from tddfa_tools.serve import admin_token
 

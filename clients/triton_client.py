@@ -32,6 +32,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from tddfa.contract import DEFAULT_OUTPUTS
+from tddfa_clients.cuda_shared_memory import (
+    CUDA_ALIGNMENT,
+    CUDA_SHM_HINT,
+    CudaSharedMemorySlot,
+    is_device_array,
+)
 from tddfa_clients.errors import (
     ClientError,
     InferenceError,
@@ -47,13 +53,7 @@ from tddfa_clients.model_contract import (
     TensorSpec,
     read_contract,
 )
-from tddfa_clients.shared_memory import (
-    CUDA_ALIGNMENT,
-    CUDA_SHM_HINT,
-    CudaSharedMemorySlot,
-    is_device_array,
-    request_ended,
-)
+from tddfa_clients.shared_memory import request_ended
 from tddfa_clients.shm_slots import SHARED_MEMORY, close_slots, open_slots, output_layout
 
 __all__ = [  # the errors and constants live beside; importers keep using this module

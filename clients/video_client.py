@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 from tddfa.contract import SEQUENCE_ENSEMBLE, STATELESS_ENSEMBLE
 from tddfa.files import atomic_paths
+from tddfa_clients.cuda_shared_memory import cuda_shm
 from tddfa_clients.image import frame_record, render_parameters
 from tddfa_clients.mesh_animation import FaceAnimation
 from tddfa_clients.replicas import open_frame_client
-from tddfa_clients.shared_memory import cuda_shm
 from tddfa_clients.triton_client import (
     ClientError,
     FrameClient,

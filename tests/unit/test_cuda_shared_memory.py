@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.utils
 
-from tddfa_clients import shared_memory, triton_client, video_client, video_io
+from tddfa_clients import cuda_shared_memory, shared_memory, triton_client, video_client, video_io
 from tddfa_clients.triton_client import ClientError, FrameClient
 
 OUTPUTS = {  # name: (datatype, shape without batch; -1 = the frame's dims)
@@ -206,7 +206,7 @@ def fake(monkeypatch):
     FakeProtocol.server = FakeServer(shm)
     monkeypatch.setattr(triton_client, "Transport", FakeProtocol)
     monkeypatch.setattr(
-        shared_memory.CudaSharedMemorySlot,
+        cuda_shared_memory.CudaSharedMemorySlot,
         "_write_device",
         lambda slot, image: shm.write_device(slot.handle("input"), image),
     )
