@@ -3,17 +3,22 @@
 The same inputs, modes and pictures as :class:`tddfa.render.MeshRenderer` (OpenGL, which
 remains the GPU renderer and the reference the tests compare with), without a GL context:
 per frame, only the rectangle around its faces is drawn. A face's vertices go through the
-vertex stage (:mod:`tddfa.render.shading`), its triangles into a z-buffered region
+vertex stage (:mod:`tddfa.render.shading`: one pass writes the records the rasteriser
+reads, for the vertices its mesh uses), its triangles into a z-buffered region
 (:mod:`tddfa.render.raster`), and the region is blended over a copy of the frame, every
-pixel once. The kernels release the GIL: a frame's region is drawn and blended in
-horizontal bands by ``threads`` threads (each band sets up every triangle again, a tenth
-of the work per band, for about half the time a frame on two cores); a server scales
-over frames with more model instances.
+pixel once (:mod:`tddfa.render.cpu_blend`); uv maps interpolate a raster made once
+(:mod:`tddfa.render.cpu_atlas`). Each calling thread keeps its buffers (region, records)
+from frame to frame: a fresh megabyte costs its page faults on every frame. The kernels
+release the GIL: a frame's region is drawn and blended in horizontal bands by ``threads``
+threads (each band sets up every triangle again, a tenth of the work per band, for about
+half the time a frame on two cores); a server scales over frames with more model
+instances.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tddfa.contract import DEFAULT_RENDER_MODE
-from tddfa.render import raster, shading
+from tddfa.render import cpu_atlas, cpu_blend, raster, shading
 from tddfa.render.assets import RenderAssets
 from tddfa.render.faces import (
     MeshFaces,
@@ -53,8 +58,8 @@ _VERTEX_VALUES = {
     "pncc": shading.TABLE,
     "texture": shading.TEXELS,
     "uv": shading.FRAME,
+    "wireframe": shading.NONE,
 }
-_NEEDS_NORMALS = frozenset({"shaded", "normals"})
 BAND_ROWS = 48  # the fewest rows a band is given: smaller regions take fewer threads
 
 
@@ -68,13 +73,48 @@ def _edges(triangles: np.ndarray) -> np.ndarray:
 
 
 class _Mesh:
-    """One triangulation: its (T, 3) triangles, (E, 2) edges and the (M,) vertices they
-    use (a coarse mesh uses a third of them: the vertex stage skips the rest), int32."""
+    """One triangulation over the (M,) int32 vertices it uses (a coarse mesh uses a third
+    of them: the vertex stage skips the rest): its (T, 3) triangles and (E, 2) edges as
+    int32 rows of those vertices (rows of the vertex records)."""
 
     def __init__(self, triangles: np.ndarray) -> None:
-        self.triangles = np.ascontiguousarray(np.asarray(triangles).T, dtype=np.int32)
+        triangles = np.ascontiguousarray(np.asarray(triangles).T, dtype=np.int32)
+        self.vertices = np.unique(triangles).astype(np.int32)
+        self.triangles = np.searchsorted(self.vertices, triangles).astype(np.int32)
         self.edges = _edges(self.triangles)
-        self.vertices = np.unique(self.triangles).astype(np.int32)
+
+
+class _Buffers:
+    """One thread's buffers, grown as needed and kept: the region's depth, colour and
+    written flags, vertex records per face of a frame, and the normals' scratch."""
+
+    def __init__(self, vertices: int) -> None:
+        self.vertices = vertices
+        self.depth = np.empty(0, np.float32)
+        self.colour = np.empty(0, np.float32)
+        self.written = np.empty(0, np.uint8)
+        self.records: list[np.ndarray] = []
+        self.sums = np.empty((vertices, 3), np.float64)
+
+    def region(self, region: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Depth (-inf: nothing drawn), colour and written-flag buffers of a region."""
+        height, width = int(region[3] - region[1]), int(region[2] - region[0])
+        pixels = height * width
+        if self.depth.size < pixels:
+            self.depth = np.empty(pixels, np.float32)
+            self.colour = np.empty(3 * pixels, np.float32)
+            self.written = np.empty(pixels, np.uint8)
+        depth = self.depth[:pixels].reshape(height, width)
+        written = self.written[:pixels].reshape(height, width)
+        depth.fill(-np.inf)
+        written.fill(0)
+        return depth, self.colour[: 3 * pixels].reshape(height, width, 3), written
+
+    def face_records(self, face: int, rows: int) -> np.ndarray:
+        """The (rows, 8) vertex records of a frame's ``face``-th face."""
+        while len(self.records) <= face:
+            self.records.append(np.empty((self.vertices, 8), np.float64))
+        return self.records[face][:rows]
 
 
 class CpuRenderer:
@@ -122,18 +162,16 @@ class CpuRenderer:
         if assets is not None:
             self._ncc[:] = assets.ncc[:, :vertices]
             self._uv[:] = assets.uv[:vertices]
-        # a uv map's vertices: (u (S - 1), (1 - v) (S - 1)) in slot 0, at depth 0
-        side = self.uv_size - 1.0
-        self._atlas_positions = np.stack(
-            [self._uv[:, 0] * side, (1.0 - self._uv[:, 1]) * side, np.zeros(vertices)]
-        ).astype(np.float64)
         texture = texture if texture is not None else (assets.texture if assets else None)
         self.has_texture = texture is not None
         self._texture = np.ascontiguousarray(
             texture if texture is not None else np.zeros((1, 1, 3)), dtype=np.uint8
         )
         self._texture_size = np.array(self._texture.shape[1::-1], np.float64)
-        self._no_values = np.zeros((vertices, 3), np.float32)  # a depth-only pass's
+        self._atlas_records, self._atlas_winner = (
+            self._atlas() if assets is not None else (None, None)
+        )
+        self._local = threading.local()  # each calling thread's _Buffers
         self._closed = False
         self._warm_up()
 
@@ -207,65 +245,85 @@ class CpuRenderer:
         self.close()
 
     # -- drawing --------------------------------------------------------------------------
-    def _vertex_stage(self, meshes: MeshFaces, face: int, mode: str, frame: np.ndarray):
-        """(positions (3, N), low, high, mesh, per-vertex values) of one face."""
-        model = np.ascontiguousarray(meshes.vertices[face], dtype=np.float32)
-        transform = np.ascontiguousarray(meshes.transforms[face], dtype=np.float32)
-        positions, low, high = shading.to_image(model, transform, bool(meshes.shift_z))
+    def _buffers(self) -> _Buffers:
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = _Buffers(len(self._full.vertices))
+        return buffers
+
+    def _vertex_stage(self, meshes: MeshFaces, face: int, mode: str, frame, slot: int = 0):
+        """(records (M, 8), low (3,), high (3,), mesh) of one face, its records in the
+        calling thread's ``slot``-th records buffer."""
         coarse = meshes.coarse is not None and bool(meshes.coarse[face]) and mode != "uv"
         mesh = self._coarse if coarse and self._coarse is not None else self._full
-        if mode not in _VERTEX_VALUES:
-            return positions, low, high, mesh, self._no_values
-        normals = positions
-        if mode in _NEEDS_NORMALS:
-            normals = shading.vertex_normals(positions, mesh.triangles, mesh.vertices)
-        values = shading.vertex_colours(
-            _VERTEX_VALUES[mode], mesh.vertices, positions, normals, low, high, self._light,
-            self._ncc, self._uv, self._texture_size, frame,
+        rows = len(mesh.vertices)
+        buffers = self._buffers()
+        records = buffers.face_records(slot, rows)
+        low, high = shading.vertex_records(
+            _VERTEX_VALUES[mode],
+            np.ascontiguousarray(meshes.vertices[face], dtype=np.float32),
+            np.ascontiguousarray(meshes.transforms[face], dtype=np.float32),
+            bool(meshes.shift_z), mesh.vertices, mesh.triangles, self._light, self._ncc,
+            self._uv, self._texture_size, frame, records, buffers.sums[:rows],
         )  # fmt: skip
-        return positions, low, high, mesh, values
+        return records, low, high, mesh
 
     def _draw_meshes(self, frame: np.ndarray, mode: str, meshes, faces: list[int]) -> None:
         """Every face of one frame (all in ``mode``) over ``frame``, in place, the region
         in bands drawn by the renderer's threads."""
-        stages = [self._vertex_stage(meshes, i, mode, frame) for i in faces]
+        stages = [self._vertex_stage(meshes, i, mode, frame, n) for n, i in enumerate(faces)]
         region = _region([(s[1], s[2]) for s in stages], frame.shape)
         if region is None:
             return
-        faces_ = [(s[0], *raster.snap(s[0]), s[3], s[4]) for s in stages]
+        faces_ = [(s[0], s[3]) for s in stages]
+        depth, colour, written = self._buffers().region(region)
         bands = _bands(region, min(self.threads, max(1, int(region[3] - region[1]) // BAND_ROWS)))
-        jobs = [self._pool.submit(self._draw_band, frame, mode, faces_, b) for b in bands[1:]]
-        self._draw_band(frame, mode, faces_, bands[0])
+        jobs = [
+            self._pool.submit(self._draw_band, frame, mode, faces_, band, region, depth, colour, written)
+            for band in bands[1:]
+        ]  # fmt: skip
+        self._draw_band(frame, mode, faces_, bands[0], region, depth, colour, written)
         for job in jobs:
             job.result()
 
-    def _draw_band(self, frame: np.ndarray, mode: str, faces: list, region: np.ndarray) -> None:
-        """The faces' pixels in one band ``region`` of the frame, blended over it; ``faces``:
-        (positions, fx, fy, valid, mesh, values) each."""
-        depth, colour, written = _buffers(region)
+    def _draw_band(
+        self, frame, mode: str, faces: list, band, region, depth, colour, written
+    ) -> None:
+        """The faces' pixels in one band (rows of ``region``) of the frame, blended over it;
+        ``faces``: (records, mesh) each; ``depth``, ``colour``, ``written``: the region's
+        buffers, of which the band draws its rows."""
+        rows = slice(int(band[1] - region[1]), int(band[3] - region[1]))
+        depth, colour, written = depth[rows], colour[rows], written[rows]
         if mode == "wireframe":
             # visible edges only: every face's surface depth first (pushed back a
             # little), then the edges where they are not behind it
-            for positions, fx, fy, valid, mesh, values in faces:
+            for records, mesh in faces:
                 raster.fill_triangles(
-                    positions, fx, fy, valid, values, mesh.triangles, region, depth, colour,
-                    written, False, True,
-                )  # fmt: skip
-            for positions, _, _, valid, mesh, _ in faces:
-                raster.draw_lines(
-                    positions, valid, mesh.edges, self._wire, region, depth, colour, written
+                    records, mesh.triangles, band, depth, colour, written, False, True
                 )
+            for records, mesh in faces:
+                raster.draw_lines(records, mesh.edges, self._wire, band, depth, colour, written)
         else:
-            for positions, fx, fy, valid, mesh, values in faces:
+            for records, mesh in faces:
                 raster.fill_triangles(
-                    positions, fx, fy, valid, values, mesh.triangles, region, depth, colour,
-                    written, True, False,
-                )  # fmt: skip
+                    records, mesh.triangles, band, depth, colour, written, True, False
+                )
         alpha8 = self._alpha8 if mode in BLENDED_MODES else 255
         if mode == "texture":
-            raster.composite_texture(frame, region, colour, written, alpha8, self._texture)
+            cpu_blend.composite_texture(frame, band, colour, written, alpha8, self._texture)
         else:
-            raster.composite(frame, region, colour, written, alpha8)
+            cpu_blend.composite(frame, band, colour, written, alpha8)
+
+    def _atlas(self) -> tuple[np.ndarray, np.ndarray]:
+        """The uv map's vertex records (the full mesh at (u (S - 1), (1 - v) (S - 1)), depth
+        0) and the triangle drawn at each of its pixels (cpu_atlas.cover_triangles)."""
+        side = self.uv_size - 1.0
+        used = self._full.vertices
+        records = np.zeros((len(used), 8), np.float64)
+        records[:, 0] = (self._uv[:, 0] * side)[used]
+        records[:, 1] = ((1.0 - self._uv[:, 1]) * side)[used]
+        records[:, 3:5] = np.floor(records[:, 0:2] * raster.SUBPIXEL + 0.5)
+        return records, cpu_atlas.cover_triangles(records, self._full.triangles, self.uv_size)
 
     def _uv_map(self, image: np.ndarray, meshes, faces: list[int], slots: int) -> np.ndarray:
         """The frame's (S, K * S, 3) uv atlas: each face's map in its slot's square, the
@@ -274,18 +332,11 @@ class CpuRenderer:
         atlas = np.zeros((side, slots * side, 3), np.uint8)
         image = np.ascontiguousarray(image)
         for i in faces:
-            _, _, _, mesh, values = self._vertex_stage(meshes, i, "uv", image)
-            slot = int(meshes.slot[i])
-            positions = self._atlas_positions.copy()
-            positions[0] += slot * side
-            region = np.array([slot * side, 0, (slot + 1) * side, side], np.int64)
-            depth, colour, written = _buffers(region)
-            fx, fy, valid = raster.snap(positions)
-            raster.fill_triangles(
-                positions, fx, fy, valid, values, mesh.triangles, region, depth, colour,
-                written, True, False,
+            values, _, _, mesh = self._vertex_stage(meshes, i, "uv", image)
+            cpu_atlas.paint_atlas(
+                self._atlas_records, mesh.triangles, self._atlas_winner, values, atlas,
+                int(meshes.slot[i]) * side,
             )  # fmt: skip
-            raster.composite(atlas, region, colour, written, 255)
         return atlas
 
     def _draw_overlays(self, frame: np.ndarray, geometry, faces: list[int]) -> None:
@@ -294,7 +345,7 @@ class CpuRenderer:
         region = _region([(low[i], high[i]) for i in faces], frame.shape)
         if region is None:
             return
-        _, colour, written = _buffers(region)
+        _, colour, written = self._buffers().region(region)
         for i in faces:
             raster.fill_discs(
                 np.ascontiguousarray(geometry.position[i], dtype=np.float64),
@@ -302,7 +353,7 @@ class CpuRenderer:
                 np.asarray(geometry.color[i], np.float64),
                 region, colour, written,
             )  # fmt: skip
-        raster.composite(frame, region, colour, written, 255)
+        cpu_blend.composite(frame, region, colour, written, 255)
 
     def _warm_up(self) -> None:
         """Compile (or load from numba's cache) every kernel now, not on the first frame."""
@@ -313,7 +364,8 @@ class CpuRenderer:
         meshes = one_frame_meshes(image, corners[None], 1)
         for mode in ("shaded", "texture", "wireframe"):
             self._draw_meshes(image.copy(), mode, meshes, [0])
-        self._uv_map(image, meshes, [0], 1)
+        if self._atlas_records is not None:
+            self._uv_map(image, meshes, [0], 1)
         landmarks = np.full((1, 3, 68), 4.0, np.float32)
         transform = np.eye(3, 4, dtype=np.float32)[None]
         overlays = OverlayFaces(np.zeros(1, np.int64), landmarks, transform)
@@ -354,13 +406,3 @@ def _bands(region: np.ndarray, count: int) -> list[np.ndarray]:
         np.array([region[0], top, region[2], bottom], np.int64)
         for top, bottom in zip(rows[:-1], rows[1:], strict=True)
     ]
-
-
-def _buffers(region: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Depth (-inf: nothing drawn), colour and written-flag buffers of a region."""
-    height, width = int(region[3] - region[1]), int(region[2] - region[0])
-    return (
-        np.full((height, width), -np.inf, np.float32),
-        np.empty((height, width, 3), np.float32),
-        np.zeros((height, width), np.uint8),
-    )

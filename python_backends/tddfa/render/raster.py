@@ -17,10 +17,12 @@ renderer's (tests/unit/render compare them):
 - lines: one pixel per column (x-major) or row (y-major) between the end points,
   half-open (the diamond-exit rule in effect), depth tested with GL_LEQUAL.
 
-A region is a rectangle ``(x0, y0, x1, y1)`` (x1, y1 exclusive) of the picture; the
-region buffers (``depth`` (h, w) float32, ``colour`` (h, w, C) float32, ``written`` (h, w)
-uint8) cover exactly it. Kernels release the GIL; they compile once and are cached on
-disk (numba ``cache=True``).
+The vertices come as records (:data:`RECORD`, written by tddfa.render.shading), one
+64-byte row per vertex: what a triangle needs from a corner is one cache line. A region is
+a rectangle ``(x0, y0, x1, y1)`` (x1, y1 exclusive) of the picture; the region buffers
+(``depth`` (h, w) float32, ``colour`` (h, w, 3) float32, ``written`` (h, w) uint8) cover
+exactly it. Kernels release the GIL; they compile once and are cached on disk (numba
+``cache=True``).
 """
 
 from __future__ import annotations
@@ -34,25 +36,12 @@ SUBPIXEL = 1 << SHIFT
 # edge functions must not overflow (2 * 2^28 sub-pixels squared < 2^63)
 GUARD = float(1 << 20)
 DEPTH_OFFSET_UNITS = 1.0 / 128.0  # glPolygonOffset's 1 unit, in image z pixels
+# a vertex record's (M, 8) float64 columns: image-space x, y, z (NaN: the vertex is not
+# drawn, nor its triangles and edges: not finite, or beyond GUARD), x and y in fixed
+# point (whole numbers, SUBPIXEL per pixel), and the value interpolated into the colour
+RECORD = ("x", "y", "z", "fixed_x", "fixed_y", "red", "green", "blue")
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
-
-
-@njit(**_JIT)
-def snap(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(3, N) image-space positions -> fixed-point x, y (N,) int64 and (N,) bool valid
-    (finite and within :data:`GUARD`)."""
-    n = positions.shape[1]
-    fx = np.empty(n, np.int64)
-    fy = np.empty(n, np.int64)
-    valid = np.empty(n, np.bool_)
-    for v in range(n):
-        x, y, z = positions[0, v], positions[1, v], positions[2, v]
-        ok = abs(x) < GUARD and abs(y) < GUARD and np.isfinite(z)  # NaN compares False
-        valid[v] = ok
-        fx[v] = np.int64(np.floor(x * SUBPIXEL + 0.5)) if ok else 0
-        fy[v] = np.int64(np.floor(y * SUBPIXEL + 0.5)) if ok else 0
-    return fx, fy, valid
 
 
 @njit(inline="always")
@@ -71,13 +60,43 @@ def _top_left_bias(dx, dy):
     return -1
 
 
+@njit(inline="always")
+def wound(records, triangles, t):
+    """Triangle ``t``'s vertex rows and fixed-point corners, wound the one way the edge
+    functions expect, and its doubled area (0: nothing to draw, or a corner not drawn)."""
+    i0, i1, i2 = triangles[t, 0], triangles[t, 1], triangles[t, 2]
+    if not (records[i0, 2] == records[i0, 2] and records[i1, 2] == records[i1, 2]
+            and records[i2, 2] == records[i2, 2]):  # fmt: skip
+        return i0, i1, i2, 0, 0, 0, 0, 0, 0, 0
+    ax, ay = np.int64(records[i0, 3]), np.int64(records[i0, 4])
+    bx, by = np.int64(records[i1, 3]), np.int64(records[i1, 4])
+    cx, cy = np.int64(records[i2, 3]), np.int64(records[i2, 4])
+    area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+    if area < 0:
+        return i0, i2, i1, ax, ay, cx, cy, bx, by, -area
+    return i0, i1, i2, ax, ay, bx, by, cx, cy, area
+
+
+@njit(inline="always")
+def _row_span(w0, w1, w2, s0, s1, s2, left, right):
+    """The covered pixels of a row starting at ``left`` (edge values w, steps s per
+    pixel): (first, last), first > last when none. Branch-free: the pixels of a row
+    inside a triangle are contiguous, and a tiny triangle's rows would otherwise cost a
+    mispredicted branch at each end."""
+    first, last = right + 1, left - 1
+    for px in range(left, right + 1):
+        inside = (w0 | w1 | w2) >= 0
+        last = px if inside else last
+        first = min(first, px if inside else right + 1)
+        w0 -= s0
+        w1 -= s1
+        w2 -= s2
+    return first, last
+
+
 @njit(**_JIT)
 def fill_triangles(
-    positions: np.ndarray,
-    fx: np.ndarray,
-    fy: np.ndarray,
-    valid: np.ndarray,
-    attributes: np.ndarray,
+    records: np.ndarray,
     triangles: np.ndarray,
     region: np.ndarray,
     depth: np.ndarray,
@@ -89,10 +108,9 @@ def fill_triangles(
     """Draw triangles with a depth test.
 
     Args:
-        positions: (3, N) float64 image-space x, y, z (z towards the camera).
-        fx, fy, valid: :func:`snap` of ``positions``.
-        attributes: (N, 3) float32 per-vertex values, interpolated into ``colour``.
-        triangles: (T, 3) int32 vertex indices (either winding).
+        records: (M, 8) float64 vertex records (:data:`RECORD`); their values are
+            interpolated into ``colour``.
+        triangles: (T, 3) int32 rows of ``records`` (either winding).
         region: (4,) int64 x0, y0, x1, y1 of the buffers.
         depth, colour, written: the region's buffers (see the module doc).
         write_colour: False for a depth-only pass.
@@ -104,17 +122,9 @@ def fill_triangles(
     colour_at = colour.reshape(-1)
     written_at = written.reshape(-1)
     for t in range(triangles.shape[0]):
-        i0, i1, i2 = triangles[t, 0], triangles[t, 1], triangles[t, 2]
-        if not (valid[i0] and valid[i1] and valid[i2]):
-            continue
-        ax, ay, bx, by, cx, cy = fx[i0], fy[i0], fx[i1], fy[i1], fx[i2], fy[i2]
-        area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+        i0, i1, i2, ax, ay, bx, by, cx, cy, area = wound(records, triangles, t)
         if area == 0:
             continue
-        if area < 0:  # wind it the one way the edge functions expect
-            i1, i2 = i2, i1
-            bx, by, cx, cy = cx, cy, bx, by
-            area = -area
         left, right = _pixel_span(min(ax, bx, cx), max(ax, bx, cx), x0, x1 - 1)
         top, bottom = _pixel_span(min(ay, by, cy), max(ay, by, cy), y0, y1 - 1)
         if left > right or top > bottom:
@@ -132,40 +142,38 @@ def fill_triangles(
         row0 = d0x * (sy - by) - d0y * (sx - bx) + bias0
         row1 = d1x * (sy - cy) - d1y * (sx - cx) + bias1
         row2 = d2x * (sy - ay) - d2y * (sx - ax) + bias2
+        s0, s1, s2 = d0y * SUBPIXEL, d1y * SUBPIXEL, d2y * SUBPIXEL
         inverse = 1.0 / area
-        z0, z1, z2 = positions[2, i0], positions[2, i1], positions[2, i2]
+        z0, z1, z2 = records[i0, 2], records[i1, 2], records[i2, 2]
         offset = 0.0
         if polygon_offset:  # the plane's depth slopes per pixel
             dzdx = -(z0 * d0y + z1 * d1y + z2 * d2y) * inverse * SUBPIXEL
             dzdy = (z0 * d0x + z1 * d1x + z2 * d2x) * inverse * SUBPIXEL
             offset = max(abs(dzdx), abs(dzdy)) + DEPTH_OFFSET_UNITS
-        r0, g0, u0 = attributes[i0, 0], attributes[i0, 1], attributes[i0, 2]
-        r1, g1, u1 = attributes[i1, 0], attributes[i1, 1], attributes[i1, 2]
-        r2, g2, u2 = attributes[i2, 0], attributes[i2, 1], attributes[i2, 2]
+        r0, g0, u0 = records[i0, 5], records[i0, 6], records[i0, 7]
+        r1, g1, u1 = records[i1, 5], records[i1, 6], records[i1, 7]
+        r2, g2, u2 = records[i2, 5], records[i2, 6], records[i2, 7]
         for py in range(top, bottom + 1):
-            w0, w1, w2 = row0, row1, row2
+            first, last = _row_span(row0, row1, row2, s0, s1, s2, left, right)
+            skip = first - left
+            w0 = row0 - bias0 - skip * s0
+            w1 = row1 - bias1 - skip * s1
+            w2 = row2 - bias2 - skip * s2
             start = (py - y0) * width - x0
-            entered = False
-            for px in range(left, right + 1):
-                if (w0 | w1 | w2) >= 0:
-                    entered = True
-                    b0 = (w0 - bias0) * inverse
-                    b1 = (w1 - bias1) * inverse
-                    b2 = (w2 - bias2) * inverse
-                    z = b0 * z0 + b1 * z1 + b2 * z2 - offset
-                    at = start + px
-                    if z > depth_at[at]:
-                        depth_at[at] = z
-                        if write_colour:
-                            colour_at[3 * at] = b0 * r0 + b1 * r1 + b2 * r2
-                            colour_at[3 * at + 1] = b0 * g0 + b1 * g1 + b2 * g2
-                            colour_at[3 * at + 2] = b0 * u0 + b1 * u1 + b2 * u2
-                            written_at[at] = 1
-                elif entered:  # a triangle's pixels on a row are contiguous
-                    break
-                w0 -= d0y * SUBPIXEL
-                w1 -= d1y * SUBPIXEL
-                w2 -= d2y * SUBPIXEL
+            for px in range(first, last + 1):
+                b0, b1, b2 = w0 * inverse, w1 * inverse, w2 * inverse
+                z = b0 * z0 + b1 * z1 + b2 * z2 - offset
+                at = start + px
+                if z > depth_at[at]:
+                    depth_at[at] = z
+                    if write_colour:
+                        colour_at[3 * at] = b0 * r0 + b1 * r1 + b2 * r2
+                        colour_at[3 * at + 1] = b0 * g0 + b1 * g1 + b2 * g2
+                        colour_at[3 * at + 2] = b0 * u0 + b1 * u1 + b2 * u2
+                        written_at[at] = 1
+                w0 -= s0
+                w1 -= s1
+                w2 -= s2
             row0 += d0x * SUBPIXEL
             row1 += d1x * SUBPIXEL
             row2 += d2x * SUBPIXEL
@@ -173,8 +181,7 @@ def fill_triangles(
 
 @njit(**_JIT)
 def draw_lines(
-    positions: np.ndarray,
-    valid: np.ndarray,
+    records: np.ndarray,
     edges: np.ndarray,
     rgb: np.ndarray,
     region: np.ndarray,
@@ -182,15 +189,16 @@ def draw_lines(
     colour: np.ndarray,
     written: np.ndarray,
 ) -> None:
-    """One-pixel lines along ``edges`` (E, 2) int32 in colour ``rgb`` (3,), depth tested
-    (GL_LEQUAL, depth written) against ``depth``."""
+    """One-pixel lines along ``edges`` (E, 2) int32 rows of ``records`` in colour ``rgb``
+    (3,), depth tested (GL_LEQUAL, depth written) against ``depth``."""
     x0, y0, x1, y1 = region[0], region[1], region[2], region[3]
     for e in range(edges.shape[0]):
         a, b = edges[e, 0], edges[e, 1]
-        if not (valid[a] and valid[b]):
+        az, bz = records[a, 2], records[b, 2]
+        if not (az == az and bz == bz):  # NaN: a vertex not drawn
             continue
-        ax, ay, az = positions[0, a], positions[1, a], positions[2, a]
-        bx, by, bz = positions[0, b], positions[1, b], positions[2, b]
+        ax, ay = records[a, 0], records[a, 1]
+        bx, by = records[b, 0], records[b, 1]
         x_major = abs(bx - ax) >= abs(by - ay)
         if not x_major:  # walk rows: swap the axes' roles
             ax, ay, bx, by = ay, ax, by, bx
@@ -274,96 +282,3 @@ def fill_discs(
                 for c in range(3):
                     colour[row, col, c] = rgb[c]
                 written[row, col] = 1
-
-
-@njit(inline="always")
-def _unorm8(value):
-    """float in [0, 1] (clamped) -> 0..255, rounded as GL's conversion to RGBA8."""
-    return np.int64(min(max(value, 0.0), 1.0) * 255.0 + 0.5)
-
-
-@njit(inline="always")
-def _div255(x):
-    """round(x / 255) for 0 <= x <= 255 * 255, without a division (a signed integer
-    division costs numba more than the rest of the blend)."""
-    x += 128
-    return (x + (x >> 8)) >> 8
-
-
-@njit(inline="always")
-def _taps(x, y, width, height):
-    """GL_LINEAR's four texels around (x, y) (texel centres at integers, clamped to the
-    edge) and the weights of the right and lower ones."""
-    fx, fy = np.floor(x), np.floor(y)
-    c0 = min(max(np.int64(fx), 0), width - 1)
-    c1 = min(max(np.int64(fx) + 1, 0), width - 1)
-    r0 = min(max(np.int64(fy), 0), height - 1)
-    r1 = min(max(np.int64(fy) + 1, 0), height - 1)
-    return c0, c1, r0, r1, x - fx, y - fy
-
-
-@njit(inline="always")
-def _mix(image, c0, c1, r0, r1, ax, ay, channel):
-    top = image[r0, c0, channel] * (1.0 - ax) + image[r0, c1, channel] * ax
-    low = image[r1, c0, channel] * (1.0 - ax) + image[r1, c1, channel] * ax
-    return (top * (1.0 - ay) + low * ay) / 255.0
-
-
-@njit(**_JIT)
-def bilinear(image: np.ndarray, x: float, y: float, channel: int) -> float:
-    """GL_LINEAR sampling of ``image`` (H, W, C) uint8 at texel coordinates (x, y) (texel
-    centres at integers), clamped to the edge; in [0, 1]."""
-    c0, c1, r0, r1, ax, ay = _taps(x, y, image.shape[1], image.shape[0])
-    return _mix(image, c0, c1, r0, r1, ax, ay, channel)
-
-
-@njit(inline="always")
-def _blend(line, col, c, drawn, alpha8):
-    if alpha8 >= 255:
-        line[col, c] = drawn
-    else:
-        line[col, c] = _div255(np.int64(line[col, c]) * (255 - alpha8) + drawn * alpha8)
-
-
-@njit(**_JIT)
-def composite(
-    out: np.ndarray, region: np.ndarray, colour: np.ndarray, written: np.ndarray, alpha8: int
-) -> None:
-    """Blend the region's drawing over ``out`` (H, W, 3) uint8 in place: the colour, stored
-    as 8 bits, weighted ``alpha8`` / 255 (255: opaque), every written pixel once, rounded
-    as GL does."""
-    x0, y0 = region[0], region[1]
-    for row in range(colour.shape[0]):
-        line = out[y0 + row, x0:]
-        for col in range(colour.shape[1]):
-            if written[row, col]:
-                for c in range(3):
-                    _blend(line, col, c, _unorm8(colour[row, col, c]), alpha8)
-
-
-@njit(**_JIT)
-def composite_texture(
-    out: np.ndarray,
-    region: np.ndarray,
-    colour: np.ndarray,
-    written: np.ndarray,
-    alpha8: int,
-    texture: np.ndarray,
-) -> None:
-    """As :func:`composite` for the texture mode: the colour's first two channels are
-    texel coordinates (x, y) of ``texture`` (h, w, 3) uint8, sampled (GL_LINEAR, clamped)
-    once per visible pixel."""
-    x0, y0 = region[0], region[1]
-    height, width = texture.shape[0], texture.shape[1]
-    for row in range(colour.shape[0]):
-        line = out[y0 + row, x0:]
-        for col in range(colour.shape[1]):
-            if not written[row, col]:
-                continue
-            c0, c1, r0, r1, ax, ay = _taps(colour[row, col, 0], colour[row, col, 1], width, height)
-            top, low = texture[r0], texture[r1]
-            for c in range(3):
-                upper = top[c0, c] * (1.0 - ax) + top[c1, c] * ax
-                lower = low[c0, c] * (1.0 - ax) + low[c1, c] * ax
-                value = (upper * (1.0 - ay) + lower * ay) / 255.0
-                _blend(line, col, c, _unorm8(value), alpha8)

@@ -1,15 +1,17 @@
 """The CPU renderer's vertex stage (numba): per vertex, what the GL mesh vertex shader
 computes (tddfa.render.shaders), so both renderers draw the same picture.
 
-- :func:`to_image`: the face's model->image affine ``p = T[:, :3] m + T[:, 3]``, z shifted
-  to start at 0 when asked (the VERTICES convention), and the face's bounding box;
-- :func:`vertex_normals`: area-weighted vertex normals of the image-space mesh (the GL
-  path maps model-space normals by the cofactor of T: the same vectors), unit length and
-  turned towards the camera (two-sided);
-- :func:`vertex_colours`: each mode's per-vertex value: the lit colour (3DDFA_V2's
-  ambient + Lambert + specular light in the face's normalised frame), normals as colours,
-  depth as grey, the PNCC code, texel coordinates of the texture image, or the frame
-  sampled at the vertex (uv maps).
+One kernel per face, :func:`vertex_records`, writes the vertex records the rasteriser
+reads (:data:`tddfa.render.raster.RECORD`), one 64-byte row per vertex the mesh uses:
+
+- the face's model->image affine ``p = T[:, :3] m + T[:, 3]``, z shifted to start at 0
+  when asked (the VERTICES convention), over the face's bounding box of every vertex;
+- x, y snapped to the rasteriser's fixed point; z NaN where the vertex is not drawn;
+- the mode's per-vertex value: the lit colour (3DDFA_V2's ambient + Lambert + specular
+  light in the face's normalised frame, over area-weighted vertex normals of the
+  image-space mesh: the GL path maps model-space normals by the cofactor of T, the same
+  vectors), normals as colours, depth as grey, the PNCC code, texel coordinates of the
+  texture image, or the frame sampled at the vertex (uv maps).
 """
 
 from __future__ import annotations
@@ -17,62 +19,106 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from tddfa.render.raster import bilinear
+from tddfa.render.cpu_blend import mix, taps
+from tddfa.render.raster import GUARD, SUBPIXEL
 
-# what vertex_colours computes (the modes map to these in tddfa.render.cpu_renderer)
-LIT, NORMALS, DEPTH, TABLE, TEXELS, FRAME = range(6)
+# what vertex_records computes (the modes map to these in tddfa.render.cpu_renderer);
+# NONE: positions only (the wireframe's lines carry their colour)
+NONE, LIT, NORMALS, DEPTH, TABLE, TEXELS, FRAME = range(7)
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
 @njit(**_JIT)
-def to_image(
-    model: np.ndarray, transform: np.ndarray, shift_z: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(3, N) float32 model-space vertices, (3, 4) float32 affine -> (3, N) float64
-    image-space positions (z minus its minimum when ``shift_z``), and their (3,) low and
-    high corners (finite values only; low > high when there are none)."""
-    n = model.shape[1]
-    out = np.empty((3, n), np.float64)
-    low = np.full(3, np.inf)
-    high = np.full(3, -np.inf)
-    for v in range(n):
+def vertex_records(
+    kind: int,
+    model: np.ndarray,
+    transform: np.ndarray,
+    shift_z: bool,
+    used: np.ndarray,
+    triangles: np.ndarray,
+    light: np.ndarray,
+    table: np.ndarray,
+    uv: np.ndarray,
+    texture_size: np.ndarray,
+    frame: np.ndarray,
+    records: np.ndarray,
+    sums: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill ``records`` (M, 8) float64 for the vertices ``used`` (M,) int32 (ascending) of
+    one face and return its (3,) low and high image-space corners over every vertex
+    (finite values only; low > high when there are none).
+
+    Args:
+        kind: NONE, LIT, NORMALS, DEPTH, TABLE, TEXELS or FRAME (see the module doc).
+        model: (3, N) float32 model-space vertices; transform: (3, 4) float32 affine.
+        shift_z: subtract the face's minimum image z.
+        triangles: (T, 3) int32 rows of ``used`` (LIT, NORMALS: the normals' triangles).
+        light: :meth:`tddfa.render.lighting.Lighting.packed` (LIT).
+        table: (3, N) float32 PNCC code (TABLE); uv: (N, 2) float32 BFM texture
+            coordinates (TEXELS); texture_size: (2,) width, height (TEXELS).
+        frame: (H, W, 3) uint8, sampled bilinearly at each vertex (FRAME).
+        sums: (M, 3) float64 scratch (LIT, NORMALS).
+    """
+    affine = transform.astype(np.float64)
+    t00, t01, t02, t03 = affine[0, 0], affine[0, 1], affine[0, 2], affine[0, 3]
+    t10, t11, t12, t13 = affine[1, 0], affine[1, 1], affine[1, 2], affine[1, 3]
+    t20, t21, t22, t23 = affine[2, 0], affine[2, 1], affine[2, 2], affine[2, 3]
+    inf = np.inf
+    low_x, low_y, low_z, high_x, high_y, high_z = inf, inf, inf, -inf, -inf, -inf
+    for v in range(model.shape[1]):  # the box over every vertex
         mx, my, mz = np.float64(model[0, v]), np.float64(model[1, v]), np.float64(model[2, v])
-        for axis in range(3):
-            value = (
-                transform[axis, 0] * mx
-                + transform[axis, 1] * my
-                + transform[axis, 2] * mz
-                + transform[axis, 3]
-            )
-            out[axis, v] = value
-            if np.isfinite(value):
-                low[axis] = min(low[axis], value)
-                high[axis] = max(high[axis], value)
-    if shift_z and low[2] <= high[2]:
-        shift = low[2]
-        for v in range(n):
-            out[2, v] -= shift
-        low[2] -= shift
-        high[2] -= shift
-    return out, low, high
+        x = t00 * mx + t01 * my + t02 * mz + t03
+        y = t10 * mx + t11 * my + t12 * mz + t13
+        z = t20 * mx + t21 * my + t22 * mz + t23
+        # finite values only, without branches (numba's min and max test for NaN)
+        low_x = x if -inf < x < low_x else low_x
+        low_y = y if -inf < y < low_y else low_y
+        low_z = z if -inf < z < low_z else low_z
+        high_x = x if high_x < x < inf else high_x
+        high_y = y if high_y < y < inf else high_y
+        high_z = z if high_z < z < inf else high_z
+    m = used.shape[0]
+    for j in range(m):  # the records of the vertices used
+        v = used[j]
+        mx, my, mz = np.float64(model[0, v]), np.float64(model[1, v]), np.float64(model[2, v])
+        records[j, 0] = t00 * mx + t01 * my + t02 * mz + t03
+        records[j, 1] = t10 * mx + t11 * my + t12 * mz + t13
+        records[j, 2] = t20 * mx + t21 * my + t22 * mz + t23
+    shift = 0.0
+    if shift_z and low_z <= high_z:
+        shift = low_z
+        low_z -= shift
+        high_z -= shift
+        for j in range(m):
+            records[j, 2] -= shift
+    low = np.array([low_x, low_y, low_z])
+    high = np.array([high_x, high_y, high_z])
+    if kind == LIT or kind == NORMALS:
+        _vertex_normals(records, triangles, sums)
+    _values(kind, used, records, sums, low, high, light, table, uv, texture_size, frame)
+    for j in range(m):  # snap, and mark what is not drawn
+        x, y, z = records[j, 0], records[j, 1], records[j, 2]
+        ok = abs(x) < GUARD and abs(y) < GUARD and np.isfinite(z)  # NaN compares False
+        records[j, 2] = z if ok else np.nan
+        records[j, 3] = np.floor(x * SUBPIXEL + 0.5) if ok else 0.0
+        records[j, 4] = np.floor(y * SUBPIXEL + 0.5) if ok else 0.0
+    return low, high
 
 
-@njit(**_JIT)
-def vertex_normals(positions: np.ndarray, triangles: np.ndarray, used: np.ndarray) -> np.ndarray:
-    """(3, N) positions, (T, 3) int32 triangles over the vertices ``used`` (M,) int32 ->
-    (3, N) unit normals facing the camera (+z) at those vertices ((0, 0, 1) where no
-    triangle has area; other vertices undefined)."""
-    n = positions.shape[1]
-    sums = np.zeros((n, 3), np.float64)
+@njit(inline="always")
+def _vertex_normals(records, triangles, sums):
+    """Into ``sums`` (M, 3): unit normals facing the camera (+z) of the records' x, y, z,
+    area-weighted over ``triangles`` ((0, 0, 1) where no triangle has area)."""
+    sums[:] = 0.0
     for t in range(triangles.shape[0]):
         a, b, c = triangles[t, 0], triangles[t, 1], triangles[t, 2]
-        e1x = positions[0, b] - positions[0, a]
-        e1y = positions[1, b] - positions[1, a]
-        e1z = positions[2, b] - positions[2, a]
-        e2x = positions[0, c] - positions[0, a]
-        e2y = positions[1, c] - positions[1, a]
-        e2z = positions[2, c] - positions[2, a]
+        e1x = records[b, 0] - records[a, 0]
+        e1y = records[b, 1] - records[a, 1]
+        e1z = records[b, 2] - records[a, 2]
+        e2x = records[c, 0] - records[a, 0]
+        e2y = records[c, 1] - records[a, 1]
+        e2z = records[c, 2] - records[a, 2]
         nx = e1y * e2z - e1z * e2y
         ny = e1z * e2x - e1x * e2z
         nz = e1x * e2y - e1y * e2x
@@ -80,8 +126,7 @@ def vertex_normals(positions: np.ndarray, triangles: np.ndarray, used: np.ndarra
             sums[v, 0] += nx
             sums[v, 1] += ny
             sums[v, 2] += nz
-    out = np.empty((3, n), np.float64)
-    for v in used:
+    for v in range(sums.shape[0]):
         nx, ny, nz = sums[v, 0], sums[v, 1], sums[v, 2]
         length = np.sqrt(nx * nx + ny * ny + nz * nz)
         if length > 0.0 and np.isfinite(length):
@@ -90,8 +135,7 @@ def vertex_normals(positions: np.ndarray, triangles: np.ndarray, used: np.ndarra
             nx, ny, nz = 0.0, 0.0, 1.0
         if nz < 0.0:  # two-sided: the winding of the mesh does not matter
             nx, ny, nz = -nx, -ny, -nz
-        out[0, v], out[1, v], out[2, v] = nx, ny, nz
-    return out
+        sums[v, 0], sums[v, 1], sums[v, 2] = nx, ny, nz
 
 
 @njit(inline="always")
@@ -106,46 +150,34 @@ def _power(base, exponent):
     return base**exponent
 
 
-@njit(**_JIT)
-def vertex_colours(
-    kind: int,
-    used: np.ndarray,
-    positions: np.ndarray,
-    normals: np.ndarray,
-    low: np.ndarray,
-    high: np.ndarray,
-    light: np.ndarray,
-    table: np.ndarray,
-    uv: np.ndarray,
-    texture_size: np.ndarray,
-    frame: np.ndarray,
-) -> np.ndarray:
-    """(N, 3) float32 per-vertex values of ``kind`` (LIT, NORMALS, DEPTH, TABLE, TEXELS,
-    FRAME; see the module doc) at the vertices ``used`` (M,) int32 (others undefined).
+@njit(inline="always")
+def _store(records, j, r, g, b):
+    """A vertex's value, rounded to float32 (the precision the GL path interpolates)."""
+    records[j, 5] = np.float64(np.float32(r))
+    records[j, 6] = np.float64(np.float32(g))
+    records[j, 7] = np.float64(np.float32(b))
 
-    Args:
-        positions: (3, N) image-space positions; normals: (3, N) (LIT, NORMALS).
-        low, high: (3,) the face's bounding box (LIT: its frame; DEPTH: its z extent).
-        light: :meth:`tddfa.render.lighting.Lighting.packed`.
-        table: (3, N) float32 PNCC code (TABLE); uv: (N, 2) float32 BFM texture
-            coordinates (TEXELS); texture_size: (2,) width, height (TEXELS).
-        frame: (H, W, 3) uint8, sampled bilinearly at each vertex (FRAME).
-    """
-    n = positions.shape[1]
-    out = np.empty((n, 3), np.float32)
+
+@njit(inline="always")
+def _values(kind, used, records, normals, low, high, light, table, uv, texture_size, frame):
+    """Columns 5-7 of the records: each vertex's value of ``kind``."""
     # LIT: Sim3DR's normalisation, the box centred, its longest side 2
     centre = (low + high) / 2.0
     scale = 2.0 / max(high[0] - low[0], high[1] - low[1], high[2] - low[2], 1e-6)
     z_extent = max(high[2] - low[2], 1e-6)
-    for v in used:
-        if kind == LIT:
-            px = (positions[0, v] - centre[0]) * scale
-            py = (positions[1, v] - centre[1]) * scale
-            pz = (positions[2, v] - centre[2]) * scale
+    height, width = frame.shape[0], frame.shape[1]
+    for j in range(used.shape[0]):
+        v = used[j]
+        if kind == NONE:
+            _store(records, j, 0.0, 0.0, 0.0)
+        elif kind == LIT:
+            px = (records[j, 0] - centre[0]) * scale
+            py = (records[j, 1] - centre[1]) * scale
+            pz = (records[j, 2] - centre[2]) * scale
             lx, ly, lz = light[4] - px, light[5] - py, light[6] - pz
             length = np.sqrt(lx * lx + ly * ly + lz * lz)
             lx, ly, lz = lx / length, ly / length, lz / length
-            nx, ny, nz = normals[0, v], normals[1, v], normals[2, v]
+            nx, ny, nz = normals[j, 0], normals[j, 1], normals[j, 2]
             cosine = nx * lx + ny * ly + nz * lz
             shade = light[0] + light[1] * max(cosine, 0.0)
             if cosine > 0.0:
@@ -155,27 +187,29 @@ def vertex_colours(
                 facing = max((vx * rx + vy * ry + vz * rz) / length, 0.0)
                 shade += light[2] * min(max(_power(facing, light[3]), 0.0), 1.0)
             shade = min(max(shade, 0.0), 1.0)
-            for c in range(3):
-                out[v, c] = light[10 + c] * shade
+            _store(records, j, light[10] * shade, light[11] * shade, light[12] * shade)
         elif kind == NORMALS:
-            for c in range(3):
-                out[v, c] = 0.5 * normals[c, v] + 0.5
+            _store(
+                records, j, 0.5 * normals[j, 0] + 0.5, 0.5 * normals[j, 1] + 0.5,
+                0.5 * normals[j, 2] + 0.5,
+            )  # fmt: skip
         elif kind == DEPTH:
-            grey = positions[2, v] / z_extent
-            for c in range(3):
-                out[v, c] = grey
+            grey = records[j, 2] / z_extent
+            _store(records, j, grey, grey, grey)
         elif kind == TABLE:
-            for c in range(3):
-                out[v, c] = table[c, v]
+            _store(records, j, table[0, v], table[1, v], table[2, v])
         elif kind == TEXELS:  # the image's row 0 is v = 1
-            out[v, 0] = uv[v, 0] * (texture_size[0] - 1.0)
-            out[v, 1] = (1.0 - uv[v, 1]) * (texture_size[1] - 1.0)
-            out[v, 2] = 0.0
+            _store(
+                records, j, uv[v, 0] * (texture_size[0] - 1.0),
+                (1.0 - uv[v, 1]) * (texture_size[1] - 1.0), 0.0,
+            )  # fmt: skip
         else:  # FRAME: the frame at the vertex, clamped into it
-            x = min(max(positions[0, v], 0.0), frame.shape[1] - 1.0)
-            y = min(max(positions[1, v], 0.0), frame.shape[0] - 1.0)
+            x = min(max(records[j, 0], 0.0), width - 1.0)
+            y = min(max(records[j, 1], 0.0), height - 1.0)
             if not (np.isfinite(x) and np.isfinite(y)):
                 x, y = 0.0, 0.0
-            for c in range(3):
-                out[v, c] = bilinear(frame, x, y, c)
-    return out
+            c0, c1, r0, r1, ax, ay = taps(x, y, width, height)
+            _store(
+                records, j, mix(frame, c0, c1, r0, r1, ax, ay, 0),
+                mix(frame, c0, c1, r0, r1, ax, ay, 1), mix(frame, c0, c1, r0, r1, ax, ay, 2),
+            )  # fmt: skip

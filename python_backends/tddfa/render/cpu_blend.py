@@ -1,0 +1,121 @@
+"""The CPU renderer's last step (numba): a region's drawing blended over the frame.
+
+:func:`composite` blends the interpolated colour, :func:`composite_texture` samples the
+texture image at the interpolated texel coordinates first; both round as the GL path's
+RGBA8 target and blend (``mix(frame, drawn, alpha)``, then UNORM8 rounding). :func:`taps`
+and :func:`mix` are GL_LINEAR sampling, which the vertex stage shares (uv maps sample the
+frame at each vertex).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+
+@njit(inline="always")
+def unorm8(value):
+    """float in [0, 1] (clamped) -> 0..255, rounded as GL's conversion to RGBA8."""
+    return np.int64(min(max(value, 0.0), 1.0) * 255.0 + 0.5)
+
+
+@njit(inline="always")
+def _div255(x):
+    """round(x / 255) for 0 <= x <= 255 * 255, without a division (a signed integer
+    division costs numba more than the rest of the blend)."""
+    x += 128
+    return (x + (x >> 8)) >> 8
+
+
+@njit(inline="always")
+def taps(x, y, width, height):
+    """GL_LINEAR's four texels around (x, y) (texel centres at integers, clamped to the
+    edge) and the weights of the right and lower ones."""
+    fx, fy = np.floor(x), np.floor(y)
+    c0 = min(max(np.int64(fx), 0), width - 1)
+    c1 = min(max(np.int64(fx) + 1, 0), width - 1)
+    r0 = min(max(np.int64(fy), 0), height - 1)
+    r1 = min(max(np.int64(fy) + 1, 0), height - 1)
+    return c0, c1, r0, r1, x - fx, y - fy
+
+
+@njit(inline="always")
+def mix(image, c0, c1, r0, r1, ax, ay, channel):
+    """GL_LINEAR's value of ``channel`` of (H, W, C) uint8 ``image`` from :func:`taps`,
+    in [0, 1]."""
+    top = image[r0, c0, channel] * (1.0 - ax) + image[r0, c1, channel] * ax
+    low = image[r1, c0, channel] * (1.0 - ax) + image[r1, c1, channel] * ax
+    return (top * (1.0 - ay) + low * ay) / 255.0
+
+
+@njit(inline="always")
+def _blend(frame, at, drawn, alpha8):
+    """frame[at] = drawn (0..255) over it, weighted alpha8 / 255."""
+    frame[at] = _div255(np.int64(frame[at]) * (255 - alpha8) + drawn * alpha8)
+
+
+@njit(**_JIT)
+def composite(
+    out: np.ndarray, region: np.ndarray, colour: np.ndarray, written: np.ndarray, alpha8: int
+) -> None:
+    """Blend the region's drawing over ``out`` (H, W, 3) uint8 in place: the colour, stored
+    as 8 bits, weighted ``alpha8`` / 255 (255: opaque), every written pixel once, rounded
+    as GL does."""
+    x0, y0 = region[0], region[1]
+    height, width = written.shape
+    frame = out.reshape(-1)
+    drawn = colour.reshape(-1)
+    for row in range(height):
+        start = 3 * ((y0 + row) * out.shape[1] + x0)
+        for col in range(width):
+            if not written[row, col]:
+                continue
+            at, source = start + 3 * col, 3 * (row * width + col)
+            for c in range(3):
+                value = unorm8(drawn[source + c])
+                if alpha8 >= 255:
+                    frame[at + c] = value
+                else:
+                    _blend(frame, at + c, value, alpha8)
+
+
+@njit(**_JIT)
+def composite_texture(
+    out: np.ndarray,
+    region: np.ndarray,
+    colour: np.ndarray,
+    written: np.ndarray,
+    alpha8: int,
+    texture: np.ndarray,
+) -> None:
+    """As :func:`composite` for the texture mode: the colour's first two channels are
+    texel coordinates (x, y) of ``texture`` (h, w, 3) uint8, sampled (GL_LINEAR, clamped)
+    once per visible pixel."""
+    x0, y0 = region[0], region[1]
+    height, width = written.shape
+    frame = out.reshape(-1)
+    drawn = colour.reshape(-1)
+    texels = texture.reshape(-1)
+    texture_height, texture_width = texture.shape[0], texture.shape[1]
+    for row in range(height):
+        start = 3 * ((y0 + row) * out.shape[1] + x0)
+        for col in range(width):
+            if not written[row, col]:
+                continue
+            source = 3 * (row * width + col)
+            c0, c1, r0, r1, ax, ay = taps(
+                drawn[source], drawn[source + 1], texture_width, texture_height
+            )
+            top0, top1 = 3 * (r0 * texture_width + c0), 3 * (r0 * texture_width + c1)
+            low0, low1 = 3 * (r1 * texture_width + c0), 3 * (r1 * texture_width + c1)
+            at = start + 3 * col
+            for c in range(3):
+                upper = texels[top0 + c] * (1.0 - ax) + texels[top1 + c] * ax
+                lower = texels[low0 + c] * (1.0 - ax) + texels[low1 + c] * ax
+                value = unorm8((upper * (1.0 - ay) + lower * ay) / 255.0)
+                if alpha8 >= 255:
+                    frame[at + c] = value
+                else:
+                    _blend(frame, at + c, value, alpha8)
