@@ -78,31 +78,33 @@ def vertex_records(
         high_x = x if high_x < x < inf else high_x
         high_y = y if high_y < y < inf else high_y
         high_z = z if high_z < z < inf else high_z
-    m = used.shape[0]
-    for j in range(m):  # the records of the vertices used
-        v = used[j]
-        mx, my, mz = np.float64(model[0, v]), np.float64(model[1, v]), np.float64(model[2, v])
-        records[j, 0] = t00 * mx + t01 * my + t02 * mz + t03
-        records[j, 1] = t10 * mx + t11 * my + t12 * mz + t13
-        records[j, 2] = t20 * mx + t21 * my + t22 * mz + t23
     shift = 0.0
     if shift_z and low_z <= high_z:
         shift = low_z
         low_z -= shift
         high_z -= shift
-        for j in range(m):
-            records[j, 2] -= shift
     low = np.array([low_x, low_y, low_z])
     high = np.array([high_x, high_y, high_z])
+    hidden = 0
+    for j in range(used.shape[0]):  # the records of the vertices used
+        v = used[j]
+        mx, my, mz = np.float64(model[0, v]), np.float64(model[1, v]), np.float64(model[2, v])
+        x = t00 * mx + t01 * my + t02 * mz + t03
+        y = t10 * mx + t11 * my + t12 * mz + t13
+        z = t20 * mx + t21 * my + t22 * mz + t23
+        z = z - shift if shift_z else z
+        records[j, 0], records[j, 1], records[j, 2] = x, y, z
+        records[j, 3] = np.floor(x * SUBPIXEL + 0.5)
+        records[j, 4] = np.floor(y * SUBPIXEL + 0.5)
+        hidden += not (abs(x) < GUARD and abs(y) < GUARD and np.isfinite(z))  # NaN: False
     if kind == LIT or kind == NORMALS:
         _vertex_normals(records, triangles, sums)
     _values(kind, used, records, sums, low, high, light, table, uv, texture_size, frame)
-    for j in range(m):  # snap, and mark what is not drawn
-        x, y, z = records[j, 0], records[j, 1], records[j, 2]
-        ok = abs(x) < GUARD and abs(y) < GUARD and np.isfinite(z)  # NaN compares False
-        records[j, 2] = z if ok else np.nan
-        records[j, 3] = np.floor(x * SUBPIXEL + 0.5) if ok else 0.0
-        records[j, 4] = np.floor(y * SUBPIXEL + 0.5) if ok else 0.0
+    if hidden:  # after the values: a hidden vertex's position still shapes its normals
+        for j in range(used.shape[0]):
+            x, y, z = records[j, 0], records[j, 1], records[j, 2]
+            if not (abs(x) < GUARD and abs(y) < GUARD and np.isfinite(z)):
+                records[j, 2:5] = np.nan, 0.0, 0.0
     return low, high
 
 
