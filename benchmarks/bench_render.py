@@ -10,15 +10,22 @@ alternation so that both see the same load on a shared machine. On a GPU (``--de
 cuda:0``) the inputs live on the device (CuPy) and each batch is timed to its completion
 (stream synchronised).
 
+``--breakdown`` (CPU renderer) also times each phase of a frame: the BFM decode, the
+vertex stage, the triangles, the lines, the blend, the uv maps and the rest (Python,
+the frame's copy), mean milliseconds per frame, in a pass of its own.
+
   .venv/bin/python benchmarks/bench_render.py --opengl --frames 60
+  .venv/bin/python benchmarks/bench_render.py --breakdown --frames 60
   .venv/bin/python benchmarks/bench_render.py --device cuda:0 --batch 8
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +95,69 @@ def time_mode(
     return times
 
 
+# --breakdown: the CPU renderer's phases, each the module functions it calls
+PHASES = {
+    "vertex stage": [("shading", "vertex_records")],
+    "triangles": [("raster", "fill_triangles")],
+    "lines": [("raster", "draw_lines")],
+    "blend": [("cpu_blend", "composite"), ("cpu_blend", "composite_texture")],
+    "uv map": [("cpu_atlas", "paint_atlas")],
+}
+
+
+@contextlib.contextmanager
+def phase_timer(step) -> Iterator[dict[str, float]]:
+    """Seconds spent in each phase (PHASES, and "decode": the step's BFM decode) while
+    inside, accumulated in the dict it yields: the functions are wrapped, then restored."""
+    import importlib
+
+    spent = dict.fromkeys(["decode", *PHASES], 0.0)
+
+    def timed(phase: str, function):
+        def wrapper(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[phase] += time.perf_counter() - began
+
+        return wrapper
+
+    patched = [(step.decoder, "vertices", step.decoder.vertices, "decode")]
+    for phase, names in PHASES.items():
+        for module, name in names:
+            owner = importlib.import_module(f"tddfa.render.{module}")
+            patched.append((owner, name, getattr(owner, name), phase))
+    for owner, name, function, phase in patched:
+        setattr(owner, name, timed(phase, function))
+    try:
+        yield spent
+    finally:
+        for owner, name, function, _ in patched:
+            if owner is step.decoder:
+                delattr(owner, name)  # back to the class's method
+            else:
+                setattr(owner, name, function)
+
+
+def breakdown_row(step, data: dict, mode: str, rounds: int) -> list:
+    """One mode's mean ms per frame in each phase, the rest and the total (batch 1)."""
+    from tddfa.contract import RENDER_MODE_PARAMETER
+
+    parameters = [{RENDER_MODE_PARAMETER: mode}]
+    frames = [{k: v[i : i + 1] for k, v in data.items()} for i in range(len(data["IMAGE"]))]
+    step.run(frames[0], parameters)
+    with phase_timer(step) as spent:
+        began = time.perf_counter()
+        for _ in range(rounds):
+            for inputs in frames:
+                step.run(inputs, parameters)
+        total = time.perf_counter() - began
+    count = rounds * len(frames)
+    phases = [1000 * spent[name] / count for name in spent]
+    return [mode, *phases, 1000 * total / count - sum(phases), 1000 * total / count]
+
+
 def main(argv: list[str] | None = None) -> int:
     from tddfa.contract import RENDER_MODES
 
@@ -103,11 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, help="the CPU renderer's threads a frame (default: the config's)"
     )
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time each phase of the CPU renderer"
+    )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     os.environ.setdefault("EGL_PLATFORM", "surfaceless")
     if args.opengl and args.device != "cpu":
         parser.error("--opengl compares on the CPU: the GPU renderer is OpenGL already")
+    if args.breakdown and args.device != "cpu":
+        parser.error("--breakdown times the CPU renderer's phases: pass --device cpu")
 
     from tddfa.render.step import build_render_step
 
@@ -140,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                 row += [float(gl[0]), float(gl[1]), f"{gl[0] / row[2]:.1f}x"]
             rows.append(row)
             LOG.info("%s: median %.2f ms/frame", mode, row[2])
+        phases = []
+        if args.breakdown:
+            phases = [breakdown_row(steps["this"], data, m, args.rounds) for m in args.modes]
     finally:
         for step in steps.values():
             step.close()
@@ -147,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.opengl:
         header += ["OpenGL llvmpipe median ms", "CPU ms", "speed-up"]
     table = format_table(header, rows)
+    if phases:
+        names = ["decode", *PHASES, "rest", "total"]
+        table += "\n\nmean ms per frame in each phase (--breakdown, a pass of its own):\n\n"
+        table += format_table(["mode", *names], phases)
     print(table)
     notes = [
         f"frames: {args.video.name}, first {len(faces)}, faces per frame {faces.min()}-"

@@ -98,10 +98,11 @@ def composite_texture(
     texel coordinates (x, y) of ``texture`` (h, w, 3) uint8, sampled (GL_LINEAR, clamped)
     once per visible pixel.
 
-    The filter runs in integers: a float32 texel coordinate below 2^24 has at most 24
-    bits below its point, so its weights are exact in 24-bit fixed point and so is the
-    filtered value (56 bits), rounded to 8 bits once (float64 arithmetic rounds twice on
-    the way and takes longer; the two differ only on exact halves)."""
+    The filter runs in integers: a float32 texel coordinate of 1 or more has at most 23
+    bits below its point, so its weights are exact in 24-bit fixed point (below 1 they
+    lose what lies past 2^-24 of a texel) and so is the filtered value (56 bits), rounded
+    to 8 bits once: float64 arithmetic rounds on the way too and takes longer; the two
+    differ only on values a half or within 2^-16 of it."""
     x0, y0 = region[0], region[1]
     height, width = written.shape
     frame, drawn, flags = out.reshape(-1), colour.reshape(-1), written.reshape(-1)
