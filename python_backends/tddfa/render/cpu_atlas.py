@@ -56,10 +56,12 @@ def paint_atlas(
     ``column + S - 1``: each covered pixel of ``winner`` (:func:`cover_triangles`) gets
     its triangle's ``values`` (M, 8) records' colours, interpolated at the pixel centre."""
     side = winner.shape[0]
+    pixels, drawn = winner.reshape(-1), out.reshape(-1)
     for py in range(side):
         sy = py * SUBPIXEL
+        start = 3 * (py * out.shape[1] + column)
         for px in range(side):
-            t = winner[py, px]
+            t = pixels[py * side + px]
             if t < 0:
                 continue
             i0, i1, i2, ax, ay, bx, by, cx, cy, area = wound(records, triangles, t)
@@ -69,6 +71,7 @@ def paint_atlas(
             b0 = ((cx - bx) * (sy - by) - (cy - by) * (sx - bx)) * inverse
             b1 = ((ax - cx) * (sy - cy) - (ay - cy) * (sx - cx)) * inverse
             b2 = ((bx - ax) * (sy - ay) - (by - ay) * (sx - ax)) * inverse
+            at = start + 3 * px
             for c in range(3):
                 value = b0 * values[i0, 5 + c] + b1 * values[i1, 5 + c] + b2 * values[i2, 5 + c]
-                out[py, column + px, c] = unorm8(np.float64(np.float32(value)))
+                drawn[at + c] = unorm8(np.float64(np.float32(value)))

@@ -192,6 +192,11 @@ def draw_lines(
     """One-pixel lines along ``edges`` (E, 2) int32 rows of ``records`` in colour ``rgb``
     (3,), depth tested (GL_LEQUAL, depth written) against ``depth``."""
     x0, y0, x1, y1 = region[0], region[1], region[2], region[3]
+    width = x1 - x0
+    depth_at = depth.reshape(-1)
+    colour_at = colour.reshape(-1)
+    written_at = written.reshape(-1)
+    red, green, blue = rgb[0], rgb[1], rgb[2]
     for e in range(edges.shape[0]):
         a, b = edges[e, 0], edges[e, 1]
         az, bz = records[a, 2], records[b, 2]
@@ -217,12 +222,13 @@ def draw_lines(
             if px < x0 or px >= x1 or py < y0 or py >= y1:
                 continue
             z = az + t * (bz - az)
-            row, col = py - y0, px - x0
-            if z >= depth[row, col]:
-                depth[row, col] = z
-                for c in range(3):
-                    colour[row, col, c] = rgb[c]
-                written[row, col] = 1
+            at = (py - y0) * width + px - x0
+            if z >= depth_at[at]:
+                depth_at[at] = z
+                colour_at[3 * at] = red
+                colour_at[3 * at + 1] = green
+                colour_at[3 * at + 2] = blue
+                written_at[at] = 1
 
 
 @njit(**_JIT)
