@@ -82,7 +82,8 @@ def composite(
             at, source = np.uint64(start + 3 * col), np.uint64(3) * pixel
             for c in range(3):
                 k = np.uint64(c)
-                frame[at + k] = _blend(frame[at + k], unorm8(drawn[source + k]), alpha8)
+                value = unorm8(drawn[source + k])
+                frame[at + k] = value if alpha8 >= 255 else _blend(frame[at + k], value, alpha8)
 
 
 @njit(**_JIT)
