@@ -17,6 +17,7 @@ instances.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -385,15 +386,15 @@ def _region(boxes, shape) -> np.ndarray | None:
     """The (4,) int64 x0, y0, x1, y1 (exclusive) of the pixel centres inside the union of
     ``boxes`` ((low, high) with x, y first) and the frame; None when empty."""
     height, width = shape[:2]
-    lows = [b[0][:2] for b in boxes if np.all(b[0][:2] <= b[1][:2])]
-    highs = [b[1][:2] for b in boxes if np.all(b[0][:2] <= b[1][:2])]
-    if not lows:
+    kept = [(b[0], b[1]) for b in boxes if b[0][0] <= b[1][0] and b[0][1] <= b[1][1]]
+    if not kept:
         return None
-    low, high = np.min(lows, axis=0), np.max(highs, axis=0)
-    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+    low_x, low_y = min(float(b[0][0]) for b in kept), min(float(b[0][1]) for b in kept)
+    high_x, high_y = max(float(b[1][0]) for b in kept), max(float(b[1][1]) for b in kept)
+    if not all(math.isfinite(v) for v in (low_x, low_y, high_x, high_y)):
         return None
-    x0, y0 = max(0, int(np.ceil(low[0]))), max(0, int(np.ceil(low[1])))
-    x1, y1 = min(width, int(np.floor(high[0])) + 1), min(height, int(np.floor(high[1])) + 1)
+    x0, y0 = max(0, math.ceil(low_x)), max(0, math.ceil(low_y))
+    x1, y1 = min(width, math.floor(high_x) + 1), min(height, math.floor(high_y) + 1)
     if x1 <= x0 or y1 <= y0:
         return None
     return np.array([x0, y0, x1, y1], np.int64)
@@ -401,6 +402,8 @@ def _region(boxes, shape) -> np.ndarray | None:
 
 def _bands(region: np.ndarray, count: int) -> list[np.ndarray]:
     """``region`` cut into ``count`` horizontal bands of about equal height."""
+    if count == 1:
+        return [region]
     rows = np.linspace(region[1], region[3], count + 1).round().astype(np.int64)
     return [
         np.array([region[0], top, region[2], bottom], np.int64)
