@@ -118,3 +118,38 @@ def test_one_renderer_draws_for_several_threads(render_step, emma):
     for mode in modes:
         for out in together[mode]:
             np.testing.assert_array_equal(out, alone[mode], err_msg=mode)
+
+
+_COMPILES_NOTHING = """
+import sys
+import numpy as np
+from tddfa.contract import RENDER_MODE_PARAMETER, RENDER_MODES
+from tddfa.render import cpu_atlas, cpu_blend, raster, shading
+from tddfa.render.step import build_render_step
+
+kernels = [shading.vertex_records, raster.fill_triangles, raster.draw_lines, raster.fill_discs,
+           cpu_blend.composite, cpu_blend.composite_texture, cpu_atlas.paint_atlas]
+step = build_render_step(sys.argv[1])
+before = [len(k.signatures) for k in kernels]
+with np.load(sys.argv[2]) as faces:
+    inputs = {name: faces[name] for name in faces.files}
+for mode in RENDER_MODES:
+    step.run(inputs, [{RENDER_MODE_PARAMETER: mode}])
+after = [len(k.signatures) for k in kernels]
+assert all(before) and after == before, (before, after)
+"""
+
+
+def test_every_kernel_is_compiled_at_load(render_version, emma, tmp_path):
+    """A served frame compiles nothing: building the step (a fresh process) compiled, or
+    loaded from numba's cache, every kernel with the types a frame brings, in every mode."""
+    import subprocess
+    import sys
+
+    faces = tmp_path / "faces.npz"
+    np.savez(faces, **{name: emma[name] for name in FACE_INPUTS})
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILES_NOTHING, str(render_version), str(faces)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
