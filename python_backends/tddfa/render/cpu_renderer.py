@@ -119,8 +119,9 @@ class _Buffers:
 
 
 class CpuRenderer:
-    """Draws faces over numpy frames on the CPU (see the module doc). Its state is read-only
-    after construction: calls may come from several threads at once.
+    """Draws faces over numpy frames on the CPU (see the module doc). Its shared state is
+    read-only after construction and each calling thread draws in buffers of its own:
+    calls may come from several threads at once.
 
     Args: as :class:`tddfa.render.MeshRenderer` (``device`` is always ``"cpu"``):
         triangles (3, T), alpha, lighting, assets, texture, uv_size, wire_color; and
