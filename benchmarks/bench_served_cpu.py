@@ -67,9 +67,7 @@ def one_round(url: str, frames: list, mode: str, in_flight: int, window: CpuWind
         seconds = window.stop()
     cpu = {"client": client}
     # "supervisor" is the process that started tritonserver: this one when it started it
-    cpu.update(
-        {k.removeprefix("stub:"): v for k, v in seconds.items() if k not in IGNORED_GROUPS}
-    )
+    cpu.update({k.removeprefix("stub:"): v for k, v in seconds.items() if k not in IGNORED_GROUPS})
     result = {name: 1e3 * value / done for name, value in cpu.items()}
     result["frames/s"] = done / elapsed
     return result
