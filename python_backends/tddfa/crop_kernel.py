@@ -13,16 +13,20 @@ The taps (which pixels, which weights) still come from :func:`tddfa.roi.crop_tap
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
-# compiled when first imported (cached on disk), so no served request pays for it
-_SIGNATURE = (
-    "void(uint8[:, :, ::1], int64[:, ::1], int64[:, ::1], int32[:, ::1], int32[:, ::1], "
-    "int64[:, ::1], int64[:, ::1], int32[:, ::1], int32[:, ::1], float32[:, :, :, ::1])"
-)
+_INDEX, _WEIGHT = types.int64[:, ::1], types.int32[:, ::1]
+_TAPS = (_INDEX, _INDEX, _WEIGHT, _WEIGHT) * 2  # x0 x1 a0 a1, y0 y1 b0 b1
+_OUT = types.float32[:, :, :, ::1]
+# one signature per kind of frame: Triton's input tensors are read-only arrays. Compiled when
+# first imported (cached on disk), so no served request pays for it.
+_SIGNATURES = [
+    types.void(types.Array(types.uint8, 3, "C", readonly=readonly), *_TAPS, _OUT)
+    for readonly in (False, True)
+]
 
 
-@njit(_SIGNATURE, cache=True, nogil=True)
+@njit(_SIGNATURES, cache=True, nogil=True)
 def crop_faces(image, x0, x1, a0, a1, y0, y1, b0, b1, out):  # pragma: no cover - compiled
     """Fill ``out[:k]`` (k, 3, S, S) with the crops of ``image`` (H, W, 3) uint8 whose
     (k, S) taps :func:`tddfa.roi.crop_taps` gave (column/row indices and int32 weights)."""

@@ -126,3 +126,6 @@ def test_compiled_crops_equal_the_array_formulation(emma):
         gathered = np.zeros_like(compiled)
         _gather_crops(emma, crop_taps(rois, height, width, 120), gathered)
         np.testing.assert_array_equal(compiled, gathered)
+    frozen = emma.copy()
+    frozen.flags.writeable = False  # Triton's input tensors are read-only
+    np.testing.assert_array_equal(crop_and_resize(frozen, rois), compiled)
