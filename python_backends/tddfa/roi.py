@@ -106,7 +106,11 @@ def crop_taps(rois: Any, height: int, width: int, size: int = REGRESSOR_SIZE) ->
 
 
 def crop_and_resize(
-    image: Any, rois: Any, size: int = REGRESSOR_SIZE, count: int | None = None
+    image: Any,
+    rois: Any,
+    size: int = REGRESSOR_SIZE,
+    count: int | None = None,
+    out: Any | None = None,
 ) -> Any:
     """Cut each ROI out of the frame (black outside it) and resize it to size x size.
 
@@ -120,14 +124,16 @@ def crop_and_resize(
         rois: (K, 4) (sx, sy, ex, ey) image pixels; rounded to the nearest integer.
         size: output side (the regressor's 120).
         count: number of filled slots; slots >= count (and empty ROIs) give zeros.
+        out: a zero-filled (K, 3, size, size) float32 array to write into (None: a new one).
 
     Returns:
-        (K, 3, size, size) float32 RGB, integer values 0..255.
+        (K, 3, size, size) float32 RGB, integer values 0..255 (``out`` when given).
     """
     xp = get_xp(image)
     height, width = int(image.shape[0]), int(image.shape[1])
     num = int(rois.shape[0])
-    out = xp.zeros((num, 3, size, size), dtype=xp.float32)
+    if out is None:
+        out = xp.zeros((num, 3, size, size), dtype=xp.float32)
     if count is not None:
         rois = rois[: max(0, min(int(count), num))]  # skip the empty slots' work
     if rois.shape[0] == 0:
