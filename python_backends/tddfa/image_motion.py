@@ -70,8 +70,7 @@ def crop_shift(previous: Any, current: Any) -> tuple[Any, Any]:
     # real crops: half the spectrum (rfft2) holds all of it, at half the work of fft2
     cross = spectrum(current) * xp.conj(spectrum(previous))
     cross /= xp.maximum(xp.abs(cross), 1e-12)
-    cross *= weight
-    surface = xp.fft.irfft2(cross, s=(size, size))  # (N, S, S), peak at the shift
+    surface = xp.fft.irfft2(cross * weight, s=(size, size))  # (N, S, S), peak at the shift
     flat = surface.reshape(n, -1).argmax(axis=1)
     py, px = flat // size, flat % size
     rows = xp.arange(n)
