@@ -268,6 +268,7 @@ class SequenceModel(StepModel):
                 "instance": args.get("model_instance_name", ""),
             }
         )
+        self._published = -1  # the gauge's last value set by execute
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="sequence-sweeper", daemon=True)
         self._sweeper.start()
@@ -283,7 +284,12 @@ class SequenceModel(StepModel):
 
     def execute(self, requests):
         responses = super().execute(requests)
-        self._open.set(len(self.step.store))
+        # setting a metric is a round trip to tritonserver: only when the count changed (a
+        # sequence started or ended); the sweeper sets it every second whatever happened
+        count = len(self.step.store)
+        if count != self._published:
+            self._published = count
+            self._open.set(count)
         return responses
 
     def finalize(self) -> None:
