@@ -18,7 +18,7 @@ import numpy as np
 
 from tddfa import params, roi
 from tddfa.bfm import BFM
-from tddfa.config import NUM_EXP, NUM_PARAMS, NUM_SHAPE, PipelineConfig
+from tddfa.config import NUM_EXP, NUM_PARAMS, NUM_SHAPE, REGRESSOR_SIZE, PipelineConfig
 from tddfa.face_slots import run_filled_slots
 from tddfa.graph import STEPS
 from tddfa.xp import get_xp
@@ -53,12 +53,10 @@ class Aligner:
             from tddfa import gpu_kernels
 
             return gpu_kernels.face_crops(images, rois, counts)  # one launch
-        return np.stack(
-            [
-                roi.crop_and_resize(image, frame_rois, count=int(count))
-                for image, frame_rois, count in zip(images, rois, counts, strict=True)
-            ]
-        )
+        out = np.zeros((*rois.shape[:2], 3, REGRESSOR_SIZE, REGRESSOR_SIZE), np.float32)
+        for image, frame_rois, count, crops in zip(images, rois, counts, out, strict=True):
+            roi.crop_and_resize(image, frame_rois, count=int(count), out=crops)  # in place
+        return out
 
     def regress(self, crops: Any, counts: Any) -> Any:
         """(B,K,3,120,120) crops -> (B,K,62) normalised params (zeros in empty slots): the

@@ -15,6 +15,7 @@ numpy/CuPy agnostic: a batch of crops is one FFT on the device they are on.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -31,9 +32,17 @@ def gray(crops: Any) -> Any:
     return crops.mean(axis=-3)
 
 
-def _window(xp: Any, size: int) -> Any:
-    hann = xp.asarray(np.hanning(size), dtype=xp.float32)
-    return hann[:, None] * hann[None, :]
+@functools.lru_cache(maxsize=4)
+def _weights(size: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The constants of :func:`crop_shift` for ``size`` x ``size`` crops (host, made once):
+    the Hann window (S, S) float32, the Gaussian spectrum weight on the half spectrum
+    that ``rfft2`` keeps (S, S // 2 + 1) float64, and that weight's sum over the whole
+    spectrum (what an identical pair's peak is normalised by)."""
+    hann = np.hanning(size).astype(np.float32)
+    freq = np.fft.fftfreq(size)
+    full = np.exp(-(freq[:, None] ** 2 + freq[None, :] ** 2) / (2 * SPECTRUM_SIGMA**2))
+    half = np.ascontiguousarray(full[:, : size // 2 + 1])
+    return hann[:, None] * hann[None, :], half, float(full.sum())
 
 
 def crop_shift(previous: Any, current: Any) -> tuple[Any, Any]:
@@ -51,17 +60,17 @@ def crop_shift(previous: Any, current: Any) -> tuple[Any, Any]:
     n, size = current.shape[0], current.shape[-1]
     if n == 0:
         return xp.zeros((0, 2)), xp.zeros(0)
-    window = _window(xp, size)
+    window, weight, weight_sum = _weights(size)
+    window, weight = xp.asarray(window), xp.asarray(weight)
 
     def spectrum(images):
         images = images - images.mean(axis=(1, 2), keepdims=True)
-        return xp.fft.fft2(images * window)
+        return xp.fft.rfft2(images * window)
 
+    # real crops: half the spectrum (rfft2) holds all of it, at half the work of fft2
     cross = spectrum(current) * xp.conj(spectrum(previous))
     cross /= xp.maximum(xp.abs(cross), 1e-12)
-    freq = xp.fft.fftfreq(size)
-    weight = xp.exp(-(freq[:, None] ** 2 + freq[None, :] ** 2) / (2 * SPECTRUM_SIGMA**2))
-    surface = xp.fft.ifft2(cross * weight).real  # (N, S, S), peak at the shift
+    surface = xp.fft.irfft2(cross * weight, s=(size, size))  # (N, S, S), peak at the shift
     flat = surface.reshape(n, -1).argmax(axis=1)
     py, px = flat // size, flat % size
     rows = xp.arange(n)
@@ -79,7 +88,7 @@ def crop_shift(previous: Any, current: Any) -> tuple[Any, Any]:
     wrap = lambda i: (i + size // 2) % size - size // 2  # noqa: E731 - peak index -> shift
     shift = xp.stack([wrap(px) + dx, wrap(py) + dy], axis=1).astype(xp.float64)
     # an identical pair peaks at the sum of the weights / S^2 (the inverse FFT's 1/S^2)
-    peak = centre * (size * size) / weight.sum()
+    peak = centre * (size * size) / weight_sum
     return shift, peak.astype(xp.float64)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from tddfa.config import REGRESSOR_SIZE
 from tddfa.resize import blend_rows_u8, fixed_point_weights, inverse_scale, linear_taps
 from tddfa.xp import get_xp
@@ -103,7 +105,11 @@ def crop_taps(rois: Any, height: int, width: int, size: int = REGRESSOR_SIZE) ->
 
 
 def crop_and_resize(
-    image: Any, rois: Any, size: int = REGRESSOR_SIZE, count: int | None = None
+    image: Any,
+    rois: Any,
+    size: int = REGRESSOR_SIZE,
+    count: int | None = None,
+    out: Any | None = None,
 ) -> Any:
     """Cut each ROI out of the frame (black outside it) and resize it to size x size.
 
@@ -117,20 +123,49 @@ def crop_and_resize(
         rois: (K, 4) (sx, sy, ex, ey) image pixels; rounded to the nearest integer.
         size: output side (the regressor's 120).
         count: number of filled slots; slots >= count (and empty ROIs) give zeros.
+        out: a zero-filled (K, 3, size, size) float32 array to write into (None: a new one).
 
     Returns:
-        (K, 3, size, size) float32 RGB, integer values 0..255.
+        (K, 3, size, size) float32 RGB, integer values 0..255 (``out`` when given).
     """
     xp = get_xp(image)
     height, width = int(image.shape[0]), int(image.shape[1])
     num = int(rois.shape[0])
-    out = xp.zeros((num, 3, size, size), dtype=xp.float32)
+    if out is None:
+        out = xp.zeros((num, 3, size, size), dtype=xp.float32)
     if count is not None:
         rois = rois[: max(0, min(int(count), num))]  # skip the empty slots' work
     if rois.shape[0] == 0:
         return out
-    x0, x1, a0, a1, y0, y1, b0, b1 = crop_taps(rois, height, width, size)
-    pixels = image.reshape(height * width, 3)
+    taps = crop_taps(rois, height, width, size)
+    if xp is np:  # the same arithmetic compiled (tddfa.crop_kernel): 0.25 vs 0.6 ms a face
+        from tddfa.crop_kernel import crop_faces  # numba: only processes that crop on the CPU
+
+        dtypes = (np.int64, np.int64, np.int32, np.int32) * 2  # x0 x1 a0 a1, y0 y1 b0 b1
+        crop_faces(
+            np.ascontiguousarray(image),
+            *(np.ascontiguousarray(t, dtype) for t, dtype in zip(taps, dtypes, strict=True)),
+            out,
+        )
+    else:
+        _gather_crops(image, taps, out)
+    return out
+
+
+def prepare_cpu_crops() -> None:
+    """Load (or compile, the first time) the CPU crop loop now, so that a CPU model's first
+    request does not pay for it (numba: about 0.4 s, and 0.1 GB of memory in each process
+    that crops on the CPU)."""
+    import tddfa.crop_kernel  # noqa: F401 - compiled or loaded from numba's cache on import
+
+
+def _gather_crops(image: Any, taps: tuple, out: Any) -> None:
+    """:func:`crop_and_resize`'s arithmetic as whole-array gathers (numpy or CuPy): fills
+    ``out[:k]`` from :func:`crop_taps`' (k, size) taps."""
+    xp = get_xp(image)
+    width = int(image.shape[1])
+    x0, x1, a0, a1, y0, y1, b0, b1 = taps
+    pixels = image.reshape(-1, 3)
     a0, a1 = a0[:, None, :, None], a1[:, None, :, None]
 
     def horizontal(rows):
@@ -147,4 +182,3 @@ def crop_and_resize(
         xp, horizontal(y0), horizontal(y1), b0[:, :, None, None], b1[:, :, None, None]
     )
     out[: crops.shape[0]] = crops.transpose(0, 3, 1, 2)
-    return out

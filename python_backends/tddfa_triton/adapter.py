@@ -49,12 +49,14 @@ class LoadContext:
         name: str,
         warmup_dims: dict[str, tuple[int, ...]] | None = None,
         folder: Path | None = None,
+        threads: int | None = None,
     ):
         """The runner of network ``name``: a BLS call to the served model when the config
         names one (:meth:`served_model`), else the network from ``folder`` (default
         ``<version>/<name>/``): the fastest runner present (tddfa.runners.make_runner), in the
         precision the build chose (``<name>_precision``), with CUDA graphs of every batch
-        size made now on the GPU."""
+        size made now on the GPU; ``threads``: onnxruntime's intra-op threads on the CPU
+        (None: one per core)."""
         served = self.served_model(name)
         if served is not None:
             from tddfa.contract import SERVED_NETWORKS
@@ -76,6 +78,7 @@ class LoadContext:
         runner = make_runner(
             folder if folder is not None else self.model_dir / name,
             self.device,
+            threads=threads,
             cuda_graphs=self.device != "cpu",  # one graph per batch size, replayed
             fp16=self.parameters.get(f"{name}_precision", "fp16") == "fp16",
         )
@@ -84,10 +87,10 @@ class LoadContext:
             warmup(warmup_dims, range(1, self.max_batch_size + 1))
         return runner
 
-    def detector(self):
+    def detector(self, threads: int | None = None):
         """The face detector: a BLS call to the served ``face_detector`` model when the config
         names one (:meth:`served_model`), else :class:`tddfa.detector.Detector` over the
-        FaceBoxes network in ``<version>/face_detector/``."""
+        FaceBoxes network in ``<version>/face_detector/`` (``threads``: as :meth:`network`)."""
         served = self.served_model("face_detector")
         if served is not None:
             from tddfa_triton.bls import BlsDetector
@@ -97,7 +100,7 @@ class LoadContext:
 
         cfg = self.config
         canvas = {"DETECTOR_INPUT": (3, cfg.canvas_height, cfg.canvas_width)}
-        return Detector(cfg, self.network("face_detector", canvas))
+        return Detector(cfg, self.network("face_detector", canvas, threads=threads))
 
 
 def _parameters(request) -> dict[str, Any]:
@@ -265,6 +268,7 @@ class SequenceModel(StepModel):
                 "instance": args.get("model_instance_name", ""),
             }
         )
+        self._published = -1  # the gauge's last value set by execute
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="sequence-sweeper", daemon=True)
         self._sweeper.start()
@@ -280,7 +284,12 @@ class SequenceModel(StepModel):
 
     def execute(self, requests):
         responses = super().execute(requests)
-        self._open.set(len(self.step.store))
+        # setting a metric is a round trip to tritonserver: only when the count changed (a
+        # sequence started or ended); the sweeper sets it every second whatever happened
+        count = len(self.step.store)
+        if count != self._published:
+            self._published = count
+            self._open.set(count)
         return responses
 
     def finalize(self) -> None:

@@ -7,6 +7,17 @@ climb in 23 MB steps long after warm-up (+6.4 %, benchmarks/RESULTS.md). jemallo
 freed pages to the system after a few seconds, so RSS follows the memory really in use;
 Triton's own docs recommend jemalloc or tcmalloc through ``LD_PRELOAD`` for the same reason.
 The stubs inherit the server's environment, so one preload covers every process.
+
+jemalloc's thread caches keep freed blocks up to 32 KiB by default; larger ones go back to
+the arena, whose pages are returned and then faulted in again (zeroed by the kernel, with a
+TLB shootdown) when the next frame allocates the same buffer. The steps allocate buffers of
+a few hundred kilobytes to a few megabytes per frame (crops, network activations, the
+rendered frame), so with the default a tracked frame spent a third of the tracker's and a
+quarter of the renderer's CPU in page faults (2-core box: 19 and 13 ms a frame against 14
+and 10 with glibc; benchmarks/RESULTS.md, bench_served_cpu.py). :data:`JEMALLOC_CONF`
+caches blocks up to 8 MiB per thread instead (``lg_tcache_max``, read by jemalloc 5.2 and
+5.3): steady per-frame buffers are reused, larger or idle ones are still returned. A
+``MALLOC_CONF`` of the caller's own replaces it.
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ LOGGER = logging.getLogger(__name__)
 ALLOCATORS = ("auto", "jemalloc", "system")
 JEMALLOC_LIBRARY = "libjemalloc.so.2"
 JEMALLOC_HINT = "install it with `apt-get install libjemalloc2` (tools/setup.sh does)"
+# Thread caches hold freed blocks up to 2**23 bytes (8 MiB): see the module docstring.
+JEMALLOC_CONF = "lg_tcache_max:23"
 
 
 def find_jemalloc() -> str | None:
@@ -47,7 +60,8 @@ def find_jemalloc() -> str | None:
 
 
 def with_allocator(env: dict[str, str], allocator: str = "auto") -> dict[str, str]:
-    """``env`` with ``LD_PRELOAD`` naming jemalloc first, as ``allocator`` asks.
+    """``env`` with ``LD_PRELOAD`` naming jemalloc first, as ``allocator`` asks, and
+    ``MALLOC_CONF`` set to :data:`JEMALLOC_CONF` unless ``env`` has one.
 
     ``auto``: jemalloc if installed, else glibc malloc with a warning. ``jemalloc``: required
     (raises ``TritonServerError`` naming the package when missing). ``system``: ``env`` unchanged.
@@ -71,4 +85,4 @@ def with_allocator(env: dict[str, str], allocator: str = "auto") -> dict[str, st
     preloaded = [p for p in env.get("LD_PRELOAD", "").split(":") if p]
     if not any("jemalloc" in p for p in preloaded):
         preloaded.insert(0, library)
-    return {**env, "LD_PRELOAD": ":".join(preloaded)}
+    return {"MALLOC_CONF": JEMALLOC_CONF, **env, "LD_PRELOAD": ":".join(preloaded)}
