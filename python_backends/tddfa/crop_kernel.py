@@ -19,7 +19,7 @@ _INDEX, _WEIGHT = types.int64[:, ::1], types.int32[:, ::1]
 _TAPS = (_INDEX, _INDEX, _WEIGHT, _WEIGHT) * 2  # x0 x1 a0 a1, y0 y1 b0 b1
 _OUT = types.float32[:, :, :, ::1]
 # one signature per kind of frame: Triton's input tensors are read-only arrays. Compiled when
-# first imported (cached on disk): CPU models import it at load (tddfa.roi.prepare_cpu_crops).
+# first imported (cached on disk), so no served request pays for it.
 _SIGNATURES = [
     types.void(types.Array(types.uint8, 3, "C", readonly=readonly), *_TAPS, _OUT)
     for readonly in (False, True)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from tddfa.config import REGRESSOR_SIZE
+from tddfa.crop_kernel import crop_faces
 from tddfa.resize import blend_rows_u8, fixed_point_weights, inverse_scale, linear_taps
 from tddfa.xp import get_xp
 
@@ -139,8 +140,6 @@ def crop_and_resize(
         return out
     taps = crop_taps(rois, height, width, size)
     if xp is np:  # the same arithmetic compiled (tddfa.crop_kernel): 0.25 vs 0.6 ms a face
-        from tddfa.crop_kernel import crop_faces  # numba: only processes that crop on the CPU
-
         dtypes = (np.int64, np.int64, np.int32, np.int32) * 2  # x0 x1 a0 a1, y0 y1 b0 b1
         crop_faces(
             np.ascontiguousarray(image),
@@ -150,13 +149,6 @@ def crop_and_resize(
     else:
         _gather_crops(image, taps, out)
     return out
-
-
-def prepare_cpu_crops() -> None:
-    """Load (or compile, the first time) the CPU crop loop now, so that a CPU model's first
-    request does not pay for it (numba: about 0.4 s, and 0.1 GB of memory in each process
-    that crops on the CPU)."""
-    import tddfa.crop_kernel  # noqa: F401 - compiled or loaded from numba's cache on import
 
 
 def _gather_crops(image: Any, taps: tuple, out: Any) -> None:

@@ -5,7 +5,6 @@ names it (tddfa_triton.bls)."""
 from tddfa.aligner import Aligner
 from tddfa.bfm import load_bfm
 from tddfa.config import REGRESSOR_SIZE
-from tddfa.roi import prepare_cpu_crops
 from tddfa.steps import AlignerStep
 from tddfa_triton import StepModel
 
@@ -15,6 +14,4 @@ class TritonPythonModel(StepModel):
         cfg = context.config
         crops = (cfg.max_faces, 3, REGRESSOR_SIZE, REGRESSOR_SIZE)
         runner = context.network("face_regressor", {"CROPS": crops})
-        if context.device == "cpu":
-            prepare_cpu_crops()  # not in the first request
         return AlignerStep(Aligner(cfg, runner, load_bfm(context.model_dir / "bfm.npz")))

@@ -5,7 +5,6 @@ face_detector / face_regressor models when the config names them (tddfa_triton.b
 from tddfa.aligner import Aligner
 from tddfa.bfm import load_bfm
 from tddfa.config import REGRESSOR_SIZE
-from tddfa.roi import prepare_cpu_crops
 from tddfa.sequence_store import SequenceStore
 from tddfa.steps import TrackerStep
 from tddfa.tracking import Tracker
@@ -28,7 +27,5 @@ class TritonPythonModel(SequenceModel):
             threads=NETWORK_THREADS,
         )
         aligner = Aligner(cfg, regressor, load_bfm(context.model_dir / "bfm.npz"))
-        if context.device == "cpu":
-            prepare_cpu_crops()  # not in the first request
         store = SequenceStore(idle_timeout=self.idle_timeout_seconds(context))
         return TrackerStep(Tracker(cfg, context.detector(threads=NETWORK_THREADS), aligner), store)
