@@ -6,7 +6,8 @@
 #                            nvidia-pytriton 0.7.0; libicudata (29 MB, only used by libxml2
 #                            for legacy encodings) replaced by an empty stub of the same soname
 #   .carry/pylibs.tar.xz     tritonclient 2.51 (grpc, utils, perf_analyzer), python-rapidjson
-#                            (cp312), PyOpenGL, tenacity, prometheus-client, threadpoolctl
+#                            (cp312), PyOpenGL, tenacity, prometheus-client, threadpoolctl,
+#                            pygltflib and its needs (the clients import the mesh export)
 #   .carry/shared.tar.xz     ../shared subset: the 3DDFA_V2 and 3DDFA assets (weights and the
 #                            pieces of the BFM), test photos, emma720.mp4, reference
 #   .carry/pynvc.tar.xz      PyNvVideoCodec 2.2.4 (NVDEC) from its wheel in .whl/, trimmed to
@@ -58,7 +59,9 @@ tar -C "$STAGE/pt" -cJf .carry/pytriton.tar.xz .
 mkdir -p "$STAGE/py/bin" "$STAGE/whl"
 python3 -m pip download -q --no-deps "${PY312[@]}" -d "$STAGE/whl" \
     tritonclient==2.51.0 python-rapidjson==1.25 PyOpenGL==3.1.10 \
-    tenacity prometheus-client threadpoolctl  # pure Python: the serve, batch and CPU-thread helpers
+    tenacity prometheus-client threadpoolctl \
+    pygltflib==1.16.5 dataclasses-json==0.6.7 marshmallow==3.26.2 typing-inspect==0.9.0 \
+    mypy-extensions==1.2.0 Deprecated==1.3.1 wrapt==2.5.2  # the serve, batch, CPU-thread and mesh-export helpers
 for wheel in "$STAGE"/whl/*.whl; do unzip -qo "$wheel" -d "$STAGE/py"; done
 mv "$STAGE"/py/tritonclient-2.51.0.data/data/bin/perf_analyzer "$STAGE/py/bin/"
 mv "$STAGE"/py/tritonclient-2.51.0.data/purelib/tritonclient "$STAGE/py/"
