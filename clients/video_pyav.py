@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import numpy as np
 
 from tddfa_clients.orientation import IDENTITY, Orientation, frame_orientation
 from tddfa_clients.video_io import (
@@ -202,7 +201,10 @@ class PyAVEncoder(PyAVMuxingEncoder):
         self._add_audio()
 
     def write(self, image: Any, pts: int) -> None:
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(host_array(image)), format="rgb24")
+        # a frame over the image's own memory, no copy: encode() converts it to the stream's
+        # YUV (a new frame, which libx264 copies) before it returns, so the caller may reuse
+        # the image (a shared memory slot) as soon as write returns
+        frame = av.VideoFrame.from_numpy_buffer(host_array(image), format="rgb24")
         frame.pts = pts
         frame.time_base = self.info.time_base
         self._mux_video(self._stream.encode(frame))
