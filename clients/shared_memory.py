@@ -187,8 +187,11 @@ class SharedMemorySlot(RegionSlot):
         shm.destroy_shared_memory_region(handle)
 
     def write(self, image: np.ndarray) -> None:
+        """Copy ``image`` to the start of "input", straight into the region (tritonclient's
+        ``set_shared_memory_region`` first copies every array once more, to flatten it)."""
         shm = system_shm()
-        shm.set_shared_memory_region(self.handle("input"), [image])
+        region = shm.get_contents_as_numpy(self.handle("input"), image.dtype, image.shape)
+        np.copyto(region, image)
 
     def view(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         """A numpy view (no copy) of "output" at byte ``offset``, valid until the slot's next
