@@ -68,6 +68,30 @@ def test_round_trip_keeps_frames_rate_and_timestamps(asset_dir: Path, tmp_path: 
     assert np.allclose(_frame_times(target), expected, atol=1e-4)
 
 
+def test_encoder_is_done_with_the_image_when_write_returns(av_video: Path, tmp_path: Path) -> None:
+    """The video client hands the encoder RENDERED in a shared memory slot and reuses the
+    slot as soon as write returns: one buffer overwritten after every write must encode
+    exactly as separate images do."""
+    info = probe(av_video)
+    with open_decoder(av_video, "cpu") as decoder:
+        frames = [(255 - f.host_image(), f.pts) for f in decoder]
+    reused = np.empty_like(frames[0][0])
+    with open_encoder(tmp_path / "separate.mp4", info, "cpu") as separate:
+        for image, pts in frames:
+            separate.write(image, pts)
+    with open_encoder(tmp_path / "reused.mp4", info, "cpu") as encoder:
+        for image, pts in frames:
+            reused[:] = image
+            encoder.write(reused, pts)
+            reused[:] = 0  # the slot's next frame
+
+    def packets(path: Path) -> list[bytes]:
+        with av.open(str(path)) as container:
+            return [bytes(p) for p in container.demux(video=0) if p.size]
+
+    assert packets(tmp_path / "reused.mp4") == packets(tmp_path / "separate.mp4")
+
+
 def test_audio_stream_is_copied(av_video: Path, tmp_path: Path) -> None:
     target = tmp_path / "out.mp4"
     _round_trip(av_video, target)
