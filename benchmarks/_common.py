@@ -152,18 +152,15 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
 
 
 def read_frames(video: Path, count: int) -> list[np.ndarray]:
-    """The first ``count`` frames of ``video`` as (H, W, 3) uint8 RGB arrays (PyAV)."""
-    from tddfa_clients.video_io import open_decoder
+    """The first ``count`` frames of ``video`` as (H, W, 3) uint8 RGB arrays (PyAV), as
+    ``tddfa perf`` reads them; a video without frames ends the benchmark with its message."""
+    from tddfa_clients.perf import PerfError
+    from tddfa_clients.perf import read_frames as decode
 
-    frames = []
-    with open_decoder(video, "cpu") as decoder:
-        for frame in decoder:
-            frames.append(frame.host_image())
-            if len(frames) >= count:
-                break
-    if not frames:
-        raise SystemExit(f"{video}: no frames decoded")
-    return frames
+    try:
+        return decode(video, count)
+    except PerfError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def first_frames_clip(video: Path, frames: int) -> Path:
