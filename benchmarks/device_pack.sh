@@ -5,9 +5,12 @@
 #   .carry/pytriton.tar.xz   tritonserver + Python backend + 3.12 stub + bundled libs of
 #                            nvidia-pytriton 0.7.0; libicudata (29 MB, only used by libxml2
 #                            for legacy encodings) replaced by an empty stub of the same soname
-#   .carry/pylibs.tar.xz     tritonclient 2.51 (grpc, utils, perf_analyzer), python-rapidjson
+#   .carry/pylibs.tar.xz     tritonclient 2.51 (grpc, http, utils, perf_analyzer), python-rapidjson
 #                            (cp312), PyOpenGL, tenacity, prometheus-client, threadpoolctl,
-#                            pygltflib and its needs (the clients import the mesh export)
+#                            pygltflib and its needs (the clients import the mesh export), and
+#                            the HTTP client's gevent stack (tddfa serve's model control);
+#                            geventhttpclient 2.0.10, the oldest with a cp312 wheel (tritonclient
+#                            pins <=2.0.2, sdist-only on 3.12; the API it uses is the same)
 #   .carry/shared.tar.xz     ../shared subset: the 3DDFA_V2 and 3DDFA assets (weights and the
 #                            pieces of the BFM), test photos, emma720.mp4, reference
 #   .carry/pynvc.tar.xz      PyNvVideoCodec 2.2.4 (NVDEC) from its wheel in .whl/, trimmed to
@@ -17,6 +20,9 @@
 #   .carry/gpu_expected.npz  CPU outputs for tests/gpu (tests/gpu/make_expected.py)
 #   .carry/emma720x4.mp4     emma720.mp4 four times (1,200 frames, packets copied: 3 MB)
 #   .gl/*.deb                GL/EGL loaders (glvnd) for the NVIDIA EGL driver
+# Everything is just under the 64 MiB a call carries; a call takes what it needs by naming files
+# (carry takes 8 paths): the GPU suite leaves out emma720x4.mp4, the host-work benchmark
+# gpu_expected.npz (.carry/run1.sh says which).
 # The model repository is NOT carried: device_setup.sh builds it there (`tddfa build --device
 # gpu`: ONNX export + BFM tables; the BFM alone was 21.6 MB of the old 59 MB carry).
 # Usage: benchmarks/device_pack.sh
@@ -61,11 +67,17 @@ python3 -m pip download -q --no-deps "${PY312[@]}" -d "$STAGE/whl" \
     tritonclient==2.51.0 python-rapidjson==1.25 PyOpenGL==3.1.10 \
     tenacity prometheus-client threadpoolctl \
     pygltflib==1.16.5 dataclasses-json==0.6.7 marshmallow==3.26.2 typing-inspect==0.9.0 \
-    mypy-extensions==1.2.0 Deprecated==1.3.1 wrapt==2.5.2  # the serve, batch, CPU-thread and mesh-export helpers
+    mypy-extensions==1.2.0 Deprecated==1.3.1 wrapt==2.5.2 \
+    geventhttpclient==2.0.10 gevent==26.9.0 greenlet==3.5.6 zope.event==6.2 zope.interface==8.7 six
+    # the serve, batch, CPU-thread and mesh-export helpers; the HTTP client (brotli, which only
+    # its user agent imports, is left out)
 for wheel in "$STAGE"/whl/*.whl; do unzip -qo "$wheel" -d "$STAGE/py"; done
 mv "$STAGE"/py/tritonclient-2.51.0.data/data/bin/perf_analyzer "$STAGE/py/bin/"
 mv "$STAGE"/py/tritonclient-2.51.0.data/purelib/tritonclient "$STAGE/py/"
-rm -rf "$STAGE"/py/tritonclient-2.51.0.data "$STAGE"/py/tritonclient/http/aio
+rm -rf "$STAGE"/py/tritonclient-2.51.0.data "$STAGE"/py/tritonclient/http/aio \
+    "$STAGE"/py/gevent/tests "$STAGE"/py/gevent/testing "$STAGE"/py/zope/interface/tests \
+    "$STAGE"/py/zope/interface/common/tests
+find "$STAGE/py" \( -name '*.c' -o -name '*.h' -o -name '*.pyx' -o -name '*.pxd' \) -delete
 find "$STAGE/py" -name __pycache__ -prune -exec rm -rf {} +
 chmod +x "$STAGE/py/bin/perf_analyzer"
 tar -C "$STAGE/py" -cJf .carry/pylibs.tar.xz .
