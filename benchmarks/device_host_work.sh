@@ -4,9 +4,12 @@
 # frame of every kind of process, and the client-like load (RENDERED only) and perf_analyzer
 # (every output), with this tree's code; with BASELINE (another checkout of the project, e.g.
 # the previous release), the same first with that code, in the same lease
-# (HOST_WORK_BASE_SERVER=0: only the baseline's client, against this tree's server).
-# Run after `source benchmarks/device_setup.sh` (TDDFA_BUILD_ARGS chooses the build; it
-# is built once and served by both codes). Every step's output is appended to OUT_DIR/all.log
+# (HOST_WORK_BASE_SERVER=0: only the baseline's client, against this tree's server;
+# HOST_WORK_BASE_CLIENT=this: this tree's stream client against the baseline's server, so
+# that only the server differs).
+# Run after `source benchmarks/device_setup.sh` (TDDFA_BUILD_ARGS chooses the build). The
+# baseline's server serves a repository built by its own code with the same arguments (its
+# model.py files import its own library). Every step's output is appended to OUT_DIR/all.log
 # (few files: the device returns at most eight); the client profiles go beside it. Usage:
 #   bash benchmarks/device_host_work.sh OUT_DIR [BASELINE_ROOT]
 set -u
@@ -27,9 +30,9 @@ packages() {  # ROOT DIR: DIR holds the import names of ROOT's code
     ln -sfn "$1/tools" "$2/tddfa_tools"
     ln -sfn "$1/clients" "$2/tddfa_clients"
 }
-serve() {  # ROOT LABEL: the server's stubs import ROOT's code (the .pth's folder)
+serve() {  # ROOT LABEL [REPOSITORY]: the server's stubs import ROOT's code (the .pth's folder)
     packages "$1" /tmp/tddfa/pkgs
-    env -u PYTHONPATH python3 -m tddfa_tools.cli serve --model-repository "$repo" --cuda-mps \
+    env -u PYTHONPATH python3 -m tddfa_tools.cli serve --model-repository "${3:-$repo}" --cuda-mps \
         --cuda-memory-pool-mb 4096 > "$results/serve_$2.log" 2>&1 &
     server=$!
     for _ in $(seq 120); do
@@ -53,18 +56,32 @@ perf() {  # LABEL CLIENT_PACKAGES ARGS...: a tddfa perf sweep with the given cli
 }
 
 base_video() {  # MODE: the baseline's own client (one process per copy) at the running server
+    if [ "${HOST_WORK_BASE_CLIENT:-base}" = this ]; then
+        new_video "$1" base_video_this_client_
+        return
+    fi
     step "base_video_$1" 150 env PYTHONPATH=/tmp/tddfa/old python3 \
         "$here/benchmarks/cpu_probe.py" --url localhost:8001 --frames 19200 --no-results -- \
         python3 "$base/benchmarks/bench_video.py" --url localhost:8001 --decoder nvdec \
         --shared-memory cuda --no-encode --copies 16 --mode "$1" --video "$clip" --no-results
 }
 
+new_video() {  # MODE LABEL_PREFIX: this tree's stream client, 16 streams in one process
+    step "$2$1" 150 env PYTHONPATH=/tmp/tddfa/new python3 "$here/benchmarks/bench_video.py" \
+        --url localhost:8001 --decoder nvdec --shared-memory cuda --no-encode --streams 16 \
+        --mode "$1" --video "$clip" --no-results --profile "$results/profile_$2$1"
+}
+
 packages "$here" /tmp/tddfa/new
 [ -n "$base" ] && packages "$base" /tmp/tddfa/old
 if [ -n "$base" ] && [ "${HOST_WORK_BASE_SERVER:-1}" = 1 ]; then
-    serve "$base" base || exit 1
-    base_video detect
-    base_video track
+    base_repo=/tmp/tddfa/base_repository
+    step base_build 240 env PYTHONPATH=/tmp/tddfa/old python3 -m tddfa_tools.cli build \
+        --device gpu --out "$base_repo" --models-dir /tmp/tddfa/base_models ${TDDFA_BUILD_ARGS:-}
+    serve "$base" base "$base_repo" || exit 1
+    for mode in ${HOST_WORK_MODES:-detect track}; do
+        base_video "$mode"
+    done
     perf base_perf_rendered /tmp/tddfa/new --concurrency 1:128:127 --processes 4
     stop
 fi
@@ -73,9 +90,7 @@ if [ -n "$base" ] && [ "${HOST_WORK_BASE_SERVER:-1}" = 0 ]; then
     base_video detect  # HOST_WORK_BASE_SERVER=0: only the clients differ (same server code)
 fi
 for mode in ${HOST_WORK_MODES:-detect track}; do  # HOST_WORK_MODES: a subset
-    step "new_video_$mode" 150 env PYTHONPATH=/tmp/tddfa/new python3 benchmarks/bench_video.py \
-        --url localhost:8001 --decoder nvdec --shared-memory cuda --no-encode --streams 16 \
-        --mode "$mode" --video "$clip" --no-results --profile "$results/profile_$mode"
+    new_video "$mode" new_video_
 done
 perf new_perf_rendered /tmp/tddfa/new --concurrency 1:128:127 --processes 4
 if [ "${HOST_WORK_EXTRA:-1}" = 1 ]; then
