@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import importlib.util
 import logging
 from typing import Any
 
 import numpy as np
 
 from tddfa_clients.errors import ClientError
+from tddfa_clients.optional import installed
 from tddfa_clients.shared_memory import RegionSlot, quiet_pkg_resources
 
 LOG = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ CUDA_SHM_HINT = (
 
 
 def have_cupy() -> bool:
-    return importlib.util.find_spec("cupy") is not None
+    return installed("cupy")
 
 
 def cuda_shm() -> Any:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-import importlib.util
 import logging
 from collections.abc import Iterator
 from fractions import Fraction
@@ -31,6 +30,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from tddfa_clients.optional import installed
 from tddfa_clients.orientation import IDENTITY, Orientation
 
 LOG = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def host_array(image: Any) -> np.ndarray:
 
 
 def have_pyav() -> bool:
-    return importlib.util.find_spec("av") is not None
+    return installed("av")
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -129,7 +129,7 @@ def probe(path: str | Path) -> VideoInfo:
         from tddfa_clients.video_pyav import probe_pyav
 
         return probe_pyav(path)
-    if importlib.util.find_spec("cv2") is not None:
+    if installed("cv2"):
         from tddfa_clients.video_opencv import probe_opencv
 
         return probe_opencv(path)
