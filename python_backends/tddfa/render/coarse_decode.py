@@ -66,31 +66,44 @@ def bounding_vertices(
     every image axis (NaN: they do not). Members ``offsets[g]:offsets[g + 1]`` of
     ``rest_mean`` (R, 3) + ``rest_basis`` (R, 3, 50) ``alpha``. Returns their count."""
     t = transform.astype(np.float64)
+    t00, t01, t02, t03 = t[0, 0], t[0, 1], t[0, 2], t[0, 3]
+    t10, t11, t12, t13 = t[1, 0], t[1, 1], t[1, 2], t[1, 3]
+    t20, t21, t22, t23 = t[2, 0], t[2, 1], t[2, 2], t[2, 3]
     inf = np.inf
-    low = np.full(3, inf)
-    high = np.full(3, -inf)
-    for v in range(drawn.shape[1]):
+    low_x, low_y, low_z, high_x, high_y, high_z = inf, inf, inf, -inf, -inf, -inf
+    for v in range(drawn.shape[1]):  # as the vertex stage's box (finite values only)
         mx, my, mz = np.float64(drawn[0, v]), np.float64(drawn[1, v]), np.float64(drawn[2, v])
-        for k in range(3):
-            c = t[k, 0] * mx + t[k, 1] * my + t[k, 2] * mz + t[k, 3]
-            low[k] = c if -inf < c < low[k] else low[k]
-            high[k] = c if high[k] < c < inf else high[k]
+        x = t00 * mx + t01 * my + t02 * mz + t03
+        y = t10 * mx + t11 * my + t12 * mz + t13
+        z = t20 * mx + t21 * my + t22 * mz + t23
+        low_x = x if -inf < x < low_x else low_x
+        low_y = y if -inf < y < low_y else low_y
+        low_z = z if -inf < z < low_z else low_z
+        high_x = x if high_x < x < inf else high_x
+        high_y = y if high_y < y < inf else high_y
+        high_z = z if high_z < z < inf else high_z
     count = 0
     for g in range(offsets.shape[0] - 1):
-        inside = True
-        for k in range(3):
-            c = t[k, 0] * centres[g, 0] + t[k, 1] * centres[g, 1] + t[k, 2] * centres[g, 2]
-            c += t[k, 3]
-            r = abs(t[k, 0]) * sizes[g, 0] + abs(t[k, 1]) * sizes[g, 1]
-            r += abs(t[k, 2]) * sizes[g, 2]
-            inside = inside and low[k] < c - r and c + r < high[k]
-        if inside:
+        cx, cy, cz = centres[g, 0], centres[g, 1], centres[g, 2]
+        sx, sy, sz = sizes[g, 0], sizes[g, 1], sizes[g, 2]
+        x = t00 * cx + t01 * cy + t02 * cz + t03
+        y = t10 * cx + t11 * cy + t12 * cz + t13
+        z = t20 * cx + t21 * cy + t22 * cz + t23
+        rx = abs(t00) * sx + abs(t01) * sy + abs(t02) * sz
+        ry = abs(t10) * sx + abs(t11) * sy + abs(t12) * sz
+        rz = abs(t20) * sx + abs(t21) * sy + abs(t22) * sz
+        if (low_x < x - rx and x + rx < high_x and low_y < y - ry and y + ry < high_y
+                and low_z < z - rz and z + rz < high_z):  # fmt: skip
             continue
         for m in range(offsets[g], offsets[g + 1]):
-            for axis in range(3):
-                value = np.float64(rest_mean[m, axis])
-                for j in range(alpha.shape[0]):
-                    value += np.float64(rest_basis[m, axis, j]) * np.float64(alpha[j])
-                out[axis, count] = np.float32(value)
+            vx = np.float64(rest_mean[m, 0])
+            vy = np.float64(rest_mean[m, 1])
+            vz = np.float64(rest_mean[m, 2])
+            for j in range(alpha.shape[0]):
+                a = np.float64(alpha[j])
+                vx += np.float64(rest_basis[m, 0, j]) * a
+                vy += np.float64(rest_basis[m, 1, j]) * a
+                vz += np.float64(rest_basis[m, 2, j]) * a
+            out[0, count], out[1, count], out[2, count] = vx, vy, vz
             count += 1
     return count
