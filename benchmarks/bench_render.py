@@ -124,6 +124,8 @@ def phase_timer(step) -> Iterator[dict[str, float]]:
         return wrapper
 
     patched = [(step.decoder, "vertices", step.decoder.vertices, "decode")]
+    if getattr(step, "_coarse_decoder", None) is not None:  # the coarse faces' decode
+        patched.append((step, "_coarse_decoder", step._coarse_decoder, "decode"))
     for phase, names in PHASES.items():
         for module, name in names:
             owner = importlib.import_module(f"tddfa.render.{module}")
@@ -136,6 +138,8 @@ def phase_timer(step) -> Iterator[dict[str, float]]:
         for owner, name, function, _ in patched:
             if owner is step.decoder:
                 delattr(owner, name)  # back to the class's method
+            elif owner is step:
+                setattr(owner, name, function)
             else:
                 setattr(owner, name, function)
 

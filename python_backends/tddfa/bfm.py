@@ -236,3 +236,97 @@ class DenseDecoder:
         xp, alpha = self._coefficients(alpha_shp, alpha_exp)
         _, _, lm_mean, lm_basis_t = self._tables(xp, alpha)
         return (alpha @ lm_basis_t + lm_mean).reshape(-1, 3, NUM_LANDMARKS)
+
+
+# float32 rounding of a decoded coordinate stays within 51 * 2^-24 (3e-6) of the sum of its
+# terms' magnitudes (|u| + sum |W a|): the bounds of SubsetDecoder allow ten times that
+# (they are computed in float32 too)
+_ROUNDING = 3e-5
+
+
+class SubsetDecoder:
+    """The dense BFM decoded at a fixed subset of its vertices, on the host, and bounds on
+    the others: for a renderer that draws a coarse mesh (a third of the vertices, a third
+    of the 23 MB of bases a face reads) yet needs the box of every vertex.
+
+    ``vertices`` is ``u[ids] + W[ids] a`` from row-subsets of the bases made once. The
+    other vertices ("the rest") are cut into groups, the cells of a ``cell``-sized grid
+    over the mean shape; per group, ``rest_bounds`` gives a centre and a per-axis half-size
+    that hold every member for the given coefficients (float32 rounding included): the
+    members' distance from the group's mean shape (P) plus, per coefficient, the largest
+    difference of a member's basis from the group's mean basis times |a_k| (Q |a|). A
+    caller decodes the members of only the groups that could reach past what it needs
+    (``rest_mean`` + ``rest_basis`` a, the groups' members contiguous, ``rest_offsets``).
+
+    Args:
+        bfm: the model.
+        ids: (M,) vertex ids, ascending.
+        cell: the groups' grid step in model units (micrometres: 5 mm by default, about
+            13 vertices a group; of the 24,066 other vertices of the coarse mesh about 1,500
+            are decoded for a face, where larger groups open more members and smaller ones
+            cost more bounds).
+    """
+
+    def __init__(self, bfm: BFM, ids: np.ndarray, cell: float = 5000.0) -> None:
+        n = bfm.num_vertices
+        self.ids = np.asarray(ids, np.int64)
+        mean = bfm.u.reshape(n, 3).astype(np.float64)
+        basis = np.concatenate([bfm.w_shp, bfm.w_exp], axis=1).reshape(n, 3, -1)  # (N, 3, 50)
+        self._mean = np.ascontiguousarray(mean[self.ids].T.ravel(), dtype=np.float32)  # (3M,)
+        self._basis = np.ascontiguousarray(
+            basis[self.ids].transpose(2, 1, 0).reshape(basis.shape[2], -1), dtype=np.float32
+        )  # (50, 3M) axis-major
+        rest = np.setdiff1d(np.arange(n), self.ids)
+        _, group = np.unique(np.floor(mean[rest] / cell), axis=0, return_inverse=True)
+        group = group.ravel()
+        order = np.argsort(group, kind="stable")
+        rest, group = rest[order], group[order]
+        groups = int(group.max()) + 1 if len(group) else 0
+        count = np.bincount(group, minlength=groups)
+        self.rest_offsets = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)  # (G + 1,)
+        self.rest_mean = np.ascontiguousarray(mean[rest], dtype=np.float32)  # (R, 3)
+        self.rest_basis = np.ascontiguousarray(basis[rest], dtype=np.float32)  # (R, 3, 50)
+        members = np.float64(self.rest_basis)
+        centre_mean = np.stack([np.bincount(group, mean[rest, a], groups) for a in range(3)], 1)
+        centre_mean /= count[:, None]  # (G, 3)
+        centre_basis = np.zeros((groups, 3, members.shape[2]))
+        np.add.at(centre_basis, group, members)
+        centre_basis /= count[:, None, None]
+        size = np.zeros((groups, 3))  # P + rounding of |u|, per axis
+        np.maximum.at(size, group, np.abs(mean[rest] - centre_mean[group]))
+        size += _ROUNDING * (np.abs(centre_mean) + _group_max(np.abs(mean[rest]), group, groups))
+        spread = _group_max(np.abs(members - centre_basis[group]), group, groups)  # Q
+        spread += _ROUNDING * (np.abs(centre_basis) + _group_max(np.abs(members), group, groups))
+        self._centre_mean = np.ascontiguousarray(centre_mean.ravel(), dtype=np.float32)
+        self._centre_basis = np.ascontiguousarray(
+            centre_basis.reshape(groups * 3, -1).T, dtype=np.float32
+        )  # (50, 3G)
+        self._size = np.ascontiguousarray(size.ravel(), dtype=np.float32)
+        self._spread = np.ascontiguousarray(spread.reshape(groups * 3, -1).T, dtype=np.float32)
+
+    @property
+    def groups(self) -> int:
+        return len(self.rest_offsets) - 1
+
+    def vertices(self, alpha: np.ndarray) -> np.ndarray:
+        """(F, 50) float32 coefficients (shape, then expression) -> (F, 3, M) float32."""
+        flat = alpha @ self._basis
+        flat += self._mean
+        return flat.reshape(alpha.shape[0], 3, len(self.ids))
+
+    def rest_bounds(self, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(50,) float32 coefficients of one face -> each group's (G, 3) float32 centre and
+        half-size per axis: every member lies within (NaN or infinity where a coefficient
+        is not finite)."""
+        centre = alpha @ self._centre_basis
+        centre += self._centre_mean
+        size = np.abs(alpha) @ self._spread
+        size += self._size
+        return centre.reshape(-1, 3), size.reshape(-1, 3)
+
+
+def _group_max(values: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
+    """Per group, the largest of ``values`` (R, ...) over its members (R,) -> (G, ...)."""
+    out = np.zeros((groups, *values.shape[1:]))
+    np.maximum.at(out, group, values)
+    return out

@@ -81,6 +81,7 @@ class _Mesh:
     def __init__(self, triangles: np.ndarray) -> None:
         triangles = np.ascontiguousarray(np.asarray(triangles).T, dtype=np.int32)
         self.vertices = np.unique(triangles).astype(np.int32)
+        self.rows = np.arange(len(self.vertices), dtype=np.int32)  # of compact vertices
         self.triangles = np.searchsorted(self.vertices, triangles).astype(np.int32)
         self.edges = _edges(self.triangles)
 
@@ -158,6 +159,9 @@ class CpuRenderer:
         lod = assets.lod_triangles if assets is not None else None
         self._coarse = _Mesh(lod) if lod is not None else None
         self.has_coarse_mesh = self._coarse is not None
+        # the vertex ids a coarse face draws: the caller may decode only those
+        # (MeshFaces.compact, tddfa.render.coarse_decode)
+        self.coarse_vertices = self._coarse.vertices if self._coarse is not None else None
         vertices = self._max_index + 1
         self._ncc = np.zeros((3, vertices), np.float32)
         self._uv = np.zeros((vertices, 2), np.float32)
@@ -205,6 +209,7 @@ class CpuRenderer:
         self.check_modes(modes)
         if meshes is not None:
             validate_meshes(meshes, len(modes), slots, self._max_index)
+            self._check_compact(meshes, modes)
         frames = np.array(images, copy=True, order="C")
         own: dict[int, Any] = {}
         geometry = None
@@ -253,11 +258,28 @@ class CpuRenderer:
             buffers = self._local.buffers = _Buffers(len(self._full.vertices))
         return buffers
 
+    def _check_compact(self, meshes: MeshFaces, modes: Sequence[str]) -> None:
+        if meshes.compact is None or not np.any(meshes.compact):
+            return
+        if self._coarse is None:
+            raise ValueError("compact faces need the coarse mesh (render assets' lod_triangles)")
+        if any(modes[meshes.frame[f]] in OWN_IMAGE_MODES for f in np.flatnonzero(meshes.compact)):
+            raise ValueError("uv maps draw the full mesh: their faces cannot be compact")
+        drawn = len(self._coarse.vertices)
+        for face in np.flatnonzero(meshes.compact):
+            if meshes.vertices[face].shape[1] < drawn:
+                raise ValueError(
+                    f"compact vertices[{face}] must hold the coarse mesh's {drawn} vertices "
+                    f"first, got {meshes.vertices[face].shape[1]}"
+                )
+
     def _vertex_stage(self, meshes: MeshFaces, face: int, mode: str, frame, slot: int = 0):
         """(records (M, 8), low (3,), high (3,), mesh) of one face, its records in the
         calling thread's ``slot``-th records buffer."""
+        compact = meshes.compact is not None and bool(meshes.compact[face])
         coarse = meshes.coarse is not None and bool(meshes.coarse[face]) and mode != "uv"
-        mesh = self._coarse if coarse and self._coarse is not None else self._full
+        mesh = self._coarse if (coarse or compact) and self._coarse is not None else self._full
+        used = mesh.rows if compact else mesh.vertices
         rows = len(mesh.vertices)
         buffers = self._buffers()
         records = buffers.face_records(slot, rows)
@@ -265,7 +287,7 @@ class CpuRenderer:
             _VERTEX_VALUES[mode],
             np.ascontiguousarray(meshes.vertices[face], dtype=np.float32),
             np.ascontiguousarray(meshes.transforms[face], dtype=np.float32),
-            bool(meshes.shift_z), mesh.vertices, mesh.triangles, self._light, self._ncc,
+            bool(meshes.shift_z), used, mesh.vertices, mesh.triangles, self._light, self._ncc,
             self._uv, self._texture_size, frame, records, buffers.sums[:rows],
         )  # fmt: skip
         return records, low, high, mesh

@@ -26,11 +26,15 @@ class MeshFaces:
     Attributes:
         frame: (F,) host int, the frame of each face.
         slot: (F,) host int, its face slot (the uv mode's column in the UV atlas).
-        vertices: (F, 3, N) float32 model-space vertices (xp).
+        vertices: (F, 3, N) float32 model-space vertices (xp); with ``compact``, a list of F
+            host arrays (3, n).
         transforms: (F, 3, 4) model->image affine (xp).
         shift_z: subtract each face's minimum image z (the pipeline's convention).
         coarse: (F,) host bool, draw the face with the coarse mesh (small faces; needs
             ``assets.lod_triangles``), or None (all full).
+        compact: (F,) host bool (CPU renderer), or None: ``vertices[i]`` of a coarse face
+            holds the coarse mesh's M vertices in its order, then vertices that only
+            complete the face's bounding box to that of all N (tddfa.render.coarse_decode).
     """
 
     frame: np.ndarray
@@ -39,6 +43,7 @@ class MeshFaces:
     transforms: Any
     shift_z: bool = True
     coarse: np.ndarray | None = None
+    compact: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,20 +130,36 @@ def validate_meshes(meshes: MeshFaces, batch: int, slots: int, max_index: int) -
     with ``slots`` face slots and triangles up to vertex ``max_index``."""
     vertices = meshes.vertices
     faces = len(meshes.frame)
-    if vertices.ndim != 3 or vertices.shape[1] != 3 or vertices.shape[2] <= max_index:
+    if meshes.compact is not None:
+        _validate_compact(meshes, faces, max_index)
+    elif vertices.ndim != 3 or vertices.shape[1] != 3 or vertices.shape[2] <= max_index:
         raise ValueError(
             f"vertices must be (K, 3, N) with N > {max_index} (the largest triangle "
             f"index), got {tuple(vertices.shape)}"
         )
-    if vertices.shape[0] != faces or meshes.transforms.shape != (faces, 3, 4):
+    if len(vertices) != faces or meshes.transforms.shape != (faces, 3, 4):
         raise ValueError(
             f"{faces} mesh faces need vertices ({faces}, 3, N) and transforms "
-            f"({faces}, 3, 4), got {tuple(vertices.shape)} and {tuple(meshes.transforms.shape)}"
+            f"({faces}, 3, 4), got {len(vertices)} faces' vertices and transforms "
+            f"{tuple(meshes.transforms.shape)}"
         )
     if faces and (meshes.frame.min() < 0 or meshes.frame.max() >= batch):
         raise ValueError(f"mesh faces name frames outside 0..{batch - 1}")
     if faces and (meshes.slot.min() < 0 or meshes.slot.max() >= slots):
         raise ValueError(f"mesh faces name slots outside 0..{slots - 1}")
+
+
+def _validate_compact(meshes: MeshFaces, faces: int, max_index: int) -> None:
+    compact = np.asarray(meshes.compact, bool)
+    coarse = np.zeros(faces, bool) if meshes.coarse is None else np.asarray(meshes.coarse)
+    if compact.shape != (faces,) or (compact & ~coarse).any():
+        raise ValueError("compact marks coarse faces only, one flag a face")
+    for face, rows in enumerate(meshes.vertices):
+        if rows.ndim != 2 or rows.shape[0] != 3 or not (compact[face] or rows.shape[1] > max_index):
+            raise ValueError(
+                f"vertices[{face}] must be (3, N) with N > {max_index}, or compact, got "
+                f"{tuple(rows.shape)}"
+            )
 
 
 def subset_meshes(meshes: MeshFaces, keep: list[bool]) -> MeshFaces | None:

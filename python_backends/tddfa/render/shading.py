@@ -36,6 +36,7 @@ def vertex_records(
     transform: np.ndarray,
     shift_z: bool,
     used: np.ndarray,
+    ids: np.ndarray,
     triangles: np.ndarray,
     light: np.ndarray,
     table: np.ndarray,
@@ -45,14 +46,17 @@ def vertex_records(
     records: np.ndarray,
     sums: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fill ``records`` (M, 8) float64 for the vertices ``used`` (M,) int32 (ascending) of
-    one face and return its (3,) low and high image-space corners over every vertex
-    (finite values only; low > high when there are none).
+    """Fill ``records`` (M, 8) float64 for the vertices ``used`` (M,) int32 (columns of
+    ``model``, ascending) of one face and return its (3,) low and high image-space corners
+    over every column of ``model`` (finite values only; low > high when there are none).
 
     Args:
         kind: NONE, LIT, NORMALS, DEPTH, TABLE, TEXELS or FRAME (see the module doc).
-        model: (3, N) float32 model-space vertices; transform: (3, 4) float32 affine.
+        model: (3, n) float32 model-space vertices: all N, or a coarse mesh's vertices then
+            some that only complete the box (tddfa.render.coarse_decode); transform: (3, 4)
+            float32 affine.
         shift_z: subtract the face's minimum image z.
+        ids: (M,) int32 vertex ids of the ``used`` columns (rows of ``table`` and ``uv``).
         triangles: (T, 3) int32 rows of ``used`` (LIT, NORMALS: the normals' triangles).
         light: :meth:`tddfa.render.lighting.Lighting.packed` (LIT).
         table: (3, N) float32 PNCC code (TABLE); uv: (N, 2) float32 BFM texture
@@ -99,7 +103,7 @@ def vertex_records(
         hidden += not (abs(x) < GUARD and abs(y) < GUARD and np.isfinite(z))  # NaN: False
     if kind == LIT or kind == NORMALS:
         _vertex_normals(records, triangles, sums)
-    _values(kind, used, records, sums, low, high, light, table, uv, texture_size, frame)
+    _values(kind, ids, records, sums, low, high, light, table, uv, texture_size, frame)
     if hidden:  # after the values: a hidden vertex's position still shapes its normals
         for j in range(used.shape[0]):
             x, y, z = records[j, 0], records[j, 1], records[j, 2]
@@ -161,15 +165,16 @@ def _store(records, j, r, g, b):
 
 
 @njit(inline="always")
-def _values(kind, used, records, normals, low, high, light, table, uv, texture_size, frame):
-    """Columns 5-7 of the records: each vertex's value of ``kind``."""
+def _values(kind, ids, records, normals, low, high, light, table, uv, texture_size, frame):
+    """Columns 5-7 of the records: each vertex's value of ``kind`` (``ids``: the records'
+    vertex ids)."""
     # LIT: Sim3DR's normalisation, the box centred, its longest side 2
     centre = (low + high) / 2.0
     scale = 2.0 / max(high[0] - low[0], high[1] - low[1], high[2] - low[2], 1e-6)
     z_extent = max(high[2] - low[2], 1e-6)
     height, width = frame.shape[0], frame.shape[1]
-    for j in range(used.shape[0]):
-        v = used[j]
+    for j in range(ids.shape[0]):
+        v = ids[j]
         if kind == NONE:
             _store(records, j, 0.0, 0.0, 0.0)
         elif kind == LIT:

@@ -20,7 +20,6 @@ tddfa.batching hands the step one parameter dict per frame.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -126,6 +125,13 @@ class RenderStep:
         x = decoder.bfm.u[0::3]
         self._model_width = float(x.max() - x.min())
         self.coarse_below = float(coarse_below)
+        # the CPU renderer's coarse faces: only the vertices drawn are decoded
+        ids = getattr(renderer, "coarse_vertices", None)
+        self._coarse_decoder = None
+        if ids is not None and self.coarse_below > 0:
+            from tddfa.render.coarse_decode import CoarseDecoder  # numba: CPU builds only
+
+            self._coarse_decoder = CoarseDecoder(decoder.bfm, ids)
 
     def describe(self) -> str:
         return f"{self.decoder.bfm.description()}; renderer on {self.renderer.device}"
@@ -153,11 +159,11 @@ class RenderStep:
         overlay = np.array([modes[f] in OVERLAY_MODES for f in frames], bool)
         meshes = overlays = None
         if mesh.any():
-            meshes = self._faces(inputs, frames[mesh], slots[mesh], xp, MeshFaces)
+            coarse = None
             if self.coarse_below > 0:  # not for uv maps: their size is not the face's
                 in_image = np.array([modes[f] not in OWN_IMAGE_MODES for f in frames[mesh]])
                 coarse = (widths[frames[mesh], slots[mesh]] < self.coarse_below) & in_image
-                meshes = dataclasses.replace(meshes, coarse=coarse)
+            meshes = self._faces(inputs, frames[mesh], slots[mesh], xp, MeshFaces, coarse)
         if overlay.any():
             overlays = self._faces(inputs, frames[overlay], slots[overlay], xp, OverlayFaces)
         result = self.renderer.draw(images, modes, meshes, overlays, slots=k)
@@ -181,16 +187,34 @@ class RenderStep:
             scale.shape
         ) * self._model_width
 
-    def _faces(self, inputs: Arrays, frames: np.ndarray, slots: np.ndarray, xp, kind):
+    def _faces(self, inputs: Arrays, frames: np.ndarray, slots: np.ndarray, xp, kind, coarse=None):
         alpha_shp, alpha_exp, transforms = slot_rows(
             xp, inputs, ("ALPHA_SHP", "ALPHA_EXP", "TRANSFORM"), frames, slots
         )
         transforms = transforms.astype(xp.float32, copy=False)
         if kind is MeshFaces:
+            if self._coarse_decoder is not None and coarse is not None and coarse.any():
+                return self._compact_faces(frames, slots, alpha_shp, alpha_exp, transforms, coarse)
             vertices = self.decoder.vertices(alpha_shp, alpha_exp)
-            return MeshFaces(frames, slots, vertices, transforms, shift_z=True)
+            return MeshFaces(frames, slots, vertices, transforms, shift_z=True, coarse=coarse)
         landmarks = apply_transform(transforms, self.decoder.landmarks(alpha_shp, alpha_exp))
         return OverlayFaces(frames, landmarks, transforms)
+
+    def _compact_faces(self, frames, slots, alpha_shp, alpha_exp, transforms, coarse):
+        """MeshFaces whose coarse faces hold only what the CPU renderer reads of them
+        (tddfa.render.coarse_decode); the others all N vertices."""
+        vertices: list = [None] * len(frames)
+        full, small = np.flatnonzero(~coarse), np.flatnonzero(coarse)
+        if len(full):
+            decoded = self.decoder.vertices(alpha_shp[full], alpha_exp[full])
+            for face, rows in zip(full, decoded, strict=True):
+                vertices[face] = rows
+        alpha = np.concatenate([alpha_shp[small], alpha_exp[small]], axis=1)
+        for face, rows in zip(small, self._coarse_decoder(alpha, transforms[small]), strict=True):
+            vertices[face] = rows
+        return MeshFaces(
+            frames, slots, vertices, transforms, shift_z=True, coarse=coarse, compact=coarse
+        )
 
     def close(self) -> None:
         self.renderer.close()
