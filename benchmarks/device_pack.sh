@@ -21,8 +21,8 @@
 #   .carry/emma720x4.mp4     emma720.mp4 four times (1,200 frames, packets copied: 3 MB)
 #   .gl/*.deb                GL/EGL loaders (glvnd) for the NVIDIA EGL driver
 # Everything is just under the 64 MiB a call carries; a call takes what it needs by naming files
-# (carry takes 8 paths): the GPU suite leaves out emma720x4.mp4, the host-work benchmark
-# gpu_expected.npz (.carry/run1.sh says which).
+# (carry takes 8 paths): a call with the GPU suite leaves out emma720x4.mp4 (device_host_work.sh
+# then plays emma720.mp4 four times a stream), one with only benchmarks gpu_expected.npz.
 # The model repository is NOT carried: device_setup.sh builds it there (`tddfa build --device
 # gpu`: ONNX export + BFM tables; the BFM alone was 21.6 MB of the old 59 MB carry).
 # Usage: benchmarks/device_pack.sh
