@@ -63,13 +63,17 @@ class Aligner:
         filled slots only on the CPU, all K (static shapes, no host sync) on the GPU."""
         return run_filled_slots(self.regressor, {"CROPS": crops}, counts)["PARAMS_NORM"]
 
-    def parameters(self, params_norm: Any, rois: Any, counts: Any) -> dict[str, Any]:
-        """(B,K,62) normalised params + (B,K,4) ROI boxes -> the :data:`ALIGNED` outputs."""
+    def parameters(
+        self, params_norm: Any, rois: Any, counts: Any, names: tuple[str, ...] = ALIGNED
+    ) -> dict[str, Any]:
+        """(B,K,62) normalised params + (B,K,4) ROI boxes -> the :data:`ALIGNED` outputs
+        (on the CPU only those in ``names``: the tracker reads four of the six)."""
         xp = get_xp(params_norm)
         if xp is not np:  # one fused kernel instead of ~100 launch-bound tiny ones
             from tddfa import gpu_params
 
-            return gpu_params.face_parameters(params_norm, rois, counts, self.bfm)
+            outputs = gpu_params.face_parameters(params_norm, rois, counts, self.bfm)
+            return {name: outputs[name] for name in names}
         batch, k = params_norm.shape[:2]
         flat = params.denormalize(
             params_norm.reshape(batch * k, NUM_PARAMS),
@@ -77,17 +81,21 @@ class Aligner:
             xp.asarray(self.bfm.param_std),
         )
         flat_rois = rois.reshape(batch * k, 4)
-        outputs = {
-            "PARAMS": flat,
-            "POSE": params.pose_degrees(flat),
-            "LANDMARKS": params.landmarks(flat, flat_rois, self.bfm),
-            "ALPHA_SHP": flat[:, params.POSE_END : params.POSE_END + NUM_SHAPE],
-            "ALPHA_EXP": flat[:, params.SHAPE_END : params.SHAPE_END + NUM_EXP],
-            "TRANSFORM": params.model_to_image(flat, flat_rois),
+        transform = params.model_to_image(flat, flat_rois)
+        compute = {
+            "PARAMS": lambda: flat,
+            "POSE": lambda: params.pose_degrees(flat),
+            "LANDMARKS": lambda: params.apply_transform(
+                transform, params.landmark_vertices(flat, self.bfm)
+            ),
+            "ALPHA_SHP": lambda: flat[:, params.POSE_END : params.POSE_END + NUM_SHAPE],
+            "ALPHA_EXP": lambda: flat[:, params.SHAPE_END : params.SHAPE_END + NUM_EXP],
+            "TRANSFORM": lambda: transform,
         }
         mask = slot_mask(counts, k).reshape(batch * k)
         result = {}
-        for name, array in outputs.items():
+        for name in names:
+            array = compute[name]()
             array = xp.where(mask.reshape((-1,) + (1,) * (array.ndim - 1)), array, 0)
             result[name] = array.astype(xp.float32, copy=False).reshape(
                 (batch, k) + array.shape[1:]

@@ -45,6 +45,16 @@ def _weights(size: int) -> tuple[np.ndarray, np.ndarray, float]:
     return hann[:, None] * hann[None, :], half, float(full.sum())
 
 
+def spectrum(crops: Any) -> Any:
+    """(N, S, S) float32 gray crops (:func:`gray`) -> (N, S, S // 2 + 1) complex128: each
+    crop's mean removed, Hann-windowed, real FFT. A tracked face's spectrum is kept for
+    the next frame, where it is the previous crop's (one FFT a face and frame, not two)."""
+    xp = get_xp(crops)
+    window = xp.asarray(_weights(crops.shape[-1])[0])
+    # real crops: half the spectrum (rfft2) holds all of it, at half the work of fft2
+    return xp.fft.rfft2((crops - crops.mean(axis=(1, 2), keepdims=True)) * window)
+
+
 def crop_shift(previous: Any, current: Any) -> tuple[Any, Any]:
     """Shift of each current crop's content relative to the previous crop.
 
@@ -56,21 +66,22 @@ def crop_shift(previous: Any, current: Any) -> tuple[Any, Any]:
         and peak (N,) float64 in [0, 1]: the correlation peak's height, 1 for identical
         crops, falling as the content changes other than by a shift (occlusion, turning).
     """
+    if current.shape[0] == 0:
+        xp = get_xp(current)
+        return xp.zeros((0, 2)), xp.zeros(0)
+    return spectrum_shift(spectrum(previous), spectrum(current), current.shape[-1])
+
+
+def spectrum_shift(previous: Any, current: Any, size: int) -> tuple[Any, Any]:
+    """:func:`crop_shift` from the crops' (N, S, S // 2 + 1) :func:`spectrum`; ``size`` is S."""
     xp = get_xp(current)
-    n, size = current.shape[0], current.shape[-1]
+    n = current.shape[0]
     if n == 0:
         return xp.zeros((0, 2)), xp.zeros(0)
-    window, weight, weight_sum = _weights(size)
-    window, weight = xp.asarray(window), xp.asarray(weight)
-
-    def spectrum(images):
-        images = images - images.mean(axis=(1, 2), keepdims=True)
-        return xp.fft.rfft2(images * window)
-
-    # real crops: half the spectrum (rfft2) holds all of it, at half the work of fft2
-    cross = spectrum(current) * xp.conj(spectrum(previous))
+    _, weight, weight_sum = _weights(size)
+    cross = current * xp.conj(previous)
     cross /= xp.maximum(xp.abs(cross), 1e-12)
-    surface = xp.fft.irfft2(cross * weight, s=(size, size))  # (N, S, S), peak at the shift
+    surface = xp.fft.irfft2(cross * xp.asarray(weight), s=(size, size))  # peak at the shift
     flat = surface.reshape(n, -1).argmax(axis=1)
     py, px = flat // size, flat % size
     rows = xp.arange(n)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from tddfa.config import REGRESSOR_SIZE
 from tddfa.resize import blend_rows_u8, fixed_point_weights, inverse_scale, linear_taps
 from tddfa.xp import get_xp
@@ -111,10 +113,11 @@ def crop_and_resize(
 ) -> Any:
     """Cut each ROI out of the frame (black outside it) and resize it to size x size.
 
-    Equivalent to the original's integer crop into a zero canvas of the ROI's size
-    followed by ``cv2.resize(..., (size, size), interpolation=cv2.INTER_LINEAR)`` on
-    uint8 (same fixed-point arithmetic), computed by gathering the frame directly at
-    the sampled positions: no per-face canvas is built.
+    The original's integer crop into a zero canvas of the ROI's size followed by
+    ``cv2.resize(..., (size, size), interpolation=cv2.INTER_LINEAR)`` on uint8. On the
+    host that is what runs (about 0.1 ms a face, a tenth of gathering the samples with
+    numpy); CuPy frames are gathered at the sampled positions with the same fixed-point
+    arithmetic (:func:`gather_crops`), without a per-face canvas.
 
     Args:
         image: (H, W, 3) uint8 RGB, numpy or cupy.
@@ -127,7 +130,6 @@ def crop_and_resize(
         (K, 3, size, size) float32 RGB, integer values 0..255 (``out`` when given).
     """
     xp = get_xp(image)
-    height, width = int(image.shape[0]), int(image.shape[1])
     num = int(rois.shape[0])
     if out is None:
         out = xp.zeros((num, 3, size, size), dtype=xp.float32)
@@ -135,6 +137,33 @@ def crop_and_resize(
         rois = rois[: max(0, min(int(count), num))]  # skip the empty slots' work
     if rois.shape[0] == 0:
         return out
+    if xp is not np:
+        return gather_crops(image, rois, size, out)
+    import cv2
+
+    height, width = image.shape[:2]
+    corners = np.rint(np.asarray(rois, np.float64)).astype(np.int64)
+    for crop, (sx, sy, ex, ey) in zip(out, corners.tolist(), strict=False):
+        if ex <= sx or ey <= sy:
+            continue  # an empty ROI: black
+        x0, y0, x1, y1 = max(sx, 0), max(sy, 0), min(ex, width), min(ey, height)
+        if sx == x0 and sy == y0 and ex == x1 and ey == y1:
+            canvas = image[sy:ey, sx:ex]  # inside the frame: no copy
+        else:
+            canvas = np.zeros((ey - sy, ex - sx, 3), np.uint8)
+            if x1 > x0 and y1 > y0:
+                canvas[y0 - sy : y1 - sy, x0 - sx : x1 - sx] = image[y0:y1, x0:x1]
+        resized = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_LINEAR)
+        crop[...] = resized.transpose(2, 0, 1)  # uint8 -> float32 on assignment
+    return out
+
+
+def gather_crops(image: Any, rois: Any, size: int, out: Any) -> Any:
+    """:func:`crop_and_resize` by gathering the frame at the sampled positions (OpenCV's
+    fixed-point arithmetic, numpy or CuPy): (K, 4) non-empty list of ROIs -> ``out``
+    (K', 3, size, size) with its first K crops written."""
+    xp = get_xp(image)
+    height, width = int(image.shape[0]), int(image.shape[1])
     x0, x1, a0, a1, y0, y1, b0, b1 = crop_taps(rois, height, width, size)
     pixels = image.reshape(height * width, 3)
     a0, a1 = a0[:, None, :, None], a1[:, None, :, None]

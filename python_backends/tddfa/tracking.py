@@ -51,6 +51,10 @@ from tddfa.smoothing import FaceFilter, FaceGeometry, SmoothingConfig, crop_scal
 from tddfa.tracks import Measured, Track, drop_duplicates, fits, jumped, plausible
 from tddfa.xp import get_xp, to_numpy
 
+# What the tracker reads of a regression; every output is derived again from the smoothed
+# state (Tracker._smooth).
+MEASURED = ("LANDMARKS", "ALPHA_SHP", "ALPHA_EXP", "TRANSFORM")
+
 
 class Tracker:
     """Runs a batch of frames, each from its own sequence, against that sequence's state.
@@ -130,7 +134,7 @@ class Tracker:
         device_rois, device_counts = xp.asarray(rois), xp.asarray(counts)
         crops = self.aligner.crops(frames, device_rois, device_counts)
         aligned = self.aligner.parameters(
-            self.aligner.regress(crops, device_counts), device_rois, device_counts
+            self.aligner.regress(crops, device_counts), device_rois, device_counts, MEASURED
         )
         mask = np.arange(rois.shape[1])[None, :] < counts[:, None]
         return {name: to_numpy(array) for name, array in aligned.items()}, crops, mask
@@ -189,22 +193,32 @@ class Tracker:
         return found
 
     def _image_motion(self, states: Sequence[SequenceState], pending: list) -> None:
-        """Each pending face's anchor displacement since its track's last crop."""
+        """Each pending face's anchor displacement since its track's last crop. Each crop's
+        spectrum is computed once: as this frame's, then kept as the track's previous one."""
         if not pending:
             return
         tracks = [states[b].tracks[j] for b, j, _ in pending]
-        xp = get_xp(pending[0][2].crop)
-        shift, peak = image_motion.crop_shift(
-            xp.stack([t.crop for t in tracks]), xp.stack([face.crop for _, _, face in pending])
+        faces = [face for _, _, face in pending]
+        xp = get_xp(faces[0].crop)
+        unknown = [t for t in tracks if t.spectrum is None]
+        if unknown:
+            spectra = image_motion.spectrum(xp.stack([t.crop for t in unknown]))
+            for track, spectrum in zip(unknown, spectra, strict=True):
+                track.spectrum = spectrum
+        current = image_motion.spectrum(xp.stack([face.crop for face in faces]))
+        for face, spectrum in zip(faces, current, strict=True):
+            face.spectrum = spectrum
+        shift, peak = image_motion.spectrum_shift(
+            xp.stack([t.spectrum for t in tracks]), current, REGRESSOR_SIZE
         )
         moved = image_motion.displacement(
             np.stack([t.anchor for t in tracks]),
             np.stack([t.roi for t in tracks]),
-            np.stack([face.roi for _, _, face in pending]),
+            np.stack([face.roi for face in faces]),
             to_numpy(shift),
             REGRESSOR_SIZE,
         )
-        for (_, _, face), d, p in zip(pending, moved, to_numpy(peak), strict=True):
+        for face, d, p in zip(faces, moved, to_numpy(peak), strict=True):
             face.motion = (d, float(p))
 
     # ------------------------------------------------------------------ detection
@@ -287,7 +301,8 @@ class Tracker:
                 if track in state.lost:
                     state.lost.remove(track)
                     state.tracks.append(track)
-                track.filter, track.crop = None, None  # it moved unseen: restart its motion
+                # it moved unseen: restart its motion
+                track.filter, track.crop, track.spectrum = None, None, None
             else:
                 track = Track(
                     state.next_track_id,
@@ -320,7 +335,8 @@ class Tracker:
                     relative - track.box_in_landmarks
                 )
             track.score, track.outputs = face.score, face.outputs
-            track.crop, track.roi, track.missing = face.crop, face.roi, 0
+            track.crop, track.spectrum = face.crop, face.spectrum
+            track.roi, track.missing = face.roi, 0
             seen.append(track)
         for track in lost + state.lost:
             track.missing += 1

@@ -45,6 +45,7 @@ class Track:
     score: float = 0.0
     filter: FaceFilter | None = None
     crop: Any = None  # (120, 120) gray crop of the last frame (image motion), frames' device
+    spectrum: Any = None  # that crop's image_motion.spectrum, once computed
     roi: np.ndarray | None = None  # (4,) the ROI that crop was cut from
     anchor: np.ndarray | None = None  # (2,) image point whose motion is measured
     missing: int = 0  # frames since the face was last seen (lost tracks)
@@ -71,6 +72,7 @@ class Measured:
     score: float
     crop: Any  # (120, 120) gray crop, frames' device
     motion: tuple[np.ndarray, float] | None = None  # anchor displacement (2,) px, peak
+    spectrum: Any = None  # the crop's image_motion.spectrum, where its motion was measured
     detection: np.ndarray | None = None  # (5,) the detection this face matched, if any
     fresh: bool = False  # a new or re-found track: its box is the detection's
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tddfa.roi import crop_and_resize, roi_from_box, roi_from_landmarks
+from tddfa.roi import crop_and_resize, gather_crops, roi_from_box, roi_from_landmarks
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is the crop oracle")
 
@@ -107,3 +107,20 @@ def test_empty_slots_give_zero_crops(emma, faces):
     assert crops.shape == (4, 3, 120, 120)
     assert crops[0].any()
     assert not crops[1:].any()  # slot 1 is past count; slots 2, 3 are empty ROIs
+
+
+def test_gathered_crops_equal_opencv_crops():
+    """CuPy frames are cropped by gathering (gather_crops): on the host that arithmetic must
+    give OpenCV's crops bit for bit, over frame sizes, output sizes, rounding ties and boxes
+    partly or wholly outside the frame."""
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        height, width = (int(v) for v in rng.integers(16, 700, 2))
+        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        size = int(rng.choice([120, 1, 7, 33, 121, 200]))
+        starts = np.round(rng.uniform(-60, max(height, width), (16, 2)) * 4) / 4
+        sides = np.round(rng.uniform(0.25, 1.5 * max(height, width), (16, 2)) * 4) / 4
+        rois = np.concatenate([starts, starts + sides], axis=1).astype(np.float32)
+        want = crop_and_resize(frame, rois, size=size)
+        got = gather_crops(frame, rois, size, np.zeros_like(want))
+        np.testing.assert_array_equal(got, want)
