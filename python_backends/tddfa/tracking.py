@@ -48,7 +48,7 @@ from tddfa.detector import Detector
 from tddfa.identity import IdentityEstimate
 from tddfa.sequence_store import SequenceState
 from tddfa.smoothing import FaceFilter, FaceGeometry, SmoothingConfig, crop_scale
-from tddfa.tracks import Measured, Track, drop_duplicates, fits, jumped, plausible
+from tddfa.tracks import Measured, Track, drop_duplicates, fits, jumped, still_a_face
 from tddfa.xp import get_xp, to_numpy
 
 # What the tracker reads of a regression; every output is derived again from the smoothed
@@ -156,10 +156,7 @@ class Tracker:
             boxes = [box_from_landmarks(t.box_in_landmarks, t.next_landmarks) for t in tracks]
             rois[i, : len(tracks)] = roi.roi_from_box(np.stack(boxes))
         aligned, crops, mask = self._regress(images, rows, rois, counts)
-        xp = get_xp(crops)
-        filled = crops[xp.asarray(mask)] if xp is not np else crops[mask]
-        scores = np.zeros(mask.shape, np.float32)
-        scores[mask] = to_numpy(self.detector.face_scores(filled))
+        filled, scores = self._face_check(crops, mask)
         gray = image_motion.gray(filled)  # (faces, 120, 120) in slot order
         height, width = images.shape[1:3]
         slot = 0
@@ -175,12 +172,9 @@ class Tracker:
                     gray[slot],
                 )
                 slot += 1
-                if (
-                    scores[i, j] < cfg.track_min_face_score
-                    or not plausible(
-                        rois[i, j], face.outputs["LANDMARKS"], height, width, cfg.track_min_roi_area
-                    )
-                    or jumped(track.next_landmarks, face.outputs["LANDMARKS"])
+                landmarks = face.outputs["LANDMARKS"]
+                if not still_a_face(face.score, face.roi, landmarks, height, width, cfg) or jumped(
+                    track.next_landmarks, landmarks
                 ):
                     continue
                 found[b][j] = face
@@ -191,6 +185,15 @@ class Tracker:
         for b in rows:
             drop_duplicates(states[b].tracks, found[b], states[b].config.track_appearance)
         return found
+
+    def _face_check(self, crops: Any, mask: np.ndarray) -> tuple[Any, np.ndarray]:
+        """The filled slots' crops (faces, 3, 120, 120) in slot order and the (rows, K)
+        face-check scores of every slot (0 where empty)."""
+        xp = get_xp(crops)
+        filled = crops[xp.asarray(mask)] if xp is not np else crops[mask]
+        scores = np.zeros(mask.shape, np.float32)
+        scores[mask] = to_numpy(self.detector.face_scores(filled))
+        return filled, scores
 
     def _image_motion(self, states: Sequence[SequenceState], pending: list) -> None:
         """Each pending face's anchor displacement since its track's last crop. Each crop's
@@ -255,7 +258,9 @@ class Tracker:
         if not new_counts.any():
             return
         aligned, crops, mask = self._regress(images, rows, rois, new_counts)
+        _, checked = self._face_check(crops, mask)
         gray = image_motion.gray(crops)
+        height, width = images.shape[1:3]
         for i, b in enumerate(rows):
             faces = [
                 Measured(
@@ -267,7 +272,18 @@ class Tracker:
                 )
                 for j, d in enumerate(new[i])
             ]
-            faces = [f for f in faces if fits(f.detection, f.outputs["LANDMARKS"])]
+            # a new face passes the checks that keep a tracked one: a detection the next
+            # frame would drop (a face leaving the frame, a false detection) starts no
+            # track, so it neither flickers for a frame nor makes that frame detect again
+            cfg = states[b].config
+            faces = [
+                f
+                for j, f in enumerate(faces)
+                if fits(f.detection, f.outputs["LANDMARKS"])
+                and still_a_face(
+                    float(checked[i, j]), f.roi, f.outputs["LANDMARKS"], height, width, cfg
+                )
+            ]
             self._adopt(states[b], measured[b], faces)
 
     def _adopt(self, state: SequenceState, found: dict, faces: list[Measured]) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from tddfa import params
 from tddfa.association import iou, landmark_box
+from tddfa.config import PipelineConfig
 from tddfa.identity import IdentityEstimate
 from tddfa.smoothing import FaceFilter
 
@@ -95,6 +96,21 @@ def plausible(
     inside_h = max(0.0, min(y2, height) - max(y1, 0.0))
     area = max((x2 - x1) * (y2 - y1), 1e-6)
     return inside_w * inside_h / area >= MIN_VISIBLE_FRACTION
+
+
+def still_a_face(
+    score: float,
+    roi_box: np.ndarray,
+    landmarks: np.ndarray,
+    height: int,
+    width: int,
+    cfg: PipelineConfig,
+) -> bool:
+    """Whether a face regressed in ``roi_box`` is one to track: its face-check ``score``
+    reaches ``track_min_face_score`` and it is :func:`plausible`."""
+    return score >= cfg.track_min_face_score and plausible(
+        roi_box, landmarks, height, width, cfg.track_min_roi_area
+    )
 
 
 def fits(detection: np.ndarray, landmarks: np.ndarray) -> bool:

@@ -200,6 +200,22 @@ def test_a_face_leaving_the_frame_is_lost_and_redetected(landmark_pipeline, test
     assert any(bool(o["DETECTED"][0]) for o in outputs[1:])
 
 
+def test_a_face_the_next_frame_would_drop_starts_no_track(landmark_pipeline, asset_dir):
+    # emma720.mp4 pans past a second face that leaves at the right border: the detector
+    # still finds it there, but the tracker would drop it on the next frame (its face
+    # check fails, or less than half of it is inside). It starts no track: otherwise it
+    # flickers in for a frame and every frame after it runs the detector again.
+    from tddfa_clients.perf import read_frames
+
+    frames = read_frames(asset_dir / "video" / "emma720.mp4", 215)[136:]
+    outputs = track(landmark_pipeline, frames)
+    detected = np.array([bool(o["DETECTED"][0]) for o in outputs])
+    runs = np.diff(np.flatnonzero(np.diff(np.r_[0, detected, 0].astype(int))))[::2]
+    assert runs.max() <= 2, f"the detector ran on {runs.max()} frames in a row"
+    counts = [int(o["FACE_COUNT"][0]) for o in outputs]
+    assert min(counts) >= 1  # Emma is tracked throughout
+
+
 def test_a_batch_holding_one_sequence_twice_runs_its_frames_in_order(
     landmark_pipeline, test_images
 ):
