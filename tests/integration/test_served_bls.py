@@ -124,8 +124,9 @@ def test_a_sequence_equals_the_in_process_build(client, landmark_pipeline, test_
         # a tracked face's score comes from the served detector on the crop padded into its
         # canvas (BlsDetector.face_scores), in-process from FaceBoxes on the crop alone
         np.testing.assert_allclose(got["FACE_BOXES"][:, 4], want["FACE_BOXES"][:, 4], atol=5e-3)
-    # frame 0 detected through face_detector, frames 1.. had their crop checked by it
-    assert requests_of(client, "face_detector") - detector_before == len(frames)
+    # frame 0 detected through face_detector and its new face checked by it (a new track
+    # must pass the face check), frames 1.. had their crop checked by it
+    assert requests_of(client, "face_detector") - detector_before == len(frames) + 1
     assert requests_of(client, "face_regressor") - regressor_before == len(frames)
 
 
