@@ -98,9 +98,13 @@ def time_mode(
 # --breakdown: the CPU renderer's phases, each the module functions it calls
 PHASES = {
     "vertex stage": [("shading", "vertex_records")],
-    "triangles": [("raster", "fill_triangles")],
+    "triangles": [("raster", "fill_triangles"), ("raster", "fill_depth")],
     "lines": [("raster", "draw_lines")],
-    "blend": [("cpu_blend", "composite"), ("cpu_blend", "composite_texture")],
+    "blend": [
+        ("cpu_blend", "composite"),
+        ("cpu_blend", "composite_colour"),
+        ("cpu_blend", "composite_texture"),
+    ],
     "uv map": [("cpu_atlas", "paint_atlas")],
 }
 

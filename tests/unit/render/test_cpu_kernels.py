@@ -37,7 +37,7 @@ def test_uv_map_painted_as_its_triangles_draw_it(render_step, emma):
         depth = np.full((side, side), -np.inf, np.float32)
         colour = np.zeros((side, side, 3), np.float32)
         written = np.zeros((side, side), np.uint8)
-        raster.fill_triangles(records, mesh.triangles, region, depth, colour, written, True, False)
+        raster.fill_triangles(records, mesh.triangles, region, depth, colour, written)
         drawn = np.zeros((side, side, 3), np.uint8)
         cpu_blend.composite(drawn, region, colour, written, 255)
         assert written.mean() > 0.5, "most of the map is drawn"
@@ -77,7 +77,8 @@ def test_texture_filter_rounds_as_float_arithmetic(alpha8):
     frame = rng.integers(0, 256, (side, side + 4, 3), dtype=np.uint8)
     out = frame.copy()
     region = np.array([4, 0, side + 4, side], np.int64)
-    cpu_blend.composite_texture(out, region, colour, written, alpha8, texture)
+    texels = cpu_blend.texture_layout(texture)
+    cpu_blend.composite_texture(out, region, colour, written, alpha8, texels)
 
     x, y = colour[..., 0].astype(np.float64).ravel(), colour[..., 1].astype(np.float64).ravel()
     value = _float_filter(texture, x, y)  # exact but for the last bits
@@ -127,8 +128,9 @@ from tddfa.contract import RENDER_MODE_PARAMETER, RENDER_MODES
 from tddfa.render import cpu_atlas, cpu_blend, raster, shading
 from tddfa.render.step import build_render_step
 
-kernels = [shading.vertex_records, raster.fill_triangles, raster.draw_lines, raster.fill_discs,
-           cpu_blend.composite, cpu_blend.composite_texture, cpu_atlas.paint_atlas]
+kernels = [shading.vertex_records, raster.fill_triangles, raster.fill_depth, raster.draw_lines,
+           raster.fill_discs, cpu_blend.composite, cpu_blend.composite_colour,
+           cpu_blend.composite_texture, cpu_atlas.paint_atlas]
 step = build_render_step(sys.argv[1])
 before = [len(k.signatures) for k in kernels]
 with np.load(sys.argv[2]) as faces:
