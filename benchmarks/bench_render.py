@@ -133,7 +133,8 @@ def phase_timer(step) -> Iterator[dict[str, float]]:
     for phase, names in PHASES.items():
         for module, name in names:
             owner = importlib.import_module(f"tddfa.render.{module}")
-            patched.append((owner, name, getattr(owner, name), phase))
+            if hasattr(owner, name):  # an older tddfa (a baseline) may lack some
+                patched.append((owner, name, getattr(owner, name), phase))
     for owner, name, function, phase in patched:
         setattr(owner, name, timed(phase, function))
     try:
