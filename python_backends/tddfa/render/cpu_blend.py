@@ -20,9 +20,10 @@ _ONE = 1 << 24  # the texture filter's weights: 24-bit fixed point
 _BITS = 48  # the filtered value's bits below the point (two weights)
 _HALF = 1 << (_BITS - 1)
 # texture mode: the texels of the pixel this far ahead in a row are asked for early (each
-# frame's BFM decode streams 23 MB through the caches: the texture comes back from memory
-# on every frame, a miss a pixel when each pixel waits for its own: 1 ms of a face's 2.5)
-PREFETCH_AHEAD = 8
+# frame's BFM decode streams megabytes through the caches: the texture comes back from
+# memory on every frame, a miss a pixel when each pixel waits for its own; 16 ahead takes
+# 5% less than 8 on a 720p face, 24 no less)
+PREFETCH_AHEAD = 16
 
 
 @intrinsic
