@@ -1,8 +1,8 @@
 """The CPU renderer's last step (numba): a region's drawing blended over the frame.
 
-:func:`composite` blends the interpolated colour, :func:`composite_texture` samples the
-texture image at the interpolated texel coordinates first; both round as the GL path's
-RGBA8 target and blend (``mix(frame, drawn, alpha)``, then UNORM8 rounding). :func:`taps`
+:func:`composite` blends the interpolated colour, :func:`composite_colour` one colour (the
+wireframe's lines), :func:`composite_texture` samples the texture image at the
+interpolated texel coordinates first; all round as the GL path's RGBA8 target and blend (``mix(frame, drawn, alpha)``, then UNORM8 rounding). :func:`taps`
 and :func:`mix` are GL_LINEAR sampling, which the vertex stage shares (uv maps sample the
 frame at each vertex).
 """

@@ -93,6 +93,36 @@ def test_texture_filter_rounds_as_float_arithmetic(alpha8):
     np.testing.assert_array_equal(out[:, :4], frame[:, :4])  # outside the region
 
 
+@pytest.mark.parametrize("alpha8", [255, 153])
+def test_one_colour_blends_as_the_colour_buffer(alpha8):
+    """composite_colour (the wireframe's blend) equals composite over a colour buffer filled
+    with that colour, to the bit, on scattered flags."""
+    from tddfa.render import cpu_blend
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    written = (rng.random((30, 41)) < 0.5).astype(np.uint8)
+    region = np.array([5, 7, 46, 37], np.int64)
+    rgb = np.array([1.0, 0.25, 0.6], np.float32)
+    colour = np.broadcast_to(rgb, (30, 41, 3)).copy()
+    rgb8 = np.floor(np.clip(rgb.astype(np.float64), 0, 1) * 255 + 0.5).astype(np.int64)
+    expected, got = frame.copy(), frame.copy()
+    cpu_blend.composite(expected, region, colour, written, alpha8)
+    cpu_blend.composite_colour(got, region, rgb8, written, alpha8)
+    assert not np.array_equal(got, frame), "something is drawn"
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_texture_layout_says_what_it_needs():
+    from tddfa.render import cpu_blend
+
+    with pytest.raises(ValueError, match=r"\(h, w, 3\) RGB image"):
+        cpu_blend.texture_layout(np.zeros((4, 4), np.uint8))
+    texels = cpu_blend.texture_layout(np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3))
+    assert texels.shape == (4, 5) and texels.dtype == np.uint32
+    assert texels[0, 0] == texels[1, 1] == 0 | 1 << 8 | 2 << 16  # the corner repeated
+
+
 def test_one_renderer_draws_for_several_threads(render_step, emma):
     """Calls from several threads at once (each keeps its own buffers): every picture as
     drawn alone."""
