@@ -98,9 +98,13 @@ def time_mode(
 # --breakdown: the CPU renderer's phases, each the module functions it calls
 PHASES = {
     "vertex stage": [("shading", "vertex_records")],
-    "triangles": [("raster", "fill_triangles")],
+    "triangles": [("raster", "fill_triangles"), ("raster", "fill_depth")],
     "lines": [("raster", "draw_lines")],
-    "blend": [("cpu_blend", "composite"), ("cpu_blend", "composite_texture")],
+    "blend": [
+        ("cpu_blend", "composite"),
+        ("cpu_blend", "composite_colour"),
+        ("cpu_blend", "composite_texture"),
+    ],
     "uv map": [("cpu_atlas", "paint_atlas")],
 }
 
@@ -129,7 +133,8 @@ def phase_timer(step) -> Iterator[dict[str, float]]:
     for phase, names in PHASES.items():
         for module, name in names:
             owner = importlib.import_module(f"tddfa.render.{module}")
-            patched.append((owner, name, getattr(owner, name), phase))
+            if hasattr(owner, name):  # an older tddfa (a baseline) may lack some
+                patched.append((owner, name, getattr(owner, name), phase))
     for owner, name, function, phase in patched:
         setattr(owner, name, timed(phase, function))
     try:

@@ -38,7 +38,7 @@ def cover_triangles(records: np.ndarray, triangles: np.ndarray, side: int) -> np
     numbered = records[triangles.ravel()].copy()
     numbered[:, 5] = np.repeat(ids, 3)
     flat = np.arange(numbered.shape[0], dtype=np.int32).reshape(-1, 3)
-    fill_triangles(numbered, flat, region, depth, winner, written, True, False)
+    fill_triangles(numbered, flat, region, depth, winner, written)
     out = np.where(written == 1, np.rint(winner[:, :, 0]), -1).astype(np.int32)
     return out
 

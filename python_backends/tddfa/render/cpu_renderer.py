@@ -154,7 +154,9 @@ class CpuRenderer:
         self._max_index = int(triangles.max())
         self._alpha8 = int(np.floor(self.alpha * 255 + 0.5))  # the GL target's 8-bit weight
         self._light = (lighting or Lighting()).packed()
-        self._wire = np.asarray(wire_color, np.float64)
+        # the lines' colour as the GL target stores it (float32, then 8 bits)
+        wire = np.asarray(wire_color, np.float32).astype(np.float64)
+        self._wire8 = np.floor(np.clip(wire, 0.0, 1.0) * 255.0 + 0.5).astype(np.int64)
         self._full = _Mesh(triangles)
         lod = assets.lod_triangles if assets is not None else None
         self._coarse = _Mesh(lod) if lod is not None else None
@@ -170,10 +172,9 @@ class CpuRenderer:
             self._uv[:] = assets.uv[:vertices]
         texture = texture if texture is not None else (assets.texture if assets else None)
         self.has_texture = texture is not None
-        self._texture = np.ascontiguousarray(
-            texture if texture is not None else np.zeros((1, 1, 3)), dtype=np.uint8
-        )
-        self._texture_size = np.array(self._texture.shape[1::-1], np.float64)
+        texture = texture if texture is not None else np.zeros((1, 1, 3), np.uint8)
+        self._texture_size = np.array(texture.shape[1::-1], np.float64)
+        self._texels = cpu_blend.texture_layout(texture)
         self._atlas_records, self._atlas_winner = (
             self._atlas() if assets is not None else (None, None)
         )
@@ -320,21 +321,19 @@ class CpuRenderer:
         depth, colour, written = depth[rows], colour[rows], written[rows]
         if mode == "wireframe":
             # visible edges only: every face's surface depth first (pushed back a
-            # little), then the edges where they are not behind it
+            # little), then the edges where they are not behind it, in one colour
             for records, mesh in faces:
-                raster.fill_triangles(
-                    records, mesh.triangles, band, depth, colour, written, False, True
-                )
+                raster.fill_depth(records, mesh.triangles, band, depth)
             for records, mesh in faces:
-                raster.draw_lines(records, mesh.edges, self._wire, band, depth, colour, written)
+                raster.draw_lines(records, mesh.edges, band, depth, written)
         else:
             for records, mesh in faces:
-                raster.fill_triangles(
-                    records, mesh.triangles, band, depth, colour, written, True, False
-                )
+                raster.fill_triangles(records, mesh.triangles, band, depth, colour, written)
         alpha8 = self._alpha8 if mode in BLENDED_MODES else 255
         if mode == "texture":
-            cpu_blend.composite_texture(frame, band, colour, written, alpha8, self._texture)
+            cpu_blend.composite_texture(frame, band, colour, written, alpha8, self._texels)
+        elif mode == "wireframe":
+            cpu_blend.composite_colour(frame, band, self._wire8, written, alpha8)
         else:
             cpu_blend.composite(frame, band, colour, written, alpha8)
 

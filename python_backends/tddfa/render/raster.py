@@ -102,8 +102,6 @@ def fill_triangles(
     depth: np.ndarray,
     colour: np.ndarray,
     written: np.ndarray,
-    write_colour: bool,
-    polygon_offset: bool,
 ) -> None:
     """Draw triangles with a depth test.
 
@@ -113,8 +111,6 @@ def fill_triangles(
         triangles: (T, 3) int32 rows of ``records`` (either winding).
         region: (4,) int64 x0, y0, x1, y1 of the buffers.
         depth, colour, written: the region's buffers (see the module doc).
-        write_colour: False for a depth-only pass.
-        polygon_offset: move each triangle back by glPolygonOffset(1, 1).
     """
     x0, y0, x1, y1 = region[0], region[1], region[2], region[3]
     width = x1 - x0
@@ -145,11 +141,6 @@ def fill_triangles(
         s0, s1, s2 = d0y * SUBPIXEL, d1y * SUBPIXEL, d2y * SUBPIXEL
         inverse = 1.0 / area
         z0, z1, z2 = records[i0, 2], records[i1, 2], records[i2, 2]
-        offset = 0.0
-        if polygon_offset:  # the plane's depth slopes per pixel
-            dzdx = -(z0 * d0y + z1 * d1y + z2 * d2y) * inverse * SUBPIXEL
-            dzdy = (z0 * d0x + z1 * d1x + z2 * d2x) * inverse * SUBPIXEL
-            offset = max(abs(dzdx), abs(dzdy)) + DEPTH_OFFSET_UNITS
         r0, g0, u0 = records[i0, 5], records[i0, 6], records[i0, 7]
         r1, g1, u1 = records[i1, 5], records[i1, 6], records[i1, 7]
         r2, g2, u2 = records[i2, 5], records[i2, 6], records[i2, 7]
@@ -162,15 +153,67 @@ def fill_triangles(
             start = (py - y0) * width - x0
             for px in range(first, last + 1):
                 b0, b1, b2 = w0 * inverse, w1 * inverse, w2 * inverse
-                z = b0 * z0 + b1 * z1 + b2 * z2 - offset
+                z = b0 * z0 + b1 * z1 + b2 * z2
                 at = start + px
                 if z > depth_at[at]:
                     depth_at[at] = z
-                    if write_colour:
-                        colour_at[3 * at] = b0 * r0 + b1 * r1 + b2 * r2
-                        colour_at[3 * at + 1] = b0 * g0 + b1 * g1 + b2 * g2
-                        colour_at[3 * at + 2] = b0 * u0 + b1 * u1 + b2 * u2
-                        written_at[at] = 1
+                    colour_at[3 * at] = b0 * r0 + b1 * r1 + b2 * r2
+                    colour_at[3 * at + 1] = b0 * g0 + b1 * g1 + b2 * g2
+                    colour_at[3 * at + 2] = b0 * u0 + b1 * u1 + b2 * u2
+                    written_at[at] = 1
+                w0 -= s0
+                w1 -= s1
+                w2 -= s2
+            row0 += d0x * SUBPIXEL
+            row1 += d1x * SUBPIXEL
+            row2 += d2x * SUBPIXEL
+
+
+@njit(**_JIT)
+def fill_depth(
+    records: np.ndarray, triangles: np.ndarray, region: np.ndarray, depth: np.ndarray
+) -> None:
+    """The wireframe's hidden-surface pass: the triangles' depth alone (as
+    :func:`fill_triangles` computes it), each moved back by glPolygonOffset(1, 1)."""
+    x0, y0, x1, y1 = region[0], region[1], region[2], region[3]
+    width = x1 - x0
+    depth_at = depth.reshape(-1)
+    for t in range(triangles.shape[0]):
+        i0, i1, i2, ax, ay, bx, by, cx, cy, area = wound(records, triangles, t)
+        if area == 0:
+            continue
+        left, right = _pixel_span(min(ax, bx, cx), max(ax, bx, cx), x0, x1 - 1)
+        top, bottom = _pixel_span(min(ay, by, cy), max(ay, by, cy), y0, y1 - 1)
+        if left > right or top > bottom:
+            continue
+        d0x, d0y = cx - bx, cy - by
+        d1x, d1y = ax - cx, ay - cy
+        d2x, d2y = bx - ax, by - ay
+        bias0 = _top_left_bias(d0x, d0y)
+        bias1 = _top_left_bias(d1x, d1y)
+        bias2 = _top_left_bias(d2x, d2y)
+        sx, sy = left * SUBPIXEL, top * SUBPIXEL
+        row0 = d0x * (sy - by) - d0y * (sx - bx) + bias0
+        row1 = d1x * (sy - cy) - d1y * (sx - cx) + bias1
+        row2 = d2x * (sy - ay) - d2y * (sx - ax) + bias2
+        s0, s1, s2 = d0y * SUBPIXEL, d1y * SUBPIXEL, d2y * SUBPIXEL
+        inverse = 1.0 / area
+        z0, z1, z2 = records[i0, 2], records[i1, 2], records[i2, 2]
+        dzdx = -(z0 * d0y + z1 * d1y + z2 * d2y) * inverse * SUBPIXEL
+        dzdy = (z0 * d0x + z1 * d1x + z2 * d2x) * inverse * SUBPIXEL
+        offset = max(abs(dzdx), abs(dzdy)) + DEPTH_OFFSET_UNITS
+        for py in range(top, bottom + 1):
+            first, last = _row_span(row0, row1, row2, s0, s1, s2, left, right)
+            skip = first - left
+            w0 = row0 - bias0 - skip * s0
+            w1 = row1 - bias1 - skip * s1
+            w2 = row2 - bias2 - skip * s2
+            start = (py - y0) * width - x0
+            for px in range(first, last + 1):
+                z = w0 * inverse * z0 + w1 * inverse * z1 + w2 * inverse * z2 - offset
+                at = start + px
+                if z > depth_at[at]:
+                    depth_at[at] = z
                 w0 -= s0
                 w1 -= s1
                 w2 -= s2
@@ -183,20 +226,19 @@ def fill_triangles(
 def draw_lines(
     records: np.ndarray,
     edges: np.ndarray,
-    rgb: np.ndarray,
     region: np.ndarray,
     depth: np.ndarray,
-    colour: np.ndarray,
     written: np.ndarray,
 ) -> None:
-    """One-pixel lines along ``edges`` (E, 2) int32 rows of ``records`` in colour ``rgb``
-    (3,), depth tested (GL_LEQUAL, depth written) against ``depth``."""
+    """One-pixel lines along ``edges`` (E, 2) int32 rows of ``records``, depth tested
+    (GL_LEQUAL, depth written) against ``depth``; their pixels flagged in ``written`` (one
+    colour: the blend paints it, :func:`tddfa.render.cpu_blend.composite_colour`). An
+    edge's axes and ends are chosen by selects, not branches: which way an edge runs is a
+    coin toss for the branch predictor."""
     x0, y0, x1, y1 = region[0], region[1], region[2], region[3]
     width = x1 - x0
     depth_at = depth.reshape(-1)
-    colour_at = colour.reshape(-1)
     written_at = written.reshape(-1)
-    red, green, blue = rgb[0], rgb[1], rgb[2]
     for e in range(edges.shape[0]):
         a, b = edges[e, 0], edges[e, 1]
         az, bz = records[a, 2], records[b, 2]
@@ -205,30 +247,32 @@ def draw_lines(
         ax, ay = records[a, 0], records[a, 1]
         bx, by = records[b, 0], records[b, 1]
         x_major = abs(bx - ax) >= abs(by - ay)
-        if not x_major:  # walk rows: swap the axes' roles
-            ax, ay, bx, by = ay, ax, by, bx
-        if ax == bx:
+        # the major axis (one pixel each) and the minor one
+        am, an = (ax, ay) if x_major else (ay, ax)
+        bm, bn = (bx, by) if x_major else (by, bx)
+        if am == bm:
             continue
-        if ax > bx:
-            ax, ay, az, bx, by, bz = bx, by, bz, ax, ay, az
+        flip = am > bm  # walk from the lower major end
+        pm, pn, pz = (bm, bn, bz) if flip else (am, an, az)
+        qm, qn, qz = (am, an, az) if flip else (bm, bn, bz)
         lo, hi = (x0, x1) if x_major else (y0, y1)
-        first = max(lo, np.int64(np.ceil(ax)))
-        last = min(hi - 1, np.int64(np.ceil(bx)) - 1)
-        step = 1.0 / (bx - ax)
+        low, high = (y0, y1) if x_major else (x0, x1)  # the minor axis' range
+        major_stride, minor_stride = (1, width) if x_major else (width, 1)
+        base = -(x0 + y0 * width)
+        first = max(lo, np.int64(np.ceil(pm)))
+        last = min(hi - 1, np.int64(np.ceil(qm)) - 1)
+        step = 1.0 / (qm - pm)
         for major in range(first, last + 1):
-            t = (major - ax) * step
-            minor = np.int64(np.floor(ay + t * (by - ay) + 0.5))
-            px, py = (major, minor) if x_major else (minor, major)
-            if px < x0 or px >= x1 or py < y0 or py >= y1:
+            t = (major - pm) * step
+            minor = np.int64(np.floor(pn + t * (qn - pn) + 0.5))
+            if minor < low or minor >= high:
                 continue
-            z = az + t * (bz - az)
-            at = (py - y0) * width + px - x0
-            if z >= depth_at[at]:
-                depth_at[at] = z
-                colour_at[3 * at] = red
-                colour_at[3 * at + 1] = green
-                colour_at[3 * at + 2] = blue
-                written_at[at] = 1
+            z = pz + t * (qz - pz)
+            at = base + major * major_stride + minor * minor_stride
+            stored = depth_at[at]
+            hit = z >= stored
+            depth_at[at] = z if hit else stored
+            written_at[at] |= hit
 
 
 @njit(**_JIT)

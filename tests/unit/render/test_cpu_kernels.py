@@ -37,7 +37,7 @@ def test_uv_map_painted_as_its_triangles_draw_it(render_step, emma):
         depth = np.full((side, side), -np.inf, np.float32)
         colour = np.zeros((side, side, 3), np.float32)
         written = np.zeros((side, side), np.uint8)
-        raster.fill_triangles(records, mesh.triangles, region, depth, colour, written, True, False)
+        raster.fill_triangles(records, mesh.triangles, region, depth, colour, written)
         drawn = np.zeros((side, side, 3), np.uint8)
         cpu_blend.composite(drawn, region, colour, written, 255)
         assert written.mean() > 0.5, "most of the map is drawn"
@@ -77,7 +77,8 @@ def test_texture_filter_rounds_as_float_arithmetic(alpha8):
     frame = rng.integers(0, 256, (side, side + 4, 3), dtype=np.uint8)
     out = frame.copy()
     region = np.array([4, 0, side + 4, side], np.int64)
-    cpu_blend.composite_texture(out, region, colour, written, alpha8, texture)
+    texels = cpu_blend.texture_layout(texture)
+    cpu_blend.composite_texture(out, region, colour, written, alpha8, texels)
 
     x, y = colour[..., 0].astype(np.float64).ravel(), colour[..., 1].astype(np.float64).ravel()
     value = _float_filter(texture, x, y)  # exact but for the last bits
@@ -90,6 +91,36 @@ def test_texture_filter_rounds_as_float_arithmetic(alpha8):
     assert not np.array_equal(got, frame[:, 4:].reshape(-1, 3)), "something is drawn"
     np.testing.assert_array_equal(got[~tie], expected[~tie])
     np.testing.assert_array_equal(out[:, :4], frame[:, :4])  # outside the region
+
+
+@pytest.mark.parametrize("alpha8", [255, 153])
+def test_one_colour_blends_as_the_colour_buffer(alpha8):
+    """composite_colour (the wireframe's blend) equals composite over a colour buffer filled
+    with that colour, to the bit, on scattered flags."""
+    from tddfa.render import cpu_blend
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    written = (rng.random((30, 41)) < 0.5).astype(np.uint8)
+    region = np.array([5, 7, 46, 37], np.int64)
+    rgb = np.array([1.0, 0.25, 0.6], np.float32)
+    colour = np.broadcast_to(rgb, (30, 41, 3)).copy()
+    rgb8 = np.floor(np.clip(rgb.astype(np.float64), 0, 1) * 255 + 0.5).astype(np.int64)
+    expected, got = frame.copy(), frame.copy()
+    cpu_blend.composite(expected, region, colour, written, alpha8)
+    cpu_blend.composite_colour(got, region, rgb8, written, alpha8)
+    assert not np.array_equal(got, frame), "something is drawn"
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_texture_layout_says_what_it_needs():
+    from tddfa.render import cpu_blend
+
+    with pytest.raises(ValueError, match=r"\(h, w, 3\) RGB image"):
+        cpu_blend.texture_layout(np.zeros((4, 4), np.uint8))
+    texels = cpu_blend.texture_layout(np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3))
+    assert texels.shape == (4, 5) and texels.dtype == np.uint32
+    assert texels[0, 0] == texels[1, 1] == 0 | 1 << 8 | 2 << 16  # the corner repeated
 
 
 def test_one_renderer_draws_for_several_threads(render_step, emma):
@@ -127,8 +158,9 @@ from tddfa.contract import RENDER_MODE_PARAMETER, RENDER_MODES
 from tddfa.render import cpu_atlas, cpu_blend, raster, shading
 from tddfa.render.step import build_render_step
 
-kernels = [shading.vertex_records, raster.fill_triangles, raster.draw_lines, raster.fill_discs,
-           cpu_blend.composite, cpu_blend.composite_texture, cpu_atlas.paint_atlas]
+kernels = [shading.vertex_records, raster.fill_triangles, raster.fill_depth, raster.draw_lines,
+           raster.fill_discs, cpu_blend.composite, cpu_blend.composite_colour,
+           cpu_blend.composite_texture, cpu_atlas.paint_atlas]
 step = build_render_step(sys.argv[1])
 before = [len(k.signatures) for k in kernels]
 with np.load(sys.argv[2]) as faces:
