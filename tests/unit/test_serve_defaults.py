@@ -44,6 +44,21 @@ def test_a_port_in_use_is_named_with_its_option() -> None:
             check_free("127.0.0.1", {"--http-port": 0, "--grpc-port": port})
 
 
+def test_a_port_left_in_time_wait_is_free() -> None:
+    # a server stopped a moment ago leaves its accepted connections in TIME_WAIT: it can
+    # be started again at once on the same port (tritonserver binds with SO_REUSEADDR)
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tritonserver's
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server's side closes first: it is the one in TIME_WAIT
+        client.close()
+    check_free("127.0.0.1", {"--http-port": port})
+
+
 def test_command_line(tmp_path: Path) -> None:
     server = TritonServer(tmp_path, http_port=18000, grpc_port=18001, metrics_port=18002)
     command = server.command(Path("/bin/tritonserver"), Path("/backends"), None)

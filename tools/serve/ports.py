@@ -73,6 +73,9 @@ def check_free(host: str, ports: dict[str, int]) -> None:
         if not port:
             continue
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # as tritonserver binds: a port whose last connections are in TIME_WAIT (a
+            # server stopped a moment ago) is free; one another process listens on is not
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port))
             except OSError as exc:
