@@ -165,10 +165,15 @@ def read_frames(video: Path, count: int) -> list[np.ndarray]:
 
 def first_frames_clip(video: Path, frames: int) -> Path:
     """A copy of the first ``frames`` frames of ``video`` (H.264, same rate), cached in
-    build/bench/; the full video when ``frames`` is 0."""
+    build/bench/; the full video when ``frames`` is 0 or covers all of it."""
+    import av
+
+    if frames > 0:
+        with av.open(str(video)) as source:
+            if frames >= source.streams.video[0].frames > 0:
+                frames = 0
     if frames <= 0:
         return video
-    import av
 
     from tddfa.files import atomic_path
 
