@@ -78,6 +78,27 @@ def wound(records, triangles, t):
 
 
 @njit(inline="always")
+def _edges(ax, ay, bx, by, cx, cy, left, top):
+    """The edge functions of a wound triangle at pixel (``left``, ``top``): w0 = E(b -> c),
+    w1 = E(c -> a), w2 = E(a -> b), E(p -> q)(P) = (qx - px) (Py - py) - (qy - py) (Px - px),
+    positive inside; the top-left rule as a bias of -1 on the other edges, so that "inside"
+    is w >= 0 for all three. Returns each edge's (dx, dy), the three biases, the three values
+    at the corner (bias included) and their steps per pixel along a row."""
+    d0x, d0y = cx - bx, cy - by
+    d1x, d1y = ax - cx, ay - cy
+    d2x, d2y = bx - ax, by - ay
+    bias0 = _top_left_bias(d0x, d0y)
+    bias1 = _top_left_bias(d1x, d1y)
+    bias2 = _top_left_bias(d2x, d2y)
+    sx, sy = left * SUBPIXEL, top * SUBPIXEL
+    row0 = d0x * (sy - by) - d0y * (sx - bx) + bias0
+    row1 = d1x * (sy - cy) - d1y * (sx - cx) + bias1
+    row2 = d2x * (sy - ay) - d2y * (sx - ax) + bias2
+    s0, s1, s2 = d0y * SUBPIXEL, d1y * SUBPIXEL, d2y * SUBPIXEL
+    return d0x, d0y, d1x, d1y, d2x, d2y, bias0, bias1, bias2, row0, row1, row2, s0, s1, s2
+
+
+@njit(inline="always")
 def _row_span(w0, w1, w2, s0, s1, s2, left, right):
     """The covered pixels of a row starting at ``left`` (edge values w, steps s per
     pixel): (first, last), first > last when none. Branch-free: the pixels of a row
@@ -125,20 +146,9 @@ def fill_triangles(
         top, bottom = _pixel_span(min(ay, by, cy), max(ay, by, cy), y0, y1 - 1)
         if left > right or top > bottom:
             continue
-        # w0 = E(b -> c), w1 = E(c -> a), w2 = E(a -> b); E(p -> q)(P) =
-        # (qx - px) (Py - py) - (qy - py) (Px - px), positive inside; the top-left rule
-        # as a bias of -1 on the other edges, so that "inside" is w >= 0 for all three
-        d0x, d0y = cx - bx, cy - by
-        d1x, d1y = ax - cx, ay - cy
-        d2x, d2y = bx - ax, by - ay
-        bias0 = _top_left_bias(d0x, d0y)
-        bias1 = _top_left_bias(d1x, d1y)
-        bias2 = _top_left_bias(d2x, d2y)
-        sx, sy = left * SUBPIXEL, top * SUBPIXEL
-        row0 = d0x * (sy - by) - d0y * (sx - bx) + bias0
-        row1 = d1x * (sy - cy) - d1y * (sx - cx) + bias1
-        row2 = d2x * (sy - ay) - d2y * (sx - ax) + bias2
-        s0, s1, s2 = d0y * SUBPIXEL, d1y * SUBPIXEL, d2y * SUBPIXEL
+        d0x, d0y, d1x, d1y, d2x, d2y, bias0, bias1, bias2, row0, row1, row2, s0, s1, s2 = _edges(
+            ax, ay, bx, by, cx, cy, left, top
+        )
         inverse = 1.0 / area
         z0, z1, z2 = records[i0, 2], records[i1, 2], records[i2, 2]
         r0, g0, u0 = records[i0, 5], records[i0, 6], records[i0, 7]
@@ -186,17 +196,9 @@ def fill_depth(
         top, bottom = _pixel_span(min(ay, by, cy), max(ay, by, cy), y0, y1 - 1)
         if left > right or top > bottom:
             continue
-        d0x, d0y = cx - bx, cy - by
-        d1x, d1y = ax - cx, ay - cy
-        d2x, d2y = bx - ax, by - ay
-        bias0 = _top_left_bias(d0x, d0y)
-        bias1 = _top_left_bias(d1x, d1y)
-        bias2 = _top_left_bias(d2x, d2y)
-        sx, sy = left * SUBPIXEL, top * SUBPIXEL
-        row0 = d0x * (sy - by) - d0y * (sx - bx) + bias0
-        row1 = d1x * (sy - cy) - d1y * (sx - cx) + bias1
-        row2 = d2x * (sy - ay) - d2y * (sx - ax) + bias2
-        s0, s1, s2 = d0y * SUBPIXEL, d1y * SUBPIXEL, d2y * SUBPIXEL
+        d0x, d0y, d1x, d1y, d2x, d2y, bias0, bias1, bias2, row0, row1, row2, s0, s1, s2 = _edges(
+            ax, ay, bx, by, cx, cy, left, top
+        )
         inverse = 1.0 / area
         z0, z1, z2 = records[i0, 2], records[i1, 2], records[i2, 2]
         dzdx = -(z0 * d0y + z1 * d1y + z2 * d2y) * inverse * SUBPIXEL
