@@ -268,7 +268,10 @@ class SequenceModel(StepModel):
                 "instance": args.get("model_instance_name", ""),
             }
         )
-        self._published = -1  # the gauge's last value set by execute
+        self._published = -1  # the gauge's last value
+        # the sweeper and execute both publish: counting and setting under one lock, so a
+        # count the sweeper read before a sequence started is never set after execute's
+        self._publishing = threading.Lock()
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="sequence-sweeper", daemon=True)
         self._sweeper.start()
@@ -280,16 +283,20 @@ class SequenceModel(StepModel):
                 pb_utils.Logger.log_info(
                     f"{self.context.model_name}: freed {freed} idle sequence(s)"
                 )
-            self._open.set(len(self.step.store))
+            self._publish(always=True)
+
+    def _publish(self, always: bool) -> None:
+        """Set the gauge to the open sequences: ``always`` (the sweeper, every second), else
+        only when the count changed (setting a metric is a round trip to tritonserver)."""
+        with self._publishing:
+            count = len(self.step.store)
+            if always or count != self._published:
+                self._published = count
+                self._open.set(count)
 
     def execute(self, requests):
         responses = super().execute(requests)
-        # setting a metric is a round trip to tritonserver: only when the count changed (a
-        # sequence started or ended); the sweeper sets it every second whatever happened
-        count = len(self.step.store)
-        if count != self._published:
-            self._published = count
-            self._open.set(count)
+        self._publish(always=False)  # a sequence started or ended
         return responses
 
     def finalize(self) -> None:
