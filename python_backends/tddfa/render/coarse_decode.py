@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from tddfa.bfm import BFM, SubsetDecoder
+from tddfa.render.shading import image_box
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
@@ -69,19 +70,7 @@ def bounding_vertices(
     t00, t01, t02, t03 = t[0, 0], t[0, 1], t[0, 2], t[0, 3]
     t10, t11, t12, t13 = t[1, 0], t[1, 1], t[1, 2], t[1, 3]
     t20, t21, t22, t23 = t[2, 0], t[2, 1], t[2, 2], t[2, 3]
-    inf = np.inf
-    low_x, low_y, low_z, high_x, high_y, high_z = inf, inf, inf, -inf, -inf, -inf
-    for v in range(drawn.shape[1]):  # as the vertex stage's box (finite values only)
-        mx, my, mz = np.float64(drawn[0, v]), np.float64(drawn[1, v]), np.float64(drawn[2, v])
-        x = t00 * mx + t01 * my + t02 * mz + t03
-        y = t10 * mx + t11 * my + t12 * mz + t13
-        z = t20 * mx + t21 * my + t22 * mz + t23
-        low_x = x if -inf < x < low_x else low_x
-        low_y = y if -inf < y < low_y else low_y
-        low_z = z if -inf < z < low_z else low_z
-        high_x = x if high_x < x < inf else high_x
-        high_y = y if high_y < y < inf else high_y
-        high_z = z if high_z < z < inf else high_z
+    low_x, low_y, low_z, high_x, high_y, high_z = image_box(drawn, t)  # as the vertex stage's
     count = 0
     for g in range(offsets.shape[0] - 1):
         cx, cy, cz = centres[g, 0], centres[g, 1], centres[g, 2]

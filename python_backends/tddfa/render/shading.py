@@ -29,6 +29,30 @@ NONE, LIT, NORMALS, DEPTH, TABLE, TEXELS, FRAME = range(7)
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
+@njit(inline="always")
+def image_box(model, affine):
+    """The image-space box of (3, n) float32 ``model`` vertices under the (3, 4) float64
+    ``affine``: low x, y, z, high x, y, z over the finite values (low > high when none)."""
+    t00, t01, t02, t03 = affine[0, 0], affine[0, 1], affine[0, 2], affine[0, 3]
+    t10, t11, t12, t13 = affine[1, 0], affine[1, 1], affine[1, 2], affine[1, 3]
+    t20, t21, t22, t23 = affine[2, 0], affine[2, 1], affine[2, 2], affine[2, 3]
+    inf = np.inf
+    low_x, low_y, low_z, high_x, high_y, high_z = inf, inf, inf, -inf, -inf, -inf
+    for v in range(model.shape[1]):
+        mx, my, mz = np.float64(model[0, v]), np.float64(model[1, v]), np.float64(model[2, v])
+        x = t00 * mx + t01 * my + t02 * mz + t03
+        y = t10 * mx + t11 * my + t12 * mz + t13
+        z = t20 * mx + t21 * my + t22 * mz + t23
+        # finite values only, without branches (numba's min and max test for NaN)
+        low_x = x if -inf < x < low_x else low_x
+        low_y = y if -inf < y < low_y else low_y
+        low_z = z if -inf < z < low_z else low_z
+        high_x = x if high_x < x < inf else high_x
+        high_y = y if high_y < y < inf else high_y
+        high_z = z if high_z < z < inf else high_z
+    return low_x, low_y, low_z, high_x, high_y, high_z
+
+
 @njit(**_JIT)
 def vertex_records(
     kind: int,
@@ -68,20 +92,7 @@ def vertex_records(
     t00, t01, t02, t03 = affine[0, 0], affine[0, 1], affine[0, 2], affine[0, 3]
     t10, t11, t12, t13 = affine[1, 0], affine[1, 1], affine[1, 2], affine[1, 3]
     t20, t21, t22, t23 = affine[2, 0], affine[2, 1], affine[2, 2], affine[2, 3]
-    inf = np.inf
-    low_x, low_y, low_z, high_x, high_y, high_z = inf, inf, inf, -inf, -inf, -inf
-    for v in range(model.shape[1]):  # the box over every vertex
-        mx, my, mz = np.float64(model[0, v]), np.float64(model[1, v]), np.float64(model[2, v])
-        x = t00 * mx + t01 * my + t02 * mz + t03
-        y = t10 * mx + t11 * my + t12 * mz + t13
-        z = t20 * mx + t21 * my + t22 * mz + t23
-        # finite values only, without branches (numba's min and max test for NaN)
-        low_x = x if -inf < x < low_x else low_x
-        low_y = y if -inf < y < low_y else low_y
-        low_z = z if -inf < z < low_z else low_z
-        high_x = x if high_x < x < inf else high_x
-        high_y = y if high_y < y < inf else high_y
-        high_z = z if high_z < z < inf else high_z
+    low_x, low_y, low_z, high_x, high_y, high_z = image_box(model, affine)  # every vertex
     shift = 0.0
     if shift_z and low_z <= high_z:
         shift = low_z
