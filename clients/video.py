@@ -137,9 +137,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--in-flight",
         type=positive_int,
-        default=4,
+        default=StreamOptions.in_flight,
         metavar="N",
-        help="frames of each video in flight (default 4)",
+        help="frames of each video in flight (default %(default)s)",
     )
     parser.add_argument(
         "--shared-memory",
