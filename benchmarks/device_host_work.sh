@@ -62,7 +62,7 @@ perf() {  # LABEL CLIENT_PACKAGES ARGS...: a tddfa perf sweep with the given cli
 
 base_video() {  # MODE: the baseline's own client (one process per copy) at the running server
     if [ "${HOST_WORK_BASE_CLIENT:-base}" = this ]; then
-        new_video "$1" base_video_this_client_
+        HOST_WORK_IN_FLIGHT=4 new_video "$1" base_video_this_client_
         return
     fi
     step "base_video_$1" 150 env PYTHONPATH=/tmp/tddfa/old python3 \
@@ -71,10 +71,16 @@ base_video() {  # MODE: the baseline's own client (one process per copy) at the 
         --shared-memory cuda --no-encode --copies 16 --mode "$1" --video "$clip" --no-results
 }
 
-new_video() {  # MODE LABEL_PREFIX: this tree's stream client, 16 streams in one process
-    step "$2$1" 150 env PYTHONPATH=/tmp/tddfa/new python3 "$here/benchmarks/bench_video.py" \
-        --url localhost:8001 --decoder nvdec --shared-memory cuda --no-encode --streams 16 \
-        --mode "$1" --video "$clip" "${plays[@]}" --no-results --profile "$results/profile_$2$1"
+new_video() {  # MODE LABEL_PREFIX: this tree's stream client, 16 streams in one process, once
+    # per frames-in-flight count of HOST_WORK_IN_FLIGHT (default 4; e.g. "4 8")
+    for in_flight in ${HOST_WORK_IN_FLIGHT:-4}; do
+        local label=$2$1
+        [ "$in_flight" = 4 ] || label=$2$1_in_flight$in_flight
+        step "$label" 150 env PYTHONPATH=/tmp/tddfa/new python3 "$here/benchmarks/bench_video.py" \
+            --url localhost:8001 --decoder nvdec --shared-memory cuda --no-encode --streams 16 \
+            --in-flight "$in_flight" --mode "$1" --video "$clip" "${plays[@]}" --no-results \
+            --profile "$results/profile_$label"
+    done
 }
 
 packages "$here" /tmp/tddfa/new
