@@ -91,7 +91,7 @@ if [ -n "$base" ] && [ "${HOST_WORK_BASE_SERVER:-1}" = 1 ]; then
         --device gpu --out "$base_repo" --models-dir /tmp/tddfa/base_models ${TDDFA_BUILD_ARGS:-}
     serve "$base" base "$base_repo" || exit 1
     for mode in ${HOST_WORK_MODES:-detect track}; do
-        base_video "$mode"
+        [ "${HOST_WORK_VIDEO:-1}" = 1 ] && base_video "$mode"
     done
     perf base_perf_rendered /tmp/tddfa/new --concurrency 1:128:127 --processes 4
     stop
@@ -101,7 +101,7 @@ if [ -n "$base" ] && [ "${HOST_WORK_BASE_SERVER:-1}" = 0 ]; then
     base_video detect  # HOST_WORK_BASE_SERVER=0: only the clients differ (same server code)
 fi
 for mode in ${HOST_WORK_MODES:-detect track}; do  # HOST_WORK_MODES: a subset
-    new_video "$mode" new_video_
+    [ "${HOST_WORK_VIDEO:-1}" = 1 ] && new_video "$mode" new_video_  # HOST_WORK_VIDEO=0: perf only
 done
 perf new_perf_rendered /tmp/tddfa/new --concurrency 1:128:127 --processes 4
 if [ "${HOST_WORK_EXTRA:-1}" = 1 ]; then
