@@ -236,9 +236,8 @@ def run_client_load(args: argparse.Namespace) -> list[tuple[str, list[dict[str, 
         sequence_length=args.frames if sequence else None,
         measurement_ms=args.measurement_interval,
     )  # fmt: skip
-    # One unmeasured window at the sweep's highest level first: on a server just started,
-    # each instance's first requests (CUDA, GL and onnxruntime set-up) took most of a short
-    # window (0.5 infer/s at concurrency 1 against ~90 warm, H100 2026-12-07).
+    # An unmeasured window at the top level first: on a server just started, the instances'
+    # first requests filled a 2 s window (0.5 infer/s at concurrency 1, H100 2026-12-07).
     LOG.info("warm-up: concurrency %d, not measured", max(levels))
     measure(settings, frames, max(levels), args.processes)
     rows = []
